@@ -1,0 +1,50 @@
+"""Processor throughput, tokens per second on one core, against the bare fast tokenizer on the same text.
+
+    python bench/bench_processor.py [--rows 4000] [--model all-MiniLM-L6-v2]
+
+Both numbers come from the same run, so the ratio holds on a noisy shared machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+os.environ.setdefault("RAYON_NUM_THREADS", "1")  # one core: the tokenizer's Rust thread pool
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def main() -> None:
+    from raytune_bsm.demo import make_dialogues
+    from raytune_bsm.processor import ChunkProcessor, ProcessorConfig
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--rows", type=int, default=4000)
+    p.add_argument("--model", default="all-MiniLM-L6-v2")
+    p.add_argument("--repeat", type=int, default=3)
+    a = p.parse_args()
+
+    dialogues = make_dialogues(a.rows, seed=1).column("dialogue").to_pylist()
+    proc = ChunkProcessor(ProcessorConfig(tokenizer=a.model))
+    rust = proc.tokenizer.backend_tokenizer
+    proc(dialogues[:100])  # warm up
+
+    best_proc = best_tok = float("inf")
+    for _ in range(a.repeat):
+        t = time.perf_counter()
+        out = proc(dialogues)
+        best_proc = min(best_proc, time.perf_counter() - t)
+        t = time.perf_counter()
+        enc = rust.encode_batch(dialogues, add_special_tokens=False)
+        best_tok = min(best_tok, time.perf_counter() - t)
+    tokens = out.tokens
+    raw = sum(len(e.ids) for e in enc)
+    print(f"records={len(dialogues)} tokens={tokens} truncated={out.truncated}")
+    print(f"processor: {tokens / best_proc:,.0f} tokens/s  ({best_proc * 1000:.0f} ms)")
+    print(f"bare tokenizer on whole dialogues: {raw / best_tok:,.0f} tokens/s  ({best_tok * 1000:.0f} ms)")
+    print(f"processor / bare tokenizer speed: {(tokens / best_proc) / (raw / best_tok):.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1189 @@
+"""Synthetic buyer–seller dialogues for demos, tests and CPU benchmarks.
+
+Every record is generated from a small *latent story*:
+
+* ``problem``  – what the buyer complains about (not received, late, damaged, wrong item,
+  missing parts, not as described);
+* ``response`` – what the seller does about it (proves delivery / proves the item was right,
+  offers "proof" that proves nothing, issues a full refund or replacement, offers a partial
+  refund, ignores the buyer, refuses, blames the carrier);
+* ``final``    – how the buyer ends the conversation (confirms the package/item is fine after
+  all, withdraws the claim, acknowledges, goes silent, disputes generically, disputes with
+  specific counter-evidence).
+
+The label ``reversal_flag`` (1 = the buyer's claim is reversed in the seller's favour) is a
+function of the *combination* (see :func:`story_label`), and then ~6% of labels are flipped at
+random. The same vocabulary ("tracking", "delivered", "refund", "photo", ...) shows up in both
+classes, so a classifier has to read the exchange rather than spot a keyword.
+
+Only the standard library and pyarrow are imported at module level.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Callable, Sequence
+
+import pyarrow as pa
+
+from raytune_bsm.errors import ConfigError
+
+__all__ = [
+    "COLUMNS",
+    "FINALS",
+    "LABEL_NOISE",
+    "LONG_FRACTION",
+    "PROBLEMS",
+    "RESPONSES",
+    "SCHEMA",
+    "make_dialogues",
+    "story_label",
+    "write_demo_data",
+]
+
+#: Output columns, in order.
+SCHEMA: pa.Schema = pa.schema(
+    [
+        ("order_id", pa.string()),
+        ("dialogue", pa.string()),
+        ("reversal_flag", pa.int64()),
+        ("order_amount", pa.float64()),
+        ("num_messages", pa.int64()),
+        ("buyer_account_age_days", pa.int64()),
+        ("seller_rating", pa.float64()),
+        ("days_since_order", pa.int64()),
+    ]
+)
+COLUMNS: tuple[str, ...] = tuple(SCHEMA.names)
+
+#: Extra columns added by ``make_dialogues(..., with_story=True)``.
+STORY_SCHEMA: pa.Schema = pa.schema(
+    [
+        ("story_problem", pa.string()),
+        ("story_response", pa.string()),
+        ("story_final", pa.string()),
+        ("story_label", pa.int64()),
+        ("label_noise", pa.bool_()),
+        ("is_long", pa.bool_()),
+    ]
+)
+
+PROBLEMS: tuple[str, ...] = (
+    "not_received",
+    "late",
+    "damaged",
+    "wrong_item",
+    "missing_parts",
+    "not_as_described",
+)
+_PROBLEM_W = (0.30, 0.14, 0.18, 0.13, 0.12, 0.13)
+
+RESPONSES: tuple[str, ...] = (
+    "proof_valid",
+    "proof_invalid",
+    "remedy_full",
+    "remedy_partial",
+    "ignore",
+    "refuse",
+    "blame_carrier",
+)
+_RESPONSE_W = (0.27, 0.14, 0.11, 0.08, 0.14, 0.13, 0.13)
+
+FINALS: tuple[str, ...] = (
+    "confirms",
+    "withdraws",
+    "acknowledges",
+    "silent",
+    "disputes_generic",
+    "disputes_specific",
+)
+_FINAL_W = (0.13, 0.06, 0.20, 0.20, 0.20, 0.21)
+
+#: Probability that a record's label is flipped at random.
+LABEL_NOISE: float = 0.06
+#: Fraction of records padded to more than 1,500 words.
+LONG_FRACTION: float = 0.05
+#: Minimum number of words in a "long" record.
+LONG_MIN_WORDS: int = 1550
+
+
+def story_label(problem: str, response: str, final: str) -> int:
+    """Return the noise-free ``reversal_flag`` for a latent story.
+
+    * The buyer confirms the package/item turned out fine, or withdraws the claim -> 1.
+    * The buyer disputes with specific counter-evidence -> 0.
+    * The buyer disputes generically ("I want my money back") -> 1 only if the seller had
+      valid proof or had already issued a full refund/replacement; otherwise 0.
+    * The buyer acknowledges -> 1 if the seller proved their case or a refund (full or partial)
+      was issued/agreed; 0 if the buyer is merely resigned to waiting/chasing the carrier.
+    * The buyer goes silent -> 1 if the seller's valid proof or full refund stands unchallenged;
+      0 otherwise (an unaccepted partial offer, useless tracking, no answer, a refusal).
+
+    ``problem`` does not change the rule, only the wording.
+    """
+    if problem not in PROBLEMS or response not in RESPONSES or final not in FINALS:
+        raise ValueError(f"unknown story ({problem!r}, {response!r}, {final!r})")
+    if final in ("confirms", "withdraws"):
+        return 1
+    if final == "disputes_specific":
+        return 0
+    if final == "disputes_generic":
+        return int(response in ("proof_valid", "remedy_full"))
+    if final == "acknowledges":
+        return int(response in ("proof_valid", "remedy_full", "remedy_partial"))
+    # silent
+    return int(response in ("proof_valid", "remedy_full"))
+
+
+# --------------------------------------------------------------------------------------------
+# Vocabulary pools
+# --------------------------------------------------------------------------------------------
+
+_BRANDS = (
+    "Anker", "Logitech", "Sony", "Philips", "Bosch", "Lodge", "Hydro Flask", "Osprey", "Nike",
+    "Levi's", "KitchenAid", "Ninja", "Fitbit", "JBL", "Samsung", "Cuisinart", "Patagonia",
+    "Yeti", "Razer", "Kasa", "Brooks", "Ikea-style", "Breville", "Garmin", "Lenovo", "Crocs",
+    "Oral-B", "Instant Pot", "Moleskine", "Bose", "TP-Link", "Vitamix", "handmade", "vintage",
+    "no-name", "Ravensburger", "Coleman", "Merrell", "Sandisk", "Canon",
+)
+# (product noun, variant kind)
+_PRODUCTS = (
+    ("wireless earbuds", "color"), ("USB-C charger", "model"), ("running shoes", "shoe"),
+    ("denim jacket", "size"), ("cast iron skillet", "inch"), ("phone case", "model"),
+    ("desk lamp", "color"), ("blender", "color"), ("hiking backpack", "liter"),
+    ("smartwatch", "color"), ("mechanical keyboard", "switch"), ("gaming mouse", "color"),
+    ("coffee grinder", "color"), ("yoga mat", "color"), ("LED strip lights", "length"),
+    ("bookshelf kit", "color"), ("office chair", "color"), ("bike helmet", "size"),
+    ("camera lens", "model"), ("ceramic vase", "color"), ("wall clock", "color"),
+    ("board game", "edition"), ("building block set", "edition"), ("air fryer", "liter"),
+    ("vacuum filter pack", "model"), ("mini drone", "color"), ("guitar strings", "gauge"),
+    ("tablet stand", "color"), ("hair dryer", "color"), ("throw blanket", "color"),
+    ("summer dress", "size"), ("sneakers", "shoe"), ("sunglasses", "color"),
+    ("watch band", "length"), ("ink cartridges", "model"), ("baby monitor", "model"),
+    ("car phone mount", "model"), ("2-person tent", "color"), ("hiking boots", "shoe"),
+    ("portable SSD", "capacity"), ("27-inch monitor", "model"), ("wifi router", "model"),
+    ("vinyl record", "edition"), ("perfume", "ml"), ("skincare set", "edition"),
+    ("electric toothbrush", "color"), ("kitchen scale", "color"), ("jigsaw puzzle", "edition"),
+    ("sleeping bag", "size"), ("memory card", "capacity"), ("espresso machine", "color"),
+    ("rain jacket", "size"), ("leather wallet", "color"), ("smart plug 4-pack", "model"),
+    ("notebook set", "color"), ("water bottle", "color"), ("bluetooth speaker", "color"),
+    ("standing desk frame", "color"), ("dog harness", "size"), ("kids' scooter", "color"),
+)
+_VARIANTS = {
+    "color": ("black", "white", "navy", "red", "forest green", "grey", "rose gold", "blue",
+              "beige", "olive", "charcoal", "sky blue", "burgundy", "cream"),
+    "size": ("XS", "S", "M", "L", "XL", "XXL", "size 6", "size 10", "size 14"),
+    "shoe": ("US 7", "US 8", "US 8.5", "US 9", "US 9.5", "US 10", "US 11", "EU 42", "EU 44"),
+    "inch": ("8-inch", "10-inch", "12-inch", "15-inch"),
+    "model": ("v1", "v2", "Pro", "Lite", "Max", "2023 model", "2024 model", "type A", "type C"),
+    "liter": ("20L", "28L", "35L", "45L", "4 qt", "6 qt"),
+    "switch": ("red switches", "brown switches", "blue switches", "silent switches"),
+    "length": ("2 m", "5 m", "10 m", "small/medium", "medium/large"),
+    "edition": ("standard edition", "deluxe edition", "anniversary edition", "travel edition",
+                "1000 pieces", "500 pieces"),
+    "gauge": ("light gauge", "medium gauge", "extra light", "heavy gauge"),
+    "capacity": ("64GB", "128GB", "256GB", "512GB", "1TB", "2TB"),
+    "ml": ("30 ml", "50 ml", "100 ml"),
+}
+_PARTS = (
+    "mounting screws", "power adapter", "charging cable", "remote control", "instruction manual",
+    "wall anchors", "allen key", "left earbud", "lid", "stand", "batteries", "carrying case",
+    "hex bolts", "shelf pins", "shoulder strap", "glass carafe", "second cushion", "tent poles",
+    "filter", "wheel caps",
+)
+_DAMAGE = (
+    "screen was cracked", "corner was dented in", "glass was shattered", "handle had snapped off",
+    "seam was torn open", "bottle was leaking everywhere", "casing was split down the side",
+    "legs were bent", "surface was scratched all over", "thing won't even power on",
+    "lid was cracked", "frame was warped", "buttons were pushed in and stuck",
+)
+# (what the buyer says is wrong, what the listing actually disclosed)
+_NAD = (
+    ("it's clearly used, there are scratches and scuffs on it",
+     "open box, tested, minor cosmetic scratches"),
+    ("the color is nothing like the photos", "colour may vary slightly from the photos"),
+    ("it's about half the size I expected", "dimensions 20 x 15 x 8 cm, see photo 3"),
+    ("it's the older model, not the new one", "previous generation model"),
+    ("it's not the original brand, it's a compatible one", "compatible accessory, not OEM"),
+    ("the box was opened and taped back up", "open box / repackaged"),
+    ("it doesn't have the bluetooth feature", "wired version only, no bluetooth"),
+    ("it's a refurbished unit, not new", "certified refurbished"),
+)
+_CARRIERS = ("UPS", "USPS", "FedEx", "DHL", "Royal Mail", "Canada Post", "OnTrac", "LaserShip",
+             "Evri", "Amazon Logistics")
+_FIRST = ("James", "Maria", "Wei", "Priya", "Tom", "Aisha", "Lucas", "Sofia", "Daniel", "Emma",
+          "Kenji", "Fatima", "Olga", "Carlos", "Hannah", "Noah", "Chloe", "Omar", "Grace", "Ivan",
+          "Zoe", "Ben", "Leila", "Sam", "Nina", "Raj", "Julia", "Mateo", "Ava", "Pat")
+_LAST = ("Smith", "Jones", "Garcia", "Nguyen", "Patel", "Brown", "Kowalski", "Müller", "Okafor",
+         "Rossi", "Kim", "Silva", "Cohen", "Murphy", "Ivanova", "Hughes", "Tanaka", "Lopez",
+         "Wright", "Dubois")
+_CITIES = (("Austin", "TX"), ("Denver", "CO"), ("Columbus", "OH"), ("Portland", "OR"),
+           ("Tampa", "FL"), ("Raleigh", "NC"), ("Madison", "WI"), ("Tucson", "AZ"),
+           ("Albany", "NY"), ("Boise", "ID"), ("Omaha", "NE"), ("Richmond", "VA"),
+           ("Spokane", "WA"), ("Reno", "NV"), ("Savannah", "GA"), ("Dayton", "OH"),
+           ("Fresno", "CA"), ("Lansing", "MI"), ("Tulsa", "OK"), ("Burlington", "VT"))
+_STREETS = ("Maple Ave", "Oak St", "Cedar Ln", "Pine Rd", "Elm Ct", "Lakeview Dr", "Hillcrest Blvd",
+            "Main St", "Park Pl", "River Rd", "Sunset Ave", "Birch Way", "2nd Ave", "Washington St")
+_SHOPS = ("Brightside Goods", "TechNest", "Urban Thread Co", "HomeHaven", "GearLoft",
+          "The Little Print Shop", "PixelPeak", "Cozy Corner Crafts", "DealDepot", "NorthPeak Outdoor",
+          "Kitchen Kingdom", "SoleMate Shoes", "Bits & Bobs", "Vintage Vault", "ZenDen Store")
+_PLATFORMS = ("eBay", "Etsy", "PayPal", "Amazon", "the marketplace", "my bank",
+              "my credit card company", "Mercari", "the payment provider")
+_FOUND = (
+    "it was behind the planter by the back door",
+    "my neighbour had taken it in for me",
+    "it was in the parcel locker downstairs the whole time",
+    "the front desk had it in their back room",
+    "my partner had picked it up and left it in the car",
+    "it had been left on the side porch where I never look",
+    "it was in the mailbox after all, under a pile of flyers",
+    "my roommate brought it in and forgot to tell me",
+    "the building manager found it in the mail room",
+    "it was delivered to the garage door, not the front",
+    "my kid had put it in the hall closet",
+    "it turned up at the leasing office",
+)
+_DOORS = ("red", "blue", "white", "black", "green", "grey", "yellow", "brown")
+_RELATIVES = ("wife", "husband", "mom", "dad", "sister", "brother", "son", "daughter", "partner",
+              "roommate", "neighbour")
+_OCCASIONS = ("a birthday this weekend", "my trip next week", "work on Monday",
+              "my daughter's school project", "a wedding gift", "the holidays", "a job interview")
+_MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August", "September",
+           "October", "November", "December")
+
+# Synonyms resolved freshly at every use.
+_SYN: dict[str, tuple[str, ...]] = {
+    "hi": ("", "", "", "Hi, ", "Hello, ", "Hi there, ", "Hey, ", "Good morning, ", "Hello! ",
+           "Hi again, ", "Dear seller, "),
+    "shi": ("", "", "Hi, ", "Hello, ", "Hi there! ", "Thanks for your message. ",
+            "Thank you for reaching out. ", "Good afternoon, ", "Hello and thanks for contacting us. "),
+    "pkg": ("package", "parcel", "order", "box", "shipment", "delivery"),
+    "sorry": ("Sorry", "Apologies", "So sorry", "We're sorry", "I'm sorry", "Very sorry"),
+    "thx": ("Thanks", "Thank you", "Thanks a lot", "Cheers", "Many thanks", "Appreciate it"),
+    "check": ("checked", "looked", "had a look", "double-checked", "searched"),
+    "soon": ("as soon as possible", "asap", "soon", "quickly", "today if you can"),
+    "upset": ("frustrated", "disappointed", "annoyed", "fed up", "upset", "not happy"),
+    "esc": ("open a case", "escalate this", "file a dispute", "file a claim", "ask for a chargeback",
+            "report this"),
+    "photo": ("photo", "picture", "pic", "screenshot", "image"),
+    "photos": ("photos", "pictures", "pics", "screenshots", "images"),
+}
+
+
+class _Ctx(dict):
+    """Per-record template context; unknown keys are synonym slots resolved by the record's RNG."""
+
+    __slots__ = ("rng",)
+
+    def __missing__(self, key: str) -> str:
+        return self.rng.choice(_SYN[key])
+
+
+# --------------------------------------------------------------------------------------------
+# Templates. Each is formatted with format_map(_Ctx); a message must never contain "\n".
+# --------------------------------------------------------------------------------------------
+
+_T = tuple[str, ...]
+
+_OPEN: dict[str, _T] = {
+    "not_received": (
+        "{hi}I ordered the {item} on {order_date} and it still hasn't arrived. Where is my {pkg}?",
+        "{hi}Never received my {item}. It's been {days} days since I paid {amount}.",
+        "{hi}{carrier} says my {pkg} was delivered on {deliv_date} but there was nothing at my door when I got home.",
+        "{hi}I'm still waiting on order {order_ref}. Nothing has shown up at my address in {city}.",
+        "Where is my stuff?? Paid {amount} for the {item} {days} days ago and nothing.",
+        "{hi}my {item} was supposed to be here by {eta_date}. No {pkg}, no email, nothing. Please advise.",
+        "{hi}could you look into order {order_ref}? The {item} hasn't come yet and I need it for {occasion}.",
+        "{hi}I didn't get my {pkg}. I {check} with the neighbours and the mail room, nobody has it.",
+        "{hi}the tracking on my {item} says delivered but I never got it. I was home all day.",
+        "{hi}I have not received the {item} ({amount}). Can you tell me what happened to it?",
+        "Order {order_ref} never showed up. I'd like to know what's going on.",
+        "{hi}I bought a {item} from you on {order_date}. It's now {days} days later and I have nothing.",
+    ),
+    "late": (
+        "{hi}my {item} was promised for {eta_date} and it's now {late_days} days late.",
+        "{hi}the estimated delivery date came and went. Order {order_ref} is still not here.",
+        "{hi}tracking {tracking} hasn't moved since {ship_date}. Is it lost?",
+        "{hi}I paid extra for express shipping and the {item} is already {late_days} days overdue.",
+        "Any idea when the {item} will arrive? It said {eta_date} and we're well past that.",
+        "{hi}I ordered on {order_date}, the listing said 3-5 days. Still waiting on the {pkg}.",
+        "{hi}the {item} still hasn't arrived and I needed it for {occasion}. What's the holdup?",
+        "{hi}it's been {days} days. The {carrier} tracking just says in transit. This is way too slow.",
+    ),
+    "damaged": (
+        "{hi}the {item} arrived today but the {damage}. The box was crushed on one side.",
+        "{hi}received my order but it's damaged, the {damage}. I have {photos}.",
+        "{hi}opened the {pkg} and the {item} was broken. The {damage}. Not happy for {amount}.",
+        "The {item} came in pieces. The packaging was just a thin bag with no padding.",
+        "{hi}the {item} showed up damaged, the {damage}. I'd like a refund or a replacement.",
+        "{hi}my {item} was delivered yesterday and the {damage}. {photos} attached.",
+        "{hi}I'm really {upset}. The {item} I ordered on {order_date} arrived and the {damage}.",
+        "{hi}unboxed the {item} this morning. The {damage}, I can't use it like this.",
+    ),
+    "wrong_item": (
+        "{hi}I ordered the {item} in {var_a} but received {var_b}.",
+        "{hi}this is not what I ordered. I got the {item} in {var_b}, I wanted {var_a}.",
+        "Wrong item sent. Order {order_ref} should be {var_a}, the label on the box says {var_b}.",
+        "{hi}you sent me the wrong one. I picked {var_a}, this is {var_b}.",
+        "{hi}the {item} arrived but it's {var_b} instead of {var_a}. Can you fix this?",
+        "{hi}just opened my {pkg} and it's the wrong version of the {item} ({var_b}, not {var_a}).",
+        "{hi}I received somebody else's item, or at least not the {var_a} {item} I paid {amount} for.",
+    ),
+    "missing_parts": (
+        "{hi}the {item} arrived but the {part} {is_are} missing.",
+        "{hi}box came without the {part}. I can't use the {item} without {it_them}.",
+        "{hi}only part of my order was in the box. The {part} {is_are} not there.",
+        "The set is incomplete, no {part} anywhere in the packaging.",
+        "{hi}I {check} the whole box twice and there's no {part} for the {item}.",
+        "{hi}the {item} is missing the {part}. The manual lists {it_them} but {it_they} {is_are}n't included.",
+        "{hi}my {item} came today, everything except the {part}. Please send {it_them} {soon}.",
+    ),
+    "not_as_described": (
+        "{hi}the {item} is not as described. The listing looked new but {nad_issue}.",
+        "{hi}this {item} looks nothing like the listing, {nad_issue}.",
+        "{hi}I'm {upset}. The {item} I received is not what the listing showed: {nad_issue}.",
+        "{hi}item not as described. {nad_issue_cap}. I paid {amount} for this.",
+        "{hi}the {item} arrived and honestly {nad_issue}. That's not what I paid for.",
+        "{hi}received the {item} today and {nad_issue}. I'd like this sorted out.",
+    ),
+}
+
+_SHORT_OPEN: dict[str, _T] = {
+    "not_received": ("Where is my order? Nothing has arrived yet.", "My package never arrived, please check.",
+                     "Still haven't received my {item}, what's going on?", "Never got my order. Please help."),
+    "late": ("My order is late. When will it arrive?", "Still waiting on my {pkg}, it's overdue.",
+             "Tracking hasn't updated in a week, where is it?"),
+    "damaged": ("The {item} arrived broken. What now?", "Item arrived damaged, {photos} attached.",
+                "My {item} came damaged, the {damage}."),
+    "wrong_item": ("You sent the wrong item. I ordered {var_a}.", "Wrong {item} received, need the right one."),
+    "missing_parts": ("The {part} {is_are} missing from my order.", "Box is missing the {part}, please send."),
+    "not_as_described": ("Item is not as described at all.", "This {item} is not what the listing showed."),
+}
+
+# Single-message records where the buyer already resolves it.
+_SOLO: dict[str, _T] = {
+    "confirms": (
+        "Hi, I messaged about my missing {pkg} earlier but {found}. All good, please disregard.",
+        "The {item} finally arrived today, no need to do anything. {thx}!",
+        "Update on order {order_ref}: it showed up, sorry for the false alarm.",
+        "Never mind my earlier message, found the {part} taped inside the lid.",
+    ),
+    "withdraws": (
+        "Please ignore my claim about order {order_ref}, I've withdrawn it.",
+        "I opened a case about the {item} by mistake, I've closed it now. Sorry!",
+        "Closing my request about the {item}, no action needed.",
+    ),
+}
+
+_SELLER_ASK: _T = (
+    "{shi}{sorry} to hear that. Could you send your order number and a {photo} of the {pkg}?",
+    "{shi}Can you confirm the shipping address on the order for me?",
+    "{shi}Could you send a couple of {photos} of the {item} and the box it came in?",
+    "{shi}We're looking into it. Could you check with neighbours and your mail room in the meantime?",
+    "{shi}{sorry} about this. What's the order number so I can pull it up?",
+    "{shi}Thanks for letting us know. Can you describe exactly what you received?",
+    "{shi}I'll look into this right away. Do you still have the packaging?",
+    "{shi}Could you send a {photo} of the shipping label on the box, please?",
+)
+
+_BUYER_INFO: _T = (
+    "Order number is {order_ref}. Address is {house_no} {street}, {city}, {state}.",
+    "{photos} attached: the box, the {item}, and the shipping label.",
+    "Yes, the address is correct. I already asked the neighbours.",
+    "Sent the {photos} through the message center. You can see it clearly.",
+    "It's {order_ref}, ordered {order_date}, paid {amount}.",
+    "Address is right, {house_no} {street}. I still have all the packaging.",
+    "Here you go: order {order_ref}, {item}, {amount}, shipped with {carrier}.",
+    "Sure, {photos} are attached. Let me know if you need anything else.",
+)
+
+_BUYER_CLARIFY: _T = (
+    "Can you explain that again? I'm not sure what it means for my order.",
+    "So what happens now?",
+    "I don't really follow. Can you check again?",
+    "Could you look into it one more time please?",
+    "Are you sure? Can you send me that again?",
+    "What does that mean exactly?",
+    "Ok but what about my {item}?",
+)
+
+_SELLER_CLOSE: _T = (
+    "Glad it worked out! Have a great day.",
+    "{thx} for letting us know. Enjoy your {item}!",
+    "No problem at all, happy to help.",
+    "Great, {thx} for the update. Case closed on our side.",
+    "Thanks for following up, take care.",
+    "Perfect, we'll mark it as resolved.",
+)
+
+_SELLER_FOLLOWUP: _T = (
+    "Just checking in: did you get a chance to look at what we sent?",
+    "Following up on the above. Let us know if you have any other questions.",
+    "Hi, just wanted to make sure you saw our last message.",
+    "Let us know if there's anything else we can do.",
+)
+
+_DELIVERY = ("not_received", "late")
+
+_RESPONSE: dict[str, dict[str, _T]] = {
+    "proof_valid": {
+        "delivery": (
+            "{shi}I {check} with {carrier}. Tracking {tracking} shows delivered on {deliv_date} at {deliv_time}, left at the front door, and the driver's GPS scan matches your address. Delivery {photo} attached.",
+            "{shi}according to {carrier}, the {pkg} was signed for by {signer} on {deliv_date}. Proof of delivery with the signature is attached.",
+            "{shi}tracking number {tracking} shows delivered to the mailbox at {house_no} {street} on {deliv_date}. The carrier confirmed the GPS location is your address.",
+            "{shi}our records show {carrier} delivered it on {deliv_date} at {deliv_time}. The delivery {photo} shows the box at a {door} door with house number {house_no}, which matches your address.",
+            "{shi}I opened a trace with {carrier}. They confirmed delivery to {house_no} {street} on {deliv_date}, signature {signer}, GPS within 10 metres of your door. I've attached their letter.",
+            "{shi}the {pkg} was delivered on {deliv_date} per {carrier} ({tracking}). Their proof of delivery has a {photo} of it on your porch next to the {door} door.",
+            "{shi}I can see tracking {tracking} was scanned as delivered on {deliv_date}, signed by {signer}. The address on the scan is {house_no} {street}, {city}.",
+        ),
+        "damaged": (
+            "{shi}we photograph every order before it ships. The {photos} attached show the {item} intact and bubble-wrapped, and {carrier}'s inspection found the outer box undamaged. The serial in your {photo} ({serial2}) isn't the unit we shipped ({serial}).",
+            "{shi}the damage in your {photo} is on a unit with serial {serial2}; we shipped serial {serial}. Our packing video for your order is attached.",
+            "{shi}I compared your {photos} with our pre-shipment {photos}. The unit we sent has serial {serial} and was undamaged when {carrier} collected it; the one in your {photo} has a different serial ({serial2}).",
+            "{shi}{carrier} inspected the parcel and their report says the box arrived with no damage. Our packing {photos} show the {item} intact, serial {serial}, and yours shows serial {serial2}.",
+        ),
+        "wrong_item": (
+            "{shi}your order confirmation shows you selected {var_b} (line 1 of the invoice, SKU {sku}). That is what we shipped.",
+            "{shi}I {check} the order: the variant chosen at checkout was {var_b}, not {var_a}. Screenshot of your order page attached.",
+            "{shi}our records show order {order_ref} was placed for the {item} in {var_b}. The invoice {photo} is attached, it matches what you received.",
+            "{shi}the order was placed for {var_b}, SKU {sku}, and our warehouse scan matches it. It looks like the wrong option was picked at checkout.",
+        ),
+        "missing_parts": (
+            "{shi}the {part} {is_are} in the small compartment under the foam insert, see page {page} of the manual. Our packing checklist for your order is attached.",
+            "{shi}we weigh every box before shipping. Yours weighed {weight} kg, which matches a complete kit including the {part}. They're usually taped inside the lid.",
+            "{shi}the {part} {is_are} packed in a separate envelope inside the manual sleeve. Our packing {photo} for order {order_ref} shows {it_them} going in.",
+            "{shi}the listing says the {part} {is_are} sold separately, see the last line of the description. The kit you bought doesn't include {it_them}.",
+        ),
+        "not_as_described": (
+            "{shi}the listing states '{nad_disclosure}' in the description, and {photo} {photo_n} shows exactly that. We shipped the item as described.",
+            "{shi}I've attached a screenshot of the listing you bought from. It says '{nad_disclosure}' right under the price.",
+            "{shi}the description on order {order_ref} reads '{nad_disclosure}'. The {item} you received matches that listing.",
+            "{shi}we disclosed '{nad_disclosure}' in the title and the description, screenshot attached.",
+        ),
+    },
+    "proof_invalid": {
+        "delivery": (
+            "{shi}here's the tracking: {tracking}. It says label created on {ship_date}, {carrier} should scan it soon.",
+            "{shi}tracking {tracking} shows in transit since {ship_date}. It hasn't updated but it's on the way, please be patient.",
+            "{shi}I shipped it on {ship_date}. I don't have a tracking number for this one but I definitely sent it.",
+            "{shi}our system has tracking {tracking}, but {carrier}'s site says the number isn't found yet. It can take a while to update.",
+            "{shi}last scan was at the {hub} facility on {ship_date}, no updates since then, but these things happen.",
+            "{shi}the tracking I have is {tracking}. I know it only shows pre-shipment but it did go out.",
+            "{shi}tracking {tracking} says delivered on {deliv_date}, but to ZIP {other_zip}. It may have gone to the wrong post office, it should get rerouted.",
+        ),
+        "item": (
+            "{shi}everything leaves our warehouse in perfect condition, so I'm not sure what happened. I don't have {photos} of your specific order.",
+            "{shi}our pick list says it was packed correctly. We don't keep {photos} but our staff are careful.",
+            "{shi}I checked and the serial in your {photo} ({serial}) is the unit we shipped. It must have happened after it left us.",
+            "{shi}all our items are checked before shipping, I can't see how that happened. Here's our packing slip (no {photos} I'm afraid).",
+            "{shi}the listing {photos} are stock images, so some differences are possible. The packing slip shows we sent order {order_ref}.",
+            "{shi}I can confirm we shipped order {order_ref} with tracking {tracking}. Our packer says it was fine.",
+        ),
+    },
+    "remedy_full": {
+        "any": (
+            "{shi}{sorry} about that! I've issued a full refund of {amount} to your original payment method. It should show in 3-5 business days.",
+            "{shi}apologies. A replacement {item} shipped today with {carrier}, tracking {tracking2}. No need to return the original.",
+            "{shi}I've sent you a prepaid return label. I've also refunded the full {amount} already, so don't wait on us.",
+            "{shi}refund of {amount} processed just now, reference {refund_ref}. {sorry} for the trouble.",
+            "{shi}no problem, we've refunded your order in full ({amount}). You'll get an email from the payment provider.",
+            "{shi}I'm sending a new {item} today by express, and you can keep the first one. Tracking {tracking2}.",
+            "{shi}full refund issued for order {order_ref}. {sorry} again, this shouldn't have happened.",
+        ),
+    },
+    "remedy_partial": {
+        "any": (
+            "{shi}{sorry} for the trouble. I can offer a partial refund of {partial} and you keep the {item}. Would that work?",
+            "{shi}we can refund {partial} to make up for it, or you can return the whole thing with a return label. Let me know.",
+            "{shi}how about {pct}% back ({partial})? That's the best I can do on this one.",
+            "{shi}I'd like to make this right. Would a partial refund of {partial} be ok?",
+            "{shi}I can send {partial} back now as a goodwill gesture. Please confirm and I'll process it.",
+        ),
+    },
+    "ignore": {
+        "any": (
+            "Thank you for contacting {shop}! Our team will respond within 48 hours.",
+            "This is an automated message. Your order {order_ref} has shipped. Tracking: {tracking}.",
+            "Auto-reply: we are currently out of office and will answer your message as soon as possible.",
+            "Thanks for your message! We're experiencing high volumes and will get back to you shortly.",
+        ),
+    },
+    "refuse": {
+        "delivery": (
+            "{shi}we shipped the order. There's nothing more we can do on our end.",
+            "{shi}once the item leaves our warehouse it's your responsibility. We won't be refunding this.",
+            "{shi}all sales are final as per our policy. We can't refund orders that have shipped.",
+            "{shi}we sent it out on {ship_date}. We don't do refunds for lost mail, sorry.",
+            "{shi}I'm not able to refund this. We did our part by sending it.",
+        ),
+        "item": (
+            "{shi}it was fine when it left us. We don't accept damage claims.",
+            "{shi}all sales are final as per our policy. No returns or refunds.",
+            "{shi}we don't offer refunds on this item, it says so in our shop policies.",
+            "{shi}sorry but we can't help with this one. Our policy is no returns after delivery.",
+            "{shi}we won't refund this. You'd have to send it back at your own cost and even then it's store credit only.",
+        ),
+    },
+    "blame_carrier": {
+        "delivery": (
+            "{shi}that's a {carrier} problem, not ours. Please file a claim with them.",
+            "{shi}once we hand it to {carrier} it's out of our hands. You'll need to contact them about the {pkg}.",
+            "{shi}we gave the parcel to {carrier} on {ship_date}, tracking {tracking}. Anything after that is on them.",
+            "{shi}{carrier} has been losing a lot of parcels lately. You should ask them, we can't do anything.",
+            "{shi}please contact {carrier} directly with tracking {tracking}, they handle lost packages.",
+        ),
+        "item": (
+            "{shi}the damage must have happened in transit. Please open a claim with {carrier}; we're not responsible for their handling.",
+            "{shi}it left us in good shape, so this is on {carrier}. You'll have to file with them.",
+            "{shi}{carrier} must have mixed something up. Please contact them, it's not something we can fix.",
+            "{shi}that sounds like a carrier issue. {carrier} has a claims form on their website.",
+        ),
+    },
+}
+
+_FINAL: dict[str, dict[str, _T]] = {
+    "confirms": {
+        "delivery": (
+            "{hi}update: found the {pkg}! {found_cap}. Sorry for the hassle, please disregard.",
+            "{hi}it arrived today, a few days late but it's here. All good, {thx}.",
+            "{hi}my {relative} had taken it in, I just saw it. The case can be closed.",
+            "Oh, {found}. So sorry, I have the {item} now.",
+            "{hi}just wanted to say the {pkg} showed up this morning. {thx}!",
+            "{hi}false alarm, I received it. {found_cap}.",
+            "Got it! {found_cap}. {thx} for your patience.",
+        ),
+        "damaged": (
+            "{hi}turns out only the outer box was damaged. The {item} itself works fine after all. {thx}.",
+            "{hi}I tested it again and it works, I must have set it up wrong. Sorry!",
+            "{hi}the mark wipes right off, it was just dust on the packaging. All good.",
+            "Looked again and the {item} is fine, it was the box that got bashed. No problem.",
+        ),
+        "wrong_item": (
+            "Oh, I just checked my order confirmation and I did pick {var_b}. My mistake, sorry!",
+            "{hi}you're right, I clicked the wrong option. I'll keep it, no issue.",
+            "{hi}my {relative} ordered it on my account and chose {var_b}. Sorry for the confusion.",
+            "{hi}checked again and it is actually the {var_a} one, the box label was just misprinted. All good.",
+        ),
+        "missing_parts": (
+            "{hi}found the {part}, {it_they} {was_were} under the foam insert. All good now.",
+            "Found {it_them}! {it_they_cap} {was_were} taped inside the lid. {thx}.",
+            "{hi}my {relative} had already unpacked the {part}. Sorry, everything is here.",
+            "{hi}never mind, the {part} {was_were} in the manual sleeve. Works great.",
+        ),
+        "not_as_described": (
+            "{hi}looked at it again in daylight and it matches the listing. I overreacted, sorry.",
+            "{hi}you're right, I missed that in the description. I'm happy with it.",
+            "{hi}I re-read the listing and it's exactly what was described. My bad.",
+            "{hi}after using it for a day it's fine, it's what the listing said. {thx}.",
+        ),
+    },
+    "withdraws": {
+        "any": (
+            "{hi}I'm going to close the case, no need to do anything further.",
+            "Please ignore my previous messages, I've withdrawn the claim.",
+            "{hi}I'll withdraw the dispute. Sorry for the trouble.",
+            "Never mind, I've sorted it out on my end. Closing the request.",
+            "{hi}I've cancelled the case with {platform}. Please disregard.",
+            "{hi}on second thought I'm dropping the claim. {thx} for your time.",
+        ),
+    },
+    "acknowledges": {
+        # proof_valid: buyer accepts the evidence (label 1)
+        "proof_valid": (
+            "Ok, I see the {photo}. I'll ask around the building.",
+            "{thx} for the info, I'll check with my neighbours.",
+            "Understood, {thx} for looking into it.",
+            "Ok, fair enough.",
+            "Alright, I see it now. {thx}.",
+            "Ok, {thx} for letting me know.",
+        ),
+        "remedy_full": (
+            "Refund came through, {thx}!",
+            "Got the replacement, {thx} so much.",
+            "{thx}, I see the refund on my statement.",
+            "Ok, {thx} for letting me know.",
+            "Great, that works. {thx}.",
+            "Perfect, {thx} for sorting it out.",
+        ),
+        "remedy_partial": (
+            "Ok, {partial} works for me, {thx}.",
+            "Fine, I'll accept the partial refund.",
+            "That's fair, please go ahead with the {partial}.",
+            "Ok, deal. {thx}.",
+            "Alright, {partial} back is fine, I'll keep the {item}.",
+        ),
+        # label-0 resignation
+        "other": (
+            "Ok, I'll wait a few more days I guess.",
+            "Fine, I'll contact {carrier} then.",
+            "Alright, I'll keep an eye on the tracking.",
+            "Ok, {thx} for letting me know.",
+            "Ok. Still waiting to hear back about my {item} then.",
+            "I see. I'll try {carrier} and see what they say.",
+            "Ok, understood.",
+        ),
+    },
+    "disputes_generic": {
+        "any": (
+            "This is unacceptable. I'm going to {esc} with {platform}.",
+            "I want my money back, end of story. I'm going to {esc}.",
+            "Terrible service. I'm filing a chargeback with {platform}.",
+            "I don't care, I want a full refund or I'll {esc}.",
+            "Not good enough. I've escalated this to {platform}.",
+            "Honestly I'm {upset}. Leaving a bad review and opening a dispute.",
+            "I'm done talking, {platform} can sort this out.",
+        ),
+        "proof_valid": (
+            "I don't care what the tracking says, I want my money back. I'm going to {esc}.",
+            "Whatever your {photo} shows, I'm {upset} and I'm filing a chargeback.",
+            "That doesn't change anything, I'm escalating to {platform}.",
+        ),
+    },
+    "disputes_specific": {
+        "proof_valid_delivery": (
+            "The delivery {photo} shows a {door} door, my door is {door2}. That's not my house.",
+            "Nobody named {signer} lives here and I didn't sign anything. The signature isn't mine.",
+            "The GPS scan is {blocks} blocks from my address. I have doorbell camera footage showing no delivery that day.",
+            "That house number in the {photo} is not {house_no}. {carrier} delivered it to the wrong address.",
+            "I was at work on {deliv_date}, so who signed as {signer}? {carrier} confirmed to me it was left at another address.",
+        ),
+        "proof_valid_item": (
+            "I've attached a clearer {photo}: the serial on my unit is {serial}, the same one you shipped, and it's broken.",
+            "My order confirmation email (attached) clearly says {var_a}, not {var_b}.",
+            "There's no compartment under the foam. My unboxing video shows the {part} {is_are} not there.",
+            "The listing I bought from said 'brand new' and nothing about '{nad_disclosure}', screenshot attached from the day I ordered.",
+            "Your {photo} is of a different box. Mine had a different label and was damaged, {photos} attached.",
+        ),
+        "proof_invalid": (
+            "That tracking number shows 'label created' only, it was never scanned by {carrier}.",
+            "{carrier} says that number doesn't exist. I still have nothing.",
+            "Tracking {tracking} hasn't moved in {days} days. That's not proof of anything.",
+            "I checked the tracking, it shows a delivery in {other_city}. That's not where I live.",
+            "You just admitted you have no {photos} and no proof. I've sent mine, the item is clearly not right.",
+            "The serial matching just proves it's your unit and it arrived broken.",
+        ),
+        "remedy_full": (
+            "It's been {days} days and there's no refund on my statement.",
+            "The replacement tracking {tracking2} hasn't moved in a week. Still no {item}.",
+            "I never got any refund, and the reference number you gave doesn't show up with {platform}.",
+            "The replacement arrived with the same problem. I'm escalating.",
+        ),
+        "remedy_partial": (
+            "{partial} for a {amount} item? No. I want a full refund.",
+            "A partial refund doesn't cover it, the {item} is unusable. I'm escalating.",
+            "No, I'm not keeping a broken item for {partial}. Full refund please.",
+            "That offer is insulting. I paid {amount}, I'm going to {esc}.",
+        ),
+        "other": (
+            "Under {platform}'s policy the seller is responsible until delivery. I've escalated.",
+            "I'm escalating, you haven't addressed the problem at all. {photos} are attached to the case.",
+            "It's your job to ship it properly. {carrier} told me the seller has to file the claim.",
+            "{days} days and no answer. I've opened a case with {platform} with all my {photos}.",
+            "I have the {photos} and the empty box. The item was never right, I'm filing a claim.",
+        ),
+    },
+}
+
+_BUYER_CHASE: _T = (
+    "Hello? Any update on this?",
+    "Still no response. It's been {days} days.",
+    "Hi, just following up on my message above.",
+    "Can someone please get back to me about order {order_ref}?",
+    "Is anyone there?",
+    "Following up again, still waiting on an answer.",
+)
+
+# Long-record filler (neutral w.r.t. the label).
+_RAMBLE: _T = (
+    "I've been a customer of yours for years and never had a problem like this before.",
+    "My {relative} was home most of that week and nobody rang the bell or knocked.",
+    "I work nights, so I usually sleep during the day, which is why I asked for packages to be left at the back.",
+    "This was supposed to be for {occasion} so the timing really matters to me.",
+    "I've spent about an hour on the phone already and I keep getting transferred between departments.",
+    "Last time I ordered something similar from another shop it came in two days with no issues at all.",
+    "Our building has a mail room but it's only staffed in the mornings, and the staff change every few weeks.",
+    "I also ordered a couple of other things that week, and those all came through fine with {carrier}.",
+    "I don't want to be difficult, I just want to understand what happened with the {item}.",
+    "I read the reviews before buying and most people seemed happy, which is why I chose your shop.",
+    "I paid {amount} which is a lot of money for me right now, so I'm keeping a close eye on it.",
+    "The weather here has been awful, lots of rain, and the roads around {city} were flooded for a couple of days.",
+    "My neighbours have had issues with deliveries too, I think the route driver changed recently.",
+    "I took screenshots of everything, the listing, the order page, the tracking page and the emails.",
+    "I'm writing this on my phone so sorry if it's a bit long or there are typos.",
+    "Just so you have all the details, the order was placed on {order_date} from my laptop using my {platform2} account.",
+    "We're also in the middle of moving house, so things are a bit chaotic around here.",
+    "I checked the spam folder too in case there were any emails from you or from {carrier}.",
+    "The listing photos looked great and the price was fair, so I was excited to get the {item}.",
+    "I'd really prefer to sort this out directly with you rather than going through anyone else.",
+    "My {relative} thinks I should just wait, but I'd rather get a clear answer.",
+    "I'm not sure if it matters, but the {pkg} was meant to come on a {weekday}.",
+    "I've also left a message with {carrier} customer service, they said someone would call me back within 24 to 48 hours.",
+    "For context, I live in a {housing} and deliveries usually get left by the {spot}.",
+    "I don't usually write long messages like this but I want to make sure nothing gets lost in translation.",
+    "The checkout page said estimated delivery {eta_date}, and I planned around that date.",
+    "I have been checking the tracking page several times a day and refreshing the app.",
+    "When I spoke to the first agent they told me to contact the seller, which is why I'm writing to you again.",
+    "I don't know if it helps, but the order confirmation email said it would be shipped within 1 business day.",
+    "I'd appreciate it if you could read through all of this before replying.",
+)
+_WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday")
+_HOUSING = ("small apartment block", "townhouse", "duplex", "house at the end of a long driveway",
+            "third-floor walk-up", "gated community", "condo building")
+_SPOTS = ("front door", "garage", "side gate", "mailboxes", "back porch", "lobby")
+_PLATFORMS2 = ("eBay", "Etsy", "Amazon", "Google", "Apple", "shop")
+
+_SELLER_HOLD: _T = (
+    "{shi}Thanks for your patience, we're still looking into this and will get back to you.",
+    "{shi}We've received your message and passed it to our fulfilment team.",
+    "{shi}Sorry for the slow reply, we've had a lot of messages this week. Looking into it now.",
+    "{shi}Noted, I'll need a day or two to check with the warehouse.",
+)
+
+_POLICY = (
+    "For reference, here is our shop policy: Orders are processed within 1-2 business days. "
+    "Shipping times are estimates provided by the carrier and are not guaranteed. "
+    "Once an order has been handed to the carrier, tracking information will be sent by email. "
+    "If your order has not arrived within 10 business days of the estimated delivery date, please contact us and we will open an investigation with the carrier. "
+    "Items must be returned within 30 days in their original condition and packaging. "
+    "Return shipping costs are the responsibility of the buyer unless the item arrived damaged or not as described. "
+    "For damage claims we ask for clear photos of the item, the inner packaging and the outer box including the shipping label. "
+    "Refunds are issued to the original payment method within 5 business days of receiving the return. "
+    "Custom and personalised items cannot be returned unless faulty. "
+    "We reserve the right to refuse claims that do not follow this policy. "
+    "Please allow 24 to 48 hours for a reply to messages, excluding weekends and public holidays. "
+    "Thank you for shopping with us and for understanding that we are a small team doing our best."
+)
+
+
+# --------------------------------------------------------------------------------------------
+# Generation
+# --------------------------------------------------------------------------------------------
+
+
+def _choices_cdf(weights: Sequence[float]) -> list[float]:
+    total = float(sum(weights))
+    acc, out = 0.0, []
+    for w in weights:
+        acc += w / total
+        out.append(acc)
+    out[-1] = 1.0
+    return out
+
+
+_PROBLEM_CDF = _choices_cdf(_PROBLEM_W)
+_RESPONSE_CDF = _choices_cdf(_RESPONSE_W)
+_FINAL_CDF = _choices_cdf(_FINAL_W)
+
+
+def _pick(rng: random.Random, values: Sequence[str], cdf: Sequence[float]) -> str:
+    return rng.choices(values, cum_weights=cdf, k=1)[0]
+
+
+def _fmt_date(d: _dt.date, style: int) -> str:
+    if style == 0:
+        return f"{_MONTHS[d.month - 1]} {d.day}"
+    if style == 1:
+        return f"{_MONTHS[d.month - 1][:3]} {d.day}"
+    if style == 2:
+        return f"{d.month}/{d.day}"
+    return f"{d.day} {_MONTHS[d.month - 1]}"
+
+
+def _tracking(rng: random.Random, carrier: str) -> str:
+    digits = "0123456789"
+    alnum = "ABCDEFGHJKLMNPRSTUVWXYZ0123456789"
+    if carrier == "UPS":
+        return "1Z" + "".join(rng.choices(alnum, k=6)) + "".join(rng.choices(digits, k=10))
+    if carrier == "USPS":
+        raw = "9400" + "".join(rng.choices(digits, k=18))
+        return " ".join(raw[i:i + 4] for i in range(0, 22, 4))
+    if carrier == "FedEx":
+        return "".join(rng.choices(digits, k=12))
+    if carrier == "DHL":
+        return "".join(rng.choices(digits, k=10))
+    if carrier in ("Royal Mail", "Canada Post"):
+        cc = "GB" if carrier == "Royal Mail" else "CA"
+        return "".join(rng.choices("ABCDEFGHJKLMNPRSTUVWXYZ", k=2)) + "".join(rng.choices(digits, k=9)) + cc
+    if carrier == "Evri":
+        return "H" + "".join(rng.choices(alnum, k=15))
+    if carrier == "Amazon Logistics":
+        return "TBA" + "".join(rng.choices(digits, k=12))
+    return "".join(rng.choices("CD", k=1)) + "".join(rng.choices(digits, k=14))
+
+
+def _cap(s: str) -> str:
+    return s[:1].upper() + s[1:] if s else s
+
+
+def _context(rng: random.Random, order_id: str) -> _Ctx:
+    brand = rng.choice(_BRANDS)
+    noun, kind = rng.choice(_PRODUCTS)
+    variants = _VARIANTS[kind]
+    var_a, var_b = rng.sample(variants, 2)
+    item = f"{brand} {noun}" if rng.random() < 0.6 else noun
+    carrier = rng.choice(_CARRIERS)
+    amount = round(min(2500.0, max(3.0, math.exp(rng.gauss(3.8, 0.9)))), 2)
+    partial = round(amount * rng.choice((0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5)), 2)
+    city, state = rng.choice(_CITIES)
+    other_city, _ = rng.choice(_CITIES)
+    if other_city == city:
+        other_city = "Springfield"
+    door, door2 = rng.sample(_DOORS, 2)
+    part = rng.choice(_PARTS)
+    plural = part.endswith("s") and not part.endswith("ss")
+    nad_issue, nad_disclosure = rng.choice(_NAD)
+    order_date = _dt.date(2024, 1, 1) + _dt.timedelta(days=rng.randrange(420))
+    ship_date = order_date + _dt.timedelta(days=rng.randint(0, 3))
+    eta_date = ship_date + _dt.timedelta(days=rng.randint(2, 7))
+    deliv_date = ship_date + _dt.timedelta(days=rng.randint(1, 9))
+    ds = rng.randrange(4)
+    days = rng.randint(5, 45)
+    serial = "SN" + "".join(rng.choices("0123456789ABCDEF", k=8))
+    serial2 = "SN" + "".join(rng.choices("0123456789ABCDEF", k=8))
+    c = _Ctx(
+        order_id=order_id,
+        order_ref=order_id if rng.random() < 0.5 else f"#{rng.randint(100, 999)}-{rng.randint(1000000, 9999999)}-{rng.randint(1000000, 9999999)}",
+        item=item,
+        var_a=var_a,
+        var_b=var_b,
+        amount=f"${amount:,.2f}",
+        amount_value=amount,
+        partial=f"${partial:,.2f}",
+        pct=str(int(round(100 * partial / amount))) if amount else "10",
+        carrier=carrier,
+        tracking=_tracking(rng, carrier),
+        tracking2=_tracking(rng, carrier),
+        order_date=_fmt_date(order_date, ds),
+        ship_date=_fmt_date(ship_date, ds),
+        eta_date=_fmt_date(eta_date, ds),
+        deliv_date=_fmt_date(deliv_date, ds),
+        deliv_time=f"{rng.randint(8, 12 if rng.random() < 0.5 else 8) if False else rng.choice((8, 9, 10, 11, 12, 1, 2, 3, 4, 5, 6, 7))}:{rng.randint(0, 59):02d} {'AM' if rng.random() < 0.4 else 'PM'}",
+        days=str(days),
+        days_value=days,
+        late_days=str(rng.randint(2, 14)),
+        city=city,
+        state=state,
+        other_city=other_city,
+        other_zip=f"{rng.randint(10000, 99999)}",
+        house_no=str(rng.randint(2, 9800)),
+        street=rng.choice(_STREETS),
+        signer=f"{rng.choice(_FIRST)[0]}. {rng.choice(_LAST).upper()}",
+        door=door,
+        door2=door2,
+        blocks=str(rng.randint(2, 12)),
+        shop=rng.choice(_SHOPS),
+        platform=rng.choice(_PLATFORMS),
+        platform2=rng.choice(_PLATFORMS2),
+        part=part,
+        is_are="are" if plural else "is",
+        was_were="were" if plural else "was",
+        it_them="them" if plural else "it",
+        it_they="they" if plural else "it",
+        it_they_cap="They" if plural else "It",
+        damage=rng.choice(_DAMAGE),
+        nad_issue=nad_issue,
+        nad_issue_cap=_cap(nad_issue),
+        nad_disclosure=nad_disclosure,
+        photo_n=str(rng.randint(2, 7)),
+        found=rng.choice(_FOUND),
+        relative=rng.choice(_RELATIVES),
+        occasion=rng.choice(_OCCASIONS),
+        hub=rng.choice(_CITIES)[0],
+        serial=serial,
+        serial2=serial2,
+        sku=f"{rng.choice('ABCDEFGHKMNPRSTXZ')}{rng.choice('ABCDEFGHKMNPRSTXZ')}-{rng.randint(1000, 99999)}",
+        page=str(rng.randint(2, 14)),
+        weight=f"{rng.uniform(0.3, 12.0):.1f}",
+        refund_ref=f"RF{rng.randint(10000000, 99999999)}",
+        weekday=rng.choice(_WEEKDAYS),
+        housing=rng.choice(_HOUSING),
+        spot=rng.choice(_SPOTS),
+    )
+    c["found_cap"] = _cap(c["found"])
+    c.rng = rng
+    return c
+
+
+def _say(rng: random.Random, ctx: _Ctx, templates: Sequence[str], role: str) -> str:
+    text = rng.choice(templates).format_map(ctx)
+    text = _cap(text)
+    if role == "Buyer":
+        r = rng.random()
+        if r < 0.08:
+            text = text.lower()
+        elif r < 0.12:
+            text = text.rstrip(".") + "!!"
+        elif r < 0.16:
+            text = text + " " + rng.choice(("Thanks.", "Thx", "Regards, " + rng.choice(_FIRST), "- " + rng.choice(_FIRST)))
+    else:
+        if rng.random() < 0.15:
+            text = text + " " + rng.choice(("Best regards, " + ctx["shop"], "Kind regards, " + rng.choice(_FIRST),
+                                            "- The " + ctx["shop"] + " team", "Thanks, " + rng.choice(_FIRST)))
+    return f"{role}: {text}"
+
+
+def _order_paste(rng: random.Random, ctx: _Ctx) -> str:
+    lines = [f"Here are my full order details so you have everything: Order {ctx['order_ref']} | placed {ctx['order_date']} | ship to {ctx['house_no']} {ctx['street']}, {ctx['city']}, {ctx['state']}"]
+    for i in range(rng.randint(6, 14)):
+        brand = rng.choice(_BRANDS)
+        noun, kind = rng.choice(_PRODUCTS)
+        var = rng.choice(_VARIANTS[kind])
+        price = math.exp(rng.gauss(3.0, 0.8))
+        lines.append(f"item {i + 1}: {brand} {noun} ({var}) qty {rng.randint(1, 3)} at ${price:,.2f}, SKU {rng.randint(100000, 999999)}, status shipped")
+    lines.append(f"shipping {ctx['carrier']} standard, tracking {ctx['tracking']}, payment card ending {rng.randint(1000, 9999)}, total {ctx['amount']}")
+    return "Buyer: " + " | ".join(lines)
+
+
+def _ramble(rng: random.Random, ctx: _Ctx, n: int) -> str:
+    sents = [s.format_map(ctx) for s in rng.sample(_RAMBLE, min(n, len(_RAMBLE)))]
+    return "Buyer: " + " ".join(sents)
+
+
+def _long_filler(rng: random.Random, ctx: _Ctx, need_words: int) -> list[str]:
+    """Neutral messages (rambles, pastes, chasers, holding replies) totalling >= need_words words."""
+    out: list[str] = []
+    got = 0
+    while got < need_words:
+        r = rng.random()
+        if r < 0.40:
+            msg = _ramble(rng, ctx, rng.randint(8, 22))
+        elif r < 0.55:
+            msg = _order_paste(rng, ctx)
+        elif r < 0.65:
+            msg = "Seller: " + _POLICY
+        elif r < 0.85:
+            msg = _say(rng, ctx, _BUYER_CHASE, "Buyer") + " " + _ramble(rng, ctx, rng.randint(2, 6))[7:]
+        else:
+            msg = _say(rng, ctx, _SELLER_HOLD, "Seller")
+        out.append(msg)
+        got += msg.count(" ") + 1
+    return out
+
+
+def _story_messages(rng: random.Random, ctx: _Ctx, problem: str, response: str, final: str,
+                    long_words: int) -> list[str]:
+    kind = "delivery" if problem in _DELIVERY else "item"
+    b: Callable[[Sequence[str]], str] = lambda ts: _say(rng, ctx, ts, "Buyer")  # noqa: E731
+    s: Callable[[Sequence[str]], str] = lambda ts: _say(rng, ctx, ts, "Seller")  # noqa: E731
+
+    # Single-message records.
+    if not long_words:
+        if final in ("confirms", "withdraws") and rng.random() < 0.08:
+            tpl = _SOLO[final]
+            return [_say(rng, ctx, tpl, "Buyer")]
+        if response == "ignore" and final == "silent" and rng.random() < 0.5:
+            return [b(_SHORT_OPEN[problem] if rng.random() < 0.6 else _OPEN[problem])]
+
+    msgs: list[str] = [b(_SHORT_OPEN[problem] if rng.random() < 0.12 else _OPEN[problem])]
+    if rng.random() < 0.15:
+        msgs.append(b(_BUYER_CHASE))
+
+    if response != "ignore" and rng.random() < 0.45:
+        msgs.append(s(_SELLER_ASK))
+        msgs.append(_order_paste(rng, ctx) if rng.random() < 0.04 else b(_BUYER_INFO))
+
+    filler_at_end = False
+    if long_words:
+        words = sum(m.count(" ") + 1 for m in msgs)
+        filler = _long_filler(rng, ctx, max(0, long_words - words - 60))
+        if rng.random() < 0.75:
+            msgs.extend(filler)
+        else:
+            filler_at_end = True
+
+    # Seller's substantive response.
+    if response == "ignore":
+        if rng.random() < 0.5:
+            msgs.append(s(_RESPONSE["ignore"]["any"]))
+        for _ in range(rng.choice((0, 1, 1, 2))):
+            msgs.append(b(_BUYER_CHASE))
+    else:
+        table = _RESPONSE[response]
+        if response == "proof_valid":
+            tpl = table["delivery"] if kind == "delivery" else table[problem]
+        elif "any" in table:
+            tpl = table["any"]
+        else:
+            tpl = table[kind]
+        msgs.append(s(tpl))
+        if rng.random() < 0.2:
+            msgs.append(b(_BUYER_CLARIFY))
+            msgs.append(s(tpl))
+
+    if filler_at_end:
+        msgs.extend(filler)
+
+    # Buyer's final move.
+    if final == "silent":
+        if response != "ignore" and rng.random() < 0.3:
+            msgs.append(s(_SELLER_FOLLOWUP))
+        return msgs
+    fin = _FINAL[final]
+    if final == "confirms":
+        tpl = fin["delivery"] if kind == "delivery" else fin[problem]
+    elif final == "withdraws":
+        tpl = fin["any"]
+    elif final == "acknowledges":
+        tpl = fin.get(response, fin["other"])
+    elif final == "disputes_generic":
+        tpl = fin["proof_valid"] + fin["any"] if response == "proof_valid" else fin["any"]
+    else:  # disputes_specific
+        if response == "proof_valid":
+            tpl = fin["proof_valid_delivery"] if kind == "delivery" else (fin["proof_valid_item"][_ITEM_DISPUTE[problem]],)
+        else:
+            tpl = fin.get(response, fin["other"])
+    msgs.append(b(tpl))
+    if final in ("confirms", "withdraws") and response != "ignore" and rng.random() < 0.4:
+        msgs.append(s(_SELLER_CLOSE))
+    elif final.startswith("disputes") and response != "ignore" and rng.random() < 0.25:
+        msgs.append(s(_SELLER_HOLD))
+    return msgs
+
+
+_ITEM_DISPUTE = {"damaged": 0, "wrong_item": 1, "missing_parts": 2, "not_as_described": 3}
+
+
+def make_dialogues(rows: int, seed: int = 0, *, with_story: bool = False) -> pa.Table:
+    """Generate ``rows`` synthetic buyer–seller claim dialogues.
+
+    Args:
+        rows: number of records (>= 0).
+        seed: RNG seed; the same seed always yields the same table.
+        with_story: also return the latent story columns (``story_problem``, ``story_response``,
+            ``story_final``, ``story_label`` = noise-free label, ``label_noise``, ``is_long``).
+            The first eight columns are identical with or without this flag.
+
+    Returns:
+        A ``pyarrow.Table`` with columns :data:`COLUMNS` (schema :data:`SCHEMA`), plus the story
+        columns if requested.
+    """
+    if isinstance(rows, bool) or not isinstance(rows, int) or rows < 0:
+        raise ConfigError(f"--rows must be a non-negative integer, got {rows!r}")
+    rng = random.Random(seed)
+    ids = rng.sample(range(1, 10_000_000), rows)
+
+    order_id: list[str] = []
+    dialogue: list[str] = []
+    label: list[int] = []
+    amount: list[float] = []
+    n_msgs: list[int] = []
+    age: list[int] = []
+    rating: list[float] = []
+    since: list[int] = []
+    s_problem: list[str] = []
+    s_response: list[str] = []
+    s_final: list[str] = []
+    s_label: list[int] = []
+    s_noise: list[bool] = []
+    s_long: list[bool] = []
+
+    for i in range(rows):
+        oid = f"ORD-{ids[i]:07d}"
+        problem = _pick(rng, PROBLEMS, _PROBLEM_CDF)
+        response = _pick(rng, RESPONSES, _RESPONSE_CDF)
+        final = _pick(rng, FINALS, _FINAL_CDF)
+        is_long = rng.random() < LONG_FRACTION
+        long_words = rng.randint(LONG_MIN_WORDS, 3600) if is_long else 0
+        ctx = _context(rng, oid)
+        msgs = _story_messages(rng, ctx, problem, response, final, long_words)
+        clean = story_label(problem, response, final)
+        noisy = rng.random() < LABEL_NOISE
+        y = 1 - clean if noisy else clean
+
+        good_seller = response in ("proof_valid", "remedy_full", "remedy_partial")
+        r = rng.gauss(4.35 if good_seller else 4.0, 0.55)
+        r = min(5.0, max(1.0, r))
+        order_id.append(oid)
+        dialogue.append("\n".join(msgs))
+        label.append(y)
+        amount.append(ctx["amount_value"])
+        n_msgs.append(len(msgs))
+        age.append(int(min(6000, rng.expovariate(1 / 650.0))))
+        rating.append(round(r, 1))
+        since.append(ctx["days_value"] + rng.randint(0, 10) + (long_words // 400))
+        if with_story:
+            s_problem.append(problem)
+            s_response.append(response)
+            s_final.append(final)
+            s_label.append(clean)
+            s_noise.append(noisy)
+            s_long.append(is_long)
+
+    arrays = [
+        pa.array(order_id, pa.string()),
+        pa.array(dialogue, pa.string()),
+        pa.array(label, pa.int64()),
+        pa.array(amount, pa.float64()),
+        pa.array(n_msgs, pa.int64()),
+        pa.array(age, pa.int64()),
+        pa.array(rating, pa.float64()),
+        pa.array(since, pa.int64()),
+    ]
+    schema = SCHEMA
+    if with_story:
+        arrays += [
+            pa.array(s_problem, pa.string()),
+            pa.array(s_response, pa.string()),
+            pa.array(s_final, pa.string()),
+            pa.array(s_label, pa.int64()),
+            pa.array(s_noise, pa.bool_()),
+            pa.array(s_long, pa.bool_()),
+        ]
+        schema = pa.schema(list(SCHEMA) + list(STORY_SCHEMA))
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def write_demo_data(out_dir: str | Path, rows: int = 2000, seed: int = 0) -> dict[str, Path]:
+    """Write ``train.parquet``, ``val.parquet`` and ``test.parquet`` (80/10/10) into ``out_dir``.
+
+    Each file is written under a temporary name inside ``out_dir`` and then ``os.replace``-d into
+    place, so a reader never sees a half-written file. Existing files are overwritten.
+
+    Args:
+        out_dir: destination directory (created if missing).
+        rows: total number of records; must be at least 10.
+        seed: RNG seed passed to :func:`make_dialogues`.
+
+    Returns:
+        ``{"train": Path, "val": Path, "test": Path}``.
+
+    Raises:
+        ConfigError: ``rows`` is less than 10 (the message names ``--rows``).
+    """
+    if isinstance(rows, bool) or not isinstance(rows, int):
+        raise ConfigError(f"--rows must be an integer, got {rows!r}")
+    if rows < 10:
+        raise ConfigError(f"--rows must be at least 10, got {rows}")
+    import pyarrow.parquet as pq
+
+    table = make_dialogues(rows, seed)
+    n_train = int(rows * 0.8)
+    n_val = int(rows * 0.1)
+    splits = {
+        "train": table.slice(0, n_train),
+        "val": table.slice(n_train, n_val),
+        "test": table.slice(n_train + n_val),
+    }
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths: dict[str, Path] = {}
+    for name, part in splits.items():
+        final_path = out / f"{name}.parquet"
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".parquet.tmp", dir=out)
+        os.close(fd)
+        try:
+            pq.write_table(part, tmp)
+            os.replace(tmp, final_path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
+        paths[name] = final_path
+    return paths

