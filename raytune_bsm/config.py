@@ -75,7 +75,9 @@ def resolve_model_config(config: dict[str, Any]) -> dict[str, Any]:
     for key, lo, hi in (("lr", 0.0, 1.0), ("dropout", 0.0, 1.0), ("warmup_ratio", 0.0, 1.0)):
         if not (lo <= float(cfg[key]) < hi) or (key == "lr" and cfg[key] <= 0):
             raise ConfigError(f"--{key.replace('_', '-')} must be in [{lo}, {hi}) (lr > 0), got {cfg[key]}")
-    for key in ("warmup_steps", "reinit_layers", "hidden_common_dim"):
+    if int(cfg["reinit_layers"]) != cfg["reinit_layers"]:
+        raise ConfigError(f"--reinit-layers must be an integer, got {cfg['reinit_layers']}")
+    for key in ("warmup_steps", "hidden_common_dim"):
         if int(cfg[key]) != cfg[key] or cfg[key] < (1 if key == "hidden_common_dim" else 0):
             raise ConfigError(f"--{key.replace('_', '-')} must be a non-negative integer, got {cfg[key]}")
     if cfg["weight_decay"] < 0:
@@ -102,6 +104,7 @@ class TrainConfig:
     limit_val_batches: float | int = 1.0
     log_every_n_steps: int = 10
     output_dir: str | None = None  # local runs: where checkpoints and predictions go
+    max_failures: int = 2  # Ray Train: worker failures survived by resuming from the latest checkpoint
     runtime: Literal["local", "ray"] = "local"  # "ray": running as a Ray Train worker
 
     def __post_init__(self) -> None:

@@ -76,10 +76,15 @@ def expand_path(path: str) -> list[str]:
             raise DataError(f"{path}: directory has no .parquet, .csv or .jsonl files")
         return files
     if any(ch in path for ch in "*?["):
-        files = sorted(globlib.glob(os.path.expanduser(path), recursive=True))
+        files: set[str] = set()
+        for match in globlib.glob(os.path.expanduser(path), recursive=True):
+            if os.path.isdir(match):  # a matched directory is a dataset directory: its data files
+                files.update(str(f) for f in Path(match).rglob("*") if f.is_file() and f.suffix.lower() in PARQUET + CSV + JSONL)
+            else:
+                files.add(match)
         if not files:
             raise DataError(f"{path}: no file matches this pattern")
-        return files
+        return sorted(files)
     if not p.exists():
         raise DataError(f"{path}: no such file")
     return [str(p)]
@@ -92,12 +97,17 @@ def read_file(path: str) -> pa.Table:
     import pyarrow.parquet as pq
 
     suffix = Path(path).suffix.lower()
+    if "://" not in path and os.path.isfile(path) and os.path.getsize(path) == 0:
+        raise DataError(f"{path}: the file is empty (0 bytes, no rows)")
     try:
         if suffix in PARQUET:
             return pq.read_table(path)
         if suffix in CSV:
             opts = pcsv.ParseOptions(delimiter="\t" if suffix == ".tsv" else ",", newlines_in_values=True)
-            return pcsv.read_csv(path, parse_options=opts)
+            # An empty CSV field is a missing value, also in a string column: an empty label is a null label,
+            # not a class named "".
+            conv = pcsv.ConvertOptions(strings_can_be_null=True)
+            return pcsv.read_csv(path, parse_options=opts, convert_options=conv)
         if suffix in JSONL:
             return pjson.read_json(path)
     except (pa.ArrowException, OSError) as e:
@@ -109,22 +119,37 @@ def read_table(path: str, columns: dict[str, str]) -> pa.Table:
     """Every file of `path` -> one table of `columns` ({column: the flag that names it}).
 
     Checks that each file has the columns and is not empty."""
-    tables = []
-    for f in expand_path(path):
-        t = read_file(f)
-        missing = [c for c in columns if c not in t.column_names]
-        if missing:
-            raise DataError(
-                f"{f}: missing column {missing[0]!r} (columns are {', '.join(t.column_names) or 'none'}); "
-                f"name the right one with {columns[missing[0]]}"
-            )
-        if t.num_rows == 0:
-            raise DataError(f"{f}: the file has no rows")
-        tables.append(t.select(list(columns)))
+    parts = [_read_part(f, columns) for f in expand_path(path)]
+    return _concat([t for _, t in parts], path)
+
+
+def _read_part(f: str, columns: dict[str, str], table: pa.Table | None = None) -> tuple[str, pa.Table]:
+    """One file -> (file, its `columns`), checked for the columns and at least one row."""
+    t = read_file(f) if table is None else table
+    missing = [c for c in columns if c not in t.column_names]
+    if missing:
+        raise DataError(
+            f"{f}: missing column {missing[0]!r} (columns are {', '.join(t.column_names) or 'none'}); "
+            f"name the right one with {columns[missing[0]]}"
+        )
+    if t.num_rows == 0:
+        raise DataError(f"{f}: the file has no rows")
+    return f, t.select(list(columns))
+
+
+def _concat(tables: list[pa.Table], path: str) -> pa.Table:
     try:
         return pa.concat_tables(tables, promote_options="permissive")
     except pa.ArrowException as e:
         raise DataError(f"{path}: files disagree on column types: {e}") from None
+
+
+def _rows(rows: Sequence[int], values: Sequence[Any] | None = None) -> str:
+    """The first offending rows: "rows 1, 3" or "row 1 ('x'), row 3 ('y')"."""
+    rows = [int(i) for i in rows[:MAX_SHOWN]]
+    if values is None:
+        return ("row " if len(rows) == 1 else "rows ") + ", ".join(str(i) for i in rows)
+    return ", ".join(f"row {i} ({values[i]!r})" for i in rows)
 
 
 # ------------------------------------------------------------------------------------------------ checking

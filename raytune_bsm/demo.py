@@ -25,7 +25,7 @@ import datetime as _dt
 import math
 import os
 import random
-import tempfile
+import uuid
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -108,6 +108,8 @@ _FINAL_W = (0.13, 0.06, 0.20, 0.20, 0.20, 0.21)
 LABEL_NOISE: float = 0.06
 #: Fraction of records padded to more than 1,500 words.
 LONG_FRACTION: float = 0.05
+#: Fraction of records padded to a medium length (roughly 200-1,000 words).
+MEDIUM_FRACTION: float = 0.06
 #: Minimum number of words in a "long" record.
 LONG_MIN_WORDS: int = 1550
 
@@ -144,35 +146,52 @@ def story_label(problem: str, response: str, final: str) -> int:
 # Vocabulary pools
 # --------------------------------------------------------------------------------------------
 
-_BRANDS = (
-    "Anker", "Logitech", "Sony", "Philips", "Bosch", "Lodge", "Hydro Flask", "Osprey", "Nike",
-    "Levi's", "KitchenAid", "Ninja", "Fitbit", "JBL", "Samsung", "Cuisinart", "Patagonia",
-    "Yeti", "Razer", "Kasa", "Brooks", "Ikea-style", "Breville", "Garmin", "Lenovo", "Crocs",
-    "Oral-B", "Instant Pot", "Moleskine", "Bose", "TP-Link", "Vitamix", "handmade", "vintage",
-    "no-name", "Ravensburger", "Coleman", "Merrell", "Sandisk", "Canon",
-)
-# (product noun, variant kind)
+_BRANDS: dict[str, tuple[str, ...]] = {
+    "tech": ("Anker", "Logitech", "Sony", "Samsung", "JBL", "Razer", "Lenovo", "TP-Link", "Sandisk",
+             "Canon", "Garmin", "Kasa", "Bose", "Belkin", "no-name", "refurbished"),
+    "kitchen": ("KitchenAid", "Ninja", "Cuisinart", "Breville", "Lodge", "Instant Pot", "Vitamix",
+                "OXO", "Hamilton Beach", "handmade", "no-name"),
+    "outdoor": ("Osprey", "Coleman", "Yeti", "Hydro Flask", "Merrell", "REI", "Patagonia",
+                "The North Face", "no-name"),
+    "apparel": ("Nike", "Levi's", "Brooks", "Crocs", "Adidas", "Uniqlo", "Zara", "vintage",
+                "handmade", "New Balance"),
+    "home": ("Ikea-style", "Philips", "Dyson", "Oral-B", "Moleskine", "West Elm", "handmade",
+             "vintage", "no-name", "Bosch"),
+    "toys": ("Ravensburger", "Hasbro", "Mattel", "LEGO", "Melissa & Doug", "no-name"),
+}
+# (product noun, variant kind, brand category)
 _PRODUCTS = (
-    ("wireless earbuds", "color"), ("USB-C charger", "model"), ("running shoes", "shoe"),
-    ("denim jacket", "size"), ("cast iron skillet", "inch"), ("phone case", "model"),
-    ("desk lamp", "color"), ("blender", "color"), ("hiking backpack", "liter"),
-    ("smartwatch", "color"), ("mechanical keyboard", "switch"), ("gaming mouse", "color"),
-    ("coffee grinder", "color"), ("yoga mat", "color"), ("LED strip lights", "length"),
-    ("bookshelf kit", "color"), ("office chair", "color"), ("bike helmet", "size"),
-    ("camera lens", "model"), ("ceramic vase", "color"), ("wall clock", "color"),
-    ("board game", "edition"), ("building block set", "edition"), ("air fryer", "liter"),
-    ("vacuum filter pack", "model"), ("mini drone", "color"), ("guitar strings", "gauge"),
-    ("tablet stand", "color"), ("hair dryer", "color"), ("throw blanket", "color"),
-    ("summer dress", "size"), ("sneakers", "shoe"), ("sunglasses", "color"),
-    ("watch band", "length"), ("ink cartridges", "model"), ("baby monitor", "model"),
-    ("car phone mount", "model"), ("2-person tent", "color"), ("hiking boots", "shoe"),
-    ("portable SSD", "capacity"), ("27-inch monitor", "model"), ("wifi router", "model"),
-    ("vinyl record", "edition"), ("perfume", "ml"), ("skincare set", "edition"),
-    ("electric toothbrush", "color"), ("kitchen scale", "color"), ("jigsaw puzzle", "edition"),
-    ("sleeping bag", "size"), ("memory card", "capacity"), ("espresso machine", "color"),
-    ("rain jacket", "size"), ("leather wallet", "color"), ("smart plug 4-pack", "model"),
-    ("notebook set", "color"), ("water bottle", "color"), ("bluetooth speaker", "color"),
-    ("standing desk frame", "color"), ("dog harness", "size"), ("kids' scooter", "color"),
+    ("wireless earbuds", "color", "tech"), ("USB-C charger", "model", "tech"),
+    ("running shoes", "shoe", "apparel"), ("denim jacket", "size", "apparel"),
+    ("cast iron skillet", "inch", "kitchen"), ("phone case", "model", "tech"),
+    ("desk lamp", "color", "home"), ("blender", "color", "kitchen"),
+    ("hiking backpack", "liter", "outdoor"), ("smartwatch", "color", "tech"),
+    ("mechanical keyboard", "switch", "tech"), ("gaming mouse", "color", "tech"),
+    ("coffee grinder", "color", "kitchen"), ("yoga mat", "color", "outdoor"),
+    ("LED strip lights", "length", "home"), ("bookshelf kit", "color", "home"),
+    ("office chair", "color", "home"), ("bike helmet", "size", "outdoor"),
+    ("camera lens", "model", "tech"), ("ceramic vase", "color", "home"),
+    ("wall clock", "color", "home"), ("board game", "edition", "toys"),
+    ("building block set", "edition", "toys"), ("air fryer", "liter", "kitchen"),
+    ("vacuum filter pack", "model", "home"), ("mini drone", "color", "tech"),
+    ("guitar strings", "gauge", "home"), ("tablet stand", "color", "tech"),
+    ("hair dryer", "color", "home"), ("throw blanket", "color", "home"),
+    ("summer dress", "size", "apparel"), ("sneakers", "shoe", "apparel"),
+    ("sunglasses", "color", "apparel"), ("watch band", "length", "tech"),
+    ("ink cartridge pack", "model", "tech"), ("baby monitor", "model", "tech"),
+    ("car phone mount", "model", "tech"), ("2-person tent", "color", "outdoor"),
+    ("hiking boots", "shoe", "outdoor"), ("portable SSD", "capacity", "tech"),
+    ("27-inch monitor", "model", "tech"), ("wifi router", "model", "tech"),
+    ("vinyl record", "edition", "home"), ("perfume", "ml", "home"),
+    ("skincare set", "edition", "home"), ("electric toothbrush", "color", "home"),
+    ("kitchen scale", "color", "kitchen"), ("jigsaw puzzle", "edition", "toys"),
+    ("sleeping bag", "size", "outdoor"), ("memory card", "capacity", "tech"),
+    ("espresso machine", "color", "kitchen"), ("rain jacket", "size", "outdoor"),
+    ("leather wallet", "color", "apparel"), ("smart plug 4-pack", "model", "tech"),
+    ("notebook set", "color", "home"), ("water bottle", "color", "outdoor"),
+    ("bluetooth speaker", "color", "tech"), ("standing desk frame", "color", "home"),
+    ("dog harness", "size", "outdoor"), ("kids' scooter", "color", "toys"),
+    ("dutch oven", "inch", "kitchen"), ("wool sweater", "size", "apparel"),
 )
 _VARIANTS = {
     "color": ("black", "white", "navy", "red", "forest green", "grey", "rose gold", "blue",
@@ -268,20 +287,49 @@ _SYN: dict[str, tuple[str, ...]] = {
     "check": ("checked", "looked", "had a look", "double-checked", "searched"),
     "soon": ("as soon as possible", "asap", "soon", "quickly", "today if you can"),
     "upset": ("frustrated", "disappointed", "annoyed", "fed up", "upset", "not happy"),
-    "esc": ("open a case", "escalate this", "file a dispute", "file a claim", "ask for a chargeback",
-            "report this"),
+    "esc": ("open a case", "escalate this", "file a dispute", "file a claim", "raise a dispute",
+            "take this further"),
     "photo": ("photo", "picture", "pic", "screenshot", "image"),
     "photos": ("photos", "pictures", "pics", "screenshots", "images"),
 }
 
 
+# Capitalised words that stay capitalised after a "Hi, " style greeting.
+_KEEP_CAPS = frozenset(
+    {"I", "I'm", "I've", "I'll", "I'd"}
+    | {w.split(" ")[0] for ws in _BRANDS.values() for w in ws}
+    | {c.split(" ")[0] for c in _CARRIERS}
+    | {c.split(" ")[0] for c in _SHOPS}
+    | set(_MONTHS) | set(_FIRST)
+)
+
+
 class _Ctx(dict):
-    """Per-record template context; unknown keys are synonym slots resolved by the record's RNG."""
+    """Per-record template context.
+
+    Record facts (product, carrier, dates, ...) are drawn lazily on first use and then fixed for
+    the record (see ``_LAZY``); synonym slots (``_SYN``) are re-drawn at every use.
+    """
 
     __slots__ = ("rng",)
 
     def __missing__(self, key: str) -> str:
-        return self.rng.choice(_SYN[key])
+        syn = _SYN.get(key)
+        if syn is not None:
+            return syn[int(self.rng.random() * len(syn))]
+        value = _LAZY[key](self, self.rng)
+        self[key] = value
+        return value
+
+
+def _ch(rng: random.Random, seq: Sequence):  # type: ignore[type-arg]
+    """Fast ``rng.choice`` (uses one ``random()`` call)."""
+    return seq[int(rng.random() * len(seq))]
+
+
+def _ri(rng: random.Random, a: int, b: int) -> int:
+    """Fast ``_ri(rng, a, b)``."""
+    return a + int(rng.random() * (b - a + 1))
 
 
 # --------------------------------------------------------------------------------------------
@@ -366,6 +414,23 @@ _SHORT_OPEN: dict[str, _T] = {
 }
 
 # Single-message records where the buyer already resolves it.
+# Optional extra sentences appended to the buyer's opening message (label-neutral).
+_OPEN_DETAIL: _T = (
+    "Order number is {order_ref}.",
+    "I paid {amount} on {order_date}.",
+    "It shipped with {carrier}, tracking {tracking}.",
+    "The shipping address is {house_no} {street}, {city}, {state}.",
+    "I've attached {photos}.",
+    "This is the first time I've had a problem with an order from you.",
+    "I need this sorted {soon}.",
+    "It was meant to be for {occasion}.",
+    "Please let me know what you can do.",
+    "I'd prefer a replacement if possible, otherwise a refund.",
+    "I've bought from {shop} before and it was always fine.",
+    "The order page still says it's on its way.",
+    "I've already waited longer than the estimate of {eta_date}.",
+)
+
 _SOLO: dict[str, _T] = {
     "confirms": (
         "Hi, I messaged about my missing {pkg} earlier but {found}. All good, please disregard.",
@@ -652,12 +717,25 @@ _FINAL: dict[str, dict[str, _T]] = {
             "That house number in the {photo} is not {house_no}. {carrier} delivered it to the wrong address.",
             "I was at work on {deliv_date}, so who signed as {signer}? {carrier} confirmed to me it was left at another address.",
         ),
-        "proof_valid_item": (
+        "damaged": (
             "I've attached a clearer {photo}: the serial on my unit is {serial}, the same one you shipped, and it's broken.",
+            "Your {photo} is of a different box. Mine had a different label and arrived damaged, {photos} attached.",
+            "{carrier} never inspected anything, they told me no report exists. The {item} arrived broken, serial {serial} is on the back.",
+        ),
+        "wrong_item": (
             "My order confirmation email (attached) clearly says {var_a}, not {var_b}.",
+            "I never chose {var_b}. The screenshot of my cart from {order_date} shows {var_a} at {amount}.",
+            "Your invoice has a different SKU to my receipt. I ordered {var_a}, see attached.",
+        ),
+        "missing_parts": (
             "There's no compartment under the foam. My unboxing video shows the {part} {is_are} not there.",
+            "The listing says the {part} {is_are} included, screenshot attached. Nothing in the lid or the sleeve.",
+            "I unpacked every layer on camera, no {part}. Weight means nothing if {it_they} {is_are}n't in the box.",
+        ),
+        "not_as_described": (
             "The listing I bought from said 'brand new' and nothing about '{nad_disclosure}', screenshot attached from the day I ordered.",
-            "Your {photo} is of a different box. Mine had a different label and was damaged, {photos} attached.",
+            "You edited the listing after I bought it. My saved copy doesn't mention '{nad_disclosure}' anywhere.",
+            "Even so, {nad_issue}, and that's not what the {photos} showed. I'm filing a not-as-described claim.",
         ),
         "proof_invalid": (
             "That tracking number shows 'label created' only, it was never scanned by {carrier}.",
@@ -820,98 +898,140 @@ def _cap(s: str) -> str:
     return s[:1].upper() + s[1:] if s else s
 
 
-def _context(rng: random.Random, order_id: str) -> _Ctx:
-    brand = rng.choice(_BRANDS)
-    noun, kind = rng.choice(_PRODUCTS)
+def _product(c: _Ctx, rng: random.Random) -> tuple[str, str, str, str]:
+    noun, kind, cat = _ch(rng, _PRODUCTS)
+    brand = _ch(rng, _BRANDS[cat])
     variants = _VARIANTS[kind]
-    var_a, var_b = rng.sample(variants, 2)
+    i = int(rng.random() * len(variants))
+    j = (i + 1 + int(rng.random() * (len(variants) - 1))) % len(variants)
     item = f"{brand} {noun}" if rng.random() < 0.6 else noun
-    carrier = rng.choice(_CARRIERS)
+    return item, variants[i], variants[j], noun
+
+
+def _dates(c: _Ctx, rng: random.Random) -> tuple[str, str, str, str]:
+    order = _dt.date(2024, 1, 1) + _dt.timedelta(days=int(rng.random() * 420))
+    ship = order + _dt.timedelta(days=_ri(rng, 0, 3))
+    eta = ship + _dt.timedelta(days=_ri(rng, 2, 7))
+    deliv = ship + _dt.timedelta(days=_ri(rng, 1, 9))
+    style = int(rng.random() * 4)
+    return tuple(_fmt_date(d, style) for d in (order, ship, eta, deliv))  # type: ignore[return-value]
+
+
+def _part_forms(c: _Ctx, rng: random.Random) -> tuple[str, ...]:
+    part = _ch(rng, _PARTS)
+    if part.endswith("s") and not part.endswith("ss"):
+        return part, "are", "were", "them", "they", "They"
+    return part, "is", "was", "it", "it", "It"
+
+
+def _serial(rng: random.Random) -> str:
+    return "SN" + "".join(rng.choices("0123456789ABCDEF", k=8))
+
+
+def _city_pair(c: _Ctx, rng: random.Random) -> tuple[str, str, str]:
+    city, state = _ch(rng, _CITIES)
+    other = _ch(rng, _CITIES)[0]
+    return city, state, ("Springfield" if other == city else other)
+
+
+def _doors(c: _Ctx, rng: random.Random) -> tuple[str, str]:
+    i = int(rng.random() * len(_DOORS))
+    j = (i + 1 + int(rng.random() * (len(_DOORS) - 1))) % len(_DOORS)
+    return _DOORS[i], _DOORS[j]
+
+
+def _group(maker: Callable[[_Ctx, random.Random], tuple], keys: Sequence[str]) -> dict:  # type: ignore[type-arg]
+    """Lazy getters for several keys drawn together by one ``maker`` call."""
+
+    def getter(index: int) -> Callable[[_Ctx, random.Random], str]:
+        def get(c: _Ctx, rng: random.Random) -> str:
+            values = maker(c, rng)
+            for k, v in zip(keys, values):
+                c[k] = v
+            return values[index]
+
+        return get
+
+    return {k: getter(i) for i, k in enumerate(keys)}
+
+
+_LAZY: dict[str, Callable[[_Ctx, random.Random], str]] = {
+    **_group(_product, ("item", "var_a", "var_b", "noun")),
+    **_group(_dates, ("order_date", "ship_date", "eta_date", "deliv_date")),
+    **_group(_part_forms, ("part", "is_are", "was_were", "it_them", "it_they", "it_they_cap")),
+    **_group(_city_pair, ("city", "state", "other_city")),
+    **_group(_doors, ("door", "door2")),
+    **_group(lambda c, rng: _ch(rng, _NAD), ("nad_issue", "nad_disclosure")),
+    "nad_issue_cap": lambda c, rng: _cap(c["nad_issue"]),
+    "order_ref": lambda c, rng: (
+        c["order_id"] if rng.random() < 0.5
+        else f"#{_ri(rng, 100, 999)}-{_ri(rng, 1000000, 9999999)}-{_ri(rng, 1000000, 9999999)}"
+    ),
+    "partial": lambda c, rng: f"${c['partial_value']:,.2f}",
+    "pct": lambda c, rng: str(int(round(100 * c["partial_value"] / c["amount_value"]))),
+    "carrier": lambda c, rng: _ch(rng, _CARRIERS),
+    "tracking": lambda c, rng: _tracking(rng, c["carrier"]),
+    "tracking2": lambda c, rng: _tracking(rng, c["carrier"]),
+    "deliv_time": lambda c, rng: f"{_ri(rng, 1, 12)}:{_ri(rng, 0, 59):02d} {'AM' if rng.random() < 0.4 else 'PM'}",
+    "late_days": lambda c, rng: str(_ri(rng, 2, 14)),
+    "other_zip": lambda c, rng: str(_ri(rng, 10000, 99999)),
+    "house_no": lambda c, rng: str(_ri(rng, 2, 9800)),
+    "street": lambda c, rng: _ch(rng, _STREETS),
+    "signer": lambda c, rng: f"{_ch(rng, _FIRST)[0]}. {_ch(rng, _LAST).upper()}",
+    "blocks": lambda c, rng: str(_ri(rng, 2, 12)),
+    "shop": lambda c, rng: _ch(rng, _SHOPS),
+    "platform": lambda c, rng: _ch(rng, _PLATFORMS),
+    "platform2": lambda c, rng: _ch(rng, _PLATFORMS2),
+    "damage": lambda c, rng: _ch(rng, _DAMAGE),
+    "photo_n": lambda c, rng: str(_ri(rng, 2, 7)),
+    "found": lambda c, rng: _ch(rng, _FOUND),
+    "found_cap": lambda c, rng: _cap(c["found"]),
+    "relative": lambda c, rng: _ch(rng, _RELATIVES),
+    "occasion": lambda c, rng: _ch(rng, _OCCASIONS),
+    "hub": lambda c, rng: _ch(rng, _CITIES)[0],
+    "serial": lambda c, rng: _serial(rng),
+    "serial2": lambda c, rng: _serial(rng),
+    "sku": lambda c, rng: f"{_ch(rng, 'ABCDEFGHKMNPRSTXZ')}{_ch(rng, 'ABCDEFGHKMNPRSTXZ')}-{_ri(rng, 1000, 99999)}",
+    "page": lambda c, rng: str(_ri(rng, 2, 14)),
+    "weight": lambda c, rng: f"{rng.uniform(0.3, 12.0):.1f}",
+    "refund_ref": lambda c, rng: f"RF{_ri(rng, 10000000, 99999999)}",
+    "weekday": lambda c, rng: _ch(rng, _WEEKDAYS),
+    "housing": lambda c, rng: _ch(rng, _HOUSING),
+    "spot": lambda c, rng: _ch(rng, _SPOTS),
+}
+
+
+def _context(rng: random.Random, order_id: str) -> _Ctx:
+    """Eagerly draw the facts needed for the numeric columns; everything else is lazy."""
     amount = round(min(2500.0, max(3.0, math.exp(rng.gauss(3.8, 0.9)))), 2)
-    partial = round(amount * rng.choice((0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5)), 2)
-    city, state = rng.choice(_CITIES)
-    other_city, _ = rng.choice(_CITIES)
-    if other_city == city:
-        other_city = "Springfield"
-    door, door2 = rng.sample(_DOORS, 2)
-    part = rng.choice(_PARTS)
-    plural = part.endswith("s") and not part.endswith("ss")
-    nad_issue, nad_disclosure = rng.choice(_NAD)
-    order_date = _dt.date(2024, 1, 1) + _dt.timedelta(days=rng.randrange(420))
-    ship_date = order_date + _dt.timedelta(days=rng.randint(0, 3))
-    eta_date = ship_date + _dt.timedelta(days=rng.randint(2, 7))
-    deliv_date = ship_date + _dt.timedelta(days=rng.randint(1, 9))
-    ds = rng.randrange(4)
-    days = rng.randint(5, 45)
-    serial = "SN" + "".join(rng.choices("0123456789ABCDEF", k=8))
-    serial2 = "SN" + "".join(rng.choices("0123456789ABCDEF", k=8))
+    days = _ri(rng, 5, 45)
     c = _Ctx(
         order_id=order_id,
-        order_ref=order_id if rng.random() < 0.5 else f"#{rng.randint(100, 999)}-{rng.randint(1000000, 9999999)}-{rng.randint(1000000, 9999999)}",
-        item=item,
-        var_a=var_a,
-        var_b=var_b,
         amount=f"${amount:,.2f}",
         amount_value=amount,
-        partial=f"${partial:,.2f}",
-        pct=str(int(round(100 * partial / amount))) if amount else "10",
-        carrier=carrier,
-        tracking=_tracking(rng, carrier),
-        tracking2=_tracking(rng, carrier),
-        order_date=_fmt_date(order_date, ds),
-        ship_date=_fmt_date(ship_date, ds),
-        eta_date=_fmt_date(eta_date, ds),
-        deliv_date=_fmt_date(deliv_date, ds),
-        deliv_time=f"{rng.randint(8, 12 if rng.random() < 0.5 else 8) if False else rng.choice((8, 9, 10, 11, 12, 1, 2, 3, 4, 5, 6, 7))}:{rng.randint(0, 59):02d} {'AM' if rng.random() < 0.4 else 'PM'}",
+        partial_value=round(amount * _ch(rng, (0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5)), 2),
         days=str(days),
         days_value=days,
-        late_days=str(rng.randint(2, 14)),
-        city=city,
-        state=state,
-        other_city=other_city,
-        other_zip=f"{rng.randint(10000, 99999)}",
-        house_no=str(rng.randint(2, 9800)),
-        street=rng.choice(_STREETS),
-        signer=f"{rng.choice(_FIRST)[0]}. {rng.choice(_LAST).upper()}",
-        door=door,
-        door2=door2,
-        blocks=str(rng.randint(2, 12)),
-        shop=rng.choice(_SHOPS),
-        platform=rng.choice(_PLATFORMS),
-        platform2=rng.choice(_PLATFORMS2),
-        part=part,
-        is_are="are" if plural else "is",
-        was_were="were" if plural else "was",
-        it_them="them" if plural else "it",
-        it_they="they" if plural else "it",
-        it_they_cap="They" if plural else "It",
-        damage=rng.choice(_DAMAGE),
-        nad_issue=nad_issue,
-        nad_issue_cap=_cap(nad_issue),
-        nad_disclosure=nad_disclosure,
-        photo_n=str(rng.randint(2, 7)),
-        found=rng.choice(_FOUND),
-        relative=rng.choice(_RELATIVES),
-        occasion=rng.choice(_OCCASIONS),
-        hub=rng.choice(_CITIES)[0],
-        serial=serial,
-        serial2=serial2,
-        sku=f"{rng.choice('ABCDEFGHKMNPRSTXZ')}{rng.choice('ABCDEFGHKMNPRSTXZ')}-{rng.randint(1000, 99999)}",
-        page=str(rng.randint(2, 14)),
-        weight=f"{rng.uniform(0.3, 12.0):.1f}",
-        refund_ref=f"RF{rng.randint(10000000, 99999999)}",
-        weekday=rng.choice(_WEEKDAYS),
-        housing=rng.choice(_HOUSING),
-        spot=rng.choice(_SPOTS),
     )
-    c["found_cap"] = _cap(c["found"])
     c.rng = rng
     return c
 
 
 def _say(rng: random.Random, ctx: _Ctx, templates: Sequence[str], role: str) -> str:
-    text = rng.choice(templates).format_map(ctx)
-    text = _cap(text)
+    """Fill a random template and render it as one ``"Buyer: ..."``/``"Seller: ..."`` line."""
+    tpl = _ch(rng, templates)
+    greet = ""
+    if tpl.startswith("{hi}") or tpl.startswith("{shi}"):
+        key, _, tpl = tpl[1:].partition("}")
+        greet = _ch(rng, _SYN[key])
+    text = tpl.format_map(ctx)
+    if greet.endswith(", "):
+        first = text.split(" ", 1)[0]
+        if first[:1].isupper() and first[1:2].islower() and first not in _KEEP_CAPS:
+            text = text[:1].lower() + text[1:]
+    else:
+        text = _cap(text)
+    text = greet + text
     if role == "Buyer":
         r = rng.random()
         if r < 0.08:
@@ -919,23 +1039,22 @@ def _say(rng: random.Random, ctx: _Ctx, templates: Sequence[str], role: str) -> 
         elif r < 0.12:
             text = text.rstrip(".") + "!!"
         elif r < 0.16:
-            text = text + " " + rng.choice(("Thanks.", "Thx", "Regards, " + rng.choice(_FIRST), "- " + rng.choice(_FIRST)))
-    else:
-        if rng.random() < 0.15:
-            text = text + " " + rng.choice(("Best regards, " + ctx["shop"], "Kind regards, " + rng.choice(_FIRST),
-                                            "- The " + ctx["shop"] + " team", "Thanks, " + rng.choice(_FIRST)))
+            text = text + " " + _ch(rng, ("Thanks.", "Thx", "Regards, " + _ch(rng, _FIRST), "- " + _ch(rng, _FIRST)))
+    elif rng.random() < 0.15:
+        text = text + " " + _ch(rng, ("Best regards, " + ctx["shop"], "Kind regards, " + _ch(rng, _FIRST),
+                                        "- " + ctx["shop"] + " support", "Thanks, " + _ch(rng, _FIRST)))
     return f"{role}: {text}"
 
 
 def _order_paste(rng: random.Random, ctx: _Ctx) -> str:
     lines = [f"Here are my full order details so you have everything: Order {ctx['order_ref']} | placed {ctx['order_date']} | ship to {ctx['house_no']} {ctx['street']}, {ctx['city']}, {ctx['state']}"]
-    for i in range(rng.randint(6, 14)):
-        brand = rng.choice(_BRANDS)
-        noun, kind = rng.choice(_PRODUCTS)
-        var = rng.choice(_VARIANTS[kind])
+    for i in range(_ri(rng, 6, 14)):
+        noun, kind, cat = _ch(rng, _PRODUCTS)
+        brand = _ch(rng, _BRANDS[cat])
+        var = _ch(rng, _VARIANTS[kind])
         price = math.exp(rng.gauss(3.0, 0.8))
-        lines.append(f"item {i + 1}: {brand} {noun} ({var}) qty {rng.randint(1, 3)} at ${price:,.2f}, SKU {rng.randint(100000, 999999)}, status shipped")
-    lines.append(f"shipping {ctx['carrier']} standard, tracking {ctx['tracking']}, payment card ending {rng.randint(1000, 9999)}, total {ctx['amount']}")
+        lines.append(f"item {i + 1}: {brand} {noun} ({var}) qty {_ri(rng, 1, 3)} at ${price:,.2f}, SKU {_ri(rng, 100000, 999999)}, status shipped")
+    lines.append(f"shipping {ctx['carrier']} standard, tracking {ctx['tracking']}, payment card ending {_ri(rng, 1000, 9999)}, total {ctx['amount']}")
     return "Buyer: " + " | ".join(lines)
 
 
@@ -951,13 +1070,13 @@ def _long_filler(rng: random.Random, ctx: _Ctx, need_words: int) -> list[str]:
     while got < need_words:
         r = rng.random()
         if r < 0.40:
-            msg = _ramble(rng, ctx, rng.randint(8, 22))
+            msg = _ramble(rng, ctx, _ri(rng, 8, 22))
         elif r < 0.55:
             msg = _order_paste(rng, ctx)
         elif r < 0.65:
             msg = "Seller: " + _POLICY
         elif r < 0.85:
-            msg = _say(rng, ctx, _BUYER_CHASE, "Buyer") + " " + _ramble(rng, ctx, rng.randint(2, 6))[7:]
+            msg = _say(rng, ctx, _BUYER_CHASE, "Buyer") + " " + _ramble(rng, ctx, _ri(rng, 2, 6))[7:]
         else:
             msg = _say(rng, ctx, _SELLER_HOLD, "Seller")
         out.append(msg)
@@ -980,10 +1099,13 @@ def _story_messages(rng: random.Random, ctx: _Ctx, problem: str, response: str, 
             return [b(_SHORT_OPEN[problem] if rng.random() < 0.6 else _OPEN[problem])]
 
     msgs: list[str] = [b(_SHORT_OPEN[problem] if rng.random() < 0.12 else _OPEN[problem])]
+    if rng.random() < 0.55:
+        extra = rng.sample(_OPEN_DETAIL, _ch(rng, (1, 1, 2)))
+        msgs[0] += " " + " ".join(_cap(x.format_map(ctx)) for x in extra)
     if rng.random() < 0.15:
         msgs.append(b(_BUYER_CHASE))
 
-    if response != "ignore" and rng.random() < 0.45:
+    if response != "ignore" and rng.random() < 0.55:
         msgs.append(s(_SELLER_ASK))
         msgs.append(_order_paste(rng, ctx) if rng.random() < 0.04 else b(_BUYER_INFO))
 
@@ -1000,7 +1122,7 @@ def _story_messages(rng: random.Random, ctx: _Ctx, problem: str, response: str, 
     if response == "ignore":
         if rng.random() < 0.5:
             msgs.append(s(_RESPONSE["ignore"]["any"]))
-        for _ in range(rng.choice((0, 1, 1, 2))):
+        for _ in range(_ch(rng, (0, 1, 1, 2))):
             msgs.append(b(_BUYER_CHASE))
     else:
         table = _RESPONSE[response]
@@ -1011,7 +1133,7 @@ def _story_messages(rng: random.Random, ctx: _Ctx, problem: str, response: str, 
         else:
             tpl = table[kind]
         msgs.append(s(tpl))
-        if rng.random() < 0.2:
+        if rng.random() < 0.25:
             msgs.append(b(_BUYER_CLARIFY))
             msgs.append(s(tpl))
 
@@ -1034,7 +1156,7 @@ def _story_messages(rng: random.Random, ctx: _Ctx, problem: str, response: str, 
         tpl = fin["proof_valid"] + fin["any"] if response == "proof_valid" else fin["any"]
     else:  # disputes_specific
         if response == "proof_valid":
-            tpl = fin["proof_valid_delivery"] if kind == "delivery" else (fin["proof_valid_item"][_ITEM_DISPUTE[problem]],)
+            tpl = fin["proof_valid_delivery"] if kind == "delivery" else fin[problem]
         else:
             tpl = fin.get(response, fin["other"])
     msgs.append(b(tpl))
@@ -1043,9 +1165,6 @@ def _story_messages(rng: random.Random, ctx: _Ctx, problem: str, response: str, 
     elif final.startswith("disputes") and response != "ignore" and rng.random() < 0.25:
         msgs.append(s(_SELLER_HOLD))
     return msgs
-
-
-_ITEM_DISPUTE = {"damaged": 0, "wrong_item": 1, "missing_parts": 2, "not_as_described": 3}
 
 
 def make_dialogues(rows: int, seed: int = 0, *, with_story: bool = False) -> pa.Table:
@@ -1088,7 +1207,12 @@ def make_dialogues(rows: int, seed: int = 0, *, with_story: bool = False) -> pa.
         response = _pick(rng, RESPONSES, _RESPONSE_CDF)
         final = _pick(rng, FINALS, _FINAL_CDF)
         is_long = rng.random() < LONG_FRACTION
-        long_words = rng.randint(LONG_MIN_WORDS, 3600) if is_long else 0
+        if is_long:
+            long_words = _ri(rng, LONG_MIN_WORDS, 3600)
+        elif rng.random() < MEDIUM_FRACTION:
+            long_words = _ri(rng, 200, 700)
+        else:
+            long_words = 0
         ctx = _context(rng, oid)
         msgs = _story_messages(rng, ctx, problem, response, final, long_words)
         clean = story_label(problem, response, final)
@@ -1105,7 +1229,7 @@ def make_dialogues(rows: int, seed: int = 0, *, with_story: bool = False) -> pa.
         n_msgs.append(len(msgs))
         age.append(int(min(6000, rng.expovariate(1 / 650.0))))
         rating.append(round(r, 1))
-        since.append(ctx["days_value"] + rng.randint(0, 10) + (long_words // 400))
+        since.append(ctx["days_value"] + _ri(rng, 0, 10) + (long_words // 400))
         if with_story:
             s_problem.append(problem)
             s_response.append(response)
@@ -1174,16 +1298,12 @@ def write_demo_data(out_dir: str | Path, rows: int = 2000, seed: int = 0) -> dic
     paths: dict[str, Path] = {}
     for name, part in splits.items():
         final_path = out / f"{name}.parquet"
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".parquet.tmp", dir=out)
-        os.close(fd)
+        tmp = out / f".{name}.parquet.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp"
         try:
             pq.write_table(part, tmp)
             os.replace(tmp, final_path)
         except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
+            tmp.unlink(missing_ok=True)
             raise
         paths[name] = final_path
     return paths

@@ -13,6 +13,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -178,6 +179,8 @@ def train_loop(config: dict[str, Any]) -> dict[str, float]:
     from .models import TextBertClassifier
 
     setup_logging()
+    # torchmetrics already syncs its state across ranks in compute(); Lightning's advice does not apply.
+    warnings.filterwarnings("ignore", message=".*sync_dist=True.*")
     run = RunConfig.from_dict(config)
     on_ray = run.train.runtime == "ray"
     rank, world = 0, 1
@@ -237,7 +240,12 @@ def train_loop(config: dict[str, Any]) -> dict[str, float]:
         if checkpoint:  # a restart after a worker failure: resume where the last report left off
             ckpt_dir = checkpoint.to_directory()
             ckpt_path = os.path.join(ckpt_dir, RayTrainReportCallback.CHECKPOINT_NAME)
-            log.info("resuming from checkpoint %s", checkpoint.path)
+            log.warning("resuming from checkpoint %s after a failure", checkpoint.path)
+            if rank == 0:  # a record the run's summary counts
+                from .storage import join, write_bytes
+
+                note = {"resumed_from": checkpoint.path, "time": time.time()}
+                write_bytes(dumps(note).encode(), join(run.storage or ".", run.name, "bsm_restarts", f"{time.time_ns()}.json"))
         out_dir = None
     else:
         from lightning.pytorch.callbacks import ModelCheckpoint

@@ -1,0 +1,91 @@
+"""The cluster side of `bsm submit`: run the training loop under Ray Train (Train V2 API) on every worker.
+
+`fit(run)` builds a `TorchTrainer` over `train.train_loop`: N workers (one GPU each with --num-gpus, NCCL;
+CPU workers with gloo otherwise), checkpoints kept by Ray in `<storage>/<name>/` (the best k by the validation
+metric, plus the latest), and `FailureConfig` retries that resume from the latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from .config import RunConfig, dumps
+from .storage import join, write_bytes
+
+log = logging.getLogger("raytune_bsm")
+
+
+def trainer_for(run: RunConfig, monitor: str, *, storage: str) -> Any:
+    """The TorchTrainer for one run (also the trainer each Tune trial starts)."""
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from .train import train_loop
+
+    loop_config = run.to_dict()
+    loop_config["train"]["runtime"] = "ray"
+    loop_config["storage"] = storage
+    return TorchTrainer(
+        train_loop_per_worker=train_loop,
+        train_loop_config=loop_config,
+        torch_config=TorchConfig(backend="nccl" if run.scaling.use_gpu else "gloo"),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=run.scaling.num_workers,
+            use_gpu=run.scaling.use_gpu,
+            resources_per_worker=run.scaling.resources_per_worker(),
+            placement_strategy=run.scaling.placement_strategy,
+        ),
+        run_config=ray.train.RunConfig(
+            name=run.name,
+            storage_path=storage,
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=run.train.save_top_k,  # Ray V2 keeps the latest checkpoint on top of these
+                checkpoint_score_attribute=monitor,
+                checkpoint_score_order=run.train.mode,
+            ),
+            failure_config=ray.train.FailureConfig(max_failures=run.train.max_failures),
+        ),
+    )
+
+
+def fit(run: RunConfig, *, storage: str) -> dict[str, Any]:
+    """Train `run` on the connected Ray cluster; return and store a summary (metrics, checkpoints, failures)."""
+    from .train import prepare, setup_logging
+
+    setup_logging()
+    # Check the data on the driver first: a bad file fails here in seconds, not on every worker.
+    prep = prepare(run)
+    monitor = run.monitor(len(prep.labels.names))
+    run_dir = join(storage, run.name)
+    write_bytes(dumps({**run.to_dict(), "storage": storage, "model": prep.model_config}).encode(), join(run_dir, "bsm_config.json"))
+
+    result = trainer_for(run, monitor, storage=storage).fit()
+    best = result.get_best_checkpoint(metric=monitor, mode=run.train.mode) if result.best_checkpoints else None
+    summary = {
+        "name": run.name,
+        "run_dir": run_dir,
+        "monitor": monitor,
+        "metrics": {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))},
+        "best_checkpoint": best.path if best else None,
+        "checkpoints": [{"path": c.path, **{k: m.get(k) for k in (monitor, "epoch")}} for c, m in result.best_checkpoints],
+        "latest_checkpoint": result.checkpoint.path if result.checkpoint else None,
+        "error": repr(result.error) if result.error else None,
+        "restarts": _restarts(run_dir),
+    }
+    write_bytes(dumps(summary).encode(), join(run_dir, "bsm_result.json"))
+    log.info("validation metrics: %s", json.dumps({k: round(v, 4) for k, v in summary["metrics"].items() if k.startswith("val")}))
+    log.info("checkpoints: %s (best: %s)", run_dir, summary["best_checkpoint"])
+    return summary
+
+
+def _restarts(run_dir: str) -> list[dict[str, Any]]:
+    """The failures this run survived: one record per resume from a checkpoint (written by the workers)."""
+    import pyarrow.fs as pafs
+
+    from .storage import filesystem, read_bytes
+
+    fs, path = filesystem(join(run_dir, "bsm_restarts"))
+    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    return [json.loads(read_bytes(join(run_dir, "bsm_restarts", i.base_name))) for i in sorted(infos, key=lambda i: i.base_name)]
