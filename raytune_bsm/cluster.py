@@ -305,17 +305,21 @@ def _wait_gone(procs: dict[int, int | None], deadline: float) -> dict[int, int |
 def _session_leftovers(rec: LocalCluster) -> dict[int, int | None]:
     """Ray processes still in the session/process group bsm created for `rec` after its leader is gone.
 
-    Linux does not hand out a pid while it is still some live process's session or group id, so with the
-    leader dead, members of session `rec.pid` started no earlier than the leader are that cluster's; the
-    command line must also be a Ray one.
+    Linux does not hand out a pid while it is still some live process's session or group id, so while no
+    other process has the leader's pid, members of session `rec.pid` started no earlier than the leader are
+    that cluster's. If the pid belongs to another process now, that session is someone else's: nothing is
+    swept. The command line must also be a Ray one. Needs start times (/proc); elsewhere nothing is swept.
     """
-    if _is_alive(rec.pid, rec.pid_start_time):
+    if rec.pid_start_time is None:
         return {}
+    leader = _proc(rec.pid)
+    if leader is not None and (leader.start_time != rec.pid_start_time or leader.state not in ("Z", "X")):
+        return {}  # the pid is another process's now, or the head is alive (the caller handles that)
     out: dict[int, int | None] = {}
     for p in _all_procs():
         if p.pid == os.getpid() or (p.sid != rec.pid and p.pgid != rec.pid) or p.state in ("Z", "X"):
             continue
-        if rec.pid_start_time is not None and p.start_time is not None and p.start_time < rec.pid_start_time:
+        if p.start_time is None or p.start_time < rec.pid_start_time:
             continue
         if "ray" in _cmdline(p.pid).lower():
             out[p.pid] = p.start_time

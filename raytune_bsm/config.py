@@ -58,7 +58,9 @@ def resolve_model_config(config: dict[str, Any]) -> dict[str, Any]:
     for key in ("text_name", "label_name"):
         if not cfg[key]:
             raise ConfigError(f"model config needs {key!r}")
-    if cfg["is_binary"]:
+    if cfg["is_binary"] is None and cfg["num_classes"] is None:
+        pass  # both inferred from the training labels before the model is built
+    elif cfg["is_binary"]:
         if cfg["num_classes"] not in (None, 2):
             raise ConfigError(f"is_binary is true but num_classes is {cfg['num_classes']}; set is_binary: false")
         cfg["num_classes"] = 2

@@ -11,6 +11,7 @@ import glob as globlib
 import logging
 import math
 import os
+import unicodedata
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Literal, Sequence
@@ -185,9 +186,11 @@ class Labels:
             lo, hi = distinct[0], distinct[-1]
             n = num_classes if num_classes is not None else max(hi + 1, 2)
             if lo < 0 or hi >= n:
+                bad = [i for i, v in enumerate(values) if not 0 <= v < n]
                 raise DataError(
-                    f"{path}: column {label_field!r} has label {lo if lo < 0 else hi}, outside 0..{n - 1}"
+                    f"{path}: column {label_field!r} has {len(bad)} label(s) outside 0..{n - 1}"
                     + (" (num_classes)" if num_classes is not None else "")
+                    + f": {_rows(bad, values)}"
                 )
             return cls(names=[str(i) for i in range(n)], kind=kind, index={i: i for i in range(n)})
         names = [str(v) for v in distinct]
@@ -204,9 +207,9 @@ class Labels:
         values = column.to_pylist()
         bad = [i for i, v in enumerate(values) if v not in self.index]
         if bad:
-            shown = ", ".join(f"row {i} ({values[i]!r})" for i in bad[:MAX_SHOWN])
             raise DataError(
-                f"{path}: column {label_field!r} has {len(bad)} label(s) not among the classes {self.names}: {shown}"
+                f"{path}: column {label_field!r} has {len(bad)} label(s) not among the classes {self.names}: "
+                f"{_rows(bad, values)}"
             )
         return np.fromiter((self.index[v] for v in values), np.int64, len(values))
 
@@ -221,45 +224,70 @@ def _label_kind(t: pa.DataType, path: str, label_field: str) -> Literal["int", "
     raise DataError(f"{path}: column {label_field!r} has type {t}; labels must be integers, booleans or strings")
 
 
-def _check_text(column: pa.ChunkedArray, path: str, text_field: str) -> list[Any]:
-    t = column.type
+def _check_text_type(t: pa.DataType, path: str, text_field: str) -> None:
     is_str = pa.types.is_string(t) or pa.types.is_large_string(t)
     is_list = (pa.types.is_list(t) or pa.types.is_large_list(t)) and (
         pa.types.is_string(t.value_type) or pa.types.is_large_string(t.value_type)
     )
-    if not (is_str or is_list):
+    if not (is_str or is_list or pa.types.is_null(t)):  # null: every dialogue is missing, reported as empty
         raise DataError(
             f"{path}: column {text_field!r} has type {t}; a dialogue must be a string or a list of strings"
         )
+
+
+def _check_text(column: pa.ChunkedArray, path: str, text_field: str) -> list[Any]:
+    _check_text_type(column.type, path, text_field)
     return column.to_pylist()
 
 
 def load_split(path: str, cfg: DataConfig, labels: Labels | None, num_classes: int | None = None) -> tuple[Split, Labels]:
-    """Read and check one split. `labels=None` infers the classes from this split (the training split)."""
+    """Read and check one split. `labels=None` infers the classes from this split (the training split).
+
+    Each file is checked on its own, so an error names the file and the rows within it, also when `path` is a
+    directory or a glob of many files."""
+    files = expand_path(path)
+    first = read_file(files[0])
     id_field = cfg.id_field
     if id_field is None:
-        first = read_file(expand_path(path)[0])
         id_field = next((c for c in ID_CANDIDATES if c in first.column_names), None)
     columns = {cfg.text_field: "--text-field", cfg.label_field: "--label-field"}
     if id_field:
         columns[id_field] = "--id-field"
-    table = read_table(path, columns)
 
-    label_col = table.column(cfg.label_field)
-    if label_col.null_count:
-        rows = np.flatnonzero(label_col.is_null().to_numpy(zero_copy_only=False))
-        shown = ", ".join(str(i) for i in rows[:MAX_SHOWN])
-        raise DataError(f"{path}: column {cfg.label_field!r} has {label_col.null_count} null label(s), rows {shown}")
+    parts: list[tuple[str, pa.Table]] = []
+    kinds: list[str] = []
+    for f in files:
+        f, t = _read_part(f, columns, first if not parts else None)
+        label_col = t.column(cfg.label_field)
+        if label_col.null_count:
+            rows = np.flatnonzero(label_col.is_null().to_numpy(zero_copy_only=False))
+            raise DataError(
+                f"{f}: column {cfg.label_field!r} has {label_col.null_count} null label(s), {_rows(rows)}"
+            )
+        kind = _label_kind(label_col.type, f, cfg.label_field)
+        if kinds and kind != kinds[0]:
+            raise DataError(f"{f}: column {cfg.label_field!r} holds {kind} labels but {parts[0][0]} holds {kinds[0]}")
+        _check_text_type(t.column(cfg.text_field).type, f, cfg.text_field)
+        parts.append((f, t))
+        kinds.append(kind)
+
     if labels is None:
-        labels = Labels.infer(label_col, path, cfg.label_field, num_classes)
-    y = labels.encode(label_col, path, cfg.label_field)
+        all_labels = _concat([t.select([cfg.label_field]) for _, t in parts], path).column(cfg.label_field)
+        labels = Labels.infer(all_labels, path if len(parts) > 1 else parts[0][0], cfg.label_field, num_classes)
+    y = np.concatenate([labels.encode(t.column(cfg.label_field), f, cfg.label_field) for f, t in parts])
 
-    texts = _check_text(table.column(cfg.text_field), path, cfg.text_field)
-    ids = table.column(id_field).to_pylist() if id_field else list(range(table.num_rows))
-    empty = [i for i, t in enumerate(texts) if _is_empty(t)]
-    if empty and cfg.empty_dialogues == "error":
-        shown = ", ".join(str(i) for i in empty[:MAX_SHOWN])
-        raise DataError(f"{path}: column {cfg.text_field!r} has {len(empty)} empty dialogue(s), rows {shown}")
+    texts: list[Any] = []
+    empty: list[int] = []
+    for f, t in parts:
+        part_texts = t.column(cfg.text_field).to_pylist()
+        part_empty = [i for i, d in enumerate(part_texts) if _is_empty(d)]
+        if part_empty and cfg.empty_dialogues == "error":
+            raise DataError(
+                f"{f}: column {cfg.text_field!r} has {len(part_empty)} empty dialogue(s), {_rows(part_empty)}"
+            )
+        empty += [len(texts) + i for i in part_empty]
+        texts += part_texts
+    ids = [v for _, t in parts for v in t.column(id_field).to_pylist()] if id_field else list(range(len(texts)))
     if empty:
         keep = np.setdiff1d(np.arange(len(texts)), empty)
         texts = [texts[i] for i in keep]
@@ -272,11 +300,21 @@ def load_split(path: str, cfg: DataConfig, labels: Labels | None, num_classes: i
 
 
 def _is_empty(text: Any) -> bool:
+    """No message with any visible character. Whitespace and invisible characters (Unicode category C*:
+    control, format such as zero-width spaces and BOMs) count as empty: BERT tokenizers drop them, so such a
+    dialogue gives no tokens at all, and a batch of only such records has nothing to encode."""
     if text is None:
         return True
     if isinstance(text, str):
-        return not text.strip()
-    return not any(s and str(s).strip() for s in text)
+        return _is_blank(text)
+    return all(s is None or _is_blank(str(s)) for s in text)
+
+
+def _is_blank(s: str) -> bool:
+    s = s.strip()
+    if not s or unicodedata.category(s[0])[0] != "C":  # the common case decides on the first character
+        return not s
+    return all(ch.isspace() or unicodedata.category(ch)[0] == "C" for ch in s)
 
 
 def split_off(split: Split, fraction: float, seed: int) -> tuple[Split, Split]:

@@ -38,9 +38,12 @@ __all__ = [
     "FINALS",
     "LABEL_NOISE",
     "LONG_FRACTION",
+    "LONG_MIN_WORDS",
+    "MEDIUM_FRACTION",
     "PROBLEMS",
     "RESPONSES",
     "SCHEMA",
+    "STORY_SCHEMA",
     "make_dialogues",
     "story_label",
     "write_demo_data",
@@ -209,12 +212,20 @@ _VARIANTS = {
     "capacity": ("64GB", "128GB", "256GB", "512GB", "1TB", "2TB"),
     "ml": ("30 ml", "50 ml", "100 ml"),
 }
-_PARTS = (
-    "mounting screws", "power adapter", "charging cable", "remote control", "instruction manual",
-    "wall anchors", "allen key", "left earbud", "lid", "stand", "batteries", "carrying case",
-    "hex bolts", "shelf pins", "shoulder strap", "glass carafe", "second cushion", "tent poles",
-    "filter", "wheel caps",
-)
+_PARTS: dict[str, tuple[str, ...]] = {
+    "tech": ("charging cable", "power adapter", "remote control", "left earbud", "mounting screws",
+             "batteries", "carrying case", "instruction manual", "stand", "ear tips"),
+    "kitchen": ("lid", "glass carafe", "filter", "blade assembly", "power cord", "measuring scoop",
+                "second basket", "instruction manual"),
+    "outdoor": ("tent poles", "stuff sack", "shoulder strap", "hip belt", "tent pegs", "rain fly",
+                "cap", "buckle"),
+    "apparel": ("belt", "spare buttons", "matching scarf", "second shoe insert", "gift box",
+                "drawstring bag"),
+    "home": ("mounting screws", "wall anchors", "allen key", "hex bolts", "shelf pins", "second cushion",
+             "bulbs", "instruction manual", "feet", "batteries"),
+    "toys": ("dice", "instruction booklet", "bag of pieces", "wheel caps", "spinner", "batteries",
+             "sticker sheet"),
+}
 _DAMAGE = (
     "screen was cracked", "corner was dented in", "glass was shattered", "handle had snapped off",
     "seam was torn open", "bottle was leaking everywhere", "casing was split down the side",
@@ -291,6 +302,7 @@ _SYN: dict[str, tuple[str, ...]] = {
             "take this further"),
     "photo": ("photo", "picture", "pic", "screenshot", "image"),
     "photos": ("photos", "pictures", "pics", "screenshots", "images"),
+    "Photos": ("Photos", "Pictures", "Pics", "Screenshots", "Images"),
 }
 
 
@@ -369,7 +381,7 @@ _OPEN: dict[str, _T] = {
         "{hi}opened the {pkg} and the {item} was broken. The {damage}. Not happy for {amount}.",
         "The {item} came in pieces. The packaging was just a thin bag with no padding.",
         "{hi}the {item} showed up damaged, the {damage}. I'd like a refund or a replacement.",
-        "{hi}my {item} was delivered yesterday and the {damage}. {photos} attached.",
+        "{hi}my {item} was delivered yesterday and the {damage}. {Photos} attached.",
         "{hi}I'm really {upset}. The {item} I ordered on {order_date} arrived and the {damage}.",
         "{hi}unboxed the {item} this morning. The {damage}, I can't use it like this.",
     ),
@@ -432,11 +444,16 @@ _OPEN_DETAIL: _T = (
 )
 
 _SOLO: dict[str, _T] = {
-    "confirms": (
+    "confirms_delivery": (
         "Hi, I messaged about my missing {pkg} earlier but {found}. All good, please disregard.",
         "The {item} finally arrived today, no need to do anything. {thx}!",
         "Update on order {order_ref}: it showed up, sorry for the false alarm.",
+        "Ignore my last message, {found}.",
+    ),
+    "confirms_item": (
         "Never mind my earlier message, found the {part} taped inside the lid.",
+        "Sorry, false alarm about the {item}, it works fine now that I set it up properly.",
+        "Please disregard my complaint about order {order_ref}, I checked again and it's what I ordered.",
     ),
     "withdraws": (
         "Please ignore my claim about order {order_ref}, I've withdrawn it.",
@@ -458,7 +475,7 @@ _SELLER_ASK: _T = (
 
 _BUYER_INFO: _T = (
     "Order number is {order_ref}. Address is {house_no} {street}, {city}, {state}.",
-    "{photos} attached: the box, the {item}, and the shipping label.",
+    "{Photos} attached: the box, the {item}, and the shipping label.",
     "Yes, the address is correct. I already asked the neighbours.",
     "Sent the {photos} through the message center. You can see it clearly.",
     "It's {order_ref}, ordered {order_date}, paid {amount}.",
@@ -737,13 +754,18 @@ _FINAL: dict[str, dict[str, _T]] = {
             "You edited the listing after I bought it. My saved copy doesn't mention '{nad_disclosure}' anywhere.",
             "Even so, {nad_issue}, and that's not what the {photos} showed. I'm filing a not-as-described claim.",
         ),
-        "proof_invalid": (
+        "proof_invalid_delivery": (
             "That tracking number shows 'label created' only, it was never scanned by {carrier}.",
             "{carrier} says that number doesn't exist. I still have nothing.",
             "Tracking {tracking} hasn't moved in {days} days. That's not proof of anything.",
             "I checked the tracking, it shows a delivery in {other_city}. That's not where I live.",
+            "No tracking means no proof it was ever sent. I've opened a case with {platform}.",
+        ),
+        "proof_invalid_item": (
             "You just admitted you have no {photos} and no proof. I've sent mine, the item is clearly not right.",
-            "The serial matching just proves it's your unit and it arrived broken.",
+            "The serial matching just proves it's your unit and it arrived like this.",
+            "A packing slip doesn't show what was in the box. My {photos} do, and I've sent them to {platform}.",
+            "Tracking only shows it was shipped, not what condition it was in. I'm escalating with my {photos}.",
         ),
         "remedy_full": (
             "It's been {days} days and there's no refund on my statement.",
@@ -757,12 +779,19 @@ _FINAL: dict[str, dict[str, _T]] = {
             "No, I'm not keeping a broken item for {partial}. Full refund please.",
             "That offer is insulting. I paid {amount}, I'm going to {esc}.",
         ),
-        "other": (
+        "other_delivery": (
             "Under {platform}'s policy the seller is responsible until delivery. I've escalated.",
-            "I'm escalating, you haven't addressed the problem at all. {photos} are attached to the case.",
-            "It's your job to ship it properly. {carrier} told me the seller has to file the claim.",
+            "{carrier} told me only the shipper can open a trace, so it's on you. I've opened a case.",
+            "It's been {days} days, I still have no {pkg}, and nobody has given me any proof it was delivered.",
+            "{days} days and no real answer. I've opened a case with {platform} with screenshots of the tracking.",
+            "The tracking has said the same thing for two weeks. I've reported it as not received.",
+        ),
+        "other_item": (
+            "I'm escalating, you haven't addressed the problem at all. {Photos} are attached to the case.",
+            "It's your job to pack it properly. {carrier} told me the seller has to file the claim.",
             "{days} days and no answer. I've opened a case with {platform} with all my {photos}.",
-            "I have the {photos} and the empty box. The item was never right, I'm filing a claim.",
+            "I have the {photos} and the original box. The item was never right, I'm filing a claim.",
+            "Your listing promised something else, and my {photos} prove it. Case opened with {platform}.",
         ),
     },
 }
@@ -779,18 +808,14 @@ _BUYER_CHASE: _T = (
 # Long-record filler (neutral w.r.t. the label).
 _RAMBLE: _T = (
     "I've been a customer of yours for years and never had a problem like this before.",
-    "My {relative} was home most of that week and nobody rang the bell or knocked.",
-    "I work nights, so I usually sleep during the day, which is why I asked for packages to be left at the back.",
     "This was supposed to be for {occasion} so the timing really matters to me.",
     "I've spent about an hour on the phone already and I keep getting transferred between departments.",
     "Last time I ordered something similar from another shop it came in two days with no issues at all.",
-    "Our building has a mail room but it's only staffed in the mornings, and the staff change every few weeks.",
     "I also ordered a couple of other things that week, and those all came through fine with {carrier}.",
     "I don't want to be difficult, I just want to understand what happened with the {item}.",
     "I read the reviews before buying and most people seemed happy, which is why I chose your shop.",
     "I paid {amount} which is a lot of money for me right now, so I'm keeping a close eye on it.",
     "The weather here has been awful, lots of rain, and the roads around {city} were flooded for a couple of days.",
-    "My neighbours have had issues with deliveries too, I think the route driver changed recently.",
     "I took screenshots of everything, the listing, the order page, the tracking page and the emails.",
     "I'm writing this on my phone so sorry if it's a bit long or there are typos.",
     "Just so you have all the details, the order was placed on {order_date} from my laptop using my {platform2} account.",
@@ -801,14 +826,34 @@ _RAMBLE: _T = (
     "My {relative} thinks I should just wait, but I'd rather get a clear answer.",
     "I'm not sure if it matters, but the {pkg} was meant to come on a {weekday}.",
     "I've also left a message with {carrier} customer service, they said someone would call me back within 24 to 48 hours.",
-    "For context, I live in a {housing} and deliveries usually get left by the {spot}.",
     "I don't usually write long messages like this but I want to make sure nothing gets lost in translation.",
     "The checkout page said estimated delivery {eta_date}, and I planned around that date.",
-    "I have been checking the tracking page several times a day and refreshing the app.",
     "When I spoke to the first agent they told me to contact the seller, which is why I'm writing to you again.",
     "I don't know if it helps, but the order confirmation email said it would be shipped within 1 business day.",
     "I'd appreciate it if you could read through all of this before replying.",
 )
+_RAMBLE_KIND: dict[str, _T] = {
+    "delivery": (
+        "My {relative} was home most of that week and nobody rang the bell or knocked.",
+        "I work nights, so I usually sleep during the day, which is why I asked for packages to be left at the back.",
+        "Our building has a mail room but it's only staffed in the mornings, and the staff change every few weeks.",
+        "My neighbours have had issues with deliveries too, I think the route driver changed recently.",
+        "For context, I live in a {housing} and deliveries usually get left by the {spot}.",
+        "I have been checking the tracking page several times a day and refreshing the app.",
+        "I even walked around the block in case it was left at the wrong house.",
+        "We have a doorbell camera but it only keeps recordings for a few days.",
+    ),
+    "item": (
+        "I opened the box carefully with scissors along the tape, so nothing was damaged by me.",
+        "I kept all of the packaging, the inner bag and the foam, in case you need them.",
+        "I followed the instructions step by step and watched a setup video online as well.",
+        "My {relative} was there when I opened it and saw the whole thing.",
+        "For context, I live in a {housing} and the box sat by the {spot} for maybe an hour.",
+        "I compared it side by side with the photos on the listing page.",
+        "I've read the manual twice now, front to back.",
+        "I've had the same product from another seller before, so I know what it should look like.",
+    ),
+}
 _WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday")
 _HOUSING = ("small apartment block", "townhouse", "duplex", "house at the end of a long driveway",
             "third-floor walk-up", "gated community", "condo building")
@@ -898,14 +943,14 @@ def _cap(s: str) -> str:
     return s[:1].upper() + s[1:] if s else s
 
 
-def _product(c: _Ctx, rng: random.Random) -> tuple[str, str, str, str]:
+def _product(c: _Ctx, rng: random.Random) -> tuple[str, str, str, str, str]:
     noun, kind, cat = _ch(rng, _PRODUCTS)
     brand = _ch(rng, _BRANDS[cat])
     variants = _VARIANTS[kind]
     i = int(rng.random() * len(variants))
     j = (i + 1 + int(rng.random() * (len(variants) - 1))) % len(variants)
     item = f"{brand} {noun}" if rng.random() < 0.6 else noun
-    return item, variants[i], variants[j], noun
+    return item, variants[i], variants[j], noun, cat
 
 
 def _dates(c: _Ctx, rng: random.Random) -> tuple[str, str, str, str]:
@@ -918,7 +963,7 @@ def _dates(c: _Ctx, rng: random.Random) -> tuple[str, str, str, str]:
 
 
 def _part_forms(c: _Ctx, rng: random.Random) -> tuple[str, ...]:
-    part = _ch(rng, _PARTS)
+    part = _ch(rng, _PARTS[c["category"]])
     if part.endswith("s") and not part.endswith("ss"):
         return part, "are", "were", "them", "they", "They"
     return part, "is", "was", "it", "it", "It"
@@ -956,7 +1001,7 @@ def _group(maker: Callable[[_Ctx, random.Random], tuple], keys: Sequence[str]) -
 
 
 _LAZY: dict[str, Callable[[_Ctx, random.Random], str]] = {
-    **_group(_product, ("item", "var_a", "var_b", "noun")),
+    **_group(_product, ("item", "var_a", "var_b", "noun", "category")),
     **_group(_dates, ("order_date", "ship_date", "eta_date", "deliv_date")),
     **_group(_part_forms, ("part", "is_are", "was_were", "it_them", "it_they", "it_they_cap")),
     **_group(_city_pair, ("city", "state", "other_city")),
@@ -1059,7 +1104,8 @@ def _order_paste(rng: random.Random, ctx: _Ctx) -> str:
 
 
 def _ramble(rng: random.Random, ctx: _Ctx, n: int) -> str:
-    sents = [s.format_map(ctx) for s in rng.sample(_RAMBLE, min(n, len(_RAMBLE)))]
+    pool = _RAMBLE + _RAMBLE_KIND[ctx["kind"]]
+    sents = [s.format_map(ctx) for s in rng.sample(pool, min(n, len(pool)))]
     return "Buyer: " + " ".join(sents)
 
 
@@ -1087,13 +1133,14 @@ def _long_filler(rng: random.Random, ctx: _Ctx, need_words: int) -> list[str]:
 def _story_messages(rng: random.Random, ctx: _Ctx, problem: str, response: str, final: str,
                     long_words: int) -> list[str]:
     kind = "delivery" if problem in _DELIVERY else "item"
+    ctx["kind"] = kind
     b: Callable[[Sequence[str]], str] = lambda ts: _say(rng, ctx, ts, "Buyer")  # noqa: E731
     s: Callable[[Sequence[str]], str] = lambda ts: _say(rng, ctx, ts, "Seller")  # noqa: E731
 
     # Single-message records.
     if not long_words:
         if final in ("confirms", "withdraws") and rng.random() < 0.08:
-            tpl = _SOLO[final]
+            tpl = _SOLO[final if final == "withdraws" else "confirms_" + kind]
             return [_say(rng, ctx, tpl, "Buyer")]
         if response == "ignore" and final == "silent" and rng.random() < 0.5:
             return [b(_SHORT_OPEN[problem] if rng.random() < 0.6 else _OPEN[problem])]
@@ -1157,8 +1204,12 @@ def _story_messages(rng: random.Random, ctx: _Ctx, problem: str, response: str, 
     else:  # disputes_specific
         if response == "proof_valid":
             tpl = fin["proof_valid_delivery"] if kind == "delivery" else fin[problem]
+        elif response in ("remedy_full", "remedy_partial"):
+            tpl = fin[response]
+        elif response == "proof_invalid":
+            tpl = fin["proof_invalid_" + kind]
         else:
-            tpl = fin.get(response, fin["other"])
+            tpl = fin["other_" + kind]
     msgs.append(b(tpl))
     if final in ("confirms", "withdraws") and response != "ignore" and rng.random() < 0.4:
         msgs.append(s(_SELLER_CLOSE))

@@ -89,3 +89,11 @@ def _restarts(run_dir: str) -> list[dict[str, Any]]:
     fs, path = filesystem(join(run_dir, "bsm_restarts"))
     infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
     return [json.loads(read_bytes(join(run_dir, "bsm_restarts", i.base_name))) for i in sorted(infos, key=lambda i: i.base_name)]
+
+
+def main(config_file: str) -> int:
+    """`jobs/train.py`: train the resolved config the job carries; exit non-zero if the run failed."""
+    d = json.loads(open(config_file).read())
+    storage = d.pop("storage")
+    summary = fit(RunConfig.from_dict(d), storage=storage)
+    return 1 if summary["error"] else 0

@@ -65,10 +65,7 @@ def data_paths(run: RunConfig) -> dict[str, str | None]:
 def prepare(run: RunConfig) -> Prepared:
     """Read, check and process every split. Any bad input raises here, before a model or file exists."""
     paths = data_paths(run)
-    user_model = run.model
-    num_classes = user_model.get("num_classes")
-    if user_model.get("is_binary", True) is False and num_classes is None:
-        num_classes = None  # inferred below
+    num_classes = run.model.get("num_classes")  # None: inferred from the training labels
     train_split, labels = load_split(paths["train"], run.data, None, num_classes)
     if paths["val"]:
         val_split, _ = load_split(paths["val"], run.data, labels)

@@ -1,0 +1,430 @@
+"""bsm's Python API: one function per CLI command. The CLI only parses options and prints what these return.
+
+Everything here validates before it touches a cluster: a bad flag, a bad key, an unreadable data file or a
+request the cluster cannot fit is an error before anything is submitted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from .config import RunConfig, apply_overrides, check_metric_name, load_yaml
+from .errors import ClusterError, ConfigError, JobError
+from .launch import Submission, build_submission, default_name, stage
+
+log = logging.getLogger("raytune_bsm")
+TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+
+
+# ----------------------------------------------------------------------------------------------- options
+
+
+@dataclass
+class SubmitOptions:
+    """`bsm submit` / `bsm tune` options; None means "not given" (the recipe or the default applies)."""
+
+    config: str | None = None
+    address: str | None = None
+    num_gpus: int | None = None
+    num_workers: int | None = None
+    cpus_per_worker: int | None = None
+    train: str | None = None
+    val: str | None = None
+    test: str | None = None
+    text_field: str | None = None
+    label_field: str | None = None
+    id_field: str | None = None
+    model: str | None = None
+    max_chunks: int | None = None
+    max_tokens: int | None = None
+    max_epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    storage: str | None = None
+    name: str | None = None
+    sets: list[str] = field(default_factory=list)
+    allow_insecure: bool = False
+
+
+def resolve_run(opts: SubmitOptions, kind: str = "train") -> RunConfig:
+    """Recipe (--config) <- flags <- --set items -> a validated RunConfig."""
+    d: dict[str, Any] = load_yaml(opts.config) if opts.config else {}
+    d = {k: (dict(v) if isinstance(v, dict) else v) for k, v in d.items()}
+    for section in ("model", "data", "train", "scaling"):
+        d.setdefault(section, {})
+
+    def put(section: str, key: str, value: Any) -> None:
+        if value is not None:
+            d[section][key] = value
+
+    for key in ("train", "val", "test", "text_field", "label_field", "id_field", "batch_size"):
+        put("data", key, getattr(opts, key))
+    put("model", "tokenizer", opts.model)
+    put("model", "max_chunks", opts.max_chunks)
+    put("model", "max_tokens", opts.max_tokens)
+    put("model", "lr", opts.lr)
+    put("train", "max_epochs", opts.max_epochs)
+    if opts.num_gpus is not None:
+        if opts.num_workers is not None and opts.num_workers != opts.num_gpus:
+            raise ConfigError("--num-gpus N runs N workers with one GPU each; do not combine it with --num-workers")
+        if opts.num_gpus < 1:
+            raise ConfigError(f"--num-gpus must be at least 1, got {opts.num_gpus}")
+        d["scaling"].update(num_workers=opts.num_gpus, use_gpu=True)
+        d["scaling"].setdefault("cpus_per_worker", 4)
+    put("scaling", "num_workers", opts.num_workers)
+    put("scaling", "cpus_per_worker", opts.cpus_per_worker)
+    if opts.storage is not None:
+        d["storage"] = opts.storage
+    d["name"] = opts.name or d.get("name") or default_name(kind)
+    d = apply_overrides(d, opts.sets)
+    _check_name(d["name"])
+    run = RunConfig.from_dict(d)
+    if run.train.monitor:
+        check_metric_name(run.train.monitor)
+    _check_model(run)
+    return run
+
+
+def _check_name(name: str) -> None:
+    import re
+
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}", str(name)):
+        raise ConfigError(f"--name must be letters, digits, '-', '_' or '.' (at most 100), got {name!r}")
+
+
+def _check_model(run: RunConfig) -> None:
+    """Checks that need the model's config.json, read without importing torch (local models only)."""
+    from .pretrained import resolve_model
+
+    cfg = run.model_config()
+    path = Path(resolve_model(cfg["tokenizer"])) / "config.json"
+    if cfg["encoder_config"] is not None:
+        layers, positions = cfg["encoder_config"].get("num_hidden_layers"), cfg["encoder_config"].get("max_position_embeddings")
+    elif path.exists():
+        mc = json.loads(path.read_text())
+        layers, positions = mc.get("num_hidden_layers"), mc.get("max_position_embeddings")
+    else:
+        return  # a hub name: checked on the cluster, where it is loaded
+    if layers is not None and not 0 <= cfg["reinit_layers"] <= layers:
+        raise ConfigError(
+            f"--reinit-layers must be between 0 and {layers} (the model has {layers} encoder layers), "
+            f"got {cfg['reinit_layers']}"
+        )
+    if positions is not None and cfg["max_tokens"] > positions:
+        raise ConfigError(f"--max-tokens must be at most {positions} for this model, got {cfg['max_tokens']}")
+    bad = [m for m in ([run.train.monitor] if run.train.monitor else []) if m.removeprefix("val_") not in cfg["metric_choices"] + ["loss"]]
+    if bad:
+        raise ConfigError(f"--metric {bad[0]} is not among the computed metrics {cfg['metric_choices']}")
+
+
+def check_local_data(run: RunConfig) -> None:
+    """Schema-check local data files before submission (remote URIs are checked on the cluster)."""
+    from .data import load_split
+
+    from .errors import DataError
+
+    d = run.data
+    if d.train is None or "://" in d.train:
+        return
+    flag = "--train"
+    try:
+        _, labels = load_split(d.train, d, None, run.model.get("num_classes"))
+        for flag, path in (("--val", d.val), ("--test", d.test)):
+            if path and "://" not in path:
+                load_split(path, d, labels)
+    except DataError as e:
+        raise DataError(f"{flag}: {e}") from None
+
+
+# ----------------------------------------------------------------------------------------------- cluster
+
+
+def up(num_cpus: int | None = None, num_gpus: int | None = None) -> Any:
+    from . import cluster
+
+    return cluster.up(num_cpus, num_gpus)
+
+
+def down() -> Any:
+    from . import cluster
+
+    return cluster.down()
+
+
+def _connect(address: str | None, *, start: bool = True) -> tuple[Any, Any]:
+    from . import cluster
+
+    conn = cluster.resolve_connection(address, start=start)
+    return conn, cluster.job_client(conn)
+
+
+# ----------------------------------------------------------------------------------------------- submit
+
+
+def plan(opts: SubmitOptions, kind: str = "train", extra: dict[str, Any] | None = None,
+         conn: Any = None) -> Submission:  # fmt: skip
+    """The submission, fully validated; with `conn`, also checked against that cluster's storage rules."""
+    from .cluster import bsm_home
+
+    run = resolve_run(opts, kind)
+    warnings: list[str] = []
+    storage = run.storage
+    if storage is None:
+        if conn is None or conn.storage_default:
+            storage = (conn.storage_default if conn is not None else None) or str(bsm_home() / "runs")
+        else:
+            raise ConfigError(
+                f"--storage is required for the cluster at {conn.dashboard_url}: give storage that every node "
+                "reaches (s3://bucket/runs, gs://..., or an NFS path mounted on every node)"
+            )
+    elif conn is not None and not conn.is_local and "://" not in storage:
+        warnings.append(
+            f"--storage {storage} is a local path on a remote cluster: multi-node runs need storage every node "
+            "reaches (NFS mounted at that path on every node, or s3:// gs:// hdfs://)"
+        )
+    for flag, path in (("--train", run.data.train), ("--val", run.data.val), ("--test", run.data.test)):
+        if path and conn is not None and not conn.is_local and "://" not in path:
+            warnings.append(f"{flag} {path} is a local path; the remote cluster must see the same path")
+    check_local_data(run)
+    return build_submission(run, kind=kind, storage=storage, extra=extra, warnings=warnings)
+
+
+def check_resources(sub: Submission, conn: Any, *, per_trial_workers: int | None = None) -> Any:
+    """Refuse a job the cluster cannot fit (a warning when it can autoscale)."""
+    from .cluster import cluster_resources
+
+    res = cluster_resources(conn)
+    workers = sub.scaling["num_workers"]
+    per = sub.scaling["resources_per_worker"]
+    need_gpus, need_cpus = workers * per.get("GPU", 0), workers * per["CPU"]
+    biggest_cpu = max((n.cpus for n in res.nodes), default=0)
+    biggest_gpu = max((n.gpus for n in res.nodes), default=0)
+    short = []
+    if need_gpus > res.total_gpus or per.get("GPU", 0) > biggest_gpu:
+        short.append(f"{need_gpus:g} GPUs ({workers} workers x {per.get('GPU', 0):g}); the cluster has {res.total_gpus:g}")
+    if need_cpus > res.total_cpus or per["CPU"] > biggest_cpu:
+        short.append(
+            f"{need_cpus:g} CPUs ({workers} workers x {per['CPU']:g}, largest node {biggest_cpu:g}); "
+            f"the cluster has {res.total_cpus:g}"
+        )
+    if short:
+        msg = f"the job needs {' and '.join(short)} at {conn.dashboard_url}"
+        if res.can_autoscale:
+            log.warning("%s; the cluster can autoscale, so the job will wait for new nodes", msg)
+        else:
+            raise ClusterError(f"{msg}; ask for fewer (--num-gpus/--num-workers/--cpus-per-worker) or use a bigger cluster")
+    return res
+
+
+def submit(opts: SubmitOptions, *, kind: str = "train", extra: dict[str, Any] | None = None,
+           dry_run: bool = False) -> Submission | str:  # fmt: skip
+    """Validate, check against the cluster, stage and submit; return the job id (or the plan when dry_run)."""
+    if dry_run:
+        return plan(opts, kind, extra)  # no cluster is contacted or started
+    from . import cluster
+
+    run = resolve_run(opts, kind)  # flags first: a typo never starts a cluster
+    if opts.cpus_per_worker is None and not run.scaling.use_gpu:
+        conn, client = _connect(opts.address)
+        opts = _fit_cpus(opts, run, conn)
+    else:
+        conn, client = _connect(opts.address)
+    cluster.check_secure(conn, opts.allow_insecure)
+    sub = plan(opts, kind, extra, conn)
+    for w in sub.warnings:
+        log.warning("%s", w)
+    check_resources(sub, conn)
+    with tempfile.TemporaryDirectory(prefix="bsm-submit-") as tmp:
+        runtime_env = stage(sub, Path(tmp))
+        try:
+            job_id = client.submit_job(
+                entrypoint=sub.entrypoint,
+                submission_id=sub.submission_id,
+                runtime_env=runtime_env,
+                metadata=sub.metadata,
+                entrypoint_num_cpus=0,  # the driver only coordinates; workers hold the resources
+            )
+        except RuntimeError as e:
+            if "already exists" in str(e):
+                raise JobError(f"a job named {sub.submission_id} already exists; choose another --name") from None
+            raise ClusterError(f"the cluster at {conn.dashboard_url} refused the job: {str(e).splitlines()[0]}") from None
+    log.info("submitted %s to %s (run storage: %s)", job_id, conn.dashboard_url, sub.metadata["bsm_run_dir"])
+    return job_id
+
+
+def _fit_cpus(opts: SubmitOptions, run: RunConfig, conn: Any) -> SubmitOptions:
+    """CPU runs without --cpus-per-worker: share the largest node's CPUs among the workers (at most 8 each)."""
+    from dataclasses import replace
+
+    from .cluster import cluster_resources
+
+    biggest = max((n.cpus for n in cluster_resources(conn).nodes), default=1)
+    per = max(1, min(8, int(biggest) // run.scaling.num_workers))
+    return replace(opts, cpus_per_worker=per)
+
+
+# ----------------------------------------------------------------------------------------------- job control
+
+
+def _job_info(client: Any, job_id: str) -> Any:
+    try:
+        return client.get_job_info(job_id)
+    except RuntimeError as e:
+        if "does not exist" in str(e) or "404" in str(e):
+            raise JobError(f"no job {job_id!r} on this cluster; `bsm list` shows the jobs") from None
+        raise
+
+
+def _iso(ms: int | None) -> str | None:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(ms / 1000)) if ms else None
+
+
+def status(job_id: str | None = None, *, address: str | None = None) -> dict[str, Any]:
+    """State, times, the latest metrics and where the artifacts are. No job id: the newest bsm job."""
+    conn, client = _connect(address, start=False)
+    if job_id is None:
+        jobs = list_jobs(address=address)
+        if not jobs:
+            raise JobError("no bsm jobs on this cluster yet; submit one with `bsm submit`")
+        job_id = jobs[0]["job_id"]
+    info = _job_info(client, job_id)
+    meta = info.metadata or {}
+    out: dict[str, Any] = {
+        "job_id": job_id,
+        "status": str(info.status.value if hasattr(info.status, "value") else info.status),
+        "message": info.message,
+        "start_time": _iso(info.start_time),
+        "end_time": _iso(info.end_time),
+        "run": meta.get("bsm_run"),
+        "kind": meta.get("bsm_kind"),
+        "run_dir": meta.get("bsm_run_dir"),
+    }
+    result = _read_result(meta.get("bsm_run_dir"))
+    if result:
+        out.update(metrics=result.get("metrics"), best_checkpoint=result.get("best_checkpoint"),
+                   restarts=len(result.get("restarts") or []), export=result.get("export"))  # fmt: skip
+        if "leaderboard" in result:
+            out["leaderboard"] = result["leaderboard"]
+    else:
+        out["metrics"] = latest_metrics(client.get_job_logs(job_id))
+    return out
+
+
+def _read_result(run_dir: str | None) -> dict[str, Any] | None:
+    from .storage import exists, join, read_bytes
+
+    if not run_dir:
+        return None
+    try:
+        path = join(run_dir, "bsm_result.json")
+        return json.loads(read_bytes(path)) if exists(path) else None
+    except Exception:  # storage the client cannot reach (e.g. cloud credentials only on the cluster)
+        return None
+
+
+def latest_metrics(logs: str) -> dict[str, float] | None:
+    """The newest `epoch N validation: {...}` line the workers logged."""
+    for line in reversed(logs.splitlines()):
+        if " validation: {" in line:
+            try:
+                return json.loads(line.split(" validation: ", 1)[1])
+            except ValueError:
+                continue
+    return None
+
+
+def logs(job_id: str, *, address: str | None = None, follow: bool = False, out: TextIO = sys.stderr,
+         poll: float = 2.0, retries: int = 30) -> str:  # fmt: skip
+    """Write the job's logs to `out`; with `follow`, keep writing until it ends (across dropped connections).
+
+    Returns the job's final status (or the current one without `follow`)."""
+    conn, client = _connect(address, start=False)
+    _job_info(client, job_id)
+    written, failures = 0, 0
+    while True:
+        try:
+            text = client.get_job_logs(job_id)
+            state = str(_job_info(client, job_id).status.value)
+            failures = 0
+        except (ConnectionError, OSError, RuntimeError) as e:  # a dropped connection: retry, then give up
+            failures += 1
+            if not follow or failures > retries:
+                raise ClusterError(f"lost the connection to {conn.dashboard_url} while reading logs: {e}") from None
+            time.sleep(poll)
+            continue
+        if len(text) > written:
+            out.write(text[written:])
+            out.flush()
+            written = len(text)
+        if not follow or state in TERMINAL:
+            return state
+        time.sleep(poll)
+
+
+def wait(job_id: str, *, address: str | None = None, on_log: TextIO | None = None, timeout: float | None = None) -> str:
+    """Block until the job ends; stream its logs to `on_log` if given. Returns the final status."""
+    if on_log is not None:
+        return logs(job_id, address=address, follow=True, out=on_log)
+    conn, client = _connect(address, start=False)
+    deadline = time.monotonic() + timeout if timeout else None
+    while True:
+        state = str(_job_info(client, job_id).status.value)
+        if state in TERMINAL:
+            return state
+        if deadline and time.monotonic() > deadline:
+            raise JobError(f"job {job_id} still {state} after {timeout:.0f}s")
+        time.sleep(1.0)
+
+
+def stop(job_id: str, *, address: str | None = None) -> str:
+    """Stop a running or pending job; returns its status after the request."""
+    conn, client = _connect(address, start=False)
+    info = _job_info(client, job_id)
+    state = str(info.status.value)
+    if state in TERMINAL:
+        return state
+    client.stop_job(job_id)
+    return str(_job_info(client, job_id).status.value)
+
+
+def list_jobs(*, address: str | None = None) -> list[dict[str, Any]]:
+    """bsm's jobs on the cluster, newest first."""
+    conn, client = _connect(address, start=False)
+    rows = []
+    for j in client.list_jobs():
+        meta = j.metadata or {}
+        if meta.get("bsm") != "1" or not j.submission_id:
+            continue
+        rows.append(
+            {
+                "job_id": j.submission_id,
+                "status": str(j.status.value),
+                "kind": meta.get("bsm_kind"),
+                "run": meta.get("bsm_run"),
+                "start_time": _iso(j.start_time),
+                "end_time": _iso(j.end_time),
+                "run_dir": meta.get("bsm_run_dir"),
+                "_start": j.start_time or 0,
+            }
+        )
+    rows.sort(key=lambda r: r["_start"], reverse=True)
+    for r in rows:
+        r.pop("_start")
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------- data
+
+
+def demo_data(out: str, rows: int = 2000, seed: int = 0) -> dict[str, Path]:
+    from .demo import write_demo_data
+
+    return write_demo_data(out, rows=rows, seed=seed)
+

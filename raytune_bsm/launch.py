@@ -1,0 +1,151 @@
+"""Building a job submission: a pure function of the resolved config, so `--dry-run` shows exactly what runs.
+
+A submission carries the raytune_bsm package as it is on the submitting machine (`py_modules`), the job
+entrypoints in `jobs/` and the fully resolved config (`working_dir`, staged in a temporary directory), so what
+runs on the cluster is what was submitted. Nothing else is uploaded: no .git, virtual environments, data files
+or checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import RunConfig
+from .errors import ConfigError
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+JOBS_DIR = PACKAGE_DIR.parent / "jobs"  # in a source checkout
+CONFIG_FILE = "bsm_job.json"
+# Never uploaded, whatever a user drops into the package directory.
+EXCLUDES = ["__pycache__", "*.pyc", ".git", ".venv", "venv", "*.ckpt", "*.pt", "*.onnx", "*.parquet", "*.csv",
+            "*.jsonl", "*.safetensors", "*.bin", "lightning_logs", "runs"]  # fmt: skip
+UPLOAD_LIMIT = 100 * 2**20  # well under the Jobs API's 512 MiB package limit; code and a config are ~1 MiB
+ENV_VARS = {
+    "HF_HUB_OFFLINE": "1",  # nothing is downloaded at run time: models come from installed packages or paths
+    "TRANSFORMERS_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "PYTHONUNBUFFERED": "1",  # progress lines reach `bsm logs` as they are written
+}
+
+
+@dataclass
+class Submission:
+    kind: str  # "train" | "tune"
+    submission_id: str
+    entrypoint: str
+    config: dict[str, Any]  # the fully resolved run config
+    runtime_env: dict[str, Any]
+    metadata: dict[str, str]
+    scaling: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
+
+    def plan(self) -> dict[str, Any]:
+        """What `--dry-run` prints."""
+        return {
+            "kind": self.kind,
+            "submission_id": self.submission_id,
+            "entrypoint": self.entrypoint,
+            "runtime_env": self.runtime_env,
+            "metadata": self.metadata,
+            "scaling": self.scaling,
+            "config": self.config,
+            "warnings": self.warnings,
+        }
+
+
+def default_name(kind: str) -> str:
+    return f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+
+
+def jobs_dir() -> Path:
+    if (JOBS_DIR / "train.py").exists():
+        return JOBS_DIR
+    raise ConfigError(f"cannot find the job entrypoints (looked in {JOBS_DIR}); install bsm from its source tree")
+
+
+def build_submission(run: RunConfig, *, kind: str = "train", storage: str, extra: dict[str, Any] | None = None,
+                     warnings: list[str] | None = None) -> Submission:  # fmt: skip
+    """The submission for `run`: pure, no cluster contact. `extra` goes into the config (the sweep's settings)."""
+    config = run.to_dict()
+    config["storage"] = storage
+    # Every model key resolved; the class count stays open (null) unless given: the training labels decide it.
+    user = run.model
+    config["model"] = {
+        **run.model_config(),
+        "is_binary": user.get("is_binary"),
+        "num_classes": user.get("num_classes"),
+        "class_names": user.get("class_names"),
+    }
+    if extra:
+        config[kind] = extra
+    scaling = {
+        "num_workers": run.scaling.num_workers,
+        "use_gpu": run.scaling.use_gpu,
+        "resources_per_worker": run.scaling.resources_per_worker(),
+        "placement_strategy": run.scaling.placement_strategy,
+        "backend": "nccl" if run.scaling.use_gpu else "gloo",
+        "precision": "bf16-mixed where the GPU supports it, else 16-mixed" if run.scaling.use_gpu else "32-true",
+    }
+    return Submission(
+        kind=kind,
+        submission_id=f"bsm-{run.name}",
+        entrypoint=f"python jobs/{kind}.py {CONFIG_FILE}",
+        config=config,
+        runtime_env={
+            "working_dir": f"<staged: jobs/*.py + {CONFIG_FILE}>",
+            "py_modules": [str(PACKAGE_DIR)],
+            "excludes": EXCLUDES,
+            "env_vars": ENV_VARS,
+        },
+        metadata={"bsm": "1", "bsm_kind": kind, "bsm_run": run.name, "bsm_storage": storage,
+                  "bsm_run_dir": _join(storage, run.name)},  # fmt: skip
+        scaling=scaling,
+        warnings=list(warnings or []),
+    )
+
+
+def _join(base: str, name: str) -> str:
+    from .storage import join
+
+    return join(base, name)
+
+
+def stage(sub: Submission, dest: Path) -> dict[str, Any]:
+    """Write the working_dir (job entrypoints + resolved config) into `dest`; return the real runtime_env."""
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "jobs").mkdir(exist_ok=True)
+    for f in sorted(jobs_dir().glob("*.py")):
+        shutil.copy2(f, dest / "jobs" / f.name)
+    (dest / CONFIG_FILE).write_text(json.dumps(sub.config, indent=2, sort_keys=True))
+    check_upload_size([dest, PACKAGE_DIR])
+    return {**sub.runtime_env, "working_dir": str(dest)}
+
+
+def check_upload_size(roots: list[Path], limit: int = UPLOAD_LIMIT) -> int:
+    """Total bytes Ray would upload from `roots` (after EXCLUDES); an error names the largest files."""
+    from fnmatch import fnmatch
+
+    sizes: list[tuple[int, str]] = []
+    for root in roots:
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames[:] = [d for d in dirnames if not any(fnmatch(d, p) for p in EXCLUDES)]
+            for name in filenames:
+                if any(fnmatch(name, p) for p in EXCLUDES):
+                    continue
+                path = os.path.join(dirpath, name)
+                sizes.append((os.path.getsize(path), path))
+    total = sum(s for s, _ in sizes)
+    if total > limit:
+        worst = ", ".join(f"{p} ({s / 2**20:.1f} MiB)" for s, p in sorted(sizes, reverse=True)[:5])
+        raise ConfigError(
+            f"the job would upload {total / 2**20:.1f} MiB (limit {limit / 2**20:.0f} MiB); largest: {worst}. "
+            "Move data and checkpoints out of the package directory; pass data with --train/--val/--test."
+        )
+    return total

@@ -1,0 +1,632 @@
+"""raytune_bsm.cluster: local clusters bsm starts/stops (real Ray), connections, token auth, resources.
+
+The `slow` tests start real local Ray clusters, each in a BSM_HOME of its own under tmp_path; one cluster
+is shared by the module (fixture `shared`) and a second one is started and stopped by the `down` test.
+Everything else runs against fake records and a tiny local HTTP server.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import http.server
+import ipaddress
+import json
+import logging
+import os
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from raytune_bsm import cluster as cl
+from raytune_bsm.errors import ClusterError, ConfigError
+
+AUTH_ENV = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """No Ray address or token from the machine: an empty HOME hides ~/.ray/auth_token."""
+    for var in AUTH_ENV:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path_factory.mktemp("home")))
+
+
+# ----------------------------------------------------------------------------------------------------
+# helpers
+# ----------------------------------------------------------------------------------------------------
+
+
+def _alive(pids: dict[int, int | None]) -> list[int]:
+    return sorted(pid for pid, st in pids.items() if cl._is_alive(pid, st))
+
+
+def _listening(port: int) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    """Local addresses with a LISTEN socket on `port` (from /proc/net/tcp{,6}; no traffic sent)."""
+    found = []
+    for name, v6 in (("/proc/net/tcp", False), ("/proc/net/tcp6", True)):
+        try:
+            lines = Path(name).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            parts = line.split()
+            addr, hexport = parts[1].split(":")
+            if parts[3] != "0A" or int(hexport, 16) != port:
+                continue
+            raw = bytes.fromhex(addr)
+            raw = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+            found.append(ipaddress.IPv6Address(raw) if v6 else ipaddress.IPv4Address(raw))
+    return found
+
+
+def _is_loopback(a: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    mapped = getattr(a, "ipv4_mapped", None)
+    return a.is_loopback or (mapped is not None and mapped.is_loopback)
+
+
+def _wait_job(client: Any, job_id: str, timeout: float = 120) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = str(client.get_job_status(job_id))
+        if status.split(".")[-1] in ("SUCCEEDED", "FAILED", "STOPPED"):
+            return status.split(".")[-1]
+        time.sleep(0.5)
+    raise AssertionError(f"job {job_id} did not finish in {timeout}s")
+
+
+# ----------------------------------------------------------------------------------------------------
+# a real local cluster shared by the module
+# ----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Shared:
+    home: Path
+    rec: cl.LocalCluster
+    token: str
+    up_seconds: float
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shared]:
+    home = tmp_path_factory.mktemp("bsm-shared")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("BSM_HOME", str(home))
+        for var in AUTH_ENV:
+            mp.delenv(var, raising=False)
+        t0 = time.monotonic()
+        rec = cl.up(num_cpus=2, home=home)
+        up_seconds = time.monotonic() - t0
+        print(f"\nup() took {up_seconds:.1f}s", file=sys.stderr)
+        try:
+            yield Shared(home, rec, Path(rec.token_file).read_text().strip(), up_seconds)
+        finally:
+            tree = cl._descendants(rec.pid)
+            t0 = time.monotonic()
+            stopped = cl.down(home=home)
+            print(f"\ndown() took {time.monotonic() - t0:.1f}s", file=sys.stderr)
+            assert stopped is not None and stopped.pid == rec.pid
+            assert _alive(tree) == [], "processes of the shared cluster survived down()"
+            assert not (home / cl.RECORD_NAME).exists()
+
+
+@pytest.mark.slow
+def test_up_starts_loopback_cluster_with_token_auth(shared: Shared) -> None:
+    rec = shared.rec
+    assert rec.dashboard_url.startswith("http://127.0.0.1:")
+    assert rec.gcs_address.startswith("127.0.0.1:")
+    assert rec.num_cpus == 2 and rec.num_gpus == 0
+    assert rec.storage == str(shared.home / "runs") and Path(rec.storage).is_dir()
+    assert cl.running_cluster(shared.home) == rec
+    conn = cl.resolve_connection(None, start=False, home=shared.home)
+    assert conn.started_by_bsm and conn.is_local and conn.token == shared.token
+    assert cl.authentication_mode(conn) == "token"
+    # Every Ray listener of this cluster is bound to loopback only.
+    for name in ("gcs", "dashboard", "client", "node_manager", "object_manager", "dashboard_agent_grpc"):
+        addrs = _listening(rec.ports[name])
+        assert addrs, f"nothing listens on the {name} port {rec.ports[name]}"
+        assert all(_is_loopback(a) for a in addrs), f"{name} port listens on {addrs}"
+    # The head is a session leader whose process tree holds gcs_server and raylet.
+    assert os.getsid(rec.pid) == rec.pid
+    cmds = " ".join(cl._cmdline(p) for p in cl._descendants(rec.pid))
+    assert "gcs_server" in cmds and "raylet" in cmds and "dashboard" in cmds
+
+
+@pytest.mark.slow
+def test_second_up_returns_same_record(shared: Shared, capsys: pytest.CaptureFixture[str]) -> None:
+    t0 = time.monotonic()
+    again = cl.up(home=shared.home)
+    assert time.monotonic() - t0 < 5
+    assert again == shared.rec
+    assert json.loads((shared.home / cl.RECORD_NAME).read_text())["pid"] == shared.rec.pid
+    assert capsys.readouterr().out == "", "up() must not print to stdout"
+
+
+@pytest.mark.slow
+def test_token_and_record_files_are_private(shared: Shared) -> None:
+    token_file = Path(shared.rec.token_file)
+    assert token_file.parent == shared.home
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    assert len(shared.token) == 64
+    record = shared.home / cl.RECORD_NAME
+    assert stat.S_IMODE(record.stat().st_mode) == 0o600
+    assert shared.token not in record.read_text()
+    assert shared.token not in repr(shared.rec)
+
+
+@pytest.mark.slow
+def test_client_without_token_is_refused(shared: Shared) -> None:
+    from ray.exceptions import AuthenticationError
+    from ray.job_submission import JobSubmissionClient
+
+    with pytest.raises(AuthenticationError, match="Authentication required"):
+        JobSubmissionClient(shared.rec.dashboard_url)
+    # Through bsm: a clear ClusterError, for a missing and for a wrong token, never echoing a token.
+    with pytest.raises(ClusterError, match="requires an auth token") as missing:
+        cl.job_client(cl.Connection(shared.rec.dashboard_url, token=None, is_local=True))
+    wrong = "wrong-" + "x" * 40
+    with pytest.raises(ClusterError, match="refused the auth token") as refused:
+        cl.job_client(cl.Connection(shared.rec.dashboard_url, token=wrong, is_local=True, token_source="test"))
+    for err in (missing, refused):
+        assert shared.token not in str(err.value) and wrong not in str(err.value)
+
+
+@pytest.mark.slow
+def test_job_with_token_runs_and_token_stays_secret(
+    shared: Shared, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    conn = cl.resolve_connection(None, home=shared.home)
+    assert conn.source == "bsm cluster" and conn.token == shared.token
+    assert shared.token not in repr(conn) and shared.token not in str(conn)
+    assert cl.auth_headers(conn) == {"Authorization": f"Bearer {shared.token}"}
+    client = cl.job_client(conn)
+    job_id = client.submit_job(entrypoint="python -c 'print(42)'", metadata={"who": "test"})
+    assert _wait_job(client, job_id) == "SUCCEEDED"
+    assert "42" in client.get_job_logs(job_id)
+    info = client.get_job_info(job_id)
+    assert shared.token not in json.dumps(info.metadata or {})
+    assert shared.token not in json.dumps(info.runtime_env or {}, default=str)
+    assert shared.token not in repr(info)
+    captured = capsys.readouterr()
+    assert shared.token not in caplog.text + captured.out + captured.err
+
+
+@pytest.mark.slow
+def test_job_driver_can_use_ray_with_cluster_token(shared: Shared) -> None:
+    """A job's driver reaches the GCS with token auth on (the token file comes from the head's env)."""
+    client = cl.job_client(cl.resolve_connection(None, home=shared.home))
+    code = "import ray; ray.init(); print('answer', ray.get(ray.remote(lambda: 6 * 7).remote()))"
+    job_id = client.submit_job(entrypoint=f'python -c "{code}"')
+    assert _wait_job(client, job_id) == "SUCCEEDED", client.get_job_logs(job_id)
+    assert "answer 42" in client.get_job_logs(job_id)
+
+
+@pytest.mark.slow
+def test_cluster_resources_of_local_cluster(shared: Shared) -> None:
+    conn = cl.resolve_connection(None, home=shared.home)
+    res = cl.cluster_resources(conn)
+    assert res.total_cpus == 2 and res.total_gpus == 0
+    assert res.nodes == [cl.NodeResources("127.0.0.1", 2.0, 0.0)]
+    assert res.can_autoscale is False
+    res.require(gpus=0, cpus=2)
+    with pytest.raises(ClusterError, match="needs 4 GPUs") as err:
+        res.require(gpus=4)
+    assert shared.token not in str(err.value)
+
+
+@pytest.mark.slow
+def test_port_block_is_locked_while_cluster_runs(shared: Shared) -> None:
+    block = shared.rec.ports["min_worker"] - cl._FIRST_WORKER_OFFSET
+    lock = Path(tempfile.gettempdir()) / f"bsm-port-locks-{os.getuid()}" / f"block-{block}.lock"
+    fd = os.open(lock, os.O_RDWR)
+    try:
+        with pytest.raises(OSError):
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
+        os.close(fd)
+    other = cl._reserve_ports()
+    try:
+        assert other.ports["min_worker"] != shared.rec.ports["min_worker"]
+        assert not set(other.ports.values()) & set(shared.rec.ports.values())
+    finally:
+        os.close(other.lock_fd)
+
+
+@pytest.mark.slow
+def test_down_stops_only_its_own_cluster(shared: Shared, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    home = tmp_path / "bsm"
+    monkeypatch.setenv("BSM_HOME", str(home))
+    shared_tree = cl._descendants(shared.rec.pid)
+    rec = cl.up(num_cpus=1)  # BSM_HOME from the environment
+    assert rec.home == home and rec.pid != shared.rec.pid
+    assert not set(rec.ports.values()) & set(shared.rec.ports.values())
+    # A job whose driver runs in a session of its own must be stopped too.
+    client = cl.job_client(cl.resolve_connection(None, start=False))
+    job_id = client.submit_job(entrypoint="python -c 'import time; time.sleep(600)'")
+    deadline = time.monotonic() + 60
+    while str(client.get_job_status(job_id)).split(".")[-1] != "RUNNING":
+        assert time.monotonic() < deadline, "the job did not start"
+        time.sleep(0.3)
+    time.sleep(1.0)
+    tree = cl._descendants(rec.pid)
+    assert any("time.sleep(600)" in cl._cmdline(p) for p in tree), "driver not found below the head"
+    t0 = time.monotonic()
+    stopped = cl.down()
+    took = time.monotonic() - t0
+    print(f"\ndown() with a running job took {took:.1f}s", file=sys.stderr)
+    assert stopped is not None and stopped.pid == rec.pid
+    assert _alive(tree) == [], "processes of the stopped cluster are still alive"
+    assert not (home / cl.RECORD_NAME).exists() and not Path(rec.token_file).exists()
+    if rec.temp_dir_owned:
+        assert not Path(rec.temp_dir).exists()
+    assert cl.down() is None  # nothing recorded any more
+    assert cl.running_cluster() is None
+    # The shared cluster was not touched.
+    assert _alive(shared_tree) == sorted(shared_tree)
+    assert cl.running_cluster(shared.home) == shared.rec
+
+
+# ----------------------------------------------------------------------------------------------------
+# connections, precedence and tokens — no cluster needed
+# ----------------------------------------------------------------------------------------------------
+
+
+class _FakeDashboard(http.server.BaseHTTPRequestHandler):
+    mode: str | None = "token"  # None: answer 404 like Ray < 2.52
+    token: str | None = None
+    nodes: list[dict[str, Any]] = []
+    cluster_status: dict[str, Any] | None = None
+
+    def log_message(self, *args: Any) -> None:  # keep test output clean
+        pass
+
+    def _json(self, code: int, body: Any) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:  # noqa: N802
+        path = self.path.split("?")[0]
+        srv = type(self)
+        if path == "/api/authentication_mode":
+            if srv.mode is None:
+                self._json(404, {})
+            else:
+                self._json(200, {"authentication_mode": srv.mode})
+            return
+        if srv.token is not None and self.headers.get("Authorization") != f"Bearer {srv.token}":
+            self._json(401 if not self.headers.get("Authorization") else 403, {})
+            return
+        if path == "/api/version":
+            self._json(200, {"version": "4", "ray_version": "2.60.0", "session_name": "session_fake"})
+        elif path == "/api/v0/nodes":
+            self._json(200, {"result": True, "msg": "", "data": {"result": {"result": srv.nodes}}})
+        elif path == "/api/cluster_status":
+            self._json(200, {"result": True, "data": {"clusterStatus": srv.cluster_status}})
+        else:
+            self._json(404, {})
+
+
+@pytest.fixture
+def fake_dashboard() -> Iterator[tuple[str, type[_FakeDashboard]]]:
+    handler = type("Handler", (_FakeDashboard,), {"mode": "token", "token": None, "nodes": [], "cluster_status": None})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", handler
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+@pytest.fixture
+def sleeper() -> Iterator[subprocess.Popen[bytes]]:
+    """A harmless live process to stand in as a recorded head (never signalled by these tests)."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def _fake_record(home: Path, pid: int, url: str, token: str = "recorded-token") -> cl.LocalCluster:
+    home.mkdir(parents=True, exist_ok=True)
+    token_file = home / cl.TOKEN_NAME
+    token_file.write_text(token + "\n")
+    token_file.chmod(0o600)
+    p = cl._proc(pid)
+    rec = cl.LocalCluster(
+        gcs_address="127.0.0.1:46379",
+        dashboard_url=url,
+        pid=pid,
+        num_cpus=2,
+        num_gpus=0,
+        temp_dir=str(home / "ray"),
+        log_file=str(home / cl.LOG_NAME),
+        started_at="2025-01-01T00:00:00+00:00",
+        storage=str(home / "runs"),
+        token_file=str(token_file),
+        pid_start_time=p.start_time if p else None,
+        ports={"client": 40001},
+    )
+    cl._write_json_atomic(home / cl.RECORD_NAME, rec.to_json())
+    return rec
+
+
+def _no_up(*args: Any, **kwargs: Any) -> cl.LocalCluster:
+    raise AssertionError("up() must not be called here")
+
+
+def test_bsm_home_from_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BSM_HOME", str(tmp_path / "h"))
+    assert cl.bsm_home() == tmp_path / "h"
+    monkeypatch.delenv("BSM_HOME")
+    assert cl.bsm_home() == Path.home() / ".bsm"
+
+
+def test_precedence_explicit_over_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cl, "up", _no_up)
+    monkeypatch.setenv("RAY_ADDRESS", "http://from-ray-address.example:8265")
+    monkeypatch.setenv("RAY_API_SERVER_ADDRESS", "http://from-api-server.example:8265")
+    conn = cl.resolve_connection("http://explicit.example:8265", home=tmp_path)
+    assert (conn.dashboard_url, conn.source) == ("http://explicit.example:8265", "--address")
+    assert not conn.started_by_bsm and not conn.is_local and conn.storage_default is None
+    # Ray's order for the Jobs API: RAY_API_SERVER_ADDRESS, then RAY_ADDRESS.
+    conn = cl.resolve_connection(None, home=tmp_path)
+    assert (conn.dashboard_url, conn.source) == ("http://from-api-server.example:8265", "RAY_API_SERVER_ADDRESS")
+    monkeypatch.delenv("RAY_API_SERVER_ADDRESS")
+    conn = cl.resolve_connection("  ", home=tmp_path)
+    assert (conn.dashboard_url, conn.source) == ("http://from-ray-address.example:8265", "RAY_ADDRESS")
+
+
+def test_precedence_env_over_recorded_cluster(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake_dashboard: tuple[str, type], sleeper: subprocess.Popen
+) -> None:
+    url, handler = fake_dashboard
+    handler.token = "recorded-token"
+    _fake_record(tmp_path, sleeper.pid, url)
+    monkeypatch.setattr(cl, "up", _no_up)
+    monkeypatch.setenv("RAY_ADDRESS", "other-head.example:8265")
+    conn = cl.resolve_connection(None, home=tmp_path)
+    assert conn.dashboard_url == "http://other-head.example:8265" and not conn.started_by_bsm
+    if conn.token is not None:  # the bsm cluster's token must not be sent to another cluster
+        pytest.fail(f"a token was picked up for another cluster (from {conn.token_source})")
+
+
+def test_precedence_recorded_cluster_over_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake_dashboard: tuple[str, type], sleeper: subprocess.Popen
+) -> None:
+    url, handler = fake_dashboard
+    handler.token = "recorded-token"
+    rec = _fake_record(tmp_path, sleeper.pid, url)
+    monkeypatch.setattr(cl, "up", _no_up)
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "env-token-not-for-this-cluster")
+    assert cl.running_cluster(tmp_path) == rec
+    conn = cl.resolve_connection(None, home=tmp_path)
+    assert conn.source == "bsm cluster" and conn.started_by_bsm and conn.is_local
+    assert conn.dashboard_url == url and conn.token == "recorded-token"
+    assert conn.storage_default == rec.storage
+    # The recorded cluster named by its dashboard, GCS or Ray Client address, or "auto", is that cluster.
+    for address in (url, rec.gcs_address, "localhost:46379", "ray://127.0.0.1:40001", "auto"):
+        c = cl.resolve_connection(address, home=tmp_path)
+        assert c.dashboard_url == url and c.started_by_bsm and c.token == "recorded-token", address
+
+
+def test_precedence_start_when_nothing_else(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[Path | None] = []
+
+    def fake_up(*args: Any, home: Path | None = None, **kwargs: Any) -> cl.LocalCluster:
+        calls.append(home)
+        token_file = tmp_path / "t"
+        token_file.write_text("started-token")
+        return cl.LocalCluster(
+            "127.0.0.1:1", "http://127.0.0.1:2", 1, 1, 0, "/t", str(tmp_path / "log"), "now",
+            str(tmp_path / "runs"), token_file=str(token_file),
+        )  # fmt: skip
+
+    monkeypatch.setattr(cl, "up", fake_up)
+    with pytest.raises(ClusterError, match="bsm up"):
+        cl.resolve_connection(None, start=False, home=tmp_path)
+    assert calls == []
+    conn = cl.resolve_connection(None, home=tmp_path)
+    assert calls == [tmp_path]
+    assert conn.source == "started by bsm" and conn.token == "started-token" and conn.started_by_bsm
+
+
+def test_stale_record_is_removed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    _fake_record(tmp_path, proc.pid, "http://127.0.0.1:9")
+    rec = cl._load_record(tmp_path)
+    assert rec is not None
+    rec.pid_start_time = -1  # certainly not the start time of whatever has this pid now
+    cl._write_json_atomic(tmp_path / cl.RECORD_NAME, rec.to_json())
+    assert cl.running_cluster(tmp_path) is None
+    assert not (tmp_path / cl.RECORD_NAME).exists() and not (tmp_path / cl.TOKEN_NAME).exists()
+
+
+@pytest.mark.parametrize(
+    ("address", "url"),
+    [
+        ("http://head.example:8265", "http://head.example:8265"),
+        ("https://head.example/ray/", "https://head.example/ray"),
+        ("head.example:8265", "http://head.example:8265"),
+        ("head.example", "http://head.example:8265"),
+        ("ray://head.example:10001", "http://head.example:8265"),
+        ("[::1]:8265", "http://[::1]:8265"),
+        ("127.0.0.1:8266", "http://127.0.0.1:8266"),
+    ],
+)
+def test_address_forms(address: str, url: str, tmp_path: Path) -> None:
+    conn = cl.resolve_connection(address, start=False, home=tmp_path)
+    assert conn.dashboard_url == url
+    assert conn.is_local == ("127.0.0.1" in url or "[::1]" in url)
+
+
+@pytest.mark.parametrize("address", ["head.example:6379", "auto", "grpc://head.example:1", "http://head:notaport"])
+def test_bad_addresses(address: str, tmp_path: Path) -> None:
+    with pytest.raises(ClusterError) as err:
+        cl.resolve_connection(address, start=False, home=tmp_path)
+    assert address in str(err.value)
+    if address.endswith(":6379"):
+        assert "http://head.example:8265" in str(err.value)
+
+
+def test_read_token_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert cl.read_token() is None
+    default = tmp_path / ".ray" / "auth_token"
+    default.parent.mkdir()
+    default.write_text("  default-token\n")
+    default.chmod(0o600)
+    assert cl.read_token() == "default-token"
+    path_file = tmp_path / "tok"
+    path_file.write_text("path-token\n")
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(path_file))
+    assert cl.read_token() == "path-token"
+    monkeypatch.setenv("RAY_AUTH_TOKEN", " env-token ")
+    assert cl.read_token() == "env-token"
+    monkeypatch.delenv("RAY_AUTH_TOKEN")
+    path_file.write_text("   \n")
+    with pytest.raises(ClusterError, match="RAY_AUTH_TOKEN_PATH .* is empty"):
+        cl.read_token()
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "missing"))
+    with pytest.raises(ClusterError, match="RAY_AUTH_TOKEN_PATH"):
+        cl.read_token()
+
+
+def test_connection_repr_and_headers_hide_nothing_but_token() -> None:
+    conn = cl.Connection("http://h:8265", token="s3cret-token-value", token_source="RAY_AUTH_TOKEN")
+    assert "s3cret-token-value" not in repr(conn) and "s3cret-token-value" not in str(conn)
+    assert cl.auth_headers(conn) == {"Authorization": "Bearer s3cret-token-value"}
+    assert cl.auth_headers(cl.Connection("http://h:8265")) == {}
+
+
+def test_check_secure_fake_server(fake_dashboard: tuple[str, type], caplog: pytest.LogCaptureFixture) -> None:
+    url, handler = fake_dashboard
+    remote = cl.Connection(url, token=None, is_local=False)  # pretend it is another machine
+    handler.mode = "disabled"
+    assert cl.authentication_mode(remote) == "disabled"
+    with pytest.raises(ClusterError, match="--allow-insecure") as err:
+        cl.check_secure(remote, allow_insecure=False)
+    assert url in str(err.value) and "disabled" in str(err.value)
+    with caplog.at_level(logging.WARNING):
+        cl.check_secure(remote, allow_insecure=True)
+    assert "--allow-insecure" in caplog.text
+    # A loopback cluster is fine without auth; an old Ray without the endpoint counts as disabled.
+    cl.check_secure(cl.Connection(url, is_local=True), allow_insecure=False)
+    handler.mode = None
+    assert cl.authentication_mode(remote) == "disabled"
+    with pytest.raises(ClusterError, match="--allow-insecure"):
+        cl.check_secure(remote, allow_insecure=False)
+    # Token mode: fine with a token, a clear error without one.
+    handler.mode = "token"
+    cl.check_secure(cl.Connection(url, token="t", is_local=False), allow_insecure=False)
+    with pytest.raises(ClusterError, match="RAY_AUTH_TOKEN"):
+        cl.check_secure(remote, allow_insecure=False)
+
+
+def test_cluster_resources_fake_server(fake_dashboard: tuple[str, type]) -> None:
+    url, handler = fake_dashboard
+    handler.token = "tok"
+    handler.nodes = [
+        {"node_ip": "10.0.0.1", "state": "ALIVE", "resources_total": {"CPU": 8.0}},
+        {"node_ip": "10.0.0.2", "state": "ALIVE", "resources_total": {"CPU": 96.0, "GPU": 8.0}},
+        {"node_ip": "10.0.0.3", "state": "DEAD", "resources_total": {"CPU": 96.0, "GPU": 8.0}},
+    ]
+    handler.cluster_status = {
+        "autoscalerReport": {"activeNodes": {"gpu.a100x8": 1, "head.cpu": 1}, "pendingNodes": [], "pendingLaunches": {}}
+    }
+    conn = cl.Connection(url, token="tok")
+    res = cl.cluster_resources(conn)
+    assert (res.total_cpus, res.total_gpus, res.max_gpus_per_node) == (104, 8, 8)
+    assert res.nodes[0] == cl.NodeResources("10.0.0.2", 96.0, 8.0)
+    assert res.can_autoscale is True
+    res.require(gpus=64)  # an autoscaling cluster may grow
+    # A `ray start` cluster: the readonly provider's per-node types ("node_<id>", camel-cased).
+    handler.cluster_status = {"autoscalerReport": {"activeNodes": {"node" + "1890B62E" * 7: 1}}}
+    res = cl.cluster_resources(conn)
+    assert res.can_autoscale is False
+    with pytest.raises(ClusterError, match="needs 16 GPUs .* has 8"):
+        res.require(gpus=16)
+    with pytest.raises(ClusterError, match="requires an auth token"):
+        cl.cluster_resources(cl.Connection(url))
+
+
+def test_unreachable_address_is_a_cluster_error(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    conn = cl.Connection(f"http://127.0.0.1:{port}", token="secret-xyz", is_local=True)
+    for call in (cl.authentication_mode, cl.cluster_resources, cl.job_client):
+        with pytest.raises(ClusterError, match="cannot reach") as err:
+            call(conn)
+        assert "secret-xyz" not in str(err.value)
+
+
+def test_up_rejects_bad_counts(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="--num-cpus must be >= 1, got 0"):
+        cl.up(0, home=tmp_path)
+    with pytest.raises(ConfigError, match="--num-gpus"):
+        cl.up(1, -1, home=tmp_path)
+    assert not (tmp_path / cl.RECORD_NAME).exists()
+
+
+def test_down_without_record(tmp_path: Path) -> None:
+    assert cl.down(home=tmp_path) is None
+
+
+def test_temp_dir_falls_back_to_short_path(tmp_path: Path) -> None:
+    long_home = tmp_path / ("x" * 60)
+    long_home.mkdir()
+    temp, owned = cl._temp_dir_for(long_home)
+    try:
+        assert owned and len(str(temp)) <= cl._MAX_TEMP_DIR_LEN and temp.is_dir()
+    finally:
+        temp.rmdir()
+    short = Path(tempfile.mkdtemp(prefix="b", dir="/tmp"))
+    temp, owned = cl._temp_dir_for(short)
+    try:
+        assert not owned and temp == short / "ray"
+    finally:
+        temp.rmdir()
+        short.rmdir()
+
+
+def test_reserved_port_blocks_do_not_overlap() -> None:
+    a = cl._reserve_ports()
+    b = cl._reserve_ports()
+    try:
+        span_a = range(a.ports["min_worker"], a.ports["max_worker"] + 1)
+        assert b.ports["min_worker"] not in span_a and b.ports["max_worker"] not in span_a
+        assert a.ports["max_worker"] - a.ports["min_worker"] >= 256
+    finally:
+        os.close(a.lock_fd)
+        os.close(b.lock_fd)
+
+
+def test_import_is_cheap() -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", "import sys, raytune_bsm.cluster; print('ray' in sys.modules)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.strip() == "False"
