@@ -383,15 +383,41 @@ def wait(job_id: str, *, address: str | None = None, on_log: TextIO | None = Non
         time.sleep(1.0)
 
 
-def stop(job_id: str, *, address: str | None = None) -> str:
-    """Stop a running or pending job; returns its status after the request."""
+def stop(job_id: str, *, address: str | None = None, timeout: float = 30.0) -> str:
+    """Stop a running or pending job; wait up to `timeout` s for it to end; return its status."""
     conn, client = _connect(address, start=False)
     info = _job_info(client, job_id)
     state = str(info.status.value)
     if state in TERMINAL:
         return state
     client.stop_job(job_id)
-    return str(_job_info(client, job_id).status.value)
+    deadline = time.monotonic() + timeout
+    killed = False
+    while time.monotonic() < deadline:  # stopping is asynchronous: report the state it reached
+        state = str(_job_info(client, job_id).status.value)
+        if state in TERMINAL:
+            return state
+        if state == "PENDING" and not killed and time.monotonic() > deadline - timeout + 3:
+            _kill_pending_supervisor(client, job_id)
+            killed = True
+        time.sleep(0.5)
+    return state
+
+
+def _kill_pending_supervisor(client: Any, job_id: str) -> None:
+    """Ray cannot stop a job whose supervisor actor was never scheduled (e.g. it waits for resources no node
+    has; ray-project/ray#58353): `stop_job` queues a call the actor never runs. bsm kills that actor from a
+    tiny job on the cluster itself, which works wherever the Jobs API does. Ray then records the job FAILED
+    ("Job supervisor actor died"), the only terminal state it allows for this."""
+    import shlex
+
+    code = (
+        "import ray; ray.init(); ray.kill(ray.get_actor("
+        f"{'_ray_internal_job_actor_' + job_id!r}, namespace='SUPERVISOR_ACTOR_RAY_NAMESPACE'), no_restart=True)"
+    )
+    log.warning("job %s is still pending after the stop request; removing its unscheduled supervisor", job_id)
+    client.submit_job(entrypoint=f"python -c {shlex.quote(code)}", entrypoint_num_cpus=0,
+                      metadata={"bsm_stopper_for": job_id})  # fmt: skip
 
 
 def list_jobs(*, address: str | None = None) -> list[dict[str, Any]]:

@@ -37,6 +37,7 @@ The token never appears in a repr, a log line, an exception message or a job's m
 from __future__ import annotations
 
 import contextlib
+import http.client
 import ipaddress
 import json
 import logging
@@ -50,10 +51,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import urlsplit
 
 from .errors import ClusterError, ConfigError
@@ -254,7 +256,7 @@ def _cmdline(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
-        out = subprocess.run(["ps", "-p", str(pid), "-o", "command="], capture_output=True, text=True)
+        out = subprocess.run(["ps", "-p", str(pid), "-o", "command="], capture_output=True, text=True, check=False)
         return out.stdout.strip()
 
 
@@ -482,6 +484,11 @@ def _http_get(url: str, headers: dict[str, str], timeout: float = _HTTP_TIMEOUT)
         return e.code, b""
 
 
+# Below HTTP: refused/reset/timeouts (OSError, incl. URLError), a port that does not speak HTTP
+# (http.client.HTTPException), a malformed URL (ValueError).
+_NET_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, http.client.HTTPException)
+
+
 def _unreachable(url: str, err: BaseException) -> ClusterError:
     reason = getattr(err, "reason", None) or err
     return ClusterError(
@@ -496,9 +503,7 @@ def _get_json(conn: Connection, path: str, timeout: float = _HTTP_TIMEOUT) -> An
     url = conn.dashboard_url + path
     try:
         status, body = _http_get(url, auth_headers(conn), timeout)
-    except (OSError, ValueError) as e:
-        raise _unreachable(conn.dashboard_url, e) from None
-    except Exception as e:  # http.client.HTTPException: the port does not speak HTTP
+    except _NET_ERRORS as e:
         raise _unreachable(conn.dashboard_url, e) from None
     if status in (401, 403):
         raise ClusterError(_auth_failure(conn, status))
@@ -616,7 +621,7 @@ def _probe(rec: LocalCluster, token: str | None, timeout: float = _PROBE_TIMEOUT
     headers = {AUTH_HEADER: BEARER + token} if token else {}
     try:
         status, _ = _http_get(rec.dashboard_url + "/api/version", headers, timeout)
-    except Exception:
+    except _NET_ERRORS:
         return False
     return status == 200
 
@@ -673,13 +678,16 @@ def up(
                 _say(progress, f"Using the running local Ray cluster at {rec.dashboard_url} (pid {rec.pid})")
                 return rec
             if _is_alive(rec.pid, rec.pid_start_time):
-                _say(progress, f"The recorded Ray head (pid {rec.pid}) does not answer at {rec.dashboard_url}; stopping it")
+                _say(progress, f"The recorded Ray head (pid {rec.pid}) does not answer at {rec.dashboard_url}; "
+                     "stopping it")  # fmt: skip
             _stop_head(rec, 30.0, progress)
             _forget(home_dir, rec)
         return _start(home_dir, num_cpus, num_gpus, timeout, progress)
 
 
-def _warn_if_different(rec: LocalCluster, num_cpus: int | None, num_gpus: int | None, progress: Progress | None) -> None:
+def _warn_if_different(
+    rec: LocalCluster, num_cpus: int | None, num_gpus: int | None, progress: Progress | None
+) -> None:
     for name, want, have in (("CPUs", num_cpus, rec.num_cpus), ("GPUs", num_gpus, rec.num_gpus)):
         if want is not None and float(want) != float(have):
             msg = (
@@ -691,7 +699,9 @@ def _warn_if_different(rec: LocalCluster, num_cpus: int | None, num_gpus: int | 
                 progress(msg)
 
 
-def _start(home: Path, num_cpus: int | None, num_gpus: int | None, timeout: float, progress: Progress | None) -> LocalCluster:
+def _start(
+    home: Path, num_cpus: int | None, num_gpus: int | None, timeout: float, progress: Progress | None
+) -> LocalCluster:
     import ray
 
     home.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -705,7 +715,8 @@ def _start(home: Path, num_cpus: int | None, num_gpus: int | None, timeout: floa
     reserved = _reserve_ports()
     ports = reserved.ports
     cmd = _head_command(ports, temp_dir, num_cpus, num_gpus)
-    what = ", ".join(f"{n} {k}" for n, k in ((num_cpus, "CPUs"), (num_gpus, "GPUs")) if n is not None) or "all CPUs/GPUs"
+    asked = ((num_cpus, "CPUs"), (num_gpus, "GPUs"))
+    what = ", ".join(f"{n} {k}" for n, k in asked if n is not None) or "all CPUs/GPUs"
     _say(progress, f"Starting a local Ray {ray.__version__} head ({what}; log: {log_file}) ...")
     t0 = time.monotonic()
     try:
@@ -826,8 +837,7 @@ def running_cluster(home: Path | None = None) -> LocalCluster | None:
         return None
     if not _probe(rec, _cluster_token(rec)):
         log.warning(
-            "the local Ray head (pid %d) is alive but its Jobs API at %s does not answer; "
-            "run `bsm down` to stop it",
+            "the local Ray head (pid %d) is alive but its Jobs API at %s does not answer; run `bsm down`",
             rec.pid,
             rec.dashboard_url,
         )
@@ -932,14 +942,17 @@ def _to_dashboard_url(address: str, source: str, rec: LocalCluster | None) -> st
     try:
         host, port = parts.hostname, parts.port
     except ValueError:
-        raise ClusterError(f"{source}={address!r} has an invalid port; give e.g. http://HOST:{DEFAULT_DASHBOARD_PORT}") from None
+        raise ClusterError(
+            f"{source}={address!r} has an invalid port; give e.g. http://HOST:{DEFAULT_DASHBOARD_PORT}"
+        ) from None
     if not host:
         raise ClusterError(f"{source}={address!r} names no host; give e.g. http://HOST:{DEFAULT_DASHBOARD_PORT}")
     hostport = f"[{host}]" if ":" in host else host
     if scheme in ("http", "https"):
         return f"{scheme}://{hostport}{f':{port}' if port else ''}{parts.path.rstrip('/')}"
     if scheme == "ray":
-        if rec is not None and port is not None and _same_hostport(f"{hostport}:{port}", f"127.0.0.1:{rec.ports.get('client', -1)}"):
+        client = f"127.0.0.1:{rec.ports.get('client', -1)}" if rec is not None else ""
+        if rec is not None and port is not None and _same_hostport(f"{hostport}:{port}", client):
             return rec.dashboard_url
         url = f"http://{hostport}:{DEFAULT_DASHBOARD_PORT}"
         log.warning(
@@ -1051,7 +1064,7 @@ def authentication_mode(conn: Connection) -> str:
     url = conn.dashboard_url + "/api/authentication_mode"
     try:
         status, body = _http_get(url, auth_headers(conn))
-    except Exception as e:
+    except _NET_ERRORS as e:
         raise _unreachable(conn.dashboard_url, e) from None
     if status == 404:
         return "disabled"

@@ -45,6 +45,7 @@ class DataConfig:
     group_by_length: bool = True
     empty_dialogues: Literal["skip", "error"] = "skip"
     num_workers: int = 0
+    demo_rows: int = 1000  # with no --train: the size of the generated demo data (train/val/test 80/10/10)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.val_fraction < 1.0:

@@ -38,12 +38,17 @@ class Prepared:
     test: EncodedDataset | None
 
 
-def demo_data_dir(rows: int = 2000, seed: int = 0) -> Path:
+def demo_data_dir(rows: int = 1000, seed: int = 0) -> Path:
     """The demo data, generated once per machine (atomically, so concurrent workers are safe)."""
     from .cluster import bsm_home
     from .demo import write_demo_data
 
-    out = bsm_home() / "demo-data" / f"rows{rows}-seed{seed}"
+    import hashlib
+
+    from . import demo
+
+    version = hashlib.sha256(Path(demo.__file__).read_bytes()).hexdigest()[:8]  # a new generator, new data
+    out = bsm_home() / "demo-data" / f"rows{rows}-seed{seed}-{version}"
     if not all((out / f"{s}.parquet").exists() for s in ("train", "val", "test")):
         out.mkdir(parents=True, exist_ok=True)
         write_demo_data(out, rows=rows, seed=seed)
@@ -56,7 +61,7 @@ def data_paths(run: RunConfig) -> dict[str, str | None]:
     if d.train is None:
         if d.val is not None or d.test is not None:
             raise ConfigError("--val/--test given without --train; give --train too")
-        demo = demo_data_dir()
+        demo = demo_data_dir(d.demo_rows)
         log.info("no --train given: using the demo data in %s", demo)
         return {s: str(demo / f"{s}.parquet") for s in ("train", "val", "test")}
     return {"train": d.train, "val": d.val, "test": d.test}
@@ -263,7 +268,11 @@ def train_loop(config: dict[str, Any]) -> dict[str, float]:
         trainer = pl.Trainer(accelerator="cpu" if not run.scaling.use_gpu else "gpu", devices=1,
                              callbacks=callbacks, default_root_dir=str(out_dir), **common)  # fmt: skip
 
+    if on_ray:
+        _worker_record(run, rank, {"pid": os.getpid(), "node_id": _node_id()})
     trainer.fit(model, train_dl, val_dl, ckpt_path=ckpt_path)
+    if on_ray:  # DDP keeps replicas identical; this record lets anyone check it
+        _worker_record(run, rank, {"pid": os.getpid(), "node_id": _node_id(), "weights_sha256": weights_digest(model)})
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     if test_dl is not None:
         trainer.test(model, test_dl, verbose=False)
@@ -273,6 +282,30 @@ def train_loop(config: dict[str, Any]) -> dict[str, float]:
         metrics["best_checkpoint"] = best.best_model_path  # type: ignore[assignment]
         (out_dir / "metrics.json").write_text(dumps(metrics))
     return metrics
+
+
+def weights_digest(model: Any) -> str:
+    """sha256 over every parameter and buffer, in name order."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _node_id() -> str:
+    import ray
+
+    return ray.get_runtime_context().get_node_id()
+
+
+def _worker_record(run: RunConfig, rank: int, record: dict[str, Any]) -> None:
+    """`<run dir>/bsm_workers/rank-N.json`: where each worker ran (pid, node) and, at the end, its weights."""
+    from .storage import join, write_bytes
+
+    write_bytes(dumps(record).encode(), join(run.storage or ".", run.name, "bsm_workers", f"rank-{rank}.json"))
 
 
 def write_predictions(model: Any, class_names: list[str], run: RunConfig, out_dir: Path | None, rank: int) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pyarrow as pa
@@ -29,12 +30,40 @@ def tiny_encoder() -> dict:
     return dict(TINY_ENCODER)
 
 
-@pytest.fixture(autouse=True)
+# One BSM_HOME for the session (the shared local cluster's record, the demo-data cache); tests that need
+# isolation take the `bsm_home` fixture.
+SESSION_HOME = Path(tempfile.mkdtemp(prefix="bsm-test-home-"))
+os.environ["BSM_HOME"] = str(SESSION_HOME)
+
+
+@pytest.fixture
 def bsm_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Every test gets its own BSM_HOME, so no test sees another's cluster record or demo data."""
+    """A BSM_HOME of this test's own."""
     home = tmp_path_factory.mktemp("bsm-home")
     monkeypatch.setenv("BSM_HOME", str(home))
     return home
+
+
+@pytest.fixture(scope="session")
+def local_cluster():
+    """A real local Ray cluster (token auth on, loopback), started the way `bsm up` does; stopped at the end."""
+    from raytune_bsm import cluster
+
+    rec = cluster.up(num_cpus=2, home=SESSION_HOME)
+    try:
+        yield rec
+    finally:
+        cluster.down(home=SESSION_HOME)
+
+
+TINY_SETS = [
+    "encoder_config={vocab_size: 30522, hidden_size: 32, num_hidden_layers: 2, num_attention_heads: 2, "
+    "intermediate_size: 64, max_position_embeddings: 128}",
+    "lr=0.001",
+    "max_tokens=64",
+    "max_chunks=4",
+    "batch_size=32",
+]
 
 
 def write_parquet(path: Path, **columns: list) -> Path:

@@ -175,16 +175,25 @@ def test_integer_boolean_and_string_labels(tmp_path):
     assert csv_bools[1].kind == "bool" and csv_bools[0].labels.tolist() == [1, 0] * 4
 
 
-def test_multiclass_string_labels_infer_num_classes_and_are_saved(tmp_path):
-    words = ["refund", "no_refund", "partial"] * 10
-    tr = write_parquet(tmp_path / "train.parquet", **records(30, labels=words))
+def test_multiclass_string_labels_infer_num_classes_and_are_saved(tmp_path, restore_logging):
+    words = ["refund", "no_refund", "partial"] * 4
+    tr = write_parquet(tmp_path / "train.parquet", **records(12, labels=words))
     va = write_jsonl(tmp_path / "val.jsonl", records(3, start=50, labels=["partial", "refund", "partial"]))
-    prep = prepare(run_config(tmp_path, train=str(tr), val=str(va)))
+    run = run_config(tmp_path, train=str(tr), val=str(va), batch_size=4)
+    prep = prepare(run)
     cfg = prep.model_config
     assert (cfg["num_classes"], cfg["is_binary"]) == (3, False)
     assert cfg["class_names"] == ["no_refund", "partial", "refund"]
     assert prep.val.labels.tolist() == [1, 2, 1]
     assert prep.train.labels.tolist()[:3] == [2, 0, 1]
+
+    # A real (tiny, one-step) local run saves the class names with the model's config.
+    config = run.to_dict()
+    config["train"].update(limit_train_batches=1, limit_val_batches=1)
+    metrics = train_loop(config)
+    saved = json.loads((tmp_path / "out" / "config.json").read_text())["model"]
+    assert saved["class_names"] == ["no_refund", "partial", "refund"] and saved["num_classes"] == 3
+    assert "val_f1_score" in metrics and Path(metrics["best_checkpoint"]).exists()
 
 
 def test_label_unseen_in_train_is_an_error_naming_file_column_and_rows(tmp_path):
