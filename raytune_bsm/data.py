@@ -73,7 +73,7 @@ def expand_path(path: str) -> list[str]:
         return [path]
     p = Path(path).expanduser()
     if p.is_dir():
-        files = sorted(str(f) for f in p.rglob("*") if f.is_file() and f.suffix.lower() in PARQUET + CSV + JSONL)
+        files = _data_files(p)
         if not files:
             raise DataError(f"{path}: directory has no .parquet, .csv or .jsonl files")
         return files
@@ -81,7 +81,7 @@ def expand_path(path: str) -> list[str]:
         files: set[str] = set()
         for match in globlib.glob(os.path.expanduser(path), recursive=True):
             if os.path.isdir(match):  # a matched directory is a dataset directory: its data files
-                files.update(str(f) for f in Path(match).rglob("*") if f.is_file() and f.suffix.lower() in PARQUET + CSV + JSONL)
+                files.update(_data_files(Path(match)))
             else:
                 files.add(match)
         if not files:
@@ -90,6 +90,10 @@ def expand_path(path: str) -> list[str]:
     if not p.exists():
         raise DataError(f"{path}: no such file")
     return [str(p)]
+
+
+def _data_files(directory: Path) -> list[str]:
+    return sorted(str(f) for f in directory.rglob("*") if f.is_file() and f.suffix.lower() in PARQUET + CSV + JSONL)
 
 
 def read_file(path: str) -> pa.Table:
@@ -241,7 +245,9 @@ def _check_text(column: pa.ChunkedArray, path: str, text_field: str) -> list[Any
     return column.to_pylist()
 
 
-def load_split(path: str, cfg: DataConfig, labels: Labels | None, num_classes: int | None = None) -> tuple[Split, Labels]:
+def load_split(
+    path: str, cfg: DataConfig, labels: Labels | None, num_classes: int | None = None
+) -> tuple[Split, Labels]:
     """Read and check one split. `labels=None` infers the classes from this split (the training split).
 
     Each file is checked on its own, so an error names the file and the rows within it, also when `path` is a
@@ -412,7 +418,7 @@ class LengthGroupedBatchSampler:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def _batches(self) -> list[list[int]]:
+    def _order(self) -> np.ndarray:
         n = len(self.cost)
         rng = np.random.default_rng(self.seed + self.epoch)
         order = rng.permutation(n) if self.shuffle else np.arange(n)
@@ -424,24 +430,37 @@ class LengthGroupedBatchSampler:
                     for chunk in np.array_split(order, max(1, math.ceil(n / span)))
                 ]
             )
-        batches = [order[i : i + self.batch_size].tolist() for i in range(0, n, self.batch_size)]
+        return order
+
+    def _batches(self) -> list[list[int]]:
+        order = self._order()
+        if not self.shuffle and self.num_replicas > 1:
+            # Evaluation: every rank gets a disjoint, length-sorted shard of records (never an empty one:
+            # a rank with no records would stall DDP, so it re-scores record 0, which only happens when
+            # there are fewer records than ranks).
+            order = order[self.rank :: self.num_replicas]
+            if len(order) == 0:
+                order = np.array([0])
+        batches = [order[i : i + self.batch_size].tolist() for i in range(0, len(order), self.batch_size)]
         if self.shuffle:
+            rng = np.random.default_rng(self.seed + self.epoch + 1)
             batches = [batches[i] for i in rng.permutation(len(batches))]
         return batches
 
     def __iter__(self) -> Iterator[list[int]]:
         batches = self._batches()
-        if self.num_replicas == 1:
+        if self.num_replicas == 1 or not self.shuffle:
             return iter(batches)
-        if self.shuffle:  # training: equal batch counts per rank
-            per_rank = math.ceil(len(batches) / self.num_replicas)
-            batches = (batches * self.num_replicas)[: per_rank * self.num_replicas]
+        # Training: equal batch counts per rank (the last ones repeat records) so DDP never waits on a rank.
+        per_rank = math.ceil(len(batches) / self.num_replicas)
+        batches = (batches * self.num_replicas)[: per_rank * self.num_replicas]
         return iter(batches[self.rank :: self.num_replicas])
 
     def __len__(self) -> int:
-        n_batches = math.ceil(len(self.cost) / self.batch_size)
+        n = len(self.cost)
         if self.num_replicas == 1:
-            return n_batches
+            return math.ceil(n / self.batch_size)
         if self.shuffle:
-            return math.ceil(n_batches / self.num_replicas)
-        return len(range(self.rank, n_batches, self.num_replicas))
+            return math.ceil(math.ceil(n / self.batch_size) / self.num_replicas)
+        shard = max(1, len(range(self.rank, n, self.num_replicas)))
+        return math.ceil(shard / self.batch_size)

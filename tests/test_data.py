@@ -158,7 +158,8 @@ def test_val_split_off_train_by_seeded_fraction(tmp_path):
 
 def test_integer_boolean_and_string_labels(tmp_path):
     n = 8
-    ints = load_split(str(write_parquet(tmp_path / "i.parquet", **records(n, labels=[0, 2, 1, 2, 0, 1, 2, 0]))), CFG, None)
+    int_file = write_parquet(tmp_path / "i.parquet", **records(n, labels=[0, 2, 1, 2, 0, 1, 2, 0]))
+    ints = load_split(str(int_file), CFG, None)
     assert ints[1].names == ["0", "1", "2"] and ints[1].kind == "int"
     assert ints[0].labels.tolist() == [0, 2, 1, 2, 0, 1, 2, 0]
 
@@ -175,6 +176,7 @@ def test_integer_boolean_and_string_labels(tmp_path):
     assert csv_bools[1].kind == "bool" and csv_bools[0].labels.tolist() == [1, 0] * 4
 
 
+@pytest.mark.filterwarnings("ignore:No positive samples")  # one tiny validation batch
 def test_multiclass_string_labels_infer_num_classes_and_are_saved(tmp_path, restore_logging):
     words = ["refund", "no_refund", "partial"] * 4
     tr = write_parquet(tmp_path / "train.parquet", **records(12, labels=words))
@@ -366,7 +368,8 @@ def encoded(lens: list[list[int]], pad_id: int = 0) -> EncodedDataset:
         else np.zeros(0, np.int32)
         for r, ls in enumerate(lens)
     ]
-    return EncodedDataset(ids, [np.asarray(l, np.int32) for l in lens], np.arange(len(lens)) % 2, [f"r{i}" for i in range(len(lens))])
+    labels = np.arange(len(lens), dtype=np.int64) % 2
+    return EncodedDataset(ids, [np.asarray(l, np.int32) for l in lens], labels, [f"r{i}" for i in range(len(lens))])
 
 
 def test_collate_pads_each_batch_to_its_own_size(tmp_path):

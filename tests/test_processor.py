@@ -100,7 +100,9 @@ def test_whole_messages_are_packed_and_only_overlong_messages_are_split(tok):
     boundaries = np.cumsum([0] + lengths).tolist()
     cuts = np.cumsum([len(c) for c in content]).tolist()
     inside = [b for b in cuts if b not in boundaries]
-    expected_inside = [b + k * budget for b, n in zip(boundaries, lengths) if n > budget for k in range(1, -(-n // budget))]
+    expected_inside = [
+        b + k * budget for b, n in zip(boundaries, lengths) if n > budget for k in range(1, -(-n // budget))
+    ]
     assert inside == expected_inside == [56, 85, 99]
     # Packing is greedy: a chunk is closed only when the next message did not fit in it.
     for k in range(len(content) - 1):
