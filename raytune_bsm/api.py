@@ -454,3 +454,30 @@ def demo_data(out: str, rows: int = 2000, seed: int = 0) -> dict[str, Path]:
 
     return write_demo_data(out, rows=rows, seed=seed)
 
+
+
+# ----------------------------------------------------------------------------------------------- artifacts
+
+
+def fetch(source: str, to: str | None = None, *, address: str | None = None) -> Path:
+    """Download a run's export (job id, run name, or path/URI) and verify every file against its manifest."""
+    from .artifacts import fetch as _fetch
+
+    return _fetch(source, to, address=address)
+
+
+def export(checkpoint: str, to: str) -> dict[str, Any]:
+    """Export any checkpoint this project wrote (a .ckpt file or a Ray checkpoint directory) to `to`."""
+    from .export import export_checkpoint
+
+    if not Path(checkpoint).expanduser().exists() and "://" not in checkpoint:
+        raise ConfigError(f"CHECKPOINT {checkpoint}: no such file or directory")
+    return export_checkpoint(checkpoint, to)
+
+
+def predict(export_dir: str, data: str, out: str | None = None, *, provider: str = "CPUExecutionProvider",
+            batch_size: int = 32, progress: Any = None) -> str:  # fmt: skip
+    """Score a Parquet/CSV/JSONL file with ONNX Runtime using the export's own tokenizer and settings."""
+    from .predict import predict_file
+
+    return predict_file(export_dir, data, out, provider=provider, batch_size=batch_size, progress=progress)

@@ -204,6 +204,42 @@ def demo_data(
     _out(str(paths["train"].parent))
 
 
+@command("fetch")
+def fetch(
+    source: str = typer.Argument(..., help="A job id, a run name, or the path/URI of an export directory."),
+    to: Optional[str] = typer.Option(None, "--to", help="Local directory (default: ./<run>-export)."),
+    address: Optional[str] = Address,
+) -> None:
+    """Download a run's export and verify every file's sha256 against its manifest. Prints the directory."""
+    _out(str(api.fetch(source, to, address=address)))
+
+
+@command("export")
+def export(
+    checkpoint: str = typer.Argument(..., help="A .ckpt file or a Ray checkpoint directory written by bsm."),
+    to: str = typer.Option(..., "--to", help="Export directory (path or URI)."),
+) -> None:
+    """Export a checkpoint to ONNX + TorchScript, verified against PyTorch. Prints the directory."""
+    api.export(checkpoint, to)
+    _out(to)
+
+
+@command("predict")
+def predict(
+    export_dir: str = typer.Argument(..., help="An export directory (from `bsm fetch` or `bsm export`)."),
+    data: str = typer.Argument(..., help="Parquet, CSV or JSON Lines file to score."),
+    out: Optional[str] = typer.Option(None, "--out", help=".parquet, .csv or .jsonl (default: next to DATA)."),
+    provider: str = typer.Option("CPUExecutionProvider", "--provider", help="ONNX Runtime execution provider, e.g. CUDAExecutionProvider."),
+    batch_size: int = typer.Option(32, "--batch-size"),
+) -> None:
+    """Score a file with ONNX Runtime (no PyTorch needed). Prints the output path."""
+
+    def progress(done: int, total: int) -> None:
+        _err(f"\rscored {done}/{total} records")
+
+    _out(api.predict(export_dir, data, out, provider=provider, batch_size=batch_size, progress=progress))
+
+
 def main() -> None:
     app()
 

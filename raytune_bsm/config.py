@@ -82,6 +82,9 @@ def resolve_model_config(config: dict[str, Any]) -> dict[str, Any]:
     for key in ("warmup_steps", "hidden_common_dim"):
         if int(cfg[key]) != cfg[key] or cfg[key] < (1 if key == "hidden_common_dim" else 0):
             raise ConfigError(f"--{key.replace('_', '-')} must be a non-negative integer, got {cfg[key]}")
+    from .processor import ProcessorConfig  # validates max_chunks, max_tokens, keep_chunks; names the flags
+
+    ProcessorConfig(cfg["tokenizer"], cfg["max_chunks"], cfg["max_tokens"], cfg["keep_chunks"])
     if cfg["weight_decay"] < 0:
         raise ConfigError(f"--weight-decay must be >= 0, got {cfg['weight_decay']}")
     return cfg
@@ -106,6 +109,7 @@ class TrainConfig:
     limit_val_batches: float | int = 1.0
     log_every_n_steps: int = 10
     output_dir: str | None = None  # local runs: where checkpoints and predictions go
+    export: bool = True  # export the best checkpoint (ONNX + TorchScript, verified) when the run ends
     max_failures: int = 2  # Ray Train: worker failures survived by resuming from the latest checkpoint
     runtime: Literal["local", "ray"] = "local"  # "ray": running as a Ray Train worker
 

@@ -63,6 +63,9 @@ def fit(run: RunConfig, *, storage: str) -> dict[str, Any]:
 
     result = trainer_for(run, monitor, storage=storage).fit()
     best = result.get_best_checkpoint(metric=monitor, mode=run.train.mode) if result.best_checkpoints else None
+    export = None
+    if best is not None and run.train.export:
+        export = export_best(best, run_dir, prep, metrics={k: v for k, v in best_metrics(result, best).items()})
     summary = {
         "name": run.name,
         "run_dir": run_dir,
@@ -73,11 +76,48 @@ def fit(run: RunConfig, *, storage: str) -> dict[str, Any]:
         "latest_checkpoint": result.checkpoint.path if result.checkpoint else None,
         "error": repr(result.error) if result.error else None,
         "restarts": _restarts(run_dir),
+        "export": export,
     }
     write_bytes(dumps(summary).encode(), join(run_dir, "bsm_result.json"))
     log.info("validation metrics: %s", json.dumps({k: round(v, 4) for k, v in summary["metrics"].items() if k.startswith("val")}))
     log.info("checkpoints: %s (best: %s)", run_dir, summary["best_checkpoint"])
     return summary
+
+
+def best_metrics(result: Any, best: Any) -> dict[str, float]:
+    for checkpoint, metrics in result.best_checkpoints:
+        if checkpoint.path == best.path:
+            return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+    return {}
+
+
+def validation_batches(prep: Any) -> list[dict[str, Any]]:
+    """Real validation batches of three shapes for the export's parity check: the longest record alone, four
+    middling records, and sixteen records spread over every length (short ones padded with empty chunks)."""
+    import numpy as np
+
+    from .data import Collate
+
+    cfg = prep.model_config
+    collate = Collate(prep.val, cfg["text_name"], cfg["label_name"], cfg["id_name"], prep.processor.pad_id)
+    order = np.argsort(prep.val.padded_cost(), kind="stable")
+    n = len(order)
+    picks = [order[-1:], order[n // 2 : n // 2 + 4], order[:: max(1, n // 16)][:16]]
+    return [collate([int(i) for i in p]) for p in picks if len(p)]
+
+
+def export_best(best: Any, run_dir: str, prep: Any, metrics: dict[str, float]) -> str:
+    """Export the best checkpoint to `<run dir>/export` (ONNX + TorchScript, parity-checked, manifest last)."""
+    from .export import export_checkpoint
+
+    dest = join(run_dir, "export")
+    log.info("exporting the best checkpoint %s to %s", best.path, dest)
+    manifest = export_checkpoint(
+        best.to_directory(), dest, val_batches=validation_batches(prep), metrics=metrics,
+        hyperparameters=prep.model_config,
+    )  # fmt: skip
+    log.info("export parity: %s", json.dumps(manifest.get("parity"), default=str))
+    return dest
 
 
 def _restarts(run_dir: str) -> list[dict[str, Any]]:

@@ -1,0 +1,813 @@
+"""The cluster side of `bsm tune`: a Ray Tune sweep whose every trial is a Ray Train run (Train V2 API).
+
+Pattern (Ray >= 2.43 with Train V2; `Tuner(trainer)` is deprecated): Tune runs a *function* trainable per trial
+(`bsm_trial`, a light driver needing no CPU); it merges the trial's sampled hyperparameters into the run
+config, builds that trial's own `TorchTrainer` with `ray_train.trainer_for` and calls `fit()`.
+`TuneReportCallback` in the trainer's `RunConfig.callbacks` forwards every per-epoch `ray.train.report` (made by
+`RayTrainReportCallback` in the worker loop) to Tune, so ASHA can stop weak trials after any epoch. How many
+trials run at once is bounded by `max_concurrent_trials`, computed from the cluster's CPUs/GPUs and each trial's
+workers, so no trial waits for resources that do not exist.
+
+Layout under `<storage>/<sweep name>/`:
+
+    tune/                    Tune's experiment (state, one directory per trial); `--resume` restores it
+    runs/<trial id>/         each trial's Ray Train run: checkpoints (best k + latest), bsm_epochs.json
+    trials.parquet           one row per trial: hyperparameters, metric per epoch, status (kept up to date)
+    best_config.json         the best trial's resolved run config: a recipe for `bsm submit --config`
+    bsm_result.json          summary for `bsm status` (same shape as a training run's, plus "leaderboard")
+    bsm_sweep.json           the run config and sweep settings, for `bsm tune --resume NAME`
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import os
+import re
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from .config import MODEL_DEFAULTS, RunConfig, ScalingConfig, TrainConfig, check_metric_name, default_metric, dumps
+from .data import DataConfig
+from .errors import ClusterError, ConfigError
+from .storage import exists, join, read_bytes, write_bytes, write_table
+
+log = logging.getLogger("raytune_bsm")
+
+SCHEDULERS = ("asha", "fifo")
+DISTRIBUTIONS = ("loguniform", "uniform", "choice", "randint", "grid")
+SPACE_MODES = ("extend", "replace")
+# Keys a sweep cannot vary: per-trial resources are fixed (they bound the concurrency), and ASHA's time axis,
+# the ranking metric and where a run lives are the sweep's own settings.
+FIXED_KEYS = {"train.max_epochs", "train.monitor", "train.mode", "train.runtime", "train.output_dir"}
+EPOCHS_FILE = "bsm_epochs.json"  # per trial run: every epoch's reported metrics, written by the trial's trainer
+LEADERBOARD_ROWS = 10
+TRIAL_RESOURCES = {"CPU": 0, "memory": 1}  # the trial driver only waits on its trainer; Tune needs a non-empty bundle
+
+_SECTIONS: dict[str, set[str]] = {
+    "model": set(MODEL_DEFAULTS),
+    "data": {f.name for f in fields(DataConfig)},
+    "train": {f.name for f in fields(TrainConfig)},
+    "scaling": {f.name for f in fields(ScalingConfig)},
+}
+
+
+# ----------------------------------------------------------------------------------------------- settings
+
+
+@dataclass
+class SweepConfig:
+    """`bsm tune` settings. Validated on construction; errors name the flag."""
+
+    num_samples: int = 8  # --num-samples: trials drawn from the search space (times every grid's size)
+    scheduler: str = "asha"  # --scheduler asha|fifo; ASHA stops weak trials after any epoch
+    metric: str | None = None  # --metric; None: the run's train.monitor, else default_metric(num_classes)
+    mode: str = "max"  # --mode max|min
+    workers_per_trial: int | None = None  # --workers-per-trial; None: the run's scaling.num_workers
+    gpus_per_trial: int = 0  # --gpus-per-trial N: N workers with one GPU each
+    max_concurrent: int | None = None  # --max-concurrent; None: as many as the cluster's resources fit
+    time_budget_s: float | None = None  # --time-budget (seconds; parse_duration reads "30m", "2h")
+    search_space: dict[str, Any] | None = None  # --search-space FILE (load_search_space); None: the default
+    resume: bool = False  # --resume NAME: continue an interrupted sweep
+    reduction_factor: float = 2  # --reduction-factor (ASHA): keep the top 1/rf of trials at each rung
+    grace_period: int = 1  # ASHA: epochs every trial gets before it can be stopped
+
+    def __post_init__(self) -> None:
+        if int(self.num_samples) != self.num_samples or self.num_samples < 1:
+            raise ConfigError(f"--num-samples must be a positive integer, got {self.num_samples}")
+        if self.scheduler not in SCHEDULERS:
+            raise ConfigError(f"--scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
+        if self.metric is not None:
+            check_metric_name(self.metric)
+        if self.mode not in ("max", "min"):
+            raise ConfigError(f"--mode must be max or min, got {self.mode!r}")
+        if self.workers_per_trial is not None and self.workers_per_trial < 1:
+            raise ConfigError(f"--workers-per-trial must be at least 1, got {self.workers_per_trial}")
+        if self.gpus_per_trial < 0:
+            raise ConfigError(f"--gpus-per-trial must be >= 0, got {self.gpus_per_trial}")
+        if self.gpus_per_trial and self.workers_per_trial not in (None, self.gpus_per_trial):
+            raise ConfigError(
+                "--gpus-per-trial N runs N workers with one GPU each; do not combine it with --workers-per-trial"
+            )
+        if self.max_concurrent is not None and self.max_concurrent < 1:
+            raise ConfigError(f"--max-concurrent must be at least 1, got {self.max_concurrent}")
+        if self.time_budget_s is not None:
+            self.time_budget_s = parse_duration(self.time_budget_s)
+        if not self.reduction_factor > 1:
+            raise ConfigError(f"--reduction-factor must be greater than 1, got {self.reduction_factor}")
+        if self.grace_period < 1:
+            raise ConfigError(f"grace_period must be at least 1, got {self.grace_period}")
+        if self.search_space is not None:
+            self.search_space = canonical_space(self.search_space, "--search-space")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> "SweepConfig":
+        d = dict(d or {})
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ConfigError(f"unknown sweep setting(s): {', '.join(unknown)} (known: {', '.join(sorted(names))})")
+        return cls(**d)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def trial_workers(self, run: RunConfig) -> int:
+        return self.gpus_per_trial or self.workers_per_trial or run.scaling.num_workers
+
+    def apply(self, run: RunConfig) -> RunConfig:
+        """The run each trial starts from: the sweep's per-trial workers, its metric and mode."""
+        scaling = replace(run.scaling, num_workers=self.trial_workers(run))
+        if self.gpus_per_trial:
+            scaling = replace(scaling, use_gpu=True, gpus_per_worker=1)
+        return replace(run, scaling=scaling, train=replace(run.train, monitor=self.metric or run.train.monitor,
+                                                           mode=self.mode))  # fmt: skip
+
+    def total_trials(self) -> int:
+        """num_samples times the size of every grid in the search space."""
+        n = self.num_samples
+        for spec in (self.search_space or {}).values():
+            if isinstance(spec, dict) and "grid" in spec:
+                n *= len(spec["grid"])
+        return n
+
+
+def parse_duration(value: Any) -> float:
+    """--time-budget: seconds as a number, or "90s", "30m", "2h", "1h30m", "1.5h"."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        text = str(value).strip().lower().replace(" ", "")
+        if re.fullmatch(r"\d+(\.\d+)?", text):
+            seconds = float(text)
+        else:
+            parts = re.findall(r"(\d+(?:\.\d+)?)([dhms])", text)
+            if not parts or "".join(n + u for n, u in parts) != text:
+                raise ConfigError(f"--time-budget must be seconds or like 90s, 30m, 2h, 1h30m; got {value!r}")
+            seconds = sum(float(n) * {"d": 86400, "h": 3600, "m": 60, "s": 1}[u] for n, u in parts)
+    if not seconds > 0:
+        raise ConfigError(f"--time-budget must be positive, got {value!r}")
+    return seconds
+
+
+# ----------------------------------------------------------------------------------------------- search space
+
+
+def default_search_space(num_layers: int | None = None) -> dict[str, Any]:
+    """lr, warmup and how many top encoder layers to re-initialise (capped by the model's layer count)."""
+    layers = [n for n in (0, 1, 2, 3) if num_layers is None or n <= num_layers]
+    return {
+        "model.lr": {"loguniform": [1e-5, 2e-4]},
+        "model.warmup_ratio": {"uniform": [0.0, 0.2]},
+        "model.reinit_layers": {"choice": layers},
+    }
+
+
+def canonical_key(key: str, where: str) -> str:
+    """"lr" / "model.lr" -> "model.lr" (a bare key must belong to exactly one section)."""
+    key = str(key).strip()
+    if "." in key:
+        section, name = key.split(".", 1)
+        if section not in _SECTIONS or name not in _SECTIONS[section]:
+            raise ConfigError(f"{where}: unknown key {key!r}")
+    else:
+        owners = [s for s, names in _SECTIONS.items() if key in names]
+        if not owners:
+            raise ConfigError(f"{where}: unknown key {key!r}; keys are config keys such as lr, model.lr, data.batch_size")
+        if len(owners) > 1:
+            raise ConfigError(f"{where}: key {key!r} is ambiguous; write one of {', '.join(f'{o}.{key}' for o in owners)}")
+        section, name = owners[0], key
+    full = f"{section}.{name}"
+    if section == "scaling":
+        raise ConfigError(f"{where}: {full} cannot be tuned: every trial gets the same resources "
+                          "(use --workers-per-trial / --gpus-per-trial)")  # fmt: skip
+    if full in FIXED_KEYS:
+        raise ConfigError(f"{where}: {full} cannot be tuned; it is a setting of the sweep itself")
+    return full
+
+
+def check_spec(spec: Any, where: str) -> Any:
+    """One search-space entry: {distribution: args} or a constant (a number, string, bool or list)."""
+    if not isinstance(spec, dict):
+        return spec
+    if len(spec) != 1 or next(iter(spec)) not in DISTRIBUTIONS:
+        raise ConfigError(f"{where}: expected one of {{{', '.join(DISTRIBUTIONS)}}}: [...] or a constant, got {spec!r}")
+    kind, args = next(iter(spec.items()))
+    if kind in ("choice", "grid"):
+        if not isinstance(args, list) or not args:
+            raise ConfigError(f"{where}: {kind} needs a non-empty list of values, got {args!r}")
+        return {kind: list(args)}
+    if (not isinstance(args, list) or len(args) != 2
+            or not all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in args)):  # fmt: skip
+        raise ConfigError(f"{where}: {kind} needs [low, high], got {args!r}")
+    lo, hi = args
+    if not lo < hi:
+        raise ConfigError(f"{where}: {kind} needs low < high, got {args!r}")
+    if kind == "loguniform" and lo <= 0:
+        raise ConfigError(f"{where}: loguniform needs low > 0, got {args!r}")
+    if kind == "randint" and (int(lo) != lo or int(hi) != hi):
+        raise ConfigError(f"{where}: randint needs integers [low, high) (high excluded), got {args!r}")
+    return {kind: [int(lo), int(hi)] if kind == "randint" else [float(lo), float(hi)]}
+
+
+def canonical_space(space: dict[str, Any], where: str) -> dict[str, Any]:
+    if not isinstance(space, dict):
+        raise ConfigError(f"{where}: expected a mapping of config keys to distributions, got {type(space).__name__}")
+    out: dict[str, Any] = {}
+    for key, spec in space.items():
+        full = canonical_key(key, where)
+        if full in out:
+            raise ConfigError(f"{where}: {full} is given twice (as {key!r} and another spelling)")
+        out[full] = check_spec(spec, f"{where}: key {key!r}")
+    return out
+
+
+def load_search_space(path: str | Path, num_layers: int | None = None) -> dict[str, Any]:
+    """Read a search-space YAML file (see jobs/search_space.yaml).
+
+    Top-level keys are config keys ("lr", "model.lr", "data.batch_size", ...), each mapped to
+    {loguniform: [a, b]} | {uniform: [a, b]} | {choice: [...]} | {randint: [a, b]} (b excluded) |
+    {grid: [...]} (every value, times --num-samples) | a constant. An optional top-level `mode: extend`
+    (the default) adds to / overrides the default search space; `mode: replace` uses the file alone.
+    """
+    import yaml
+
+    p = Path(path)
+    where = f"--search-space {path}"
+    if not p.exists():
+        raise ConfigError(f"{where}: no such file")
+    try:
+        d = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{where}: not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(d, dict):
+        raise ConfigError(f"{where}: expected a mapping of config keys to distributions at the top level")
+    d = dict(d)
+    mode = d.pop("mode", "extend")
+    if mode not in SPACE_MODES:
+        raise ConfigError(f"{where}: mode must be extend or replace, got {mode!r} (train.mode cannot be tuned)")
+    space = canonical_space(d, where)
+    if mode == "replace":
+        if not space:
+            raise ConfigError(f"{where}: mode replace with no keys leaves nothing to tune")
+        return space
+    return {**default_search_space(num_layers), **space}
+
+
+def model_layers(run: RunConfig) -> int | None:
+    """The encoder's layer count, when it is known without loading the model (a local config.json)."""
+    from .pretrained import resolve_model
+
+    cfg = run.model_config()
+    if cfg.get("encoder_config"):
+        return cfg["encoder_config"].get("num_hidden_layers")
+    try:
+        path = Path(resolve_model(cfg["tokenizer"])) / "config.json"
+    except ConfigError:
+        return None
+    if path.exists():
+        return json.loads(path.read_text()).get("num_hidden_layers")
+    return None
+
+
+def resolve_space(run: RunConfig, sweep: SweepConfig) -> dict[str, Any]:
+    return sweep.search_space if sweep.search_space is not None else default_search_space(model_layers(run))
+
+
+def _candidates(spec: Any) -> list[Any]:
+    """Values that stand for a distribution when checking it: its ends (just inside an open end) or every value."""
+    if not isinstance(spec, dict):
+        return [spec]
+    kind, args = next(iter(spec.items()))
+    if kind in ("choice", "grid"):
+        return list(args)
+    lo, hi = args
+    if kind == "randint":
+        return [lo, hi - 1]
+    return [lo, lo + (hi - lo) * 0.999]
+
+
+def check_search_space(run: RunConfig, space: dict[str, Any]) -> None:
+    """Every value the sweep can sample is a valid config, checked here rather than in N failed trials."""
+    base = run.to_dict()
+    layers = model_layers(run)
+    for key, spec in space.items():
+        for value in _candidates(spec):
+            try:
+                trial = RunConfig.from_dict(apply_params(base, {key: value}))
+            except ConfigError as e:
+                raise ConfigError(f"--search-space {key}: {value!r} is not a valid value: {e}") from None
+            if key == "model.reinit_layers" and layers is not None and not 0 <= trial.model_config()["reinit_layers"] <= layers:
+                raise ConfigError(f"--search-space {key}: {value!r} is outside 0..{layers}, the model's encoder layers")
+
+
+def apply_params(base: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    """A run-config dict with the trial's {"section.key": value} hyperparameters set."""
+    d = copy.deepcopy(base)
+    for key, value in params.items():
+        section, name = key.split(".", 1)
+        d.setdefault(section, {})[name] = _plain(value)
+    return d
+
+
+def param_space(space: dict[str, Any]) -> dict[str, Any]:
+    """Our JSON-able search space -> Tune's domains."""
+    from ray import tune
+
+    make = {"loguniform": tune.loguniform, "uniform": tune.uniform, "randint": tune.randint,
+            "choice": tune.choice, "grid": tune.grid_search}  # fmt: skip
+    out: dict[str, Any] = {}
+    for key, spec in space.items():
+        if isinstance(spec, dict):
+            kind, args = next(iter(spec.items()))
+            out[key] = make[kind](list(args)) if kind in ("choice", "grid") else make[kind](*args)
+        else:
+            out[key] = spec
+    return out
+
+
+def _plain(v: Any) -> Any:
+    """numpy scalars (what Tune samples) -> Python values, so configs serialise everywhere."""
+    return v.item() if hasattr(v, "item") and not isinstance(v, (list, dict, str)) else v
+
+
+# ----------------------------------------------------------------------------------------------- resources
+
+
+def resources_from_ray() -> Any:
+    """The connected cluster's alive nodes as a ClusterResources (the cluster-side fallback for max_concurrent)."""
+    import ray
+
+    from .cluster import ClusterResources, NodeResources
+
+    nodes = [NodeResources(str(n.get("NodeManagerAddress", "?")), float(n["Resources"].get("CPU", 0)),
+                           float(n["Resources"].get("GPU", 0))) for n in ray.nodes() if n.get("Alive")]  # fmt: skip
+    return ClusterResources(total_cpus=sum(n.cpus for n in nodes), total_gpus=sum(n.gpus for n in nodes),
+                            nodes=nodes, can_autoscale=False, dashboard_url="this cluster")  # fmt: skip
+
+
+def max_concurrent_trials(resources: Any, sweep: SweepConfig, run: RunConfig) -> int:
+    """How many trials can train at once: trial workers that fit on the nodes (a worker's CPUs and GPU sit on
+    one node; STRICT_PACK keeps a trial on one node), divided by the workers per trial, capped by
+    --max-concurrent and the number of trials. Raises ClusterError when not even one trial fits (unless the
+    cluster can autoscale), before anything is submitted."""
+    workers = sweep.trial_workers(run)
+    cpus = run.scaling.cpus_per_worker
+    gpus = 1 if (sweep.gpus_per_trial or run.scaling.use_gpu) else 0
+    slots = []
+    for n in resources.nodes:
+        s = int(n.cpus // cpus) if cpus else 10**9
+        if gpus:
+            s = min(s, int(n.gpus // gpus))
+        slots.append(max(0, s))
+    if run.scaling.placement_strategy == "STRICT_PACK":
+        fit = sum(s // workers for s in slots)
+    elif run.scaling.placement_strategy == "STRICT_SPREAD":  # one worker per node
+        fit = sum(slots) // workers if sum(1 for s in slots if s) >= workers else 0
+    else:
+        fit = sum(slots) // workers
+    total = sweep.total_trials()
+    if fit == 0:
+        if gpus:
+            flag = f"--gpus-per-trial {workers}" if sweep.gpus_per_trial else f"{workers} GPU workers per trial"
+            need = f"{workers} GPU(s) ({workers} workers x 1 GPU and {cpus} CPUs each)"
+            have = f"{resources.total_gpus:g} GPU(s) (largest node {resources.max_gpus_per_node:g})"
+            fix = "ask for fewer GPUs per trial (--gpus-per-trial)"
+        else:
+            flag = f"--workers-per-trial {workers} with --cpus-per-worker {cpus}"
+            need = f"{workers * cpus} CPUs ({workers} workers x {cpus} CPUs)"
+            biggest = max((n.cpus for n in resources.nodes), default=0)
+            have = f"{resources.total_cpus:g} CPUs (largest node {biggest:g})"
+            fix = "ask for fewer workers per trial or CPUs per worker (--workers-per-trial / --cpus-per-worker)"
+        msg = (f"a sweep that cannot fit even one trial: {flag} needs {need} per trial, but the Ray cluster at "
+               f"{resources.dashboard_url} has {have}")  # fmt: skip
+        if not resources.can_autoscale:
+            raise ClusterError(f"{msg}; {fix}, or use a bigger cluster")
+        log.warning("%s; the cluster can autoscale, so trials will wait for new nodes", msg)
+        return max(1, min(sweep.max_concurrent or 1, total))
+    if sweep.max_concurrent is not None and sweep.max_concurrent > fit:
+        if resources.can_autoscale:
+            return min(sweep.max_concurrent, total)
+        log.warning("--max-concurrent %d: the cluster fits only %d trial(s) at once; running %d",
+                    sweep.max_concurrent, fit, min(fit, total))  # fmt: skip
+    return max(1, min(fit, sweep.max_concurrent or fit, total))
+
+
+# ----------------------------------------------------------------------------------------------- trials
+
+
+def _trainer(run: RunConfig, monitor: str, *, storage: str, callbacks: list[Any]) -> Any:
+    """`ray_train.trainer_for` with Train callbacks (TuneReportCallback) in its RunConfig."""
+    import inspect
+
+    from . import ray_train
+
+    if "callbacks" in inspect.signature(ray_train.trainer_for).parameters:
+        return ray_train.trainer_for(run, monitor, storage=storage, callbacks=callbacks)
+    trainer = ray_train.trainer_for(run, monitor, storage=storage)
+    # Until trainer_for takes `callbacks`: the V2 trainer reads run_config.callbacks when fit() starts.
+    trainer.run_config.callbacks = list(trainer.run_config.callbacks or []) + list(callbacks)
+    return trainer
+
+
+def read_epochs(run_dir: str) -> list[dict[str, Any]]:
+    """A trial run's per-epoch reports (rank 0's metrics + checkpoint_path), in epoch order."""
+    path = join(run_dir, EPOCHS_FILE)
+    try:
+        return json.loads(read_bytes(path)) if exists(path) else []
+    except (OSError, ValueError):
+        return []
+
+
+def _epoch_reporter(run_dir: str) -> Any:
+    """TuneReportCallback that first appends each report to `<run dir>/bsm_epochs.json` (runs in the Train
+    controller). Written before Tune sees the result, so a trial Tune stops right after still has its record."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    class EpochReporter(TuneReportCallback):
+        def __init__(self, run_dir: str) -> None:
+            super().__init__()
+            self.run_dir = run_dir
+
+        def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
+            row = {k: _plain(v) for k, v in (metrics[0] if metrics else {}).items() if isinstance(_plain(v), (int, float, str))}
+            if checkpoint is not None:
+                row["checkpoint_path"] = checkpoint.path
+            if "epoch" in row:
+                by_epoch = {int(r["epoch"]): r for r in read_epochs(self.run_dir)}
+                by_epoch[int(row["epoch"])] = row
+                write_bytes(json.dumps([by_epoch[e] for e in sorted(by_epoch)], default=str).encode(),
+                            join(self.run_dir, EPOCHS_FILE))  # fmt: skip
+            super().after_report(run_context, metrics, checkpoint)
+
+    return EpochReporter(run_dir)
+
+
+def bsm_trial(config: dict[str, Any], spec: dict[str, Any] | None = None) -> None:
+    """One Tune trial: this trial's run config -> its own TorchTrainer -> fit (Tune sees every epoch)."""
+    from ray import tune
+
+    from .train import setup_logging
+
+    setup_logging()
+    assert spec is not None
+    trial_id = tune.get_context().get_trial_id()
+    runs_dir = spec["runs_dir"]
+    run_dir = join(runs_dir, trial_id)
+    done = read_epochs(run_dir)
+    if len(done) >= spec["max_epochs"]:
+        # Trained to the end before the sweep was interrupted (Tune's state predates it): report, don't retrain.
+        log.info("trial %s finished before the interruption; reporting its %d epochs again", trial_id, len(done))
+        for row in done:
+            tune.report({k: v for k, v in row.items() if isinstance(v, (int, float))} | {"checkpoint_path": row.get("checkpoint_path")})
+        return
+    d = apply_params(spec["base"], config)
+    d["name"] = trial_id  # the Train run's name: stable across restarts, so Train resumes its own checkpoints
+    run = RunConfig.from_dict(d)
+    log.info("trial %s: %s", trial_id, json.dumps({k: _plain(v) for k, v in config.items()}, default=str))
+    _trainer(run, spec["monitor"], storage=runs_dir, callbacks=[_epoch_reporter(run_dir)]).fit()
+
+
+def _trial_dirname(trial: Any) -> str:
+    return f"trial_{trial.trial_id}"
+
+
+# ----------------------------------------------------------------------------------------------- the record
+
+
+@dataclass
+class _Spec:
+    """What the recorder needs to turn Tune's trials into the sweep's record."""
+
+    name: str
+    sweep_dir: str
+    monitor: str
+    mode: str
+    max_epochs: int
+    base: dict[str, Any]
+    params: list[str]
+
+
+def trial_rows(trials: list[Any], spec: _Spec, cache: dict[str, list[dict[str, Any]]] | None = None) -> list[dict[str, Any]]:
+    """One row per Tune trial, in trial order."""
+    cache = {} if cache is None else cache
+    rows = []
+    for index, t in enumerate(trials):
+        tid = t.trial_id
+        epochs = cache.get(tid)
+        if epochs is None:
+            epochs = read_epochs(join(spec.sweep_dir, "runs", tid))
+            if t.status in ("TERMINATED", "ERROR"):
+                cache[tid] = epochs
+        values = [e.get(spec.monitor) for e in epochs]
+        scored = [(v, i) for i, v in enumerate(values) if isinstance(v, (int, float)) and not math.isnan(v)]
+        best_i = None
+        if scored:
+            best_v = max(v for v, _ in scored) if spec.mode == "max" else min(v for v, _ in scored)
+            best_i = next(i for v, i in scored if v == best_v)  # the earliest epoch among equals
+        status = {"ERROR": "error", "RUNNING": "running", "PENDING": "pending", "PAUSED": "paused"}.get(t.status)
+        if status is None:  # TERMINATED: trained to the end, or stopped early (ASHA, --time-budget)
+            status = "completed" if len(epochs) >= spec.max_epochs else "early_stopped"
+        hp = {k: _plain(t.config.get(k)) for k in spec.params if k in t.config}
+        rows.append({
+            "trial_id": tid,
+            "trial_index": _trial_index(tid, index),
+            "status": status,
+            "iterations": len(epochs),
+            "metric": values[best_i] if best_i is not None else None,
+            "best_epoch": best_i + 1 if best_i is not None else None,
+            "final_metric": values[-1] if values and isinstance(values[-1], (int, float)) else None,
+            "metric_per_epoch": [float(v) if isinstance(v, (int, float)) else None for v in values],
+            "best_checkpoint": epochs[best_i].get("checkpoint_path") if best_i is not None else None,
+            "metrics": {k: v for k, v in epochs[best_i].items() if isinstance(v, (int, float))} if best_i is not None else {},
+            "hyperparameters": hp,
+            "run_dir": join(spec.sweep_dir, "runs", tid),
+            "error": _error_text(t) if t.status == "ERROR" else None,
+        })  # fmt: skip
+    return rows
+
+
+def _trial_index(trial_id: str, fallback: int) -> int:
+    tail = trial_id.rsplit("_", 1)[-1]
+    return int(tail) if tail.isdigit() else fallback
+
+
+def _error_text(trial: Any) -> str:
+    path = getattr(trial, "error_file", None)
+    try:
+        if path and exists(path):
+            lines = [ln for ln in read_bytes(path).decode(errors="replace").strip().splitlines() if ln.strip()]
+            return lines[-1][:500] if lines else "failed"
+    except Exception:  # noqa: BLE001 - the record must be written whatever the error file looks like
+        pass
+    return "failed"
+
+
+def rank_rows(rows: list[dict[str, Any]], mode: str) -> list[dict[str, Any]]:
+    """Best first by the metric (each trial's best epoch); ties go to the earlier trial; no metric last."""
+    def key(r: dict[str, Any]) -> tuple:
+        m = r.get("metric")
+        if m is None or (isinstance(m, float) and math.isnan(m)):
+            return (1, 0.0, r["trial_index"])
+        return (0, -m if mode == "max" else m, r["trial_index"])
+
+    return sorted(rows, key=key)
+
+
+def format_leaderboard(rows: list[dict[str, Any]], metric: str = "metric", limit: int | None = None) -> str:
+    """A text table, best first (rows as in bsm_result.json's "leaderboard" or rank_rows' output)."""
+    if not rows:
+        return "no trials yet"
+    params = sorted({k for r in rows for k in (r.get("hyperparameters") or {})})
+
+    def num(v: Any) -> str:
+        return "-" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))
+
+    head = ["rank", "trial", "status", "epochs", metric, "final"] + [p.split(".", 1)[-1] for p in params]
+    body = [
+        [str(i + 1), r["trial_id"], r["status"], str(r["iterations"]), num(r.get("metric")), num(r.get("final_metric"))]
+        + [num((r.get("hyperparameters") or {}).get(p)) for p in params]
+        for i, r in enumerate(rows[:limit] if limit else rows)
+    ]
+    widths = [max(len(x) for x in col) for col in zip(head, *body)]
+    return "\n".join("  ".join(x.ljust(w) for x, w in zip(line, widths)).rstrip() for line in [head] + body)
+
+
+def write_record(rows: list[dict[str, Any]], spec: _Spec, *, finished: bool, started: float | None = None) -> dict[str, Any]:
+    """trials.parquet, best_config.json and bsm_result.json, each written atomically. Returns the summary."""
+    import pyarrow as pa
+
+    ranked = rank_rows(rows, spec.mode)
+    best = ranked[0] if ranked and ranked[0].get("metric") is not None else None
+    columns: dict[str, Any] = {
+        "trial_id": pa.array([r["trial_id"] for r in rows], pa.string()),
+        "trial_index": pa.array([r["trial_index"] for r in rows], pa.int64()),
+        "status": pa.array([r["status"] for r in rows], pa.string()),
+        "iterations": pa.array([r["iterations"] for r in rows], pa.int64()),
+        "metric": pa.array([r["metric"] for r in rows], pa.float64()),
+        "best_epoch": pa.array([r["best_epoch"] for r in rows], pa.int64()),
+        "final_metric": pa.array([r["final_metric"] for r in rows], pa.float64()),
+        "metric_per_epoch": pa.array([r["metric_per_epoch"] for r in rows], pa.list_(pa.float64())),
+        "rank": pa.array([ranked.index(r) + 1 for r in rows], pa.int64()),
+    }
+    for p in spec.params:
+        values = [(r["hyperparameters"] or {}).get(p) for r in rows]
+        try:
+            columns[p] = pa.array(values)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            columns[p] = pa.array([None if v is None else json.dumps(v) for v in values], pa.string())
+    columns["hyperparameters"] = pa.array([json.dumps(r["hyperparameters"], sort_keys=True) for r in rows], pa.string())
+    for k in ("best_checkpoint", "run_dir", "error"):
+        columns[k] = pa.array([r[k] for r in rows], pa.string())
+    meta = {"metric": spec.monitor, "mode": spec.mode, "max_epochs": str(spec.max_epochs)}
+    write_table(pa.table(columns).replace_schema_metadata(meta), join(spec.sweep_dir, "trials.parquet"))
+
+    if best is not None:
+        recipe = apply_params(spec.base, best["hyperparameters"])
+        recipe["name"] = f"{spec.name}-best"
+        write_bytes(dumps(recipe).encode(), join(spec.sweep_dir, "best_config.json"))
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    board = [{k: r[k] for k in ("trial_id", "trial_index", "status", "iterations", "metric", "best_epoch",
+                                 "final_metric", "metric_per_epoch", "hyperparameters", "best_checkpoint")}
+             for r in ranked[:LEADERBOARD_ROWS]]  # fmt: skip
+    usable = [r for r in rows if r["metric"] is not None]
+    summary = {
+        "kind": "tune",
+        "name": spec.name,
+        "run_dir": spec.sweep_dir,
+        "monitor": spec.monitor,
+        "mode": spec.mode,
+        "metrics": best["metrics"] if best else {},
+        "best_checkpoint": best["best_checkpoint"] if best else None,
+        "best_trial": {k: best[k] for k in ("trial_id", "metric", "best_epoch", "hyperparameters", "run_dir")} if best else None,
+        "best_config": join(spec.sweep_dir, "best_config.json") if best else None,
+        "trials_table": join(spec.sweep_dir, "trials.parquet"),
+        "trials": {"total": len(rows), **counts},
+        "leaderboard": board,
+        "finished": finished,
+        "elapsed_s": round(time.time() - started, 1) if started else None,
+        "error": None if (usable or not finished) else f"no trial produced {spec.monitor} ({counts})",
+        "restarts": [],
+    }
+    write_bytes(dumps(summary).encode(), join(spec.sweep_dir, "bsm_result.json"))
+    return summary
+
+
+def _recorder(spec: _Spec) -> Any:
+    """A Tune callback (runs in the sweep's driver) that rewrites the record as trials start and end."""
+    from ray import tune
+
+    class Recorder(tune.Callback):
+        def __init__(self, spec: _Spec) -> None:
+            self.spec = spec
+            self.started = time.time()
+            self._cache: dict[str, list[dict[str, Any]]] = {}
+
+        def _write(self, trials: list[Any], finished: bool = False) -> None:
+            try:
+                write_record(trial_rows(trials, self.spec, self._cache), self.spec, finished=finished, started=self.started)
+            except Exception:  # noqa: BLE001 - a failed write must not end the sweep; the next event retries
+                log.exception("could not update the sweep's record in %s", self.spec.sweep_dir)
+
+        def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+            self._write(trials)
+
+        def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+            self._write(trials)
+
+        def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+            self._write(trials)
+
+        def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
+            self._write(trials, finished=all(t.status in ("TERMINATED", "ERROR") for t in trials))
+
+        def __getstate__(self) -> dict[str, Any]:  # pickled into Tune's experiment: no cache
+            return {"spec": self.spec, "started": self.started, "_cache": {}}
+
+    return Recorder(spec)
+
+
+# ----------------------------------------------------------------------------------------------- the sweep
+
+
+def _num_classes(run: RunConfig) -> int:
+    """The class count, from the model config or the training labels (read only, nothing tokenized)."""
+    from .data import load_split
+    from .train import data_paths
+
+    n = run.model.get("num_classes")
+    if n:
+        return int(n)
+    _, labels = load_split(data_paths(run)["train"], run.data, None, None)
+    return len(labels.names)
+
+
+def _storage_path(storage: str) -> str:
+    from .storage import is_uri
+
+    return storage if is_uri(storage) else str(Path(storage.removeprefix("file://")).expanduser().resolve())
+
+
+def run_sweep(run: RunConfig, sweep: SweepConfig, *, storage: str) -> dict[str, Any]:
+    """Run (or with sweep.resume, continue) the sweep named run.name on the connected cluster; return the
+    summary also written to `<storage>/<name>/bsm_result.json`."""
+    import ray
+    from ray import tune
+
+    from .train import setup_logging
+
+    setup_logging()
+    storage = _storage_path(storage)
+    sweep_dir = join(storage, run.name)
+    tune_dir = join(sweep_dir, "tune")
+    record = join(sweep_dir, "bsm_sweep.json")
+    if sweep.resume:
+        if not exists(record) or not tune.Tuner.can_restore(tune_dir):
+            raise ConfigError(f"--resume {run.name}: no sweep to resume in {sweep_dir}")
+        saved = json.loads(read_bytes(record))
+        run = RunConfig.from_dict(saved["run"])  # the sweep continues as it was started
+        sweep = replace(SweepConfig.from_dict(saved["tune"]), resume=True)
+    elif exists(join(tune_dir, "tuner.pkl")) or exists(record):
+        raise ConfigError(f"a sweep named {run.name} already exists in {sweep_dir}; continue it with --resume "
+                          f"{run.name} or choose another --name")  # fmt: skip
+
+    space = resolve_space(run, sweep)
+    sweep = replace(sweep, search_space=space)
+    trial_run = sweep.apply(run)
+    check_search_space(trial_run, space)
+    n_classes = _num_classes(trial_run)
+    monitor = trial_run.monitor(n_classes)
+    metric_choices = trial_run.model_config()["metric_choices"]
+    if monitor.removeprefix("val_") not in metric_choices + ["loss"]:
+        raise ConfigError(f"--metric {monitor} is not computed; metric_choices are {metric_choices}")
+    trial_run = replace(trial_run, train=replace(trial_run.train, monitor=monitor))
+
+    if not ray.is_initialized():
+        ray.init()
+    concurrent = max_concurrent_trials(resources_from_ray(), sweep, trial_run)
+    base = trial_run.to_dict()
+    spec = _Spec(name=run.name, sweep_dir=sweep_dir, monitor=monitor, mode=sweep.mode,
+                 max_epochs=trial_run.train.max_epochs, base=base, params=sorted(space))  # fmt: skip
+    if not sweep.resume:
+        write_bytes(dumps({"run": run.to_dict(), "tune": sweep.to_dict(), "storage": storage}).encode(), record)
+    log.info("sweep %s: %d trial(s), %d at once, %s on %s (%s), %d worker(s) per trial; storage %s",
+             run.name, sweep.total_trials(), concurrent, sweep.scheduler, monitor, sweep.mode,
+             sweep.trial_workers(run), sweep_dir)  # fmt: skip
+
+    # Experiment state is saved at most this often; the trials' own epoch records cover the gap on --resume.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")
+    trainable = tune.with_resources(
+        tune.with_parameters(bsm_trial, spec={"base": base, "runs_dir": join(sweep_dir, "runs"),
+                                              "monitor": monitor, "max_epochs": trial_run.train.max_epochs}),
+        TRIAL_RESOURCES,
+    )  # fmt: skip
+    if sweep.resume:
+        log.info("resuming sweep %s from %s", run.name, tune_dir)
+        tuner = tune.Tuner.restore(tune_dir, trainable=trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+        from ray.tune.search import BasicVariantGenerator
+
+        scheduler = (
+            ASHAScheduler(time_attr="training_iteration", max_t=trial_run.train.max_epochs,
+                          grace_period=min(sweep.grace_period, trial_run.train.max_epochs),
+                          reduction_factor=sweep.reduction_factor)  # fmt: skip
+            if sweep.scheduler == "asha"
+            else FIFOScheduler()
+        )
+        tuner = tune.Tuner(
+            trainable,
+            param_space=param_space(space),
+            tune_config=tune.TuneConfig(
+                metric=monitor,
+                mode=sweep.mode,
+                scheduler=scheduler,
+                search_alg=BasicVariantGenerator(random_state=trial_run.train.seed),
+                num_samples=sweep.num_samples,
+                max_concurrent_trials=concurrent,
+                time_budget_s=sweep.time_budget_s,
+                trial_dirname_creator=_trial_dirname,
+            ),
+            run_config=tune.RunConfig(
+                name="tune",
+                storage_path=sweep_dir,
+                callbacks=[_recorder(spec)],
+                failure_config=tune.FailureConfig(max_failures=0),  # Train already retries worker failures
+                verbose=1,
+            ),
+        )
+    tuner.fit()
+    summary = json.loads(read_bytes(join(sweep_dir, "bsm_result.json")))
+    log.info("sweep %s: %s\n%s", run.name, json.dumps(summary["trials"]),
+             format_leaderboard(summary["leaderboard"], monitor))  # fmt: skip
+    log.info("best: %s (%s %s); config %s", summary["best_checkpoint"], monitor,
+             (summary.get("best_trial") or {}).get("metric"), summary.get("best_config"))  # fmt: skip
+    return summary
+
+
+def load_sweep_record(storage: str, name: str) -> dict[str, Any]:
+    """`bsm tune --resume NAME`: the stored {"run", "tune", "storage"} the sweep was started with."""
+    path = join(_storage_path(storage), name, "bsm_sweep.json")
+    if not exists(path):
+        raise ConfigError(f"--resume {name}: no sweep named {name} in {storage}")
+    return json.loads(read_bytes(path))
+
+
+def main(config_file: str) -> int:
+    """`jobs/tune.py`: run the sweep the job carries (bsm_job.json: the run config, "tune" and "storage")."""
+    import signal
+
+    d = json.loads(Path(config_file).read_text())
+    storage = d.pop("storage")
+    sweep = SweepConfig.from_dict(d.pop("tune", None))
+    run = RunConfig.from_dict(d)
+    if hasattr(signal, "SIGUSR1"):  # `bsm stop` sends SIGTERM: let Tune save its state (it listens on SIGUSR1)
+        signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGUSR1))
+    summary = run_sweep(run, sweep, storage=storage)
+    return 0 if summary.get("finished") and summary.get("best_trial") and not summary.get("error") else 1
