@@ -42,6 +42,8 @@ MODEL_DEFAULTS: dict[str, Any] = {
     "scheduler": "linear",  # linear | cosine | polynomial | constant (after warmup)
     "warmup_ratio": 0.0,  # used when warmup_steps is 0: warmup as a fraction of all steps
     "dropout": 0.1,
+    "chunk_pooling": "pooler",  # pooler: BERT's pooled [CLS] (the reference); mean: mean of the chunk's tokens
+    "freeze_layers": 0,  # freeze the embeddings and the bottom N encoder layers (cheaper steps on CPU)
     "class_names": None,  # label names in index order, saved with the model
     "max_chunks": 8,  # processor settings, saved so a checkpoint alone rebuilds the processor
     "max_tokens": 128,
@@ -72,6 +74,12 @@ def resolve_model_config(config: dict[str, Any]) -> dict[str, Any]:
     bad = [m for m in cfg["metric_choices"] if m not in METRICS]
     if bad:
         raise ConfigError(f"metric_choices has unknown metric(s) {bad}; choose from {list(METRICS)}")
+    if cfg["chunk_pooling"] not in ("pooler", "mean"):
+        raise ConfigError(f"chunk_pooling must be 'pooler' or 'mean', got {cfg['chunk_pooling']!r}")
+    if cfg["chunk_pooling"] == "mean" and cfg["reinit_pooler"]:
+        raise ConfigError("reinit_pooler needs chunk_pooling: pooler (mean pooling has no pooler layer)")
+    if int(cfg["freeze_layers"]) != cfg["freeze_layers"] or cfg["freeze_layers"] < 0:
+        raise ConfigError(f"--freeze-layers must be a non-negative integer, got {cfg['freeze_layers']}")
     if cfg["scheduler"] not in SCHEDULES:
         raise ConfigError(f"scheduler must be one of {list(SCHEDULES)}, got {cfg['scheduler']!r}")
     for key, lo, hi in (("lr", 0.0, 1.0), ("dropout", 0.0, 1.0), ("warmup_ratio", 0.0, 1.0)):

@@ -4,7 +4,7 @@ A record is up to C chunks of up to T tokens. BERT encodes every non-empty chunk
 averaged over the record's non-empty chunks; dropout and a linear layer give the record's features:
 
     input_ids, attention_mask [B, C, T]
-      -> non-empty chunks [N, T] -> BERT pooler_output [N, H] -> back in place [B, C, H]
+      -> non-empty chunks [N, T] -> BERT pooled output [N, H] -> back in place [B, C, H]
       -> mean over the record's non-empty chunks [B, H] -> Dropout -> Linear [B, hidden_common_dim]
 
 `TextBertBase` is that feature extractor, config- and batch-compatible with the reference design.
@@ -40,11 +40,13 @@ class TextBertBase(pl.LightningModule):
         self.ids_key = f"{cfg['text_name']}_processed_input_ids"
         self.mask_key = f"{cfg['text_name']}_processed_attention_mask"
 
-        self.bert = load_encoder(cfg["tokenizer"], cfg["encoder_config"])
+        # Mean pooling builds no pooler: an unused layer would stall DDP's gradient sync.
+        self.bert = load_encoder(cfg["tokenizer"], cfg["encoder_config"], pooler=cfg["chunk_pooling"] == "pooler")
         H = self.bert.config.hidden_size
         self.dropout = nn.Dropout(cfg["dropout"])
         self.head = nn.Linear(H, cfg["hidden_common_dim"])
         self._reinit(cfg["reinit_pooler"], cfg["reinit_layers"])
+        self._freeze(cfg["freeze_layers"])
 
     def _reinit(self, reinit_pooler: bool, reinit_layers: int) -> None:
         """Re-draw the pooler and/or the top `reinit_layers` encoder layers, independently of each other."""
@@ -71,6 +73,23 @@ class TextBertBase(pl.LightningModule):
         for layer in self.bert.encoder.layer[n_layers - reinit_layers :] if reinit_layers else []:
             layer.apply(init)
 
+    def _freeze(self, n: int) -> None:
+        """No gradients for the embeddings and the bottom `n` encoder layers."""
+        n_layers = len(self.bert.encoder.layer)
+        if n > n_layers:
+            raise ConfigError(f"--freeze-layers must be between 0 and {n_layers}, got {n}")
+        if n:
+            for module in [self.bert.embeddings, *self.bert.encoder.layer[:n]]:
+                module.requires_grad_(False)
+
+    def _pool(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """[N, T] chunks -> [N, H]: BERT's pooler output, or the mean of the chunk's token states."""
+        out = self.bert(input_ids=ids, attention_mask=mask)
+        if self.config["chunk_pooling"] == "pooler":
+            return out.pooler_output
+        m = mask.unsqueeze(-1).to(out.last_hidden_state.dtype)  # [N, T, 1]
+        return (out.last_hidden_state * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)
+
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, dense: bool = False) -> torch.Tensor:
         """[B, C, T] ids and mask -> [B, hidden_common_dim].
 
@@ -88,15 +107,13 @@ class TextBertBase(pl.LightningModule):
             first_only = torch.zeros_like(mask)
             first_only[:, 0] = 1
             safe_mask = torch.where(nonempty.unsqueeze(1), mask, first_only)
-            pooled = self.bert(input_ids=ids, attention_mask=safe_mask).pooler_output  # [B*C, H]
+            pooled = self._pool(ids, safe_mask)  # [B*C, H]
         else:
             keep = nonempty.nonzero().squeeze(1)  # [N]
             if keep.numel() == 0:
                 raise ValueError("every chunk in the batch is empty (attention_mask is all zeros)")
             T_used = int(mask[keep].any(dim=0).nonzero().max()) + 1  # drop padding columns no kept chunk uses
-            pooled_kept = self.bert(
-                input_ids=ids[keep, :T_used], attention_mask=mask[keep, :T_used]
-            ).pooler_output  # [N, H]
+            pooled_kept = self._pool(ids[keep, :T_used], mask[keep, :T_used])  # [N, H]
             pooled = pooled_kept.new_zeros(B * C, pooled_kept.shape[1]).index_copy(0, keep, pooled_kept)
 
         pooled = pooled.view(B, C, -1)  # [B, C, H]

@@ -49,15 +49,16 @@ def load_tokenizer(name: str):
     return tok
 
 
-def load_encoder(name: str, encoder_config: dict | None = None):
-    """A BERT-family encoder with a pooler: pretrained from `name`, or randomly initialised from `encoder_config`."""
+def load_encoder(name: str, encoder_config: dict | None = None, pooler: bool = True):
+    """A BERT-family encoder (with its pooler unless `pooler=False`): pretrained from `name`, or randomly
+    initialised from `encoder_config`."""
     from transformers import AutoConfig, AutoModel, BertConfig, BertModel
 
     if encoder_config is not None:  # tiny models in tests, or training from scratch
-        return BertModel(BertConfig(**encoder_config), add_pooling_layer=True)
+        return BertModel(BertConfig(**encoder_config), add_pooling_layer=pooler)
     try:
         config = AutoConfig.from_pretrained(resolve_model(name))
-        return AutoModel.from_pretrained(resolve_model(name), config=config, add_pooling_layer=True)
+        return AutoModel.from_pretrained(resolve_model(name), config=config, add_pooling_layer=pooler)
     except OSError as e:
         raise ConfigError(
             f"cannot load model {name!r} ({e.__class__.__name__}); with no network give a local model "

@@ -20,7 +20,7 @@ from typing import Any
 
 from .config import RunConfig, dumps
 from .data import Collate, EncodedDataset, LengthGroupedBatchSampler, Labels, load_split, split_off
-from .errors import ConfigError
+from .errors import ConfigError, DataError
 from .processor import ChunkProcessor, ProcessorConfig
 
 log = logging.getLogger("raytune_bsm")
@@ -99,7 +99,14 @@ def prepare(run: RunConfig) -> Prepared:
             tag, len(split.texts), p.tokens, time.perf_counter() - t, p.truncated,
             processor.config.max_chunks, processor.config.keep_chunks, processor.config.max_chunks,
         )  # fmt: skip
-        return EncodedDataset(p.ids, p.lens, split.labels, split.ids)
+        keep = [i for i, lens in enumerate(p.lens) if len(lens)]
+        if len(keep) < len(p.lens):  # text that tokenizes to nothing (e.g. only stripped accents)
+            log.warning("%s: skipped %d record(s) whose dialogue has no tokens", tag, len(p.lens) - len(keep))
+            if not keep:
+                raise DataError(f"{split.path}: no dialogue in column {run.data.text_field!r} has any tokens")
+        return EncodedDataset(
+            [p.ids[i] for i in keep], [p.lens[i] for i in keep], split.labels[keep], [split.ids[i] for i in keep]
+        )
 
     return Prepared(
         model_config=model_config,

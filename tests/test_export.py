@@ -200,14 +200,21 @@ def test_failed_parity_raises_and_publishes_nothing(trained):
     assert _leftovers(dest) == []
 
 
-def test_failed_export_over_an_existing_export_leaves_it_untouched(trained, tmp_path):
+def test_failed_export_over_an_existing_export_leaves_it_untouched(trained, tmp_path, monkeypatch):
+    """A failure midway (here: after part of the directory is written) keeps the earlier export as it was."""
     import shutil
 
     dest = tmp_path / "export"
     shutil.copytree(trained.dest, dest)
     before = {p.relative_to(dest): p.read_bytes() for p in dest.rglob("*") if p.is_file()}
-    with pytest.raises(ExportError):
-        export_checkpoint(str(trained.ckpt_dir / "checkpoint.ckpt"), str(dest), tolerance=-1)
+
+    def half_written(model, out, *a, **k):
+        (out / "model.onnx").write_bytes(b"half")
+        raise ExportError("injected failure")
+
+    monkeypatch.setattr(export_mod, "_build", half_written)
+    with pytest.raises(ExportError, match="injected"):
+        export_checkpoint(str(trained.ckpt_dir / "checkpoint.ckpt"), str(dest))
     after = {p.relative_to(dest): p.read_bytes() for p in dest.rglob("*") if p.is_file()}
     assert before == after
     assert _leftovers(dest) == []
