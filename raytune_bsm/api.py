@@ -159,10 +159,10 @@ def down() -> Any:
 
 
 def _connect(address: str | None, *, start: bool = True) -> tuple[Any, Any]:
-    from . import cluster
+    from . import connection
 
-    conn = cluster.resolve_connection(address, start=start)
-    return conn, cluster.job_client(conn)
+    conn = connection.resolve_connection(address, start=start)
+    return conn, connection.job_client(conn)
 
 
 # ----------------------------------------------------------------------------------------------- submit
@@ -198,7 +198,7 @@ def plan(opts: SubmitOptions, kind: str = "train", extra: dict[str, Any] | None 
 
 def check_resources(sub: Submission, conn: Any, *, per_trial_workers: int | None = None) -> Any:
     """Refuse a job the cluster cannot fit (a warning when it can autoscale)."""
-    from .cluster import cluster_resources
+    from .connection import cluster_resources
 
     res = cluster_resources(conn)
     workers = sub.scaling["num_workers"]
@@ -228,7 +228,7 @@ def submit(opts: SubmitOptions, *, kind: str = "train", extra: dict[str, Any] | 
     """Validate, check against the cluster, stage and submit; return the job id (or the plan when dry_run)."""
     if dry_run:
         return plan(opts, kind, extra)  # no cluster is contacted or started
-    from . import cluster
+    from . import connection
 
     run = resolve_run(opts, kind)  # flags first: a typo never starts a cluster
     if opts.cpus_per_worker is None and not run.scaling.use_gpu:
@@ -236,7 +236,7 @@ def submit(opts: SubmitOptions, *, kind: str = "train", extra: dict[str, Any] | 
         opts = _fit_cpus(opts, run, conn)
     else:
         conn, client = _connect(opts.address)
-    cluster.check_secure(conn, opts.allow_insecure)
+    connection.check_secure(conn, opts.allow_insecure)
     sub = plan(opts, kind, extra, conn)
     for w in sub.warnings:
         log.warning("%s", w)
@@ -263,7 +263,7 @@ def _fit_cpus(opts: SubmitOptions, run: RunConfig, conn: Any) -> SubmitOptions:
     """CPU runs without --cpus-per-worker: share the largest node's CPUs among the workers (at most 8 each)."""
     from dataclasses import replace
 
-    from .cluster import cluster_resources
+    from .connection import cluster_resources
 
     biggest = max((n.cpus for n in cluster_resources(conn).nodes), default=1)
     per = max(1, min(8, int(biggest) // run.scaling.num_workers))

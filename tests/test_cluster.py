@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 import pytest
 
 from raytune_bsm import cluster as cl
+from raytune_bsm import connection as cn
 from raytune_bsm.errors import ClusterError, ConfigError
 
 AUTH_ENV = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")
@@ -127,9 +128,9 @@ def test_up_starts_loopback_cluster_with_token_auth(shared: Shared) -> None:
     assert rec.num_cpus == 2 and rec.num_gpus == 0
     assert rec.storage == str(shared.home / "runs") and Path(rec.storage).is_dir()
     assert cl.running_cluster(shared.home) == rec
-    conn = cl.resolve_connection(None, start=False, home=shared.home)
+    conn = cn.resolve_connection(None, start=False, home=shared.home)
     assert conn.started_by_bsm and conn.is_local and conn.token == shared.token
-    assert cl.authentication_mode(conn) == "token"
+    assert cn.authentication_mode(conn) == "token"
     # Every Ray listener of this cluster is bound to loopback only.
     for name in ("gcs", "dashboard", "client", "node_manager", "object_manager", "dashboard_agent_grpc"):
         addrs = _listening(rec.ports[name])
@@ -172,10 +173,10 @@ def test_client_without_token_is_refused(shared: Shared) -> None:
         JobSubmissionClient(shared.rec.dashboard_url)
     # Through bsm: a clear ClusterError, for a missing and for a wrong token, never echoing a token.
     with pytest.raises(ClusterError, match="requires an auth token") as missing:
-        cl.job_client(cl.Connection(shared.rec.dashboard_url, token=None, is_local=True))
+        cn.job_client(cn.Connection(shared.rec.dashboard_url, token=None, is_local=True))
     wrong = "wrong-" + "x" * 40
     with pytest.raises(ClusterError, match="refused the auth token") as refused:
-        cl.job_client(cl.Connection(shared.rec.dashboard_url, token=wrong, is_local=True, token_source="test"))
+        cn.job_client(cn.Connection(shared.rec.dashboard_url, token=wrong, is_local=True, token_source="test"))
     for err in (missing, refused):
         assert shared.token not in str(err.value) and wrong not in str(err.value)
 
@@ -185,11 +186,11 @@ def test_job_with_token_runs_and_token_stays_secret(
     shared: Shared, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    conn = cl.resolve_connection(None, home=shared.home)
+    conn = cn.resolve_connection(None, home=shared.home)
     assert conn.source == "bsm cluster" and conn.token == shared.token
     assert shared.token not in repr(conn) and shared.token not in str(conn)
-    assert cl.auth_headers(conn) == {"Authorization": f"Bearer {shared.token}"}
-    client = cl.job_client(conn)
+    assert cn.auth_headers(conn) == {"Authorization": f"Bearer {shared.token}"}
+    client = cn.job_client(conn)
     job_id = client.submit_job(entrypoint="python -c 'print(42)'", metadata={"who": "test"})
     assert _wait_job(client, job_id) == "SUCCEEDED"
     assert "42" in client.get_job_logs(job_id)
@@ -204,7 +205,7 @@ def test_job_with_token_runs_and_token_stays_secret(
 @pytest.mark.slow
 def test_job_driver_can_use_ray_with_cluster_token(shared: Shared) -> None:
     """A job's driver reaches the GCS with token auth on (the token file comes from the head's env)."""
-    client = cl.job_client(cl.resolve_connection(None, home=shared.home))
+    client = cn.job_client(cn.resolve_connection(None, home=shared.home))
     code = "import ray; ray.init(); print('answer', ray.get(ray.remote(lambda: 6 * 7).remote()))"
     job_id = client.submit_job(entrypoint=f'python -c "{code}"')
     assert _wait_job(client, job_id) == "SUCCEEDED", client.get_job_logs(job_id)
@@ -213,10 +214,10 @@ def test_job_driver_can_use_ray_with_cluster_token(shared: Shared) -> None:
 
 @pytest.mark.slow
 def test_cluster_resources_of_local_cluster(shared: Shared) -> None:
-    conn = cl.resolve_connection(None, home=shared.home)
-    res = cl.cluster_resources(conn)
+    conn = cn.resolve_connection(None, home=shared.home)
+    res = cn.cluster_resources(conn)
     assert res.total_cpus == 2 and res.total_gpus == 0
-    assert res.nodes == [cl.NodeResources("127.0.0.1", 2.0, 0.0)]
+    assert res.nodes == [cn.NodeResources("127.0.0.1", 2.0, 0.0)]
     assert res.can_autoscale is False
     res.require(gpus=0, cpus=2)
     with pytest.raises(ClusterError, match="needs 4 GPUs") as err:
@@ -255,7 +256,7 @@ def test_down_stops_only_its_own_cluster(shared: Shared, tmp_path: Path, monkeyp
     assert rec.home == home and rec.pid != shared.rec.pid
     assert not set(rec.ports.values()) & set(shared.rec.ports.values())
     # A job whose driver runs in a session of its own must be stopped too.
-    client = cl.job_client(cl.resolve_connection(None, start=False))
+    client = cn.job_client(cn.resolve_connection(None, start=False))
     job_id = client.submit_job(entrypoint="python -c 'import time; time.sleep(600)'")
     deadline = time.monotonic() + 60
     while str(client.get_job_status(job_id)).split(".")[-1] != "RUNNING":
@@ -388,14 +389,14 @@ def test_precedence_explicit_over_env(tmp_path: Path, monkeypatch: pytest.Monkey
     monkeypatch.setattr(cl, "up", _no_up)
     monkeypatch.setenv("RAY_ADDRESS", "http://from-ray-address.example:8265")
     monkeypatch.setenv("RAY_API_SERVER_ADDRESS", "http://from-api-server.example:8265")
-    conn = cl.resolve_connection("http://explicit.example:8265", home=tmp_path)
+    conn = cn.resolve_connection("http://explicit.example:8265", home=tmp_path)
     assert (conn.dashboard_url, conn.source) == ("http://explicit.example:8265", "--address")
     assert not conn.started_by_bsm and not conn.is_local and conn.storage_default is None
     # Ray's order for the Jobs API: RAY_API_SERVER_ADDRESS, then RAY_ADDRESS.
-    conn = cl.resolve_connection(None, home=tmp_path)
+    conn = cn.resolve_connection(None, home=tmp_path)
     assert (conn.dashboard_url, conn.source) == ("http://from-api-server.example:8265", "RAY_API_SERVER_ADDRESS")
     monkeypatch.delenv("RAY_API_SERVER_ADDRESS")
-    conn = cl.resolve_connection("  ", home=tmp_path)
+    conn = cn.resolve_connection("  ", home=tmp_path)
     assert (conn.dashboard_url, conn.source) == ("http://from-ray-address.example:8265", "RAY_ADDRESS")
 
 
@@ -410,7 +411,7 @@ def test_precedence_env_over_recorded_cluster(
     _fake_record(tmp_path, sleeper.pid, url)
     monkeypatch.setattr(cl, "up", _no_up)
     monkeypatch.setenv("RAY_ADDRESS", "other-head.example:8265")
-    conn = cl.resolve_connection(None, home=tmp_path)
+    conn = cn.resolve_connection(None, home=tmp_path)
     assert conn.dashboard_url == "http://other-head.example:8265" and not conn.started_by_bsm
     if conn.token is not None:  # the bsm cluster's token must not be sent to another cluster
         pytest.fail(f"a token was picked up for another cluster (from {conn.token_source})")
@@ -428,13 +429,13 @@ def test_precedence_recorded_cluster_over_start(
     monkeypatch.setattr(cl, "up", _no_up)
     monkeypatch.setenv("RAY_AUTH_TOKEN", "env-token-not-for-this-cluster")
     assert cl.running_cluster(tmp_path) == rec
-    conn = cl.resolve_connection(None, home=tmp_path)
+    conn = cn.resolve_connection(None, home=tmp_path)
     assert conn.source == "bsm cluster" and conn.started_by_bsm and conn.is_local
     assert conn.dashboard_url == url and conn.token == "recorded-token"
     assert conn.storage_default == rec.storage
     # The recorded cluster named by its dashboard, GCS or Ray Client address, or "auto", is that cluster.
     for address in (url, rec.gcs_address, "localhost:46379", "ray://127.0.0.1:40001", "auto"):
-        c = cl.resolve_connection(address, home=tmp_path)
+        c = cn.resolve_connection(address, home=tmp_path)
         assert c.dashboard_url == url and c.started_by_bsm and c.token == "recorded-token", address
 
 
@@ -452,9 +453,9 @@ def test_precedence_start_when_nothing_else(tmp_path: Path, monkeypatch: pytest.
 
     monkeypatch.setattr(cl, "up", fake_up)
     with pytest.raises(ClusterError, match="bsm up"):
-        cl.resolve_connection(None, start=False, home=tmp_path)
+        cn.resolve_connection(None, start=False, home=tmp_path)
     assert calls == []
-    conn = cl.resolve_connection(None, home=tmp_path)
+    conn = cn.resolve_connection(None, home=tmp_path)
     assert calls == [tmp_path]
     assert conn.source == "started by bsm" and conn.token == "started-token" and conn.started_by_bsm
 
@@ -504,7 +505,7 @@ def test_down_never_signals_a_reused_pid(tmp_path: Path) -> None:
     ],
 )
 def test_address_forms(address: str, url: str, tmp_path: Path) -> None:
-    conn = cl.resolve_connection(address, start=False, home=tmp_path)
+    conn = cn.resolve_connection(address, start=False, home=tmp_path)
     assert conn.dashboard_url == url
     assert conn.is_local == ("127.0.0.1" in url or "[::1]" in url)
 
@@ -512,7 +513,7 @@ def test_address_forms(address: str, url: str, tmp_path: Path) -> None:
 @pytest.mark.parametrize("address", ["head.example:6379", "auto", "grpc://head.example:1", "http://head:notaport"])
 def test_bad_addresses(address: str, tmp_path: Path) -> None:
     with pytest.raises(ClusterError) as err:
-        cl.resolve_connection(address, start=False, home=tmp_path)
+        cn.resolve_connection(address, start=False, home=tmp_path)
     assert address in str(err.value)
     if address.endswith(":6379"):
         assert "http://head.example:8265" in str(err.value)
@@ -520,58 +521,58 @@ def test_bad_addresses(address: str, tmp_path: Path) -> None:
 
 def test_read_token_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HOME", str(tmp_path))
-    assert cl.read_token() is None
+    assert cn.read_token() is None
     default = tmp_path / ".ray" / "auth_token"
     default.parent.mkdir()
     default.write_text("  default-token\n")
     default.chmod(0o600)
-    assert cl.read_token() == "default-token"
+    assert cn.read_token() == "default-token"
     path_file = tmp_path / "tok"
     path_file.write_text("path-token\n")
     monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(path_file))
-    assert cl.read_token() == "path-token"
+    assert cn.read_token() == "path-token"
     monkeypatch.setenv("RAY_AUTH_TOKEN", " env-token ")
-    assert cl.read_token() == "env-token"
+    assert cn.read_token() == "env-token"
     monkeypatch.delenv("RAY_AUTH_TOKEN")
     path_file.write_text("   \n")
     with pytest.raises(ClusterError, match="RAY_AUTH_TOKEN_PATH .* is empty"):
-        cl.read_token()
+        cn.read_token()
     monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "missing"))
     with pytest.raises(ClusterError, match="RAY_AUTH_TOKEN_PATH"):
-        cl.read_token()
+        cn.read_token()
 
 
 def test_connection_repr_and_headers_hide_nothing_but_token() -> None:
-    conn = cl.Connection("http://h:8265", token="s3cret-token-value", token_source="RAY_AUTH_TOKEN")
+    conn = cn.Connection("http://h:8265", token="s3cret-token-value", token_source="RAY_AUTH_TOKEN")
     assert "s3cret-token-value" not in repr(conn) and "s3cret-token-value" not in str(conn)
-    assert cl.auth_headers(conn) == {"Authorization": "Bearer s3cret-token-value"}
-    assert cl.auth_headers(cl.Connection("http://h:8265")) == {}
+    assert cn.auth_headers(conn) == {"Authorization": "Bearer s3cret-token-value"}
+    assert cn.auth_headers(cn.Connection("http://h:8265")) == {}
 
 
 def test_check_secure_fake_server(
     fake_dashboard: tuple[str, type[_FakeDashboard]], caplog: pytest.LogCaptureFixture
 ) -> None:
     url, handler = fake_dashboard
-    remote = cl.Connection(url, token=None, is_local=False)  # pretend it is another machine
+    remote = cn.Connection(url, token=None, is_local=False)  # pretend it is another machine
     handler.mode = "disabled"
-    assert cl.authentication_mode(remote) == "disabled"
+    assert cn.authentication_mode(remote) == "disabled"
     with pytest.raises(ClusterError, match="--allow-insecure") as err:
-        cl.check_secure(remote, allow_insecure=False)
+        cn.check_secure(remote, allow_insecure=False)
     assert url in str(err.value) and "disabled" in str(err.value)
     with caplog.at_level(logging.WARNING):
-        cl.check_secure(remote, allow_insecure=True)
+        cn.check_secure(remote, allow_insecure=True)
     assert "--allow-insecure" in caplog.text
     # A loopback cluster is fine without auth; an old Ray without the endpoint counts as disabled.
-    cl.check_secure(cl.Connection(url, is_local=True), allow_insecure=False)
+    cn.check_secure(cn.Connection(url, is_local=True), allow_insecure=False)
     handler.mode = None
-    assert cl.authentication_mode(remote) == "disabled"
+    assert cn.authentication_mode(remote) == "disabled"
     with pytest.raises(ClusterError, match="--allow-insecure"):
-        cl.check_secure(remote, allow_insecure=False)
+        cn.check_secure(remote, allow_insecure=False)
     # Token mode: fine with a token, a clear error without one.
     handler.mode = "token"
-    cl.check_secure(cl.Connection(url, token="t", is_local=False), allow_insecure=False)
+    cn.check_secure(cn.Connection(url, token="t", is_local=False), allow_insecure=False)
     with pytest.raises(ClusterError, match="RAY_AUTH_TOKEN"):
-        cl.check_secure(remote, allow_insecure=False)
+        cn.check_secure(remote, allow_insecure=False)
 
 
 def test_cluster_resources_fake_server(fake_dashboard: tuple[str, type[_FakeDashboard]]) -> None:
@@ -585,20 +586,20 @@ def test_cluster_resources_fake_server(fake_dashboard: tuple[str, type[_FakeDash
     handler.cluster_status = {
         "autoscalerReport": {"activeNodes": {"gpu.a100x8": 1, "head.cpu": 1}, "pendingNodes": [], "pendingLaunches": {}}
     }
-    conn = cl.Connection(url, token="tok")
-    res = cl.cluster_resources(conn)
+    conn = cn.Connection(url, token="tok")
+    res = cn.cluster_resources(conn)
     assert (res.total_cpus, res.total_gpus, res.max_gpus_per_node) == (104, 8, 8)
-    assert res.nodes[0] == cl.NodeResources("10.0.0.2", 96.0, 8.0)
+    assert res.nodes[0] == cn.NodeResources("10.0.0.2", 96.0, 8.0)
     assert res.can_autoscale is True
     res.require(gpus=64)  # an autoscaling cluster may grow
     # A `ray start` cluster: the readonly provider's per-node types ("node_<id>", camel-cased).
     handler.cluster_status = {"autoscalerReport": {"activeNodes": {"node" + "1890B62E" * 7: 1}}}
-    res = cl.cluster_resources(conn)
+    res = cn.cluster_resources(conn)
     assert res.can_autoscale is False
     with pytest.raises(ClusterError, match="needs 16 GPUs .* has 8"):
         res.require(gpus=16)
     with pytest.raises(ClusterError, match="requires an auth token"):
-        cl.cluster_resources(cl.Connection(url))
+        cn.cluster_resources(cn.Connection(url))
 
 
 def test_unreachable_address_is_a_cluster_error(tmp_path: Path) -> None:
@@ -607,8 +608,8 @@ def test_unreachable_address_is_a_cluster_error(tmp_path: Path) -> None:
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    conn = cl.Connection(f"http://127.0.0.1:{port}", token="secret-xyz", is_local=True)
-    for call in (cl.authentication_mode, cl.cluster_resources, cl.job_client):
+    conn = cn.Connection(f"http://127.0.0.1:{port}", token="secret-xyz", is_local=True)
+    for call in (cn.authentication_mode, cn.cluster_resources, cn.job_client):
         with pytest.raises(ClusterError, match="cannot reach") as err:
             call(conn)
         assert "secret-xyz" not in str(err.value)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from raytune_bsm import api, cluster
+from raytune_bsm import api, connection
 from raytune_bsm.errors import JobError
 
 from conftest import TINY_SETS
@@ -63,8 +63,8 @@ def test_submit_runs_to_success_and_status_logs_list_agree(local_cluster, tmp_pa
 
 def test_stop_running_and_pending_jobs(local_cluster):
     address = local_cluster.dashboard_url
-    conn = cluster.resolve_connection(address, start=False)
-    client = cluster.job_client(conn)
+    conn = connection.resolve_connection(address, start=False)
+    client = connection.job_client(conn)
     # Pending: the entrypoint needs a resource no node has, so it never starts.
     pending = client.submit_job(
         entrypoint="python -c 'print(1)'",
@@ -108,9 +108,9 @@ def test_token_appears_in_no_plan_metadata_or_output(local_cluster, capfd):
     address = local_cluster.dashboard_url
     plan = api.submit(api.SubmitOptions(address=address, name="plan"), dry_run=True).plan()
     assert token not in json.dumps(plan)
-    conn = cluster.resolve_connection(address, start=False)
+    conn = connection.resolve_connection(address, start=False)
     assert token not in repr(conn)
-    client = cluster.job_client(conn)
+    client = connection.job_client(conn)
     for job in client.list_jobs():
         assert token not in json.dumps(job.metadata or {}) and token not in json.dumps(job.runtime_env or {})
     out, err = capfd.readouterr()
