@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import posixpath
+import tempfile
 import uuid
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -31,7 +32,7 @@ ONNX_FILE = "model.onnx"
 MODEL_JSON = "bsm_model.json"
 MANIFEST = "manifest.json"
 TOKENIZER_JSON = "tokenizer/tokenizer.json"
-ID_CANDIDATES = ("order_id", "id", "record_id")  # as raytune_bsm.data.ID_CANDIDATES
+BLOCK = 8192  # records tokenized (and sorted by length) at a time
 OUT_FORMATS = {".parquet": "parquet", ".pq": "parquet", ".parq": "parquet", ".csv": "csv", ".tsv": "tsv",
                ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}  # fmt: skip
 
@@ -58,8 +59,12 @@ class Predictor:
             raise ConfigError(
                 f"--provider {provider!r} is not available in this onnxruntime; available: {', '.join(available)}"
             )
-        self.export_dir = str(Path(export_dir).expanduser())
-        root = Path(self.export_dir)
+        self.export_dir = export_dir
+        if "://" in export_dir and not export_dir.startswith("file://"):  # s3://, gs://, hdfs://: a local copy
+            self._tmp = tempfile.TemporaryDirectory(prefix="bsm-predict-")
+            root = download_export(export_dir, Path(self._tmp.name) / "export")
+        else:
+            root = Path(export_dir.removeprefix("file://")).expanduser()
         if not root.is_dir():
             raise ConfigError(f"export directory {export_dir!r} does not exist")
         manifest_path = root / MANIFEST
@@ -96,7 +101,8 @@ class Predictor:
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         self.provider = provider
-        self.session = ort.InferenceSession(str(root / ONNX_FILE), sess_options=opts, providers=[provider])
+        providers = [provider] + (["CPUExecutionProvider"] if provider != "CPUExecutionProvider" else [])
+        self.session = ort.InferenceSession(str(root / ONNX_FILE), sess_options=opts, providers=providers)
         names = [i.name for i in self.session.get_inputs()]
         if names != ["input_ids", "attention_mask"]:
             raise ExportError(f"{export_dir}: model.onnx inputs are {names}, expected input_ids, attention_mask")
@@ -122,18 +128,19 @@ class Predictor:
             if progress:
                 progress(0, 0)
             return np.zeros(0, dtype=np.int64), probs
-        p = self.processor(dialogues)
-        cost = np.fromiter((len(l) * (int(l.max()) if len(l) else 0) for l in p.lens), np.int64, n)
-        order = np.argsort(-cost, kind="stable")  # biggest first: a memory problem shows up at once
         done = 0
-        for start in range(0, n, batch_size):
-            idx = order[start : start + batch_size]
-            ids, mask = self._pad([p.ids[i] for i in idx], [p.lens[i] for i in idx])
-            logits = self.session.run(["logits"], {"input_ids": ids, "attention_mask": mask})[0]
-            probs[idx] = _softmax(logits.astype(np.float64))
-            done += len(idx)
-            if progress:
-                progress(done, n)
+        for block in range(0, n, BLOCK):  # tokenize a block at a time: memory stays bounded for big files
+            p = self.processor(dialogues[block : block + BLOCK])
+            cost = np.fromiter((len(l) * (int(l.max()) if len(l) else 0) for l in p.lens), np.int64, len(p.lens))
+            order = np.argsort(-cost, kind="stable")  # similar sizes together, biggest first
+            for start in range(0, len(order), batch_size):
+                idx = order[start : start + batch_size]
+                ids, mask = self._pad([p.ids[i] for i in idx], [p.lens[i] for i in idx])
+                logits = self.session.run(["logits"], {"input_ids": ids, "attention_mask": mask})[0]
+                probs[block + idx] = _softmax(logits.astype(np.float64))
+                done += len(idx)
+                if progress:
+                    progress(done, n)
         return probs.argmax(axis=1).astype(np.int64), probs
 
     def _pad(self, ids: list[np.ndarray], lens: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -168,7 +175,7 @@ def predict_file(
     directory). The file appears whole or not at all. Returns the output path."""
     import pyarrow as pa
 
-    from .data import expand_path, read_file
+    from .data import ID_CANDIDATES, expand_path, read_file
 
     out = out if out is not None else default_output(data)
     fmt = OUT_FORMATS.get(Path(out.split("?")[0]).suffix.lower())
@@ -222,6 +229,29 @@ def default_output(data: str) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- helpers
+
+
+def download_export(uri: str, local: Path) -> Path:
+    """Copy what a Predictor reads of an export on a pyarrow filesystem (s3://, gs://, hdfs://) to `local`."""
+    import pyarrow.fs as pafs
+
+    from .storage import filesystem
+
+    fs, path = filesystem(uri)
+    if fs.get_file_info(path).type != pafs.FileType.Directory:
+        raise ConfigError(f"export directory {uri!r} does not exist")
+    for rel in (MANIFEST, ONNX_FILE, MODEL_JSON, TOKENIZER_JSON):
+        target = local / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with fs.open_input_stream(posixpath.join(path, rel)) as src, open(target, "wb") as dst:
+                while block := src.read(16 << 20):
+                    dst.write(block)
+        except FileNotFoundError:
+            if rel == MANIFEST:
+                raise ExportError(f"{uri}: no {MANIFEST}: not an export, or an incomplete one") from None
+            raise ExportError(f"{uri}: {rel} is missing (listed in {MANIFEST})") from None
+    return local
 
 
 def _verify(root: Path, rel: str, entries: dict[str, dict]) -> None:

@@ -40,7 +40,8 @@ IDS, MASK = "dialogue_processed_input_ids", "dialogue_processed_attention_mask"
 
 def _leftovers(dest: Path) -> list[str]:
     """Temporary or moved-aside siblings of an export directory."""
-    return sorted(p.name for p in dest.parent.iterdir() if p.name.startswith(f"{dest.name}.tmp-") or p.name.startswith(f"{dest.name}.old-"))
+    prefixes = (f"{dest.name}.tmp-", f"{dest.name}.old-")
+    return sorted(p.name for p in dest.parent.iterdir() if p.name.startswith(prefixes))
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +100,7 @@ def test_export_writes_every_file_and_a_correct_manifest(trained):
     for name in ("model.onnx", "model.torchscript.pt", "tokenizer/tokenizer.json", "bsm_model.json", "manifest.json"):
         assert (dest / name).is_file(), name
     on_disk = json.loads((dest / "manifest.json").read_text())
-    assert on_disk["files"] == man["files"]
+    assert on_disk == man == export_mod.read_manifest(str(dest))
     listed = {e["path"] for e in man["files"]}
     actual = {p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file()} - {"manifest.json"}
     assert listed == actual
@@ -184,7 +185,9 @@ def test_torchscript_loads_without_raytune_bsm(trained, tmp_path):
         "print(json.dumps(out.tolist()))\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    proc = subprocess.run([sys.executable, "-I", "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-I", "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = np.array(json.loads(proc.stdout.strip().splitlines()[-1]))
     with torch.no_grad():
@@ -304,3 +307,29 @@ def test_remote_publish_moves_the_manifest_last_and_cleans_up(trained, tmp_path,
     assert _leftovers(dest) == []
     if store == "s3-like":
         assert fs.moves[-1] == "manifest.json" and len(fs.moves) == len(trained.manifest["files"]) + 1
+
+
+def test_falls_back_to_the_torchscript_based_onnx_exporter(trained, tmp_path, monkeypatch):
+    """If the dynamo exporter fails, the legacy exporter's model passes the same checks and parity."""
+    real_export = torch.onnx.export
+
+    def no_dynamo(*args, **kwargs):
+        if kwargs.get("dynamo", True):
+            raise RuntimeError("dynamo exporter unavailable")
+        return real_export(*args, **kwargs)
+
+    monkeypatch.setattr(torch.onnx, "export", no_dynamo)
+    manifest = export_checkpoint(str(trained.ckpt_dir), str(tmp_path / "export"))
+    assert manifest["exporter"]["onnx"] == "torch.onnx.export(dynamo=False)"
+    assert manifest["parity"]["onnxruntime"]["max_abs_diff"] <= 1e-4
+
+
+def test_a_file_that_is_not_a_checkpoint_is_an_export_error(tmp_path):
+    bad = tmp_path / "bad.ckpt"
+    torch.save({"weights": torch.zeros(2)}, bad)
+    with pytest.raises(ExportError, match="not a bsm Lightning checkpoint"):
+        export_checkpoint(str(bad), str(tmp_path / "export"))
+    (tmp_path / "junk.ckpt").write_bytes(b"not a pickle")
+    with pytest.raises(ExportError, match="not a bsm Lightning checkpoint"):
+        export_checkpoint(str(tmp_path / "junk.ckpt"), str(tmp_path / "export"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.ckpt", "junk.ckpt"]

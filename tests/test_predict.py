@@ -37,7 +37,8 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     torch.manual_seed(0)
     model = TextBertClassifier(
         {"text_name": "dialogue", "label_name": "y", "tokenizer": "all-MiniLM-L6-v2", "encoder_config": TINY_ENCODER,
-         "is_binary": False, "num_classes": 3, "class_names": CLASSES, "max_chunks": 3, "max_tokens": 24}
+         "is_binary": False, "num_classes": 3, "class_names": CLASSES, "max_chunks": 3, "max_tokens": 24,
+         "chunk_pooling": "mean"}  # the export tests use the pooler; this covers mean pooling end to end
     ).eval()  # fmt: skip
     ckpt = root / "model.ckpt"
     torch.save({"state_dict": model.state_dict(), "hyper_parameters": model.hparams}, ckpt)
@@ -90,7 +91,7 @@ def test_predict_texts_returns_indices_and_probabilities_in_order(exported):
     assert (pred == ref.argmax(1)).all() and np.abs(probs - ref).max() <= 1e-4
     empty_pred, empty_probs = p.predict_texts([])
     assert empty_pred.shape == (0,) and empty_probs.shape == (0, 3)
-    only_empty, probs_empty = p.predict_texts(["", None])  # a batch of nothing: [2, 1, 1] input, head bias
+    _, probs_empty = p.predict_texts(["", None])  # a batch of nothing: [2, 1, 1] input, head bias
     assert np.allclose(probs_empty[0], probs_empty[1]) and np.allclose(probs_empty.sum(1), 1)
 
 
@@ -153,6 +154,32 @@ def test_predict_imports_no_torch(exported, tmp_path):
         "print(pred.tolist())\n"
     )
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert len(json.loads(proc.stdout.strip().splitlines()[-1])) == 2
+
+
+def test_an_export_on_another_filesystem_is_copied_locally(exported, tmp_path):
+    from raytune_bsm.predict import download_export
+
+    local = download_export(str(exported.dest), tmp_path / "copy")
+    assert sorted(p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file()) == [
+        "bsm_model.json", "manifest.json", "model.onnx", "tokenizer/tokenizer.json"
+    ]  # fmt: skip
+    pred, _ = Predictor(f"file://{local}").predict_texts(exported.texts[:4])
+    ref = pytorch_probs(exported.model, exported.texts[:4])
+    assert (pred == ref.argmax(1)).all()
+    with pytest.raises(ExportError, match="no manifest.json"):
+        download_export(str(tmp_path / "copy" / "tokenizer"), tmp_path / "again")
+
+
+def test_records_are_tokenized_in_blocks_and_keep_their_order(exported, monkeypatch):
+    import raytune_bsm.predict as predict_mod
+
+    p = Predictor(str(exported.dest))
+    whole_pred, whole_probs = p.predict_texts(exported.texts, batch_size=5)
+    monkeypatch.setattr(predict_mod, "BLOCK", 7)
+    pred, probs = p.predict_texts(exported.texts, batch_size=5)
+    assert (pred == whole_pred).all() and np.abs(probs - whole_probs).max() <= 1e-5
