@@ -92,7 +92,7 @@ def resolve_model_config(config: dict[str, Any]) -> dict[str, Any]:
             raise ConfigError(f"--{key.replace('_', '-')} must be a non-negative integer, got {cfg[key]}")
     from .processor import ProcessorConfig  # validates max_chunks, max_tokens, keep_chunks; names the flags
 
-    ProcessorConfig(cfg["tokenizer"], cfg["max_chunks"], cfg["max_tokens"], cfg["keep_chunks"])
+    ProcessorConfig.of_model(cfg)
     if cfg["weight_decay"] < 0:
         raise ConfigError(f"--weight-decay must be >= 0, got {cfg['weight_decay']}")
     return cfg
@@ -278,18 +278,19 @@ def apply_overrides(d: dict[str, Any], items: list[str]) -> dict[str, Any]:
     return d
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
+def load_yaml(path: str | Path, flag: str = "--config") -> dict[str, Any]:
+    """A YAML file holding a mapping; errors name `flag` and the file."""
     import yaml
 
     p = Path(path)
     if not p.exists():
-        raise ConfigError(f"--config {path}: no such file")
+        raise ConfigError(f"{flag} {path}: no such file")
     try:
         d = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"--config {path}: not valid YAML: {str(e).splitlines()[0]}") from None
+        raise ConfigError(f"{flag} {path}: not valid YAML: {str(e).splitlines()[0]}") from None
     if not isinstance(d, dict):
-        raise ConfigError(f"--config {path}: expected a mapping at the top level")
+        raise ConfigError(f"{flag} {path}: expected a mapping at the top level")
     return d
 
 

@@ -193,14 +193,7 @@ def _build(
     from .processor import ChunkProcessor, ProcessorConfig
 
     cfg = model.config
-    processor = ChunkProcessor(
-        ProcessorConfig(
-            tokenizer=cfg["tokenizer"],
-            max_chunks=cfg["max_chunks"],
-            max_tokens=cfg["max_tokens"],
-            keep_chunks=cfg["keep_chunks"],
-        )
-    )
+    processor = ChunkProcessor(ProcessorConfig.of_model(cfg))
     num_classes = int(model.num_classes)
     class_names = [str(c) for c in (cfg.get("class_names") or range(num_classes))]
     wrapper = _logits_module(model)

@@ -40,6 +40,12 @@ class ProcessorConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def of_model(cls, model_config: dict[str, Any]) -> "ProcessorConfig":
+        """The processor settings a model was trained with (they travel in its config)."""
+        return cls(model_config["tokenizer"], model_config["max_chunks"], model_config["max_tokens"],
+                   model_config["keep_chunks"])  # fmt: skip
+
 
 @dataclass
 class Processed:

@@ -82,14 +82,7 @@ def prepare(run: RunConfig) -> Prepared:
     model_config = run.model_config(
         is_binary=n == 2, num_classes=n, class_names=labels.names, id_name=run.data.id_field or "id"
     )
-    processor = ChunkProcessor(
-        ProcessorConfig(
-            tokenizer=model_config["tokenizer"],
-            max_chunks=model_config["max_chunks"],
-            max_tokens=model_config["max_tokens"],
-            keep_chunks=model_config["keep_chunks"],
-        )
-    )
+    processor = ChunkProcessor(ProcessorConfig.of_model(model_config))
 
     def encode(split: Any, tag: str) -> EncodedDataset:
         t = time.perf_counter()

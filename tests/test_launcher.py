@@ -60,6 +60,12 @@ def test_submit_runs_to_success_and_status_logs_list_agree(local_cluster, tmp_pa
     preds = pq.read_table(run_dir / "test_predictions").to_pydict()
     assert len(preds["id"]) == 20 and set(preds) >= {"id", "label", "predicted", "prob_0", "prob_1"}
 
+    # The best checkpoint was exported; `bsm fetch JOB` finds it through the job's metadata and verifies it.
+    assert info["export"] == str(run_dir / "export")
+    fetched = api.fetch(job_id, str(tmp_path / "model"), address=address)
+    parity = json.loads((fetched / "manifest.json").read_text())["parity"]
+    assert parity["onnxruntime"]["max_abs_diff"] <= 1e-4 and parity["torchscript"]["max_abs_diff"] <= 1e-4
+
 
 def test_stop_running_and_pending_jobs(local_cluster):
     address = local_cluster.dashboard_url
