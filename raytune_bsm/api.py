@@ -56,7 +56,7 @@ class SubmitOptions:
 def resolve_run(opts: SubmitOptions, kind: str = "train") -> RunConfig:
     """Recipe (--config) <- flags <- --set items -> a validated RunConfig."""
     d: dict[str, Any] = load_yaml(opts.config) if opts.config else {}
-    d = {k: (dict(v) if isinstance(v, dict) else v) for k, v in d.items()}
+    d = {k: (dict(v) if isinstance(v, dict) else v) for k, v in d.items() if k != "tune"}  # `tune:`: api.tune
     for section in ("model", "data", "train", "scaling"):
         d.setdefault(section, {})
 
@@ -169,11 +169,11 @@ def _connect(address: str | None, *, start: bool = True) -> tuple[Any, Any]:
 
 
 def plan(opts: SubmitOptions, kind: str = "train", extra: dict[str, Any] | None = None,
-         conn: Any = None) -> Submission:  # fmt: skip
+         conn: Any = None, run: RunConfig | None = None) -> Submission:  # fmt: skip
     """The submission, fully validated; with `conn`, also checked against that cluster's storage rules."""
     from .cluster import bsm_home
 
-    run = resolve_run(opts, kind)
+    run = run or resolve_run(opts, kind)
     warnings: list[str] = []
     storage = run.storage
     if storage is None:
@@ -194,6 +194,27 @@ def plan(opts: SubmitOptions, kind: str = "train", extra: dict[str, Any] | None 
             warnings.append(f"{flag} {path} is a local path; the remote cluster must see the same path")
     check_local_data(run)
     return build_submission(run, kind=kind, storage=storage, extra=extra, warnings=warnings)
+
+
+def _submit(client: Any, conn: Any, sub: Submission, submission_id: str | None = None) -> str:
+    """Stage the working_dir and submit through the Jobs API; return the job id."""
+    submission_id = submission_id or sub.submission_id
+    with tempfile.TemporaryDirectory(prefix="bsm-submit-") as tmp:
+        runtime_env = stage(sub, Path(tmp))
+        try:
+            job_id = client.submit_job(
+                entrypoint=sub.entrypoint,
+                submission_id=submission_id,
+                runtime_env=runtime_env,
+                metadata=sub.metadata,
+                entrypoint_num_cpus=0,  # the driver only coordinates; workers hold the resources
+            )
+        except RuntimeError as e:
+            if "already exists" in str(e):
+                raise JobError(f"a job named {submission_id} already exists; choose another --name") from None
+            raise ClusterError(f"the cluster at {conn.dashboard_url} refused the job: {str(e).splitlines()[0]}") from None
+    log.info("submitted %s to %s (run storage: %s)", job_id, conn.dashboard_url, sub.metadata["bsm_run_dir"])
+    return job_id
 
 
 def check_resources(sub: Submission, conn: Any, *, per_trial_workers: int | None = None) -> Any:
@@ -231,35 +252,25 @@ def submit(opts: SubmitOptions, *, kind: str = "train", extra: dict[str, Any] | 
     from . import connection
 
     run = resolve_run(opts, kind)  # flags first: a typo never starts a cluster
-    if opts.cpus_per_worker is None and not run.scaling.use_gpu:
-        conn, client = _connect(opts.address)
-        opts = _fit_cpus(opts, run, conn)
-    else:
-        conn, client = _connect(opts.address)
+    conn, client = _connect(opts.address)
     connection.check_secure(conn, opts.allow_insecure)
-    sub = plan(opts, kind, extra, conn)
+    user_cpus = opts.cpus_per_worker is not None or "cpus_per_worker" in _recipe_scaling(opts) or any(
+        s.split("=", 1)[0].endswith("cpus_per_worker") for s in opts.sets
+    )
+    if not user_cpus and not run.scaling.use_gpu:
+        run = _fit_cpus(run, conn)
+    sub = plan(opts, kind, extra, conn, run=run)
     for w in sub.warnings:
         log.warning("%s", w)
     check_resources(sub, conn)
-    with tempfile.TemporaryDirectory(prefix="bsm-submit-") as tmp:
-        runtime_env = stage(sub, Path(tmp))
-        try:
-            job_id = client.submit_job(
-                entrypoint=sub.entrypoint,
-                submission_id=sub.submission_id,
-                runtime_env=runtime_env,
-                metadata=sub.metadata,
-                entrypoint_num_cpus=0,  # the driver only coordinates; workers hold the resources
-            )
-        except RuntimeError as e:
-            if "already exists" in str(e):
-                raise JobError(f"a job named {sub.submission_id} already exists; choose another --name") from None
-            raise ClusterError(f"the cluster at {conn.dashboard_url} refused the job: {str(e).splitlines()[0]}") from None
-    log.info("submitted %s to %s (run storage: %s)", job_id, conn.dashboard_url, sub.metadata["bsm_run_dir"])
-    return job_id
+    return _submit(client, conn, sub)
 
 
-def _fit_cpus(opts: SubmitOptions, run: RunConfig, conn: Any) -> SubmitOptions:
+def _recipe_scaling(opts: SubmitOptions) -> dict[str, Any]:
+    return dict((load_yaml(opts.config) if opts.config else {}).get("scaling") or {})
+
+
+def _fit_cpus(run: RunConfig, conn: Any) -> RunConfig:
     """CPU runs without --cpus-per-worker: share the largest node's CPUs among the workers (at most 8 each)."""
     from dataclasses import replace
 
@@ -267,7 +278,61 @@ def _fit_cpus(opts: SubmitOptions, run: RunConfig, conn: Any) -> SubmitOptions:
 
     biggest = max((n.cpus for n in cluster_resources(conn).nodes), default=1)
     per = max(1, min(8, int(biggest) // run.scaling.num_workers))
-    return replace(opts, cpus_per_worker=per)
+    return replace(run, scaling=replace(run.scaling, cpus_per_worker=per))
+
+
+def tune(opts: SubmitOptions, sweep: dict[str, Any] | None = None, *, search_space: str | None = None,
+         resume: str | None = None, dry_run: bool = False) -> Submission | str:  # fmt: skip
+    """Submit a Ray Tune sweep (or resume one by name); return the job id, or the plan when dry_run.
+
+    `sweep` holds sweep settings (SweepConfig fields) given as flags; they override the recipe's `tune:` keys.
+    Before submission: the search space is checked against the config, and the number of trials that can run
+    at once is computed from the cluster's resources (a sweep that cannot fit one trial is an error)."""
+    from dataclasses import replace
+
+    from . import connection
+    from .sweep import SweepConfig, check_search_space, load_search_space, max_concurrent_trials
+    from .sweep import model_layers, resolve_space
+
+    if resume:
+        return _resume_sweep(opts, resume, dry_run=dry_run)
+    recipe_tune = dict((load_yaml(opts.config) if opts.config else {}).get("tune") or {})
+    settings = SweepConfig.from_dict({**recipe_tune, **{k: v for k, v in (sweep or {}).items() if v is not None}})
+    run = resolve_run(opts, "tune")
+    if search_space:
+        settings = replace(settings, search_space=load_search_space(search_space, model_layers(run)))
+    settings = replace(settings, search_space=resolve_space(run, settings))  # the plan shows what is sampled
+    check_search_space(settings.apply(run, num_classes=2), settings.search_space)
+    if dry_run:
+        return plan(opts, "tune", settings.to_dict(), run=settings.apply(run))
+    conn, client = _connect(opts.address)
+    connection.check_secure(conn, opts.allow_insecure)
+    # Always bounded by what the cluster holds: no trial waits for resources that do not exist.
+    fits = max_concurrent_trials(connection.cluster_resources(conn), settings, run)
+    settings = replace(settings, max_concurrent=min(fits, settings.max_concurrent or fits))
+    log.info("sweep: %d trial(s), at most %d at once", settings.total_trials(), settings.max_concurrent)
+    sub = plan(opts, "tune", settings.to_dict(), conn, run=settings.apply(run))
+    for w in sub.warnings:
+        log.warning("%s", w)
+    return _submit(client, conn, sub)
+
+
+def _resume_sweep(opts: SubmitOptions, name: str, *, dry_run: bool) -> Submission | str:
+    """`bsm tune --resume NAME`: the stored run and sweep settings, a new job that continues the sweep."""
+    from . import connection
+    from .cluster import bsm_home
+    from .sweep import load_sweep_record
+
+    conn, client = (None, None) if dry_run else _connect(opts.address)
+    storage = opts.storage or (conn.storage_default if conn is not None else None) or str(bsm_home() / "runs")
+    record = load_sweep_record(storage, name)
+    run = RunConfig.from_dict(record["run"])
+    sub = build_submission(run, kind="tune", storage=record.get("storage") or storage,
+                           extra={**record["tune"], "resume": True})  # fmt: skip
+    if dry_run:
+        return sub
+    connection.check_secure(conn, opts.allow_insecure)
+    return _submit(client, conn, sub, submission_id=f"bsm-{name}-resume-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
 # ----------------------------------------------------------------------------------------------- job control
@@ -311,7 +376,7 @@ def status(job_id: str | None = None, *, address: str | None = None) -> dict[str
         out.update(metrics=result.get("metrics"), best_checkpoint=result.get("best_checkpoint"),
                    restarts=len(result.get("restarts") or []), export=result.get("export"))  # fmt: skip
         if "leaderboard" in result:
-            out["leaderboard"] = result["leaderboard"]
+            out.update(leaderboard=result["leaderboard"], monitor=result.get("monitor"), trials=result.get("trials"))
     else:
         out["metrics"] = latest_metrics(client.get_job_logs(job_id))
     return out

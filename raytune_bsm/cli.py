@@ -126,6 +126,59 @@ def _report_end(job_id: str, address: str | None, state: str) -> None:
         raise typer.Exit(1)
 
 
+@command("tune")
+def tune(
+    config: Optional[str] = Config,
+    address: Optional[str] = Address,
+    num_samples: Optional[int] = typer.Option(None, "--num-samples", help="Trials to draw (default 8)."),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="asha (default: stop weak trials early) or fifo."),
+    metric: Optional[str] = typer.Option(None, "--metric", help="Default: val_auroc (binary), val_f1_score (multiclass)."),
+    mode: Optional[str] = typer.Option(None, "--mode", help="max or min (default: min for val_loss, else max)."),
+    gpus_per_trial: Optional[int] = typer.Option(None, "--gpus-per-trial", help="N workers with one GPU each per trial."),
+    workers_per_trial: Optional[int] = typer.Option(None, "--workers-per-trial"),
+    max_concurrent: Optional[int] = typer.Option(None, "--max-concurrent", help="Default: what the cluster's resources fit."),
+    time_budget: Optional[str] = typer.Option(None, "--time-budget", help="e.g. 30m, 2h, or seconds."),
+    search_space: Optional[str] = typer.Option(None, "--search-space", help="YAML (see jobs/search_space.yaml)."),
+    resume: Optional[str] = typer.Option(None, "--resume", help="Continue the interrupted sweep NAME."),
+    cpus_per_worker: Optional[int] = typer.Option(None, "--cpus-per-worker"),
+    train: Optional[str] = typer.Option(None, "--train"),
+    val: Optional[str] = typer.Option(None, "--val"),
+    test: Optional[str] = typer.Option(None, "--test"),
+    text_field: Optional[str] = typer.Option(None, "--text-field"),
+    label_field: Optional[str] = typer.Option(None, "--label-field"),
+    id_field: Optional[str] = typer.Option(None, "--id-field"),
+    model: Optional[str] = typer.Option(None, "--model"),
+    max_chunks: Optional[int] = typer.Option(None, "--max-chunks"),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens"),
+    max_epochs: Optional[int] = typer.Option(None, "--max-epochs", help="Per trial (ASHA's max_t)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size"),
+    storage: Optional[str] = typer.Option(None, "--storage"),
+    name: Optional[str] = typer.Option(None, "--name"),
+    set_: List[str] = Sets,
+    allow_insecure: bool = typer.Option(False, "--allow-insecure"),
+    follow: bool = typer.Option(False, "--follow", help="Stream the logs; exit with the sweep's result."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan as JSON; submit nothing."),
+) -> None:
+    """Submit a Ray Tune sweep over lr, warmup and reinit_layers; the best trial is exported. Prints the job id."""
+    sweep = {"num_samples": num_samples, "scheduler": scheduler, "metric": metric, "mode": mode,
+             "gpus_per_trial": gpus_per_trial, "workers_per_trial": workers_per_trial,
+             "max_concurrent": max_concurrent, "time_budget_s": time_budget}  # fmt: skip
+    opts = _submit_options(
+        config=config, address=address, cpus_per_worker=cpus_per_worker, train=train, val=val, test=test,
+        text_field=text_field, label_field=label_field, id_field=id_field, model=model, max_chunks=max_chunks,
+        max_tokens=max_tokens, max_epochs=max_epochs, batch_size=batch_size, storage=storage, name=name,
+        set_=set_, allow_insecure=allow_insecure,
+    )  # fmt: skip
+    result = api.tune(opts, sweep, search_space=search_space, resume=resume, dry_run=dry_run)
+    if dry_run:
+        _out(result.plan())  # type: ignore[union-attr]
+        return
+    _out(str(result))
+    sys.stdout.flush()
+    if follow:
+        _report_end(str(result), address, api.wait(str(result), address=address, on_log=sys.stderr))
+
+
 @command("status")
 def status(
     job_id: Optional[str] = typer.Argument(None, help="Default: the newest bsm job."),
@@ -145,7 +198,7 @@ def status(
     if info.get("leaderboard"):
         from .sweep import format_leaderboard
 
-        _out(format_leaderboard(info["leaderboard"]))
+        _out(format_leaderboard(info["leaderboard"], info.get("monitor") or "metric"))
 
 
 @command("logs")

@@ -17,7 +17,7 @@ from .storage import join, write_bytes
 log = logging.getLogger("raytune_bsm")
 
 
-def trainer_for(run: RunConfig, monitor: str, *, storage: str) -> Any:
+def trainer_for(run: RunConfig, monitor: str, *, storage: str, callbacks: list[Any] | None = None) -> Any:
     """The TorchTrainer for one run (also the trainer each Tune trial starts)."""
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -46,6 +46,7 @@ def trainer_for(run: RunConfig, monitor: str, *, storage: str) -> Any:
                 checkpoint_score_order=run.train.mode,
             ),
             failure_config=ray.train.FailureConfig(max_failures=run.train.max_failures),
+            callbacks=callbacks,  # a Tune trial passes TuneReportCallback here
         ),
     )
 

@@ -27,7 +27,7 @@ import math
 import os
 import re
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,8 @@ SPACE_MODES = ("extend", "replace")
 # the ranking metric and where a run lives are the sweep's own settings.
 FIXED_KEYS = {"train.max_epochs", "train.monitor", "train.mode", "train.runtime", "train.output_dir"}
 EPOCHS_FILE = "bsm_epochs.json"  # per trial run: every epoch's reported metrics, written by the trial's trainer
+PG_FILE = "bsm_placement_groups.json"  # per trial run: the placement groups its Train controller created
+RELEASE_AFTER_S = 5.0  # a stopped trial's placement group is released this long after the trial ended
 LEADERBOARD_ROWS = 10
 TRIAL_RESOURCES = {"CPU": 0, "memory": 1}  # the trial driver only waits on its trainer; Tune needs a non-empty bundle
 
@@ -66,7 +68,7 @@ class SweepConfig:
     num_samples: int = 8  # --num-samples: trials drawn from the search space (times every grid's size)
     scheduler: str = "asha"  # --scheduler asha|fifo; ASHA stops weak trials after any epoch
     metric: str | None = None  # --metric; None: the run's train.monitor, else default_metric(num_classes)
-    mode: str = "max"  # --mode max|min
+    mode: str | None = None  # --mode max|min; None: min for val_loss, max for every other metric
     workers_per_trial: int | None = None  # --workers-per-trial; None: the run's scaling.num_workers
     gpus_per_trial: int = 0  # --gpus-per-trial N: N workers with one GPU each
     max_concurrent: int | None = None  # --max-concurrent; None: as many as the cluster's resources fit
@@ -83,7 +85,7 @@ class SweepConfig:
             raise ConfigError(f"--scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
         if self.metric is not None:
             check_metric_name(self.metric)
-        if self.mode not in ("max", "min"):
+        if self.mode not in (None, "max", "min"):
             raise ConfigError(f"--mode must be max or min, got {self.mode!r}")
         if self.workers_per_trial is not None and self.workers_per_trial < 1:
             raise ConfigError(f"--workers-per-trial must be at least 1, got {self.workers_per_trial}")
@@ -119,13 +121,18 @@ class SweepConfig:
     def trial_workers(self, run: RunConfig) -> int:
         return self.gpus_per_trial or self.workers_per_trial or run.scaling.num_workers
 
-    def apply(self, run: RunConfig) -> RunConfig:
-        """The run each trial starts from: the sweep's per-trial workers, its metric and mode."""
+    def resolved_mode(self, monitor: str | None) -> str:
+        return self.mode or ("min" if monitor == "val_loss" else "max")
+
+    def apply(self, run: RunConfig, num_classes: int | None = None) -> RunConfig:
+        """The run each trial starts from: the sweep's per-trial workers, its metric and mode (which also rank
+        each trial's checkpoints). The metric defaults to the run's train.monitor, else default_metric."""
         scaling = replace(run.scaling, num_workers=self.trial_workers(run))
         if self.gpus_per_trial:
             scaling = replace(scaling, use_gpu=True, gpus_per_worker=1)
-        return replace(run, scaling=scaling, train=replace(run.train, monitor=self.metric or run.train.monitor,
-                                                           mode=self.mode))  # fmt: skip
+        monitor = self.metric or run.train.monitor or (default_metric(num_classes) if num_classes else None)
+        train = replace(run.train, monitor=monitor, mode=self.resolved_mode(monitor))
+        return replace(run, scaling=scaling, train=train)
 
     def total_trials(self) -> int:
         """num_samples times the size of every grid in the search space."""
@@ -342,7 +349,7 @@ def resources_from_ray() -> Any:
     """The connected cluster's alive nodes as a ClusterResources (the cluster-side fallback for max_concurrent)."""
     import ray
 
-    from .cluster import ClusterResources, NodeResources
+    from .connection import ClusterResources, NodeResources
 
     nodes = [NodeResources(str(n.get("NodeManagerAddress", "?")), float(n["Resources"].get("CPU", 0)),
                            float(n["Resources"].get("GPU", 0))) for n in ray.nodes() if n.get("Alive")]  # fmt: skip
@@ -447,6 +454,58 @@ def _epoch_reporter(run_dir: str) -> Any:
     return EpochReporter(run_dir)
 
 
+def _placement_group_log(run_dir: str) -> Any | None:
+    """A Train worker-group callback that records each placement group the trial's controller creates in
+    `<run dir>/bsm_placement_groups.json`, so the sweep's driver can release it (see `release_placement_groups`).
+    None if this Ray's Train internals differ (the sweep then relies on Ray's own cleaner alone)."""
+    try:
+        from ray.train.v2._internal.execution.callback import WorkerGroupCallback
+    except ImportError:  # pragma: no cover - other Ray versions
+        return None
+
+    class PlacementGroupLog(WorkerGroupCallback):
+        def __init__(self, run_dir: str) -> None:
+            self.run_dir = run_dir
+
+        def after_worker_group_start(self, worker_group: Any) -> None:
+            try:
+                pg = worker_group.get_worker_group_state().placement_group_handle.placement_group
+                path = join(self.run_dir, PG_FILE)
+                ids = json.loads(read_bytes(path)) if exists(path) else []
+                write_bytes(json.dumps(ids + [pg.id.hex()]).encode(), path)
+            except Exception:  # noqa: BLE001 - bookkeeping must never fail a training run
+                log.debug("could not record the placement group", exc_info=True)
+
+    return PlacementGroupLog(run_dir)
+
+
+def release_placement_groups(run_dir: str) -> int:
+    """Remove placement groups a stopped trial's Train run left behind; returns how many.
+
+    Tune stops a trial (ASHA) by ending its actor, so the trial's Train controller dies without removing its
+    workers' placement group, which lives as long as the job. Ray 2.60 leaves that to a detached
+    PlacementGroupCleaner that finds the cluster through the State API and auto-detection; on a machine with
+    more than one Ray instance (or no dashboard) it fails, and every stopped trial would keep its CPUs/GPUs
+    reserved until the sweep starves. Only call this once the trial's controller is gone."""
+    import ray
+    from ray._raylet import PlacementGroupID
+    from ray.util.placement_group import PlacementGroup
+
+    path = join(run_dir, PG_FILE)
+    if not exists(path):
+        return 0
+    removed = 0
+    for pg_hex in json.loads(read_bytes(path)):
+        pg = PlacementGroup(PlacementGroupID.from_hex(pg_hex))
+        try:
+            if ray.util.placement_group_table(pg).get("state") not in ("REMOVED", None):
+                ray.util.remove_placement_group(pg)
+                removed += 1
+        except Exception:  # noqa: BLE001 - already gone, or the GCS does not know it
+            log.debug("could not remove placement group %s", pg_hex, exc_info=True)
+    return removed
+
+
 def bsm_trial(config: dict[str, Any], spec: dict[str, Any] | None = None) -> None:
     """One Tune trial: this trial's run config -> its own TorchTrainer -> fit (Tune sees every epoch)."""
     from ray import tune
@@ -469,7 +528,8 @@ def bsm_trial(config: dict[str, Any], spec: dict[str, Any] | None = None) -> Non
     d["name"] = trial_id  # the Train run's name: stable across restarts, so Train resumes its own checkpoints
     run = RunConfig.from_dict(d)
     log.info("trial %s: %s", trial_id, json.dumps({k: _plain(v) for k, v in config.items()}, default=str))
-    _trainer(run, spec["monitor"], storage=runs_dir, callbacks=[_epoch_reporter(run_dir)]).fit()
+    callbacks = [_epoch_reporter(run_dir), _placement_group_log(run_dir)]
+    _trainer(run, spec["monitor"], storage=runs_dir, callbacks=[c for c in callbacks if c is not None]).fit()
 
 
 def _trial_dirname(trial: Any) -> str:
@@ -492,8 +552,9 @@ class _Spec:
     params: list[str]
 
 
-def trial_rows(trials: list[Any], spec: _Spec, cache: dict[str, list[dict[str, Any]]] | None = None) -> list[dict[str, Any]]:
-    """One row per Tune trial, in trial order."""
+def trial_rows(trials: list[Any], spec: _Spec, cache: dict[str, list[dict[str, Any]]] | None = None,
+               interrupted: set[str] | frozenset[str] = frozenset()) -> list[dict[str, Any]]:  # fmt: skip
+    """One row per Tune trial, in trial order. `interrupted`: trials the sweep's interruption stopped."""
     cache = {} if cache is None else cache
     rows = []
     for index, t in enumerate(trials):
@@ -501,7 +562,7 @@ def trial_rows(trials: list[Any], spec: _Spec, cache: dict[str, list[dict[str, A
         epochs = cache.get(tid)
         if epochs is None:
             epochs = read_epochs(join(spec.sweep_dir, "runs", tid))
-            if t.status in ("TERMINATED", "ERROR"):
+            if t.status in ("TERMINATED", "ERROR") and tid not in interrupted:
                 cache[tid] = epochs
         values = [e.get(spec.monitor) for e in epochs]
         scored = [(v, i) for i, v in enumerate(values) if isinstance(v, (int, float)) and not math.isnan(v)]
@@ -510,7 +571,9 @@ def trial_rows(trials: list[Any], spec: _Spec, cache: dict[str, list[dict[str, A
             best_v = max(v for v, _ in scored) if spec.mode == "max" else min(v for v, _ in scored)
             best_i = next(i for v, i in scored if v == best_v)  # the earliest epoch among equals
         status = {"ERROR": "error", "RUNNING": "running", "PENDING": "pending", "PAUSED": "paused"}.get(t.status)
-        if status is None:  # TERMINATED: trained to the end, or stopped early (ASHA, --time-budget)
+        if tid in interrupted:
+            status = "interrupted" if epochs else "pending"
+        elif status is None:  # TERMINATED: trained to the end, or stopped early (ASHA, --time-budget)
             status = "completed" if len(epochs) >= spec.max_epochs else "early_stopped"
         hp = {k: _plain(t.config.get(k)) for k in spec.params if k in t.config}
         rows.append({
@@ -639,6 +702,25 @@ def write_record(rows: list[dict[str, Any]], spec: _Spec, *, finished: bool, sta
     return summary
 
 
+def saved_trial_statuses(tune_dir: str) -> dict[str, str]:
+    """Trial id -> status in Tune's newest saved experiment state (what `--resume` starts from); {} if none."""
+    import pyarrow.fs as pafs
+
+    from .storage import filesystem
+
+    try:
+        fs, path = filesystem(tune_dir)
+        infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+        states = sorted(i.base_name for i in infos if i.base_name.startswith("experiment_state-") and i.base_name.endswith(".json"))
+        if not states:
+            return {}
+        d = json.loads(read_bytes(join(tune_dir, states[-1])))
+        return {t["trial_id"]: t["status"] for t in (json.loads(s) for s, _ in d["trial_data"])}
+    except Exception:  # noqa: BLE001 - an unreadable state only loses the "interrupted" label
+        log.debug("could not read Tune's experiment state in %s", tune_dir, exc_info=True)
+        return {}
+
+
 def _recorder(spec: _Spec) -> Any:
     """A Tune callback (runs in the sweep's driver) that rewrites the record as trials start and end."""
     from ray import tune
@@ -648,12 +730,38 @@ def _recorder(spec: _Spec) -> Any:
             self.spec = spec
             self.started = time.time()
             self._cache: dict[str, list[dict[str, Any]]] = {}
+            self._ended: dict[str, float] = {}  # trial id -> when the recorder first saw it stopped
+            self._released: set[str] = set()
+            self._last_release = 0.0
 
-        def _write(self, trials: list[Any], finished: bool = False) -> None:
+        def _write(self, trials: list[Any], finished: bool = False, interrupted: set[str] | None = None) -> None:
             try:
-                write_record(trial_rows(trials, self.spec, self._cache), self.spec, finished=finished, started=self.started)
+                rows = trial_rows(trials, self.spec, self._cache, interrupted or set())
+                write_record(rows, self.spec, finished=finished, started=self.started)
             except Exception:  # noqa: BLE001 - a failed write must not end the sweep; the next event retries
                 log.exception("could not update the sweep's record in %s", self.spec.sweep_dir)
+
+        def _release(self, trials: list[Any], grace: float) -> None:
+            now = time.monotonic()
+            for t in trials:
+                if t.status not in ("TERMINATED", "ERROR") or t.trial_id in self._released:
+                    continue
+                ended = self._ended.setdefault(t.trial_id, now)
+                if now - ended < grace:
+                    continue
+                self._released.add(t.trial_id)
+                try:
+                    n = release_placement_groups(join(self.spec.sweep_dir, "runs", t.trial_id))
+                except Exception:  # noqa: BLE001
+                    log.debug("could not release trial %s's placement groups", t.trial_id, exc_info=True)
+                    continue
+                if n:
+                    log.info("released %d placement group(s) left by stopped trial %s", n, t.trial_id)
+
+        def on_step_begin(self, iteration: int, trials: list[Any], **info: Any) -> None:
+            if time.monotonic() - self._last_release > 2.0:
+                self._last_release = time.monotonic()
+                self._release(trials, RELEASE_AFTER_S)
 
         def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
             self._write(trials)
@@ -665,10 +773,25 @@ def _recorder(spec: _Spec) -> Any:
             self._write(trials)
 
         def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
-            self._write(trials, finished=all(t.status in ("TERMINATED", "ERROR") for t in trials))
+            # Tune saved its state just before this; trials it still had running there were stopped by an
+            # interruption (SIGINT / `bsm stop`), not by the scheduler, and `--resume` continues them.
+            saved = saved_trial_statuses(join(self.spec.sweep_dir, "tune"))
+            interrupted = {tid for tid, st in saved.items() if st not in ("TERMINATED", "ERROR")}
+            finished = not interrupted and all(t.status in ("TERMINATED", "ERROR") for t in trials)
+            self._write(trials, finished=finished, interrupted=interrupted)
+            # Every trial actor is gone by now; give their controllers a moment to follow.
+            pending = [t for t in trials if t.status in ("TERMINATED", "ERROR") and t.trial_id not in self._released]
+            if pending:
+                wait = max(0.0, 3.0 - (time.monotonic() - max(self._ended.get(t.trial_id, 0.0) for t in pending)))
+                time.sleep(min(wait, 3.0))
+                self._release(trials, 0.0)
 
-        def __getstate__(self) -> dict[str, Any]:  # pickled into Tune's experiment: no cache
-            return {"spec": self.spec, "started": self.started, "_cache": {}}
+        def __getstate__(self) -> dict[str, Any]:  # pickled into Tune's experiment state: settings only
+            return {"spec": self.spec, "started": self.started}
+
+        def __setstate__(self, state: dict[str, Any]) -> None:
+            self.__init__(state["spec"])
+            self.started = state["started"]
 
     return Recorder(spec)
 
@@ -720,24 +843,24 @@ def run_sweep(run: RunConfig, sweep: SweepConfig, *, storage: str) -> dict[str, 
     space = resolve_space(run, sweep)
     sweep = replace(sweep, search_space=space)
     trial_run = sweep.apply(run)
+    if trial_run.train.monitor is None:  # the default metric depends on the class count
+        trial_run = sweep.apply(run, num_classes=_num_classes(run))
     check_search_space(trial_run, space)
-    n_classes = _num_classes(trial_run)
-    monitor = trial_run.monitor(n_classes)
+    monitor, mode = trial_run.train.monitor, trial_run.train.mode
     metric_choices = trial_run.model_config()["metric_choices"]
     if monitor.removeprefix("val_") not in metric_choices + ["loss"]:
         raise ConfigError(f"--metric {monitor} is not computed; metric_choices are {metric_choices}")
-    trial_run = replace(trial_run, train=replace(trial_run.train, monitor=monitor))
 
     if not ray.is_initialized():
         ray.init()
     concurrent = max_concurrent_trials(resources_from_ray(), sweep, trial_run)
     base = trial_run.to_dict()
-    spec = _Spec(name=run.name, sweep_dir=sweep_dir, monitor=monitor, mode=sweep.mode,
+    spec = _Spec(name=run.name, sweep_dir=sweep_dir, monitor=monitor, mode=mode,
                  max_epochs=trial_run.train.max_epochs, base=base, params=sorted(space))  # fmt: skip
     if not sweep.resume:
         write_bytes(dumps({"run": run.to_dict(), "tune": sweep.to_dict(), "storage": storage}).encode(), record)
     log.info("sweep %s: %d trial(s), %d at once, %s on %s (%s), %d worker(s) per trial; storage %s",
-             run.name, sweep.total_trials(), concurrent, sweep.scheduler, monitor, sweep.mode,
+             run.name, sweep.total_trials(), concurrent, sweep.scheduler, monitor, mode,
              sweep.trial_workers(run), sweep_dir)  # fmt: skip
 
     # Experiment state is saved at most this often; the trials' own epoch records cover the gap on --resume.
@@ -757,7 +880,10 @@ def run_sweep(run: RunConfig, sweep: SweepConfig, *, storage: str) -> dict[str, 
         scheduler = (
             ASHAScheduler(time_attr="training_iteration", max_t=trial_run.train.max_epochs,
                           grace_period=min(sweep.grace_period, trial_run.train.max_epochs),
-                          reduction_factor=sweep.reduction_factor)  # fmt: skip
+                          reduction_factor=sweep.reduction_factor,
+                          # A trial reaching max_t ends by itself: its Train run finishes (test set,
+                          # predictions) and shuts down cleanly instead of being stopped mid-way.
+                          stop_last_trials=False)  # fmt: skip
             if sweep.scheduler == "asha"
             else FIFOScheduler()
         )
@@ -766,11 +892,12 @@ def run_sweep(run: RunConfig, sweep: SweepConfig, *, storage: str) -> dict[str, 
             param_space=param_space(space),
             tune_config=tune.TuneConfig(
                 metric=monitor,
-                mode=sweep.mode,
+                mode=mode,
                 scheduler=scheduler,
-                search_alg=BasicVariantGenerator(random_state=trial_run.train.seed),
+                # What TuneConfig(max_concurrent_trials=N) builds, plus a seed: the same sweep samples the
+                # same trials. (Tune ignores max_concurrent_trials next to a generator, so it is set here.)
+                search_alg=BasicVariantGenerator(max_concurrent=concurrent, random_state=trial_run.train.seed),
                 num_samples=sweep.num_samples,
-                max_concurrent_trials=concurrent,
                 time_budget_s=sweep.time_budget_s,
                 trial_dirname_creator=_trial_dirname,
             ),
@@ -784,11 +911,37 @@ def run_sweep(run: RunConfig, sweep: SweepConfig, *, storage: str) -> dict[str, 
         )
     tuner.fit()
     summary = json.loads(read_bytes(join(sweep_dir, "bsm_result.json")))
+    if summary.get("best_checkpoint") and run.train.export:
+        summary["export"] = export_best_trial(summary, sweep_dir)
+        write_bytes(dumps(summary).encode(), join(sweep_dir, "bsm_result.json"))
     log.info("sweep %s: %s\n%s", run.name, json.dumps(summary["trials"]),
              format_leaderboard(summary["leaderboard"], monitor))  # fmt: skip
     log.info("best: %s (%s %s); config %s", summary["best_checkpoint"], monitor,
              (summary.get("best_trial") or {}).get("metric"), summary.get("best_config"))  # fmt: skip
     return summary
+
+
+def export_best_trial(summary: dict[str, Any], sweep_dir: str) -> str:
+    """Export the best trial's best checkpoint to `<sweep>/export`, parity-checked on real validation batches
+    processed with that trial's own settings."""
+    from ray.train import Checkpoint
+
+    from .ray_train import validation_batches
+    from .train import prepare
+
+    from .export import export_checkpoint
+
+    best_run = RunConfig.from_dict(json.loads(read_bytes(join(sweep_dir, "best_config.json"))))
+    prep = prepare(best_run)
+    dest = join(sweep_dir, "export")
+    log.info("exporting the best trial's checkpoint %s to %s", summary["best_checkpoint"], dest)
+    manifest = export_checkpoint(
+        Checkpoint(summary["best_checkpoint"]).to_directory(), dest, val_batches=validation_batches(prep),
+        metrics=summary.get("metrics"),
+        hyperparameters={**prep.model_config, **(summary.get("best_trial") or {}).get("hyperparameters", {})},
+    )  # fmt: skip
+    log.info("export parity: %s", json.dumps(manifest.get("parity"), default=str))
+    return dest
 
 
 def load_sweep_record(storage: str, name: str) -> dict[str, Any]:
@@ -803,10 +956,13 @@ def main(config_file: str) -> int:
     """`jobs/tune.py`: run the sweep the job carries (bsm_job.json: the run config, "tune" and "storage")."""
     import signal
 
+    import ray
+
     d = json.loads(Path(config_file).read_text())
     storage = d.pop("storage")
     sweep = SweepConfig.from_dict(d.pop("tune", None))
     run = RunConfig.from_dict(d)
+    ray.init()  # the job's cluster (RAY_ADDRESS); before the handler below, as ray.init sets its own
     if hasattr(signal, "SIGUSR1"):  # `bsm stop` sends SIGTERM: let Tune save its state (it listens on SIGUSR1)
         signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGUSR1))
     summary = run_sweep(run, sweep, storage=storage)

@@ -76,5 +76,6 @@ def test_every_recipe_in_jobs_loads_and_validates(tmp_path):
     for recipe in recipes:
         if recipe.name == "search_space.yaml":
             continue
-        r = bsm("submit", "--config", str(recipe), "--dry-run", env={"BSM_HOME": str(tmp_path)})
+        command = "tune" if recipe.name.startswith("tune") else "submit"
+        r = bsm(command, "--config", str(recipe), "--dry-run", env={"BSM_HOME": str(tmp_path)})
         assert r.returncode == 0, (recipe, r.stderr)

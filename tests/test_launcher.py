@@ -121,3 +121,13 @@ def test_token_appears_in_no_plan_metadata_or_output(local_cluster, capfd):
         assert token not in json.dumps(job.metadata or {}) and token not in json.dumps(job.runtime_env or {})
     out, err = capfd.readouterr()
     assert token not in out and token not in err
+
+
+def test_sweep_needing_more_gpus_per_trial_than_the_cluster_has_fails_before_submission(local_cluster):
+    from raytune_bsm.errors import ClusterError
+
+    address = local_cluster.dashboard_url
+    before = {r["job_id"] for r in api.list_jobs(address=address)}
+    with pytest.raises(ClusterError, match="--gpus-per-trial"):
+        api.tune(api.SubmitOptions(address=address, name="gpu-sweep"), {"gpus_per_trial": 4})
+    assert {r["job_id"] for r in api.list_jobs(address=address)} == before
