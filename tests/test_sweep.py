@@ -301,6 +301,40 @@ def test_asha_sweep_stops_weak_trials_and_records_the_best(ray_local, tmp_path):
     assert result["name"] == "asha" and result["run_dir"] == str(sweep_dir) and result["monitor"] == "val_loss"
     _wait_for_free_cpus(2)  # stopped trials left nothing reserved
 
+    # The best trial was exported; `bsm fetch` verifies it; ONNX Runtime, TorchScript and PyTorch agree on
+    # fresh inputs whose batch, chunk and token counts differ from the export's own examples.
+    assert result["export"] == str(sweep_dir / "export")
+    from raytune_bsm import api
+
+    local = api.fetch(str(sweep_dir / "export"), str(tmp_path / "fetched"))
+    _fresh_parity(local, Path(summary["best_checkpoint"], "checkpoint.ckpt"))
+
+
+def _fresh_parity(export_dir: Path, checkpoint: Path) -> None:
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+
+    from raytune_bsm.models import load_checkpoint
+
+    model = load_checkpoint(checkpoint)
+    session = ort.InferenceSession(str(export_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    scripted = torch.jit.load(str(export_dir / "model.torchscript.pt"))
+    g = torch.Generator().manual_seed(7)
+    for B, C, T in [(5, 1, 9), (1, 6, 33), (3, 2, 64)]:
+        ids = torch.randint(1000, 2000, (B, C, T), generator=g)
+        mask = torch.ones_like(ids)
+        mask[0, -1, T // 2 :] = 0  # a partly padded chunk
+        if C > 1:
+            mask[-1, 1:] = 0  # all-padding chunks
+        ids = ids * mask
+        with torch.no_grad():
+            ref = model.logits(ids, mask).numpy()
+            ts = scripted(ids, mask).numpy()
+        onnx_out = session.run(["logits"], {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0]
+        assert np.abs(onnx_out - ref).max() <= 1e-4 and np.abs(ts - ref).max() <= 1e-4, (B, C, T)
+        assert (onnx_out.argmax(1) == ref.argmax(1)).all() and (ts.argmax(1) == ref.argmax(1)).all()
+
 
 @pytest.mark.slow
 def test_an_interrupted_sweep_resumes_without_rerunning_finished_trials(ray_local, tmp_path):
