@@ -2,7 +2,7 @@
 
 import sys
 
-from raytune_bsm.sweep import main
+from raytune_bsm.sweep_run import main
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1]))

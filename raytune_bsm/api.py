@@ -321,7 +321,7 @@ def _resume_sweep(opts: SubmitOptions, name: str, *, dry_run: bool) -> Submissio
     """`bsm tune --resume NAME`: the stored run and sweep settings, a new job that continues the sweep."""
     from . import connection
     from .cluster import bsm_home
-    from .sweep import load_sweep_record
+    from .sweep_run import load_sweep_record
 
     conn, client = (None, None) if dry_run else _connect(opts.address)
     storage = opts.storage or (conn.storage_default if conn is not None else None) or str(bsm_home() / "runs")

@@ -196,7 +196,7 @@ def status(
     if info.get("metrics"):
         _out(f"{'metrics':16} {json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in info['metrics'].items()})}")
     if info.get("leaderboard"):
-        from .sweep import format_leaderboard
+        from .sweep_run import format_leaderboard
 
         _out(format_leaderboard(info["leaderboard"], info.get("monitor") or "metric"))
 

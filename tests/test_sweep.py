@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from raytune_bsm import sweep as sw
+from raytune_bsm import sweep_run as sr
 from raytune_bsm.connection import ClusterResources, NodeResources
 from raytune_bsm.config import RunConfig
 from raytune_bsm.errors import ClusterError, ConfigError
@@ -197,9 +198,9 @@ def test_ranking_ties_go_to_the_earlier_trial_and_the_leaderboard_prints():
                 "final_metric": metric, "hyperparameters": {"model.lr": 1e-4 * (i + 1)}}  # fmt: skip
 
     rows = [row(0, 0.7), row(1, 0.9), row(2, None, "error"), row(3, 0.9), row(4, 0.8, "early_stopped")]
-    assert [r["trial_index"] for r in sw.rank_rows(rows, "max")] == [1, 3, 4, 0, 2]
-    assert [r["trial_index"] for r in sw.rank_rows(rows, "min")] == [0, 4, 1, 3, 2]
-    text = sw.format_leaderboard(sw.rank_rows(rows, "max"), "val_auroc")
+    assert [r["trial_index"] for r in sr.rank_rows(rows, "max")] == [1, 3, 4, 0, 2]
+    assert [r["trial_index"] for r in sr.rank_rows(rows, "min")] == [0, 4, 1, 3, 2]
+    text = sr.format_leaderboard(sr.rank_rows(rows, "max"), "val_auroc")
     lines = text.splitlines()
     assert lines[0].split() == ["rank", "trial", "status", "epochs", "val_auroc", "final", "lr"]
     assert lines[1].split()[:2] == ["1", "abc_00001"] and "0.0002" in lines[1] and len(lines) == 6
@@ -209,7 +210,7 @@ def test_the_record_from_trials(tmp_path):
     """trials.parquet / best_config.json / bsm_result.json from Tune's trials and the runs' epoch records."""
     from types import SimpleNamespace
 
-    spec = sw._Spec(name="s", sweep_dir=str(tmp_path), monitor="val_auroc", mode="max", max_epochs=3,
+    spec = sr._Spec(name="s", sweep_dir=str(tmp_path), monitor="val_auroc", mode="max", max_epochs=3,
                     base=tiny_run("s").to_dict(), params=["model.lr"])  # fmt: skip
     per_trial = {"t_00000": [0.6, 0.8], "t_00001": [0.7, 0.8, 0.75], "t_00002": [0.5], "t_00003": [0.55, 0.9]}
     for tid, values in per_trial.items():
@@ -219,9 +220,9 @@ def test_the_record_from_trials(tmp_path):
     trials = [SimpleNamespace(trial_id=tid, status=st, config={"model.lr": lr}, error_file=None)
               for tid, st, lr in [("t_00000", "TERMINATED", 1e-4), ("t_00001", "TERMINATED", 2e-4),
                                   ("t_00002", "ERROR", 3e-4), ("t_00003", "TERMINATED", 4e-4)]]  # fmt: skip
-    rows = sw.trial_rows(trials, spec, interrupted={"t_00003"})
+    rows = sr.trial_rows(trials, spec, interrupted={"t_00003"})
     assert [r["status"] for r in rows] == ["early_stopped", "completed", "error", "interrupted"]
-    summary = sw.write_record(rows, spec, finished=False)
+    summary = sr.write_record(rows, spec, finished=False)
     # t_00003 has the highest value but was interrupted mid-way: it still ranks (its checkpoint exists);
     # t_00000 and t_00001 tie at 0.8: the earlier trial ranks first.
     assert [r["trial_id"] for r in summary["leaderboard"]] == ["t_00003", "t_00000", "t_00001", "t_00002"]
@@ -266,10 +267,10 @@ def test_asha_sweep_stops_weak_trials_and_records_the_best(ray_local, tmp_path):
     run = tiny_run("asha", max_epochs=3)
     space = {"lr": {"grid": [1e-3, 1e-3, 0.9, 0.9]}}
     t0 = time.monotonic()
-    summary = sw.run_sweep(run, sw.SweepConfig(num_samples=1, metric="val_loss", mode="min", search_space=space),
+    summary = sr.run_sweep(run, sw.SweepConfig(num_samples=1, metric="val_loss", mode="min", search_space=space),
                            storage=storage)  # fmt: skip
     elapsed = time.monotonic() - t0
-    print(f"4-trial ASHA sweep: {elapsed:.0f}s\n" + sw.format_leaderboard(summary["leaderboard"], "val_loss"))
+    print(f"4-trial ASHA sweep: {elapsed:.0f}s\n" + sr.format_leaderboard(summary["leaderboard"], "val_loss"))
 
     sweep_dir = Path(storage) / "asha"
     table = pq.read_table(sweep_dir / "trials.parquet")
@@ -372,7 +373,7 @@ def test_an_interrupted_sweep_resumes_without_rerunning_finished_trials(ray_loca
     before = {t: _trial_files(sweep_dir / "runs" / t) for t in finished}
     _wait_for_free_cpus(2)  # Ray ends the killed driver's trials
 
-    summary = sw.run_sweep(RunConfig(name="resumable"), sw.SweepConfig(resume=True), storage=storage)
+    summary = sr.run_sweep(RunConfig(name="resumable"), sw.SweepConfig(resume=True), storage=storage)
 
     print(f"killed with finished={finished} between-epochs={partial}")
     rows = pq.read_table(sweep_dir / "trials.parquet").to_pylist()
@@ -387,7 +388,7 @@ def test_an_interrupted_sweep_resumes_without_rerunning_finished_trials(ray_loca
     for t in partial:  # interrupted between epochs: Train resumed it from its epoch-1 checkpoint
         assert list((sweep_dir / "runs" / t / "bsm_restarts").glob("*.json")), t
     with pytest.raises(ConfigError, match="already exists"):  # starting it afresh again is refused
-        sw.run_sweep(run, sweep, storage=storage)
+        sr.run_sweep(run, sweep, storage=storage)
 
 
 def _trial_files(run_dir: Path) -> dict[str, object]:
