@@ -40,12 +40,12 @@ class DataConfig:
     id_field: str | None = None  # None: the first of ID_CANDIDATES that is present, if any
     val_fraction: float = 0.1
     split_seed: int = 0
-    batch_size: int = 16
+    batch_size: int = 8  # small batches: more optimizer steps in the one CPU epoch of the default run
     eval_batch_size: int = 32
     group_by_length: bool = True
     empty_dialogues: Literal["skip", "error"] = "skip"
     num_workers: int = 0
-    demo_rows: int = 1000  # with no --train: the size of the generated demo data (train/val/test 80/10/10)
+    demo_rows: int = 2000  # with no --train: the size of the generated demo data (train/val/test 80/10/10)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.val_fraction < 1.0:

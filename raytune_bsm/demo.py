@@ -12,9 +12,18 @@ Every record is generated from a small *latent story*:
   specific counter-evidence).
 
 The label ``reversal_flag`` (1 = the buyer's claim is reversed in the seller's favour) is a
-function of the *combination* (see :func:`story_label`), and then ~6% of labels are flipped at
-random. The same vocabulary ("tracking", "delivered", "refund", "photo", ...) shows up in both
-classes, so a classifier has to read the exchange rather than spot a keyword.
+function of the *combination* (see :func:`story_label`), and then ~4% of labels are flipped at
+random (so even a perfect reader averages about 96% accuracy and 0.92 AUROC). The same vocabulary
+("tracking", "delivered", "refund", "photo", ...) shows up in both classes, so a classifier has to
+read the exchange rather than spot a keyword.
+
+As in real threads, the decisive part is at the end: the seller's substantive response usually
+closes with a plain statement of where the seller stands (sure of its evidence, hedging, refunding,
+refusing, pointing at the carrier), and the buyer's last message usually says where the buyer
+stands (it's all fine, disputing with evidence, or just insisting). No single phrase decides the
+label: "everything checks out" can still lose to a buyer's evidence, and an angry buyer still loses
+to valid proof. The length of most records is a few short messages, well inside a couple of
+128-token chunks, with a tail of records far longer than 8 x 128 tokens.
 
 Only the standard library and pyarrow are imported at module level.
 """
@@ -108,7 +117,7 @@ FINALS: tuple[str, ...] = (
 _FINAL_W = (0.13, 0.06, 0.20, 0.20, 0.20, 0.21)
 
 #: Probability that a record's label is flipped at random.
-LABEL_NOISE: float = 0.06
+LABEL_NOISE: float = 0.04
 #: Fraction of records padded to more than 1,500 words.
 LONG_FRACTION: float = 0.05
 #: Fraction of records padded to a medium length (roughly 200-1,000 words).
@@ -796,6 +805,95 @@ _FINAL: dict[str, dict[str, _T]] = {
     },
 }
 
+# The seller's bottom line, appended to the substantive response most of the time: real sellers
+# state their position in plain words, and how sure they sound differs by what they can show.
+_STANCE: dict[str, dict[str, _T]] = {
+    "proof_valid": {
+        "delivery": (
+            "Everything checks out on our side: the {pkg} reached your address.",
+            "The carrier's evidence is clear, it was delivered to you.",
+            "So the delivery is confirmed and verified by {carrier}.",
+            "All the records agree that it arrived at your door.",
+            "I'm confident it was delivered as addressed.",
+        ),
+        "item": (
+            "Everything checks out on our side: we sent exactly what was ordered, in perfect condition.",
+            "Our records are clear and they match the listing and your order.",
+            "So the evidence shows the {item} left us correct and complete.",
+            "I'm confident the order was right when it was shipped.",
+            "All our records agree on what was in the box.",
+        ),
+    },
+    "proof_invalid": {
+        "any": (
+            "I'm afraid that's all the information I have.",
+            "I can't really show you anything more than that, sorry.",
+            "I'm not sure what else to tell you, hopefully it sorts itself out.",
+            "Honestly I don't know what happened, I can't check any further.",
+            "That's the best I can find, I don't have anything else.",
+        ),
+    },
+    "remedy_full": {
+        "any": (
+            "You won't be out of pocket, and there's nothing you need to send back.",
+            "Sorry again, that's all taken care of now.",
+            "It's on us, you don't have to do anything else.",
+            "Consider it fully sorted on our end.",
+        ),
+    },
+    "remedy_partial": {
+        "any": (
+            "Let me know if that works for you.",
+            "It's the most I can offer on this order.",
+            "Just reply to accept and I'll send it over.",
+            "That's my offer, up to you.",
+        ),
+    },
+    "refuse": {
+        "any": (
+            "Our decision is final.",
+            "We won't be discussing this further.",
+            "There is nothing else we will do about it.",
+        ),
+    },
+    "blame_carrier": {
+        "any": (
+            "It's the carrier's responsibility from here.",
+            "We can't help you further with this.",
+            "Please take it up with the carrier, not us.",
+        ),
+    },
+}
+
+# The buyer's bottom line, appended to the final message most of the time: a buyer who found the
+# parcel says the matter is over, one who disputes with evidence points at it, one who disputes
+# without any just insists.
+_FINAL_TAG: dict[str, _T] = {
+    "confirms": (
+        "So there's no problem after all, you can close this.",
+        "My mistake, everything is fine now.",
+        "All sorted, nothing for you to do.",
+        "Sorry to have bothered you, it's all good.",
+    ),
+    "withdraws": (
+        "No further action needed from you.",
+        "Consider the matter closed.",
+        "Sorry to have bothered you, it's all good.",
+    ),
+    "disputes_generic": (
+        "I'm not going to explain myself again.",
+        "I don't want excuses, just my money.",
+        "I'm not interested in your explanations.",
+        "Don't bother replying with more excuses.",
+    ),
+    "disputes_specific": (
+        "The facts are on my side and I can show them.",
+        "I've documented all of this and sent it to {platform}.",
+        "That evidence settles it in my favour.",
+        "I've kept every record of this, it's all in the case.",
+    ),
+}
+
 _BUYER_CHASE: _T = (
     "Hello? Any update on this?",
     "Still no response. It's been {days} days.",
@@ -1146,13 +1244,13 @@ def _story_messages(rng: random.Random, ctx: _Ctx, problem: str, response: str, 
             return [b(_SHORT_OPEN[problem] if rng.random() < 0.6 else _OPEN[problem])]
 
     msgs: list[str] = [b(_SHORT_OPEN[problem] if rng.random() < 0.12 else _OPEN[problem])]
-    if rng.random() < 0.55:
+    if rng.random() < 0.4:
         extra = rng.sample(_OPEN_DETAIL, _ch(rng, (1, 1, 2)))
         msgs[0] += " " + " ".join(_cap(x.format_map(ctx)) for x in extra)
     if rng.random() < 0.15:
         msgs.append(b(_BUYER_CHASE))
 
-    if response != "ignore" and rng.random() < 0.55:
+    if response != "ignore" and rng.random() < 0.4:
         msgs.append(s(_SELLER_ASK))
         msgs.append(_order_paste(rng, ctx) if rng.random() < 0.04 else b(_BUYER_INFO))
 
@@ -1179,10 +1277,19 @@ def _story_messages(rng: random.Random, ctx: _Ctx, problem: str, response: str, 
             tpl = table["any"]
         else:
             tpl = table[kind]
-        msgs.append(s(tpl))
+        stance = _STANCE[response]
+        stance_tpl = stance.get(kind, stance.get("any"))
+
+        def say() -> str:  # the response, usually closed by the seller's bottom line (before any sign-off)
+            t = _ch(rng, tpl)
+            if rng.random() < 0.75:
+                t += " " + _ch(rng, stance_tpl)
+            return s((t,))
+
+        msgs.append(say())
         if rng.random() < 0.25:
             msgs.append(b(_BUYER_CLARIFY))
-            msgs.append(s(tpl))
+            msgs.append(say())
 
     if filler_at_end:
         msgs.extend(filler)
@@ -1210,7 +1317,10 @@ def _story_messages(rng: random.Random, ctx: _Ctx, problem: str, response: str, 
             tpl = fin["proof_invalid_" + kind]
         else:
             tpl = fin["other_" + kind]
-    msgs.append(b(tpl))
+    last = _ch(rng, tpl)
+    if final in _FINAL_TAG and rng.random() < 0.7:  # the buyer's bottom line, before any sign-off
+        last += " " + _ch(rng, _FINAL_TAG[final])
+    msgs.append(b((last,)))
     if final in ("confirms", "withdraws") and response != "ignore" and rng.random() < 0.4:
         msgs.append(s(_SELLER_CLOSE))
     elif final.startswith("disputes") and response != "ignore" and rng.random() < 0.25:

@@ -142,7 +142,9 @@ def test_label_balance_and_noise(stories: dict[str, list]) -> None:
     pos = sum(y) / len(y)
     assert 0.35 <= pos <= 0.50, pos
     flipped = sum(stories["label_noise"]) / len(y)
-    assert 0.04 <= flipped <= 0.08, flipped
+    # LABEL_NOISE is 4%: enough to cap accuracy near 96% (and AUROC near 0.92, since a flipped record
+    # is ranked on the wrong side whatever the model does), not so much that the demo cannot be learned.
+    assert 0.025 <= flipped <= 0.06, flipped
     # The noise is exactly the disagreement between the story label and the published label.
     for clean, noisy, flag in zip(stories["story_label"], y, stories["label_noise"]):
         assert (clean != noisy) == flag
@@ -216,7 +218,7 @@ def test_latent_story_determines_the_label_but_no_single_part_does(stories: dict
     ]
     assert recomputed == stories["story_label"]
     story_acc = sum(a == b for a, b in zip(recomputed, y)) / n
-    assert 0.90 <= story_acc <= 0.96, story_acc  # only the label noise is unexplained
+    assert 0.94 <= story_acc <= 0.975, story_acc  # only the label noise is unexplained
 
     def best_single_factor_accuracy(col: str) -> float:
         groups: dict[str, list[int]] = collections.defaultdict(list)
