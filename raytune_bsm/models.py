@@ -47,6 +47,9 @@ class TextBertBase(pl.LightningModule):
         self.head = nn.Linear(H, cfg["hidden_common_dim"])
         self._reinit(cfg["reinit_pooler"], cfg["reinit_layers"])
         self._freeze(cfg["freeze_layers"])
+        # `from_pretrained` returns the encoder in eval mode and Lightning keeps each module's mode, so without
+        # this the encoder's own dropout would silently stay off while fine-tuning. Frozen layers stay in eval.
+        self.train()
 
     def _reinit(self, reinit_pooler: bool, reinit_layers: int) -> None:
         """Re-draw the pooler and/or the top `reinit_layers` encoder layers, independently of each other."""
@@ -78,9 +81,16 @@ class TextBertBase(pl.LightningModule):
         n_layers = len(self.bert.encoder.layer)
         if n > n_layers:
             raise ConfigError(f"--freeze-layers must be between 0 and {n_layers}, got {n}")
-        if n:
-            for module in [self.bert.embeddings, *self.bert.encoder.layer[:n]]:
-                module.requires_grad_(False)
+        self._frozen = [self.bert.embeddings, *self.bert.encoder.layer[:n]] if n else []
+        for module in self._frozen:
+            module.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> "TextBertBase":
+        """Frozen layers never train, so they stay in eval mode (no dropout noise in features nobody learns)."""
+        super().train(mode)
+        for module in getattr(self, "_frozen", []):
+            module.eval()
+        return self
 
     def _pool(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """[N, T] chunks -> [N, H]: BERT's pooler output, or the mean of the chunk's token states."""

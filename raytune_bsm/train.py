@@ -183,6 +183,7 @@ def train_loop(config: dict[str, Any]) -> dict[str, float]:
     setup_logging()
     # torchmetrics already syncs its state across ranks in compute(); Lightning's advice does not apply.
     warnings.filterwarnings("ignore", message=".*sync_dist=True.*")
+    warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")  # frozen layers, on purpose
     run = RunConfig.from_dict(config)
     on_ray = run.train.runtime == "ray"
     rank, world = 0, 1
