@@ -45,9 +45,11 @@ def demo_data_dir(rows: int = 1000, seed: int = 0) -> Path:
 
     import hashlib
 
-    from . import demo
+    from . import demo, demo_phrases
 
-    version = hashlib.sha256(Path(demo.__file__).read_bytes()).hexdigest()[:8]  # a new generator, new data
+    # A new generator or new phrases: new data.
+    source = b"".join(Path(m.__file__).read_bytes() for m in (demo, demo_phrases))
+    version = hashlib.sha256(source).hexdigest()[:8]
     out = bsm_home() / "demo-data" / f"rows{rows}-seed{seed}-{version}"
     if not all((out / f"{s}.parquet").exists() for s in ("train", "val", "test")):
         out.mkdir(parents=True, exist_ok=True)
