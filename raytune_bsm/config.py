@@ -12,7 +12,6 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
-from .data import DataConfig
 from .errors import ConfigError
 from .pretrained import DEFAULT_MODEL
 
@@ -101,6 +100,40 @@ def resolve_model_config(config: dict[str, Any]) -> dict[str, Any]:
 def default_metric(num_classes: int) -> str:
     """What checkpoints and sweeps rank by unless told: AUROC for binary, macro-F1 for multiclass."""
     return "val_auroc" if num_classes == 2 else "val_f1_score"
+
+
+@dataclass
+class DataConfig:
+    train: str | None = None  # None: the demo data
+    val: str | None = None  # None: split off `train` by `val_fraction`
+    test: str | None = None
+    text_field: str = "dialogue"
+    label_field: str = "reversal_flag"
+    id_field: str | None = None  # None: the first of ID_CANDIDATES that is present, if any
+    val_fraction: float = 0.1
+    split_seed: int = 0
+    batch_size: int = 8  # small batches: more optimizer steps in the one CPU epoch of the default run
+    eval_batch_size: int = 32
+    group_by_length: bool = True
+    empty_dialogues: Literal["skip", "error"] = "skip"
+    num_workers: int = 0
+    demo_rows: int = 2000  # with no --train: the size of the generated demo data (train/val/test 80/10/10)
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ConfigError(f"--val-fraction must be between 0 and 1 (exclusive), got {self.val_fraction}")
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.eval_batch_size < 1:
+            raise ConfigError(f"eval_batch_size must be at least 1, got {self.eval_batch_size}")
+        if self.empty_dialogues not in ("skip", "error"):
+            raise ConfigError(f"empty_dialogues must be 'skip' or 'error', got {self.empty_dialogues!r}")
+        for name in ("text_field", "label_field"):
+            if not getattr(self, name):
+                raise ConfigError(f"--{name.replace('_', '-')} must not be empty")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 @dataclass

@@ -12,14 +12,15 @@ import logging
 import math
 import os
 import unicodedata
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Literal, Sequence
 
 import numpy as np
 import pyarrow as pa
 
-from .errors import ConfigError, DataError
+from .config import DataConfig  # noqa: F401  (defined with the other configs; imported from here too)
+from .errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -28,40 +29,6 @@ CSV = (".csv", ".tsv")
 JSONL = (".jsonl", ".ndjson", ".json")
 ID_CANDIDATES = ("order_id", "id", "record_id")
 MAX_SHOWN = 5  # offending rows named in an error
-
-
-@dataclass
-class DataConfig:
-    train: str | None = None  # None: the demo data
-    val: str | None = None  # None: split off `train` by `val_fraction`
-    test: str | None = None
-    text_field: str = "dialogue"
-    label_field: str = "reversal_flag"
-    id_field: str | None = None  # None: the first of ID_CANDIDATES that is present, if any
-    val_fraction: float = 0.1
-    split_seed: int = 0
-    batch_size: int = 8  # small batches: more optimizer steps in the one CPU epoch of the default run
-    eval_batch_size: int = 32
-    group_by_length: bool = True
-    empty_dialogues: Literal["skip", "error"] = "skip"
-    num_workers: int = 0
-    demo_rows: int = 2000  # with no --train: the size of the generated demo data (train/val/test 80/10/10)
-
-    def __post_init__(self) -> None:
-        if not 0.0 < self.val_fraction < 1.0:
-            raise ConfigError(f"--val-fraction must be between 0 and 1 (exclusive), got {self.val_fraction}")
-        if self.batch_size < 1:
-            raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}")
-        if self.eval_batch_size < 1:
-            raise ConfigError(f"eval_batch_size must be at least 1, got {self.eval_batch_size}")
-        if self.empty_dialogues not in ("skip", "error"):
-            raise ConfigError(f"empty_dialogues must be 'skip' or 'error', got {self.empty_dialogues!r}")
-        for name in ("text_field", "label_field"):
-            if not getattr(self, name):
-                raise ConfigError(f"--{name.replace('_', '-')} must not be empty")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 # ----------------------------------------------------------------------------------------------- reading files

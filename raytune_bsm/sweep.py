@@ -13,8 +13,16 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from .config import MODEL_DEFAULTS, RunConfig, ScalingConfig, TrainConfig, check_metric_name, default_metric
-from .data import DataConfig
+from .config import (
+    MODEL_DEFAULTS,
+    DataConfig,
+    RunConfig,
+    ScalingConfig,
+    TrainConfig,
+    check_metric_name,
+    default_metric,
+    load_yaml,
+)
 from .errors import ClusterError, ConfigError
 
 log = logging.getLogger("raytune_bsm")
@@ -222,19 +230,8 @@ def load_search_space(path: str | Path, num_layers: int | None = None) -> dict[s
     {grid: [...]} (every value, times --num-samples) | a constant. An optional top-level `mode: extend`
     (the default) adds to / overrides the default search space; `mode: replace` uses the file alone.
     """
-    import yaml
-
-    p = Path(path)
     where = f"--search-space {path}"
-    if not p.exists():
-        raise ConfigError(f"{where}: no such file")
-    try:
-        d = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{where}: not valid YAML: {str(e).splitlines()[0]}") from None
-    if not isinstance(d, dict):
-        raise ConfigError(f"{where}: expected a mapping of config keys to distributions at the top level")
-    d = dict(d)
+    d = dict(load_yaml(path, flag="--search-space"))
     mode = d.pop("mode", "extend")
     if mode not in SPACE_MODES:
         raise ConfigError(f"{where}: mode must be extend or replace, got {mode!r} (train.mode cannot be tuned)")
