@@ -37,20 +37,11 @@ OUT_FORMATS = {".parquet": "parquet", ".pq": "parquet", ".parq": "parquet", ".cs
                ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}  # fmt: skip
 
 
-class _TokenizerShim:
-    """What ChunkProcessor reads off a transformers tokenizer, from a bare `tokenizers.Tokenizer`."""
-
-    def __init__(self, tokenizer: Any, pad_id: int) -> None:
-        self.backend_tokenizer = tokenizer
-        self.pad_token_id = pad_id
-
-
 class Predictor:
     """An export directory loaded for scoring: ONNX Runtime session, tokenizer and chunk processor."""
 
     def __init__(self, export_dir: str, provider: str = "CPUExecutionProvider") -> None:
         import onnxruntime as ort
-        from tokenizers import Tokenizer
 
         from .processor import ChunkProcessor, ProcessorConfig
 
@@ -83,14 +74,8 @@ class Predictor:
         self.text_field: str = self.info.get("text_field") or self.info["processor"].get("text_field") or "dialogue"
         settings = self.info["processor"]
 
-        tok = Tokenizer.from_file(str(root / TOKENIZER_JSON))
-        pcfg = ProcessorConfig(
-            tokenizer=str(settings.get("tokenizer", "")),
-            max_chunks=int(settings["max_chunks"]),
-            max_tokens=int(settings["max_tokens"]),
-            keep_chunks=settings["keep_chunks"],
-        )
-        self.processor = ChunkProcessor(pcfg, tokenizer=_TokenizerShim(tok, int(settings["pad_id"])))
+        pcfg = ProcessorConfig.of_model(settings)
+        self.processor = ChunkProcessor.from_tokenizer_file(pcfg, str(root / TOKENIZER_JSON), int(settings["pad_id"]))
         if self.processor.prefix != list(settings["prefix"]) or self.processor.suffix != list(settings["suffix"]):
             raise ExportError(
                 f"{export_dir}: the tokenizer's special tokens {self.processor.prefix}/{self.processor.suffix} differ "

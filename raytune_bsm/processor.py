@@ -72,25 +72,39 @@ class ChunkProcessor:
     def __init__(self, config: ProcessorConfig, tokenizer: Any = None) -> None:
         self.config = config
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(config.tokenizer)
-        # Where the model's special tokens go around a chunk's content: [CLS] ... [SEP] for BERT.
-        # Read off the tokenizer's own post-processor, so any BERT-family model gets its own.
-        # A private copy of the Rust tokenizer with padding and truncation off: a tokenizer.json may carry
-        # both (all-MiniLM-L6-v2 pads and truncates to 128), which would silently cut long messages.
+        pad = self.tokenizer.pad_token_id
+        self._setup(self.tokenizer.backend_tokenizer, 0 if pad is None else int(pad))
+
+    @classmethod
+    def from_tokenizer_file(cls, config: ProcessorConfig, tokenizer_json: str, pad_id: int) -> "ChunkProcessor":
+        """A processor from a bare `tokenizer.json` (an export's): no transformers, no torch."""
         from tokenizers import Tokenizer
 
-        rust = Tokenizer.from_str(self.tokenizer.backend_tokenizer.to_str())
+        self = cls.__new__(cls)
+        self.config, self.tokenizer = config, None
+        self._setup(Tokenizer.from_file(tokenizer_json), pad_id)
+        return self
+
+    def _setup(self, rust_tokenizer: Any, pad_id: int) -> None:
+        # A private copy of the Rust tokenizer with padding and truncation off: a tokenizer.json may carry
+        # both (all-MiniLM-L6-v2 pads and truncates to 128), which would silently cut long messages. Its
+        # batch call also skips the Python-side wrapping of `tokenizer(...)`.
+        from tokenizers import Tokenizer
+
+        rust = Tokenizer.from_str(rust_tokenizer.to_str())
         rust.no_padding()
         rust.no_truncation()
+        # Where the model's special tokens go around a chunk's content ([CLS] ... [SEP] for BERT), read off
+        # the tokenizer's own post-processor, so any BERT-family model gets its own.
         bare = rust.encode("hello", add_special_tokens=False).ids
         full = rust.encode("hello", add_special_tokens=True).ids
         at = next(i for i in range(len(full) - len(bare) + 1) if full[i : i + len(bare)] == bare)
         self.prefix = list(full[:at])
         self.suffix = list(full[at + len(bare) :])
-        self.budget = config.max_tokens - len(self.prefix) - len(self.suffix)  # content tokens per chunk
+        self.budget = self.config.max_tokens - len(self.prefix) - len(self.suffix)  # content tokens per chunk
         if self.budget < 1:
-            raise ConfigError(f"--max-tokens {config.max_tokens} leaves no room beside the special tokens")
-        self.pad_id = int(self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0)
-        # The Rust tokenizer: its batch call skips the Python-side wrapping of `tokenizer(...)`.
+            raise ConfigError(f"--max-tokens {self.config.max_tokens} leaves no room beside the special tokens")
+        self.pad_id = pad_id
         self._rust = rust
 
     def settings(self) -> dict[str, Any]:
