@@ -285,34 +285,44 @@ def parse_value(text: str) -> Any:
         return text
 
 
-def apply_overrides(d: dict[str, Any], items: list[str]) -> dict[str, Any]:
-    """Apply `--set key=value` items. A key is `section.key` or a bare key found in exactly one section."""
-    d = copy.deepcopy(d)
-    sections = {
+def config_sections() -> dict[str, set[str]]:
+    """Every run-config key, by section."""
+    return {
         "model": set(MODEL_DEFAULTS),
         "data": {f.name for f in fields(DataConfig)},
         "train": {f.name for f in fields(TrainConfig)},
         "scaling": {f.name for f in fields(ScalingConfig)},
     }
+
+
+def resolve_key(key: str, where: str) -> tuple[str, str]:
+    """`section.key`, or a bare key found in exactly one section -> (section, key); errors name `where`."""
+    sections = config_sections()
+    key = str(key).strip()
+    if "." in key:
+        section, name = key.split(".", 1)
+        if section not in sections or name not in sections[section]:
+            raise ConfigError(f"{where}: unknown key {key!r}")
+        return section, name
+    owners = [s for s, names in sections.items() if key in names]
+    if not owners:
+        raise ConfigError(f"{where}: unknown key {key!r}; see the recipes in jobs/ for every key")
+    if len(owners) > 1:
+        raise ConfigError(f"{where}: key {key!r} is ambiguous; write one of {', '.join(f'{o}.{key}' for o in owners)}")
+    return owners[0], key
+
+
+def apply_overrides(d: dict[str, Any], items: list[str]) -> dict[str, Any]:
+    """Apply `--set key=value` items. A key is `section.key` or a bare key found in exactly one section."""
+    d = copy.deepcopy(d)
     for item in items:
         if "=" not in item:
             raise ConfigError(f"--set takes key=value, got {item!r}")
         key, raw = item.split("=", 1)
-        key = key.strip()
-        if "." in key:
-            section, name = key.split(".", 1)
-            if section not in sections or name not in sections[section]:
-                raise ConfigError(f"--set {key}: unknown key")
-        elif key in ("name", "storage"):
-            d[key] = parse_value(raw)
+        if key.strip() in ("name", "storage"):
+            d[key.strip()] = parse_value(raw)
             continue
-        else:
-            owners = [s for s, names in sections.items() if key in names]
-            if not owners:
-                raise ConfigError(f"--set {key}: unknown key; see the recipes in jobs/ for every key")
-            if len(owners) > 1:
-                raise ConfigError(f"--set {key}: ambiguous, write one of {', '.join(f'{o}.{key}' for o in owners)}")
-            section, name = owners[0], key
+        section, name = resolve_key(key, f"--set {key.strip()}")
         d.setdefault(section, {})[name] = parse_value(raw)
     return d
 

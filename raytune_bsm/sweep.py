@@ -14,14 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from .config import (
-    MODEL_DEFAULTS,
-    DataConfig,
     RunConfig,
-    ScalingConfig,
-    TrainConfig,
     check_metric_name,
     default_metric,
     load_yaml,
+    resolve_key,
 )
 from .errors import ClusterError, ConfigError
 
@@ -39,12 +36,6 @@ RELEASE_AFTER_S = 5.0  # a stopped trial's placement group is released this long
 LEADERBOARD_ROWS = 10
 TRIAL_RESOURCES = {"CPU": 0, "memory": 1}  # the trial driver only waits on its trainer; Tune needs a non-empty bundle
 
-_SECTIONS: dict[str, set[str]] = {
-    "model": set(MODEL_DEFAULTS),
-    "data": {f.name for f in fields(DataConfig)},
-    "train": {f.name for f in fields(TrainConfig)},
-    "scaling": {f.name for f in fields(ScalingConfig)},
-}
 
 
 # ----------------------------------------------------------------------------------------------- settings
@@ -165,18 +156,7 @@ def default_search_space(num_layers: int | None = None) -> dict[str, Any]:
 
 def canonical_key(key: str, where: str) -> str:
     """"lr" / "model.lr" -> "model.lr" (a bare key must belong to exactly one section)."""
-    key = str(key).strip()
-    if "." in key:
-        section, name = key.split(".", 1)
-        if section not in _SECTIONS or name not in _SECTIONS[section]:
-            raise ConfigError(f"{where}: unknown key {key!r}")
-    else:
-        owners = [s for s, names in _SECTIONS.items() if key in names]
-        if not owners:
-            raise ConfigError(f"{where}: unknown key {key!r}; keys are config keys such as lr, model.lr, data.batch_size")
-        if len(owners) > 1:
-            raise ConfigError(f"{where}: key {key!r} is ambiguous; write one of {', '.join(f'{o}.{key}' for o in owners)}")
-        section, name = owners[0], key
+    section, name = resolve_key(key, where)
     full = f"{section}.{name}"
     if section == "scaling":
         raise ConfigError(f"{where}: {full} cannot be tuned: every trial gets the same resources "

@@ -56,16 +56,9 @@ log = logging.getLogger("raytune_bsm")
 
 def _trainer(run: RunConfig, monitor: str, *, storage: str, callbacks: list[Any]) -> Any:
     """`ray_train.trainer_for` with Train callbacks (TuneReportCallback) in its RunConfig."""
-    import inspect
-
     from . import ray_train
 
-    if "callbacks" in inspect.signature(ray_train.trainer_for).parameters:
-        return ray_train.trainer_for(run, monitor, storage=storage, callbacks=callbacks)
-    trainer = ray_train.trainer_for(run, monitor, storage=storage)
-    # Until trainer_for takes `callbacks`: the V2 trainer reads run_config.callbacks when fit() starts.
-    trainer.run_config.callbacks = list(trainer.run_config.callbacks or []) + list(callbacks)
-    return trainer
+    return ray_train.trainer_for(run, monitor, storage=storage, callbacks=callbacks)
 
 
 def read_epochs(run_dir: str) -> list[dict[str, Any]]:
