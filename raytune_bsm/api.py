@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from .config import RunConfig, apply_overrides, check_metric_name, load_yaml
+from .config import RunConfig, apply_overrides, check_monitor_computed, load_yaml
 from .errors import ClusterError, ConfigError, JobError
 from .launch import Submission, build_submission, default_name, stage
 
@@ -85,9 +85,7 @@ def resolve_run(opts: SubmitOptions, kind: str = "train") -> RunConfig:
     d["name"] = opts.name or d.get("name") or default_name(kind)
     d = apply_overrides(d, opts.sets)
     _check_name(d["name"])
-    run = RunConfig.from_dict(d)
-    if run.train.monitor:
-        check_metric_name(run.train.monitor)
+    run = RunConfig.from_dict(d)  # also checks the metric's name
     _check_model(run)
     return run
 
@@ -101,17 +99,14 @@ def _check_name(name: str) -> None:
 
 def _check_model(run: RunConfig) -> None:
     """Checks that need the model's config.json, read without importing torch (local models only)."""
-    from .pretrained import resolve_model
+    from .pretrained import model_dims
 
     cfg = run.model_config()
-    path = Path(resolve_model(cfg["tokenizer"])) / "config.json"
-    if cfg["encoder_config"] is not None:
-        layers, positions = cfg["encoder_config"].get("num_hidden_layers"), cfg["encoder_config"].get("max_position_embeddings")
-    elif path.exists():
-        mc = json.loads(path.read_text())
-        layers, positions = mc.get("num_hidden_layers"), mc.get("max_position_embeddings")
-    else:
+    check_monitor_computed(run.train.monitor or "val_loss", cfg["metric_choices"])
+    dims = model_dims(cfg["tokenizer"], cfg["encoder_config"])
+    if dims is None:
         return  # a hub name: checked on the cluster, where it is loaded
+    layers, positions = dims.get("num_hidden_layers"), dims.get("max_position_embeddings")
     if layers is not None and not 0 <= cfg["reinit_layers"] <= layers:
         raise ConfigError(
             f"--reinit-layers must be between 0 and {layers} (the model has {layers} encoder layers), "
@@ -119,9 +114,6 @@ def _check_model(run: RunConfig) -> None:
         )
     if positions is not None and cfg["max_tokens"] > positions:
         raise ConfigError(f"--max-tokens must be at most {positions} for this model, got {cfg['max_tokens']}")
-    bad = [m for m in ([run.train.monitor] if run.train.monitor else []) if m.removeprefix("val_") not in cfg["metric_choices"] + ["loss"]]
-    if bad:
-        raise ConfigError(f"--metric {bad[0]} is not among the computed metrics {cfg['metric_choices']}")
 
 
 def check_local_data(run: RunConfig) -> None:

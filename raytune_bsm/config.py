@@ -167,6 +167,12 @@ class TrainConfig:
             check_metric_name(self.monitor)
 
 
+def check_monitor_computed(monitor: str, metric_choices: list[str]) -> None:
+    """The ranking metric must be one the model logs: a wrong name would silently keep the wrong checkpoints."""
+    if monitor.removeprefix("val_") not in list(metric_choices) + ["loss"]:
+        raise ConfigError(f"--metric {monitor} is not computed; metric_choices are {list(metric_choices)}")
+
+
 def check_metric_name(name: str) -> None:
     allowed = [f"{split}_{m}" for split in ("val",) for m in METRICS] + ["val_loss"]
     if name not in allowed:

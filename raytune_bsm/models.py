@@ -24,7 +24,7 @@ from torch import nn
 
 from .errors import ConfigError
 
-from .config import METRICS, resolve_model_config as resolve_config  # noqa: F401  (torch-free, for the CLI)
+from .config import resolve_model_config  # defaults and checks live with the torch-free configs
 
 
 class TextBertBase(pl.LightningModule):
@@ -34,7 +34,7 @@ class TextBertBase(pl.LightningModule):
         super().__init__()
         from .pretrained import load_encoder
 
-        self.config = resolve_config(config)
+        self.config = resolve_model_config(config)
         self.save_hyperparameters({"config": self.config})  # a checkpoint alone rebuilds the model
         cfg = self.config
         self.ids_key = f"{cfg['text_name']}_processed_input_ids"

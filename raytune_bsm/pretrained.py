@@ -6,6 +6,7 @@ The default model, all-MiniLM-L6-v2 (6 layers, hidden 384, with its pooler), shi
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from .errors import ConfigError
@@ -64,3 +65,15 @@ def load_encoder(name: str, encoder_config: dict | None = None, pooler: bool = T
             f"cannot load model {name!r} ({e.__class__.__name__}); with no network give a local model "
             f"directory or the offline default {DEFAULT_MODEL!r}"
         ) from None
+
+
+def model_dims(name: str, encoder_config: dict | None = None) -> dict | None:
+    """The encoder's config (layers, positions, ...) without loading it: `encoder_config`, or a local
+    config.json; None for a hub name (known only where it is loaded)."""
+    if encoder_config is not None:
+        return encoder_config
+    try:
+        path = Path(resolve_model(name)) / "config.json"
+    except ConfigError:
+        return None
+    return json.loads(path.read_text()) if path.exists() else None

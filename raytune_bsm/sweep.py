@@ -6,7 +6,6 @@ The cluster side (running the sweep, its record) is `sweep_run.py`.
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import re
 from dataclasses import asdict, dataclass, fields, replace
@@ -225,18 +224,11 @@ def load_search_space(path: str | Path, num_layers: int | None = None) -> dict[s
 
 def model_layers(run: RunConfig) -> int | None:
     """The encoder's layer count, when it is known without loading the model (a local config.json)."""
-    from .pretrained import resolve_model
+    from .pretrained import model_dims
 
     cfg = run.model_config()
-    if cfg.get("encoder_config"):
-        return cfg["encoder_config"].get("num_hidden_layers")
-    try:
-        path = Path(resolve_model(cfg["tokenizer"])) / "config.json"
-    except ConfigError:
-        return None
-    if path.exists():
-        return json.loads(path.read_text()).get("num_hidden_layers")
-    return None
+    dims = model_dims(cfg["tokenizer"], cfg["encoder_config"])
+    return dims.get("num_hidden_layers") if dims else None
 
 
 def resolve_space(run: RunConfig, sweep: SweepConfig) -> dict[str, Any]:

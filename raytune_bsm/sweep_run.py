@@ -29,7 +29,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .config import RunConfig, dumps
+from .config import RunConfig, check_monitor_computed, dumps
 from .errors import ConfigError
 from .storage import exists, join, read_bytes, write_bytes, write_table
 
@@ -487,9 +487,7 @@ def run_sweep(run: RunConfig, sweep: SweepConfig, *, storage: str) -> dict[str, 
         trial_run = sweep.apply(run, num_classes=_num_classes(run))
     check_search_space(trial_run, space)
     monitor, mode = trial_run.train.monitor, trial_run.train.mode
-    metric_choices = trial_run.model_config()["metric_choices"]
-    if monitor.removeprefix("val_") not in metric_choices + ["loss"]:
-        raise ConfigError(f"--metric {monitor} is not computed; metric_choices are {metric_choices}")
+    check_monitor_computed(monitor, trial_run.model_config()["metric_choices"])
 
     if not ray.is_initialized():
         ray.init()

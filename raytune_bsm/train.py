@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import sys
 import time
@@ -18,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import RunConfig, dumps
+from .config import RunConfig, check_monitor_computed, dumps
 from .data import Collate, EncodedDataset, LengthGroupedBatchSampler, Labels, load_split, split_off
 from .errors import ConfigError, DataError
 from .processor import ChunkProcessor, ProcessorConfig
@@ -199,8 +198,7 @@ def train_loop(config: dict[str, Any]) -> dict[str, float]:
 
     prep = prepare(run)
     monitor = run.monitor(len(prep.labels.names))
-    if monitor.removeprefix("val_") not in prep.model_config["metric_choices"] + ["loss"]:
-        raise ConfigError(f"--metric {monitor} is not computed; metric_choices are {prep.model_config['metric_choices']}")
+    check_monitor_computed(monitor, prep.model_config["metric_choices"])
     train_dl, val_dl, test_dl = loaders(run, prep, rank, world)
     model = TextBertClassifier(prep.model_config)
 
