@@ -53,9 +53,14 @@ class SubmitOptions:
     allow_insecure: bool = False
 
 
-def resolve_run(opts: SubmitOptions, kind: str = "train") -> RunConfig:
+def recipe(opts: SubmitOptions) -> dict[str, Any]:
+    """The --config YAML recipe ({} without one)."""
+    return load_yaml(opts.config) if opts.config else {}
+
+
+def resolve_run(opts: SubmitOptions, kind: str = "train", recipe_: dict[str, Any] | None = None) -> RunConfig:
     """Recipe (--config) <- flags <- --set items -> a validated RunConfig."""
-    d: dict[str, Any] = load_yaml(opts.config) if opts.config else {}
+    d: dict[str, Any] = recipe(opts) if recipe_ is None else recipe_
     d = {k: (dict(v) if isinstance(v, dict) else v) for k, v in d.items() if k != "tune"}  # `tune:`: api.tune
     for section in ("model", "data", "train", "scaling"):
         d.setdefault(section, {})
@@ -209,11 +214,8 @@ def _submit(client: Any, conn: Any, sub: Submission, submission_id: str | None =
     return job_id
 
 
-def check_resources(sub: Submission, conn: Any, *, per_trial_workers: int | None = None) -> Any:
+def check_resources(sub: Submission, conn: Any, res: Any) -> None:
     """Refuse a job the cluster cannot fit (a warning when it can autoscale)."""
-    from .connection import cluster_resources
-
-    res = cluster_resources(conn)
     workers = sub.scaling["num_workers"]
     per = sub.scaling["resources_per_worker"]
     need_gpus, need_cpus = workers * per.get("GPU", 0), workers * per["CPU"]
@@ -233,7 +235,6 @@ def check_resources(sub: Submission, conn: Any, *, per_trial_workers: int | None
             log.warning("%s; the cluster can autoscale, so the job will wait for new nodes", msg)
         else:
             raise ClusterError(f"{msg}; ask for fewer (--num-gpus/--num-workers/--cpus-per-worker) or use a bigger cluster")
-    return res
 
 
 def submit(opts: SubmitOptions, *, kind: str = "train", extra: dict[str, Any] | None = None,
@@ -243,32 +244,28 @@ def submit(opts: SubmitOptions, *, kind: str = "train", extra: dict[str, Any] | 
         return plan(opts, kind, extra)  # no cluster is contacted or started
     from . import connection
 
-    run = resolve_run(opts, kind)  # flags first: a typo never starts a cluster
+    rec = recipe(opts)
+    run = resolve_run(opts, kind, rec)  # flags first: a typo never starts a cluster
     conn, client = _connect(opts.address)
     connection.check_secure(conn, opts.allow_insecure)
-    user_cpus = opts.cpus_per_worker is not None or "cpus_per_worker" in _recipe_scaling(opts) or any(
+    user_cpus = opts.cpus_per_worker is not None or "cpus_per_worker" in (rec.get("scaling") or {}) or any(
         s.split("=", 1)[0].endswith("cpus_per_worker") for s in opts.sets
     )
+    res = connection.cluster_resources(conn)
     if not user_cpus and not run.scaling.use_gpu:
-        run = _fit_cpus(run, conn)
+        run = _fit_cpus(run, res)
     sub = plan(opts, kind, extra, conn, run=run)
     for w in sub.warnings:
         log.warning("%s", w)
-    check_resources(sub, conn)
+    check_resources(sub, conn, res)
     return _submit(client, conn, sub)
 
 
-def _recipe_scaling(opts: SubmitOptions) -> dict[str, Any]:
-    return dict((load_yaml(opts.config) if opts.config else {}).get("scaling") or {})
-
-
-def _fit_cpus(run: RunConfig, conn: Any) -> RunConfig:
+def _fit_cpus(run: RunConfig, res: Any) -> RunConfig:
     """CPU runs without --cpus-per-worker: share the largest node's CPUs among the workers (at most 8 each)."""
     from dataclasses import replace
 
-    from .connection import cluster_resources
-
-    biggest = max((n.cpus for n in cluster_resources(conn).nodes), default=1)
+    biggest = max((n.cpus for n in res.nodes), default=1)
     per = max(1, min(8, int(biggest) // run.scaling.num_workers))
     return replace(run, scaling=replace(run.scaling, cpus_per_worker=per))
 
@@ -288,9 +285,10 @@ def tune(opts: SubmitOptions, sweep: dict[str, Any] | None = None, *, search_spa
 
     if resume:
         return _resume_sweep(opts, resume, dry_run=dry_run)
-    recipe_tune = dict((load_yaml(opts.config) if opts.config else {}).get("tune") or {})
+    rec = recipe(opts)
+    recipe_tune = dict(rec.get("tune") or {})
     settings = SweepConfig.from_dict({**recipe_tune, **{k: v for k, v in (sweep or {}).items() if v is not None}})
-    run = resolve_run(opts, "tune")
+    run = resolve_run(opts, "tune", rec)
     if search_space:
         settings = replace(settings, search_space=load_search_space(search_space, model_layers(run)))
     settings = replace(settings, search_space=resolve_space(run, settings))  # the plan shows what is sampled
