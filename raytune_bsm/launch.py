@@ -19,6 +19,7 @@ from typing import Any
 
 from .config import RunConfig
 from .errors import ConfigError
+from .storage import join
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 JOBS_DIR = PACKAGE_DIR.parent / "jobs"  # in a source checkout
@@ -105,16 +106,10 @@ def build_submission(run: RunConfig, *, kind: str = "train", storage: str, extra
             "env_vars": ENV_VARS,
         },
         metadata={"bsm": "1", "bsm_kind": kind, "bsm_run": run.name, "bsm_storage": storage,
-                  "bsm_run_dir": _join(storage, run.name)},  # fmt: skip
+                  "bsm_run_dir": join(storage, run.name)},  # fmt: skip
         scaling=scaling,
         warnings=list(warnings or []),
     )
-
-
-def _join(base: str, name: str) -> str:
-    from .storage import join
-
-    return join(base, name)
 
 
 def stage(sub: Submission, dest: Path) -> dict[str, Any]:
