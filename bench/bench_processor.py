@@ -16,8 +16,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def main() -> None:
-    from raytune_bsm.demo import make_dialogues
-    from raytune_bsm.processor import ChunkProcessor, ProcessorConfig
+    from raytune_bsm.demo.generator import make_dialogues
+    from raytune_bsm.data.processor import ChunkProcessor, ProcessorConfig
 
     p = argparse.ArgumentParser()
     p.add_argument("--rows", type=int, default=4000)

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from .config import RunConfig, apply_overrides, check_monitor_computed, load_yaml
-from .errors import ClusterError, ConfigError, JobError
-from .launch import Submission, build_submission, default_name, stage
+from raytune_bsm.config import RunConfig, apply_overrides, check_monitor_computed, load_yaml
+from raytune_bsm.errors import ClusterError, ConfigError, JobError
+from raytune_bsm.client.submission import Submission, build_submission, default_name, stage
 
 log = logging.getLogger("raytune_bsm")
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
@@ -104,7 +104,7 @@ def _check_name(name: str) -> None:
 
 def _check_model(run: RunConfig) -> None:
     """Checks that need the model's config.json, read without importing torch (local models only)."""
-    from .pretrained import model_dims
+    from raytune_bsm.pretrained import model_dims
 
     cfg = run.model_config()
     check_monitor_computed(run.train.monitor or "val_loss", cfg["metric_choices"])
@@ -123,9 +123,9 @@ def _check_model(run: RunConfig) -> None:
 
 def check_local_data(run: RunConfig) -> None:
     """Schema-check local data files before submission (remote URIs are checked on the cluster)."""
-    from .data import load_split
+    from raytune_bsm.data.dataset import load_split
 
-    from .errors import DataError
+    from raytune_bsm.errors import DataError
 
     d = run.data
     if d.train is None or "://" in d.train:
@@ -144,19 +144,19 @@ def check_local_data(run: RunConfig) -> None:
 
 
 def up(num_cpus: int | None = None, num_gpus: int | None = None) -> Any:
-    from . import cluster
+    from raytune_bsm.client import local_cluster as cluster
 
     return cluster.up(num_cpus, num_gpus)
 
 
 def down() -> Any:
-    from . import cluster
+    from raytune_bsm.client import local_cluster as cluster
 
     return cluster.down()
 
 
 def _connect(address: str | None, *, start: bool = True) -> tuple[Any, Any]:
-    from . import connection
+    from raytune_bsm.client import connection
 
     conn = connection.resolve_connection(address, start=start)
     return conn, connection.job_client(conn)
@@ -168,7 +168,7 @@ def _connect(address: str | None, *, start: bool = True) -> tuple[Any, Any]:
 def plan(opts: SubmitOptions, kind: str = "train", extra: dict[str, Any] | None = None,
          conn: Any = None, run: RunConfig | None = None) -> Submission:  # fmt: skip
     """The submission, fully validated; with `conn`, also checked against that cluster's storage rules."""
-    from .cluster import bsm_home
+    from raytune_bsm.client.local_cluster import bsm_home
 
     run = run or resolve_run(opts, kind)
     warnings: list[str] = []
@@ -242,7 +242,7 @@ def submit(opts: SubmitOptions, *, kind: str = "train", extra: dict[str, Any] | 
     """Validate, check against the cluster, stage and submit; return the job id (or the plan when dry_run)."""
     if dry_run:
         return plan(opts, kind, extra)  # no cluster is contacted or started
-    from . import connection
+    from raytune_bsm.client import connection
 
     rec = recipe(opts)
     run = resolve_run(opts, kind, rec)  # flags first: a typo never starts a cluster
@@ -279,9 +279,9 @@ def tune(opts: SubmitOptions, sweep: dict[str, Any] | None = None, *, search_spa
     at once is computed from the cluster's resources (a sweep that cannot fit one trial is an error)."""
     from dataclasses import replace
 
-    from . import connection
-    from .sweep import SweepConfig, check_search_space, load_search_space, max_concurrent_trials
-    from .sweep import model_layers, resolve_space
+    from raytune_bsm.client import connection
+    from raytune_bsm.sweep import SweepConfig, check_search_space, load_search_space, max_concurrent_trials
+    from raytune_bsm.sweep import model_layers, resolve_space
 
     if resume:
         return _resume_sweep(opts, resume, dry_run=dry_run)
@@ -309,9 +309,9 @@ def tune(opts: SubmitOptions, sweep: dict[str, Any] | None = None, *, search_spa
 
 def _resume_sweep(opts: SubmitOptions, name: str, *, dry_run: bool) -> Submission | str:
     """`bsm tune --resume NAME`: the stored run and sweep settings, a new job that continues the sweep."""
-    from . import connection
-    from .cluster import bsm_home
-    from .sweep_run import load_sweep_record
+    from raytune_bsm.client import connection
+    from raytune_bsm.client.local_cluster import bsm_home
+    from raytune_bsm.runner.tune import load_sweep_record
 
     conn, client = (None, None) if dry_run else _connect(opts.address)
     storage = opts.storage or (conn.storage_default if conn is not None else None) or str(bsm_home() / "runs")
@@ -373,7 +373,7 @@ def status(job_id: str | None = None, *, address: str | None = None) -> dict[str
 
 
 def _read_result(run_dir: str | None) -> dict[str, Any] | None:
-    from .storage import exists, join, read_bytes
+    from raytune_bsm.storage import exists, join, read_bytes
 
     if not run_dir:
         return None
@@ -505,7 +505,7 @@ def list_jobs(*, address: str | None = None) -> list[dict[str, Any]]:
 
 
 def demo_data(out: str, rows: int = 2000, seed: int = 0) -> dict[str, Path]:
-    from .demo import write_demo_data
+    from raytune_bsm.demo.generator import write_demo_data
 
     return write_demo_data(out, rows=rows, seed=seed)
 
@@ -516,14 +516,14 @@ def demo_data(out: str, rows: int = 2000, seed: int = 0) -> dict[str, Path]:
 
 def fetch(source: str, to: str | None = None, *, address: str | None = None) -> Path:
     """Download a run's export (job id, run name, or path/URI) and verify every file against its manifest."""
-    from .artifacts import fetch as _fetch
+    from raytune_bsm.client.fetch import fetch as _fetch
 
     return _fetch(source, to, address=address)
 
 
 def export(checkpoint: str, to: str) -> dict[str, Any]:
     """Export any checkpoint this project wrote (a .ckpt file or a Ray checkpoint directory) to `to`."""
-    from .export import export_checkpoint
+    from raytune_bsm.model.export import export_checkpoint
 
     if not Path(checkpoint).expanduser().exists() and "://" not in checkpoint:
         raise ConfigError(f"CHECKPOINT {checkpoint}: no such file or directory")
@@ -533,6 +533,6 @@ def export(checkpoint: str, to: str) -> dict[str, Any]:
 def predict(export_dir: str, data: str, out: str | None = None, *, provider: str = "CPUExecutionProvider",
             batch_size: int = 32, progress: Any = None) -> str:  # fmt: skip
     """Score a Parquet/CSV/JSONL file with ONNX Runtime using the export's own tokenizer and settings."""
-    from .predict import predict_file
+    from raytune_bsm.predict import predict_file
 
     return predict_file(export_dir, data, out, provider=provider, batch_size=batch_size, progress=progress)

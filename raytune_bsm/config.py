@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
-from .errors import ConfigError
-from .pretrained import DEFAULT_MODEL
+from raytune_bsm.errors import ConfigError
+from raytune_bsm.pretrained import DEFAULT_MODEL
 
 METRICS = ("accuracy", "f1_score", "auroc", "precision", "recall")
 SCHEDULES = ("linear", "cosine", "polynomial", "constant")
@@ -89,7 +89,7 @@ def resolve_model_config(config: dict[str, Any]) -> dict[str, Any]:
     for key in ("warmup_steps", "hidden_common_dim"):
         if int(cfg[key]) != cfg[key] or cfg[key] < (1 if key == "hidden_common_dim" else 0):
             raise ConfigError(f"--{key.replace('_', '-')} must be a non-negative integer, got {cfg[key]}")
-    from .processor import ProcessorConfig  # validates max_chunks, max_tokens, keep_chunks; names the flags
+    from raytune_bsm.data.processor import ProcessorConfig  # validates max_chunks, max_tokens, keep_chunks; names the flags
 
     ProcessorConfig.of_model(cfg)
     if cfg["weight_decay"] < 0:

@@ -24,7 +24,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .errors import ConfigError, DataError, ExportError
+from raytune_bsm.errors import ConfigError, DataError, ExportError
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ class Predictor:
     def __init__(self, export_dir: str, provider: str = "CPUExecutionProvider") -> None:
         import onnxruntime as ort
 
-        from .processor import ChunkProcessor, ProcessorConfig
+        from raytune_bsm.data.processor import ChunkProcessor, ProcessorConfig
 
         available = ort.get_available_providers()
         if provider not in available:
@@ -160,7 +160,7 @@ def predict_file(
     directory). The file appears whole or not at all. Returns the output path."""
     import pyarrow as pa
 
-    from .data import ID_CANDIDATES, expand_path, read_file
+    from raytune_bsm.data.dataset import ID_CANDIDATES, expand_path, read_file
 
     out = out if out is not None else default_output(data)
     fmt = OUT_FORMATS.get(Path(out.split("?")[0]).suffix.lower())
@@ -220,7 +220,7 @@ def download_export(uri: str, local: Path) -> Path:
     """Copy what a Predictor reads of an export on a pyarrow filesystem (s3://, gs://, hdfs://) to `local`."""
     import pyarrow.fs as pafs
 
-    from .storage import filesystem
+    from raytune_bsm.storage import filesystem
 
     fs, path = filesystem(uri)
     if fs.get_file_info(path).type != pafs.FileType.Directory:
@@ -296,7 +296,7 @@ def _write(table: Any, out: str, fmt: str) -> None:
         data = ("\n".join(lines) + "\n" if lines else "").encode()
 
     if "://" in out and not out.startswith("file://"):
-        from .storage import write_bytes
+        from raytune_bsm.storage import write_bytes
 
         write_bytes(data, out)
         return

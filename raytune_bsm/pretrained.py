@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .errors import ConfigError
+from raytune_bsm.errors import ConfigError
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 # Names that mean "the copy installed from PyPI" rather than a hub download.

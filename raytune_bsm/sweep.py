@@ -12,14 +12,14 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from .config import (
+from raytune_bsm.config import (
     RunConfig,
     check_metric_name,
     default_metric,
     load_yaml,
     resolve_key,
 )
-from .errors import ClusterError, ConfigError
+from raytune_bsm.errors import ClusterError, ConfigError
 
 log = logging.getLogger("raytune_bsm")
 
@@ -224,7 +224,7 @@ def load_search_space(path: str | Path, num_layers: int | None = None) -> dict[s
 
 def model_layers(run: RunConfig) -> int | None:
     """The encoder's layer count, when it is known without loading the model (a local config.json)."""
-    from .pretrained import model_dims
+    from raytune_bsm.pretrained import model_dims
 
     cfg = run.model_config()
     dims = model_dims(cfg["tokenizer"], cfg["encoder_config"])
@@ -299,7 +299,7 @@ def resources_from_ray() -> Any:
     """The connected cluster's alive nodes as a ClusterResources (the cluster-side fallback for max_concurrent)."""
     import ray
 
-    from .connection import ClusterResources, NodeResources
+    from raytune_bsm.client.connection import ClusterResources, NodeResources
 
     nodes = [NodeResources(str(n.get("NodeManagerAddress", "?")), float(n["Resources"].get("CPU", 0)),
                            float(n["Resources"].get("GPU", 0))) for n in ray.nodes() if n.get("Alive")]  # fmt: skip

@@ -47,7 +47,7 @@ def bsm_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Monke
 @pytest.fixture(scope="session")
 def local_cluster():
     """A real local Ray cluster (token auth on, loopback), started the way `bsm up` does; stopped at the end."""
-    from raytune_bsm import cluster
+    from raytune_bsm.client import local_cluster as cluster
 
     rec = cluster.up(num_cpus=2, home=SESSION_HOME)
     try:

@@ -41,7 +41,7 @@ def test_dry_run_with_8_gpus_plans_8_workers_with_one_gpu_each(tmp_path):
     assert plan["scaling"]["resources_per_worker"]["GPU"] == 1
     assert plan["scaling"]["backend"] == "nccl"
     assert plan["scaling"]["placement_strategy"] in ("PACK", "SPREAD")
-    assert plan["entrypoint"] == "python jobs/train.py bsm_job.json"
+    assert plan["entrypoint"] == "python -m raytune_bsm.runner.train bsm_job.json"
     assert plan["config"]["scaling"]["num_workers"] == 8
     assert plan["metadata"]["bsm_run"] == "big"
     assert not (tmp_path / "cluster.json").exists()  # a dry run starts no cluster

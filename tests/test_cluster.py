@@ -1,4 +1,4 @@
-"""raytune_bsm.cluster: local clusters bsm starts/stops (real Ray), connections, token auth, resources.
+"""raytune_bsm.client.local_cluster: local clusters bsm starts/stops (real Ray), connections, token auth, resources.
 
 The `slow` tests start real local Ray clusters, each in a BSM_HOME of its own under tmp_path; one cluster
 is shared by the module (fixture `shared`) and a second one is started and stopped by the `down` test.
@@ -26,8 +26,8 @@ from typing import Any, ClassVar
 
 import pytest
 
-from raytune_bsm import cluster as cl
-from raytune_bsm import connection as cn
+from raytune_bsm.client import local_cluster as cl
+from raytune_bsm.client import connection as cn
 from raytune_bsm.errors import ClusterError, ConfigError
 
 AUTH_ENV = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")
@@ -658,7 +658,7 @@ def test_reserved_port_blocks_do_not_overlap() -> None:
 
 def test_import_is_cheap() -> None:
     out = subprocess.run(
-        [sys.executable, "-c", "import sys, raytune_bsm.cluster; print('ray' in sys.modules)"],
+        [sys.executable, "-c", "import sys, raytune_bsm.client.local_cluster; print('ray' in sys.modules)"],
         capture_output=True,
         text=True,
         check=True,

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from raytune_bsm.config import RunConfig
-from raytune_bsm.data import (
+from raytune_bsm.data.dataset import (
     Collate,
     DataConfig,
     EncodedDataset,
@@ -23,7 +23,7 @@ from raytune_bsm.data import (
     split_off,
 )
 from raytune_bsm.errors import DataError
-from raytune_bsm.train import prepare, train_loop
+from raytune_bsm.runner.worker import prepare, train_loop
 
 from conftest import TINY_ENCODER, write_parquet
 
@@ -90,7 +90,7 @@ def test_parquet_file_directory_glob_csv_and_jsonl_read_the_same_records(tmp_pat
 
 
 def test_jsonl_list_dialogues_process_like_newline_strings(tmp_path):
-    from raytune_bsm.processor import ChunkProcessor, ProcessorConfig
+    from raytune_bsm.data.processor import ChunkProcessor, ProcessorConfig
 
     data = records(6)
     as_lists = {**data, "dialogue": [d.split("\n") for d in data["dialogue"]]}
@@ -336,7 +336,7 @@ def test_empty_dialogues_are_skipped_with_a_count_logged(tmp_path, caplog, resto
     path = write_parquet(tmp_path / "train.parquet", **r)
     logger = logging.getLogger("raytune_bsm")
     logger.propagate = True  # train_loop, if it ran earlier in this process, turned propagation off
-    with caplog.at_level(logging.WARNING, logger="raytune_bsm.data"):
+    with caplog.at_level(logging.WARNING, logger="raytune_bsm.data.dataset"):
         split, _ = load_split(str(path), CFG, None)
     assert split.skipped_empty == 4
     assert split.ids == [0, 2, 3, 5]

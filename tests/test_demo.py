@@ -1,4 +1,4 @@
-"""Tests for the synthetic buyer–seller dialogue generator (raytune_bsm.demo)."""
+"""Tests for the synthetic buyer–seller dialogue generator (raytune_bsm.demo.generator)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from raytune_bsm import demo
+from raytune_bsm.demo import generator as demo
 from raytune_bsm.errors import ConfigError
 
 EXPECTED_SCHEMA = pa.schema(

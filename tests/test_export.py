@@ -16,13 +16,13 @@ import torch
 
 from conftest import TINY_ENCODER, write_parquet
 
-from raytune_bsm import export as export_mod
-from raytune_bsm.data import Collate, DataConfig, EncodedDataset, load_split
-from raytune_bsm.demo import make_dialogues
+from raytune_bsm.model import export as export_mod
+from raytune_bsm.data.dataset import Collate, DataConfig, EncodedDataset, load_split
+from raytune_bsm.demo.generator import make_dialogues
 from raytune_bsm.errors import ConfigError, ExportError
-from raytune_bsm.export import export_checkpoint
-from raytune_bsm.models import TextBertClassifier, load_checkpoint
-from raytune_bsm.processor import ChunkProcessor, ProcessorConfig
+from raytune_bsm.model.export import export_checkpoint
+from raytune_bsm.model.text_bert import TextBertClassifier, load_checkpoint
+from raytune_bsm.data.processor import ChunkProcessor, ProcessorConfig
 
 CLASSES = ["keep", "reverse"]
 MODEL_CFG = {

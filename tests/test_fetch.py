@@ -18,8 +18,8 @@ from raytune_bsm.errors import ExportError
 @pytest.fixture(scope="module")
 def published(tmp_path_factory) -> Path:
     """A run directory in a storage root, holding a real export of a tiny model."""
-    from raytune_bsm.export import export_checkpoint
-    from raytune_bsm.models import TextBertClassifier
+    from raytune_bsm.model.export import export_checkpoint
+    from raytune_bsm.model.text_bert import TextBertClassifier
 
     torch.manual_seed(0)
     model = TextBertClassifier(

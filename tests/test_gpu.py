@@ -30,7 +30,7 @@ def _run(name: str, workers: int, tmp_path) -> RunConfig:
 
 
 def test_precision_auto_is_bf16_on_bf16_gpus_and_fp16_on_older_ones_mocked_cuda(monkeypatch):
-    from raytune_bsm.train import precision_for
+    from raytune_bsm.runner.worker import precision_for
 
     run = _run("p", 1, __import__("pathlib").Path("/tmp"))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -45,7 +45,7 @@ def test_precision_auto_is_bf16_on_bf16_gpus_and_fp16_on_older_ones_mocked_cuda(
 @pytest.mark.gpu
 @needs_gpus(1)
 def test_one_epoch_on_one_gpu_in_bf16(tmp_path):
-    from raytune_bsm.train import train_loop
+    from raytune_bsm.runner.worker import train_loop
 
     metrics = train_loop(_run("gpu1", 1, tmp_path).to_dict())
     assert 0.0 <= metrics["val_auroc"] <= 1.0
@@ -58,7 +58,7 @@ def test_one_epoch_on_one_gpu_in_bf16(tmp_path):
 def test_two_gpu_workers_train_with_nccl_and_stay_in_sync(tmp_path):
     import ray
 
-    from raytune_bsm.ray_train import fit
+    from raytune_bsm.runner.train import fit
 
     ray.init(num_cpus=4, num_gpus=2, include_dashboard=False)
     try:

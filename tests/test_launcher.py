@@ -10,7 +10,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from raytune_bsm import api, connection
+from raytune_bsm import api
+
+from raytune_bsm.client import connection
 from raytune_bsm.errors import JobError
 
 from conftest import TINY_SETS

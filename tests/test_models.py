@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from raytune_bsm.errors import ConfigError
-from raytune_bsm.models import TextBertBase, TextBertClassifier, load_checkpoint
+from raytune_bsm.model.text_bert import TextBertBase, TextBertClassifier, load_checkpoint
 
 IDS, MASK = "dialogue_processed_input_ids", "dialogue_processed_attention_mask"
 

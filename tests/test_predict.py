@@ -18,13 +18,13 @@ import torch
 
 from conftest import TINY_ENCODER, write_parquet
 
-from raytune_bsm.data import Collate, EncodedDataset
-from raytune_bsm.demo import make_dialogues
+from raytune_bsm.data.dataset import Collate, EncodedDataset
+from raytune_bsm.demo.generator import make_dialogues
 from raytune_bsm.errors import ConfigError, DataError, ExportError
-from raytune_bsm.export import export_checkpoint
-from raytune_bsm.models import TextBertClassifier
+from raytune_bsm.model.export import export_checkpoint
+from raytune_bsm.model.text_bert import TextBertClassifier
 from raytune_bsm.predict import Predictor, predict_file
-from raytune_bsm.processor import ChunkProcessor, ProcessorConfig
+from raytune_bsm.data.processor import ChunkProcessor, ProcessorConfig
 
 CLASSES = ["refund", "partial", "reversed"]
 

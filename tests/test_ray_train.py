@@ -51,7 +51,7 @@ def _workers(run_dir: Path) -> list[dict]:
 
 
 def test_two_workers_one_per_node_end_with_identical_weights(two_nodes, tmp_path):
-    from raytune_bsm.ray_train import fit
+    from raytune_bsm.runner.train import fit
 
     summary = fit(_run("two-nodes"), storage=str(tmp_path))
     assert summary["error"] is None
@@ -64,7 +64,7 @@ def test_two_workers_one_per_node_end_with_identical_weights(two_nodes, tmp_path
 
 def test_killed_worker_resumes_from_latest_checkpoint(two_nodes, tmp_path):
     """SIGKILL one training worker after the first checkpoint; the run restarts from it and finishes."""
-    from raytune_bsm.ray_train import fit
+    from raytune_bsm.runner.train import fit
 
     run = _run("killed", max_epochs=4)
     run_dir = tmp_path / "killed"

@@ -14,8 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from raytune_bsm import sweep as sw
-from raytune_bsm import sweep_run as sr
-from raytune_bsm.connection import ClusterResources, NodeResources
+from raytune_bsm.runner import tune as sr
+from raytune_bsm.client.connection import ClusterResources, NodeResources
 from raytune_bsm.config import RunConfig
 from raytune_bsm.errors import ClusterError, ConfigError
 
@@ -316,7 +316,7 @@ def _fresh_parity(export_dir: Path, checkpoint: Path) -> None:
     import onnxruntime as ort
     import torch
 
-    from raytune_bsm.models import load_checkpoint
+    from raytune_bsm.model.text_bert import load_checkpoint
 
     model = load_checkpoint(checkpoint)
     session = ort.InferenceSession(str(export_dir / "model.onnx"), providers=["CPUExecutionProvider"])
@@ -339,11 +339,11 @@ def _fresh_parity(export_dir: Path, checkpoint: Path) -> None:
 
 @pytest.mark.slow
 def test_an_interrupted_sweep_resumes_without_rerunning_finished_trials(ray_local, tmp_path):
-    """The sweep runs as a job would (`python jobs/tune.py bsm_job.json`, in a process this test starts) and is
+    """The sweep runs as a job would (`python -m raytune_bsm.runner.tune bsm_job.json`, in a process this test starts) and is
     killed (SIGKILL, by pid) once one trial has finished and another is between its epochs (batch sizes make
     the first fast and the second slow). Resumed here, every trial ends up finished exactly once: finished
     trials are not trained again, the interrupted one continues from its checkpoint, the rest start."""
-    from raytune_bsm.launch import build_submission
+    from raytune_bsm.client.submission import build_submission
 
     storage = str(tmp_path / "runs")
     run = tiny_run("resumable", max_epochs=2)
@@ -353,7 +353,7 @@ def test_an_interrupted_sweep_resumes_without_rerunning_finished_trials(ray_loca
     job.write_text(json.dumps(build_submission(run, kind="tune", storage=storage, extra=sweep.to_dict()).config))
     sweep_dir = Path(storage) / "resumable"
     log = open(tmp_path / "job.log", "w")
-    proc = subprocess.Popen([sys.executable, "jobs/tune.py", str(job)], cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+    proc = subprocess.Popen([sys.executable, "-m", "raytune_bsm.runner.tune", str(job)], cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
                             env={**os.environ, "RAY_ADDRESS": ray_local})  # fmt: skip
     try:
         finished, partial, first_done = [], [], None

@@ -16,8 +16,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from .errors import ExportError, JobError
-from .storage import exists, filesystem, is_uri, join, read_bytes
+from raytune_bsm.errors import ExportError, JobError
+from raytune_bsm.storage import exists, filesystem, is_uri, join, read_bytes
 
 log = logging.getLogger("raytune_bsm")
 CHUNK = 1 << 20
@@ -31,7 +31,7 @@ def locate_export(source: str, *, address: str | None = None) -> tuple[str, str]
             path = join(path, "export")  # a run directory was given
         return path, Path(path.rstrip("/")).name if Path(path).name != "export" else Path(path).parent.name
     if source.startswith("bsm-") or source.startswith("raysubmit_"):
-        from . import api
+        from raytune_bsm import api
 
         try:
             info = api.status(source, address=address)
@@ -39,7 +39,7 @@ def locate_export(source: str, *, address: str | None = None) -> tuple[str, str]
             info = None
         if info and info.get("run_dir"):
             return join(info["run_dir"], "export"), info.get("run") or source
-    from .cluster import bsm_home
+    from raytune_bsm.client.local_cluster import bsm_home
 
     return join(str(bsm_home() / "runs"), source, "export"), source  # a run name in the default storage
 

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import RunConfig, check_monitor_computed, dumps
-from .data import Collate, EncodedDataset, LengthGroupedBatchSampler, Labels, load_split, split_off
-from .errors import ConfigError, DataError
-from .processor import ChunkProcessor, ProcessorConfig
+from raytune_bsm.config import RunConfig, check_monitor_computed, dumps
+from raytune_bsm.data.dataset import Collate, EncodedDataset, LengthGroupedBatchSampler, Labels, load_split, split_off
+from raytune_bsm.errors import ConfigError, DataError
+from raytune_bsm.data.processor import ChunkProcessor, ProcessorConfig
 
 log = logging.getLogger("raytune_bsm")
 
@@ -39,12 +39,14 @@ class Prepared:
 
 def demo_data_dir(rows: int = 1000, seed: int = 0) -> Path:
     """The demo data, generated once per machine (atomically, so concurrent workers are safe)."""
-    from .cluster import bsm_home
-    from .demo import write_demo_data
+    from raytune_bsm.client.local_cluster import bsm_home
+    from raytune_bsm.demo.generator import write_demo_data
 
     import hashlib
 
-    from . import demo, demo_phrases
+    from raytune_bsm.demo import generator as demo
+
+    from raytune_bsm.demo import phrases as demo_phrases
 
     # A new generator or new phrases: new data.
     source = b"".join(Path(m.__file__).read_bytes() for m in (demo, demo_phrases))
@@ -179,7 +181,7 @@ def train_loop(config: dict[str, Any]) -> dict[str, float]:
     import lightning.pytorch as pl
     import torch
 
-    from .models import TextBertClassifier
+    from raytune_bsm.model.text_bert import TextBertClassifier
 
     setup_logging()
     # torchmetrics already syncs its state across ranks in compute(); Lightning's advice does not apply.
@@ -245,7 +247,7 @@ def train_loop(config: dict[str, Any]) -> dict[str, float]:
             ckpt_path = os.path.join(ckpt_dir, RayTrainReportCallback.CHECKPOINT_NAME)
             log.warning("resuming from checkpoint %s after a failure", checkpoint.path)
             if rank == 0:  # a record the run's summary counts
-                from .storage import join, write_bytes
+                from raytune_bsm.storage import join, write_bytes
 
                 note = {"resumed_from": checkpoint.path, "time": time.time()}
                 write_bytes(dumps(note).encode(), join(run.storage or ".", run.name, "bsm_restarts", f"{time.time_ns()}.json"))
@@ -304,7 +306,7 @@ def _node_id() -> str:
 
 def _worker_record(run: RunConfig, rank: int, record: dict[str, Any]) -> None:
     """`<run dir>/bsm_workers/rank-N.json`: where each worker ran (pid, node) and, at the end, its weights."""
-    from .storage import join, write_bytes
+    from raytune_bsm.storage import join, write_bytes
 
     write_bytes(dumps(record).encode(), join(run.storage or ".", run.name, "bsm_workers", f"rank-{rank}.json"))
 
@@ -313,7 +315,7 @@ def write_predictions(model: Any, class_names: list[str], run: RunConfig, out_di
     """The test step's rows -> Parquet: id, label, predicted label and one probability column per class."""
     import pyarrow as pa
 
-    from .storage import join, write_table
+    from raytune_bsm.storage import join, write_table
 
     rows = model.test_rows
     table = pa.table(

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import urlsplit
 
-from .cluster import (
+from raytune_bsm.client.local_cluster import (
     AUTH_HEADER,
     BEARER,
     DEFAULT_DASHBOARD_PORT,
@@ -48,13 +48,13 @@ from .cluster import (
     _read_token_file,
     _record_path,
 )
-from . import cluster as _cluster  # called through the module, so tests and callers can swap `up`
-from .errors import ClusterError
+from raytune_bsm.client import local_cluster as _cluster  # called through the module, so tests and callers can swap `up`
+from raytune_bsm.errors import ClusterError
 
 if TYPE_CHECKING:  # pragma: no cover
     from ray.job_submission import JobSubmissionClient
 
-log = logging.getLogger("raytune_bsm.cluster")
+log = logging.getLogger("raytune_bsm.client.local_cluster")
 
 
 # --------------------------------------------------------------------------------------------------------

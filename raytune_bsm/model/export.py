@@ -43,8 +43,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from .errors import ConfigError, ExportError
-from .storage import filesystem, is_uri
+from raytune_bsm.errors import ConfigError, ExportError
+from raytune_bsm.storage import filesystem, is_uri
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ def read_manifest(export_dir: str) -> dict:
 
 def _load_model(checkpoint: str, scratch: Path) -> Any:
     """The checkpoint (file, Ray checkpoint directory, either local or a URI) -> the model in eval mode."""
-    from .models import load_checkpoint
+    from raytune_bsm.model.text_bert import load_checkpoint
 
     if is_uri(checkpoint):
         import pyarrow.fs as pafs
@@ -190,7 +190,7 @@ def _build(
 ) -> dict:
     import torch
 
-    from .processor import ChunkProcessor, ProcessorConfig
+    from raytune_bsm.data.processor import ChunkProcessor, ProcessorConfig
 
     cfg = model.config
     processor = ChunkProcessor(ProcessorConfig.of_model(cfg))
@@ -464,7 +464,7 @@ def _parity_batches(
 
 
 def _synthetic_batches(processor: Any) -> list[tuple[Any, Any, str]]:
-    from .data import Collate, EncodedDataset
+    from raytune_bsm.data.dataset import Collate, EncodedDataset
 
     p = processor(_SYNTHETIC)
     ds = EncodedDataset(p.ids, p.lens, np.zeros(len(_SYNTHETIC), dtype=np.int64), list(range(len(_SYNTHETIC))))

@@ -1,8 +1,9 @@
 """Building a job submission: a pure function of the resolved config, so `--dry-run` shows exactly what runs.
 
-A submission carries the raytune_bsm package as it is on the submitting machine (`py_modules`), the job
-entrypoints in `jobs/` and the fully resolved config (`working_dir`, staged in a temporary directory), so what
-runs on the cluster is what was submitted. Nothing else is uploaded: no .git, virtual environments, data files
+A submission carries the raytune_bsm package as it is on the submitting machine (`py_modules`) and the fully
+resolved config (`working_dir`, staged in a temporary directory), so what runs on the cluster is what was
+submitted. The entrypoints are modules of the package (`python -m raytune_bsm.runner.train`), so a plain wheel
+install submits jobs. Nothing else is uploaded: no .git, virtual environments, data files
 or checkpoints.
 """
 
@@ -11,18 +12,16 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import RunConfig
-from .errors import ConfigError
-from .storage import join
+from raytune_bsm.config import RunConfig
+from raytune_bsm.errors import ConfigError
+from raytune_bsm.storage import join
 
-PACKAGE_DIR = Path(__file__).resolve().parent
-JOBS_DIR = PACKAGE_DIR.parent / "jobs"  # in a source checkout
+PACKAGE_DIR = Path(__file__).resolve().parent.parent  # raytune_bsm/, uploaded as a py_module
 CONFIG_FILE = "bsm_job.json"
 # Never uploaded, whatever a user drops into the package directory.
 EXCLUDES = ["__pycache__", "*.pyc", ".git", ".venv", "venv", "*.ckpt", "*.pt", "*.onnx", "*.parquet", "*.csv",
@@ -65,12 +64,6 @@ def default_name(kind: str) -> str:
     return f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
 
 
-def jobs_dir() -> Path:
-    if (JOBS_DIR / "train.py").exists():
-        return JOBS_DIR
-    raise ConfigError(f"cannot find the job entrypoints (looked in {JOBS_DIR}); install bsm from its source tree")
-
-
 def build_submission(run: RunConfig, *, kind: str = "train", storage: str, extra: dict[str, Any] | None = None,
                      warnings: list[str] | None = None) -> Submission:  # fmt: skip
     """The submission for `run`: pure, no cluster contact. `extra` goes into the config (the sweep's settings)."""
@@ -97,10 +90,10 @@ def build_submission(run: RunConfig, *, kind: str = "train", storage: str, extra
     return Submission(
         kind=kind,
         submission_id=f"bsm-{run.name}",
-        entrypoint=f"python jobs/{kind}.py {CONFIG_FILE}",
+        entrypoint=f"python -m raytune_bsm.runner.{kind} {CONFIG_FILE}",
         config=config,
         runtime_env={
-            "working_dir": f"<staged: jobs/*.py + {CONFIG_FILE}>",
+            "working_dir": f"<staged: {CONFIG_FILE}>",
             "py_modules": [str(PACKAGE_DIR)],
             "excludes": EXCLUDES,
             "env_vars": ENV_VARS,
@@ -113,11 +106,8 @@ def build_submission(run: RunConfig, *, kind: str = "train", storage: str, extra
 
 
 def stage(sub: Submission, dest: Path) -> dict[str, Any]:
-    """Write the working_dir (job entrypoints + resolved config) into `dest`; return the real runtime_env."""
+    """Write the working_dir (the resolved config) into `dest`; return the real runtime_env."""
     dest.mkdir(parents=True, exist_ok=True)
-    (dest / "jobs").mkdir(exist_ok=True)
-    for f in sorted(jobs_dir().glob("*.py")):
-        shutil.copy2(f, dest / "jobs" / f.name)
     (dest / CONFIG_FILE).write_text(json.dumps(sub.config, indent=2, sort_keys=True))
     check_upload_size([dest, PACKAGE_DIR])
     return {**sub.runtime_env, "working_dir": str(dest)}

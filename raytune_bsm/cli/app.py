@@ -14,8 +14,8 @@ from typing import Any, Callable, List, Optional
 
 import typer
 
-from . import api
-from .errors import BsmError
+from raytune_bsm import api
+from raytune_bsm.errors import BsmError
 
 app = typer.Typer(
     help="Train, sweep and export a chunked-BERT classifier for buyer-seller dialogues on Ray.",
@@ -39,7 +39,7 @@ def command(name: str | None = None) -> Callable:
     def deco(fn: Callable) -> Callable:
         @wraps(fn)
         def run(*a: Any, **k: Any) -> Any:
-            from .train import setup_logging
+            from raytune_bsm.runner.worker import setup_logging
 
             setup_logging()
             try:
@@ -57,7 +57,7 @@ def command(name: str | None = None) -> Callable:
 
 
 # Options shared by submit and tune.
-Config = typer.Option(None, "--config", help="YAML recipe (see jobs/*.yaml); flags override it.")
+Config = typer.Option(None, "--config", help="YAML recipe (see jobs/*.yaml in the source tree); flags override it.")
 Address = typer.Option(None, "--address", help="Ray dashboard/Jobs API, e.g. http://HEAD:8265. "
                        "Default: RAY_ADDRESS / RAY_API_SERVER_ADDRESS, else the cluster `bsm up` started, else one bsm starts.")  # fmt: skip
 Sets = typer.Option([], "--set", help="Any config key: key=value or section.key=value (repeatable).")
@@ -196,7 +196,7 @@ def status(
     if info.get("metrics"):
         _out(f"{'metrics':16} {json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in info['metrics'].items()})}")
     if info.get("leaderboard"):
-        from .sweep_run import format_leaderboard
+        from raytune_bsm.runner.tune import format_leaderboard
 
         _out(format_leaderboard(info["leaderboard"], info.get("monitor") or "metric"))
 
@@ -297,5 +297,3 @@ def main() -> None:
     app()
 
 
-if __name__ == "__main__":
-    main()

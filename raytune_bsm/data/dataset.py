@@ -19,8 +19,8 @@ from typing import Any, Iterator, Literal, Sequence
 import numpy as np
 import pyarrow as pa
 
-from .config import DataConfig  # noqa: F401  (defined with the other configs; imported from here too)
-from .errors import DataError
+from raytune_bsm.config import DataConfig  # noqa: F401  (defined with the other configs; imported from here too)
+from raytune_bsm.errors import DataError
 
 log = logging.getLogger(__name__)
 

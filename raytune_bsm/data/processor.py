@@ -17,8 +17,8 @@ from typing import Any, Iterable, Literal, Sequence
 
 import numpy as np
 
-from .errors import ConfigError
-from .pretrained import DEFAULT_MODEL, load_tokenizer
+from raytune_bsm.errors import ConfigError
+from raytune_bsm.pretrained import DEFAULT_MODEL, load_tokenizer
 
 log = logging.getLogger(__name__)
 

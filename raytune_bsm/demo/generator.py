@@ -42,7 +42,7 @@ import pyarrow as pa
 
 from raytune_bsm.errors import ConfigError
 
-from .demo_phrases import (  # noqa: F401  (vocabulary and templates)
+from raytune_bsm.demo.phrases import (  # noqa: F401  (vocabulary and templates)
     _BRANDS,
     _BUYER_CHASE,
     _BUYER_CLARIFY,

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import math
 import os
 import time
@@ -29,11 +30,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .config import RunConfig, check_monitor_computed, dumps
-from .errors import ConfigError
-from .storage import exists, join, read_bytes, write_bytes, write_table
+from raytune_bsm.config import RunConfig, check_monitor_computed, dumps
+from raytune_bsm.errors import ConfigError
+from raytune_bsm.storage import exists, join, read_bytes, write_bytes, write_table
 
-from .sweep import (
+from raytune_bsm.sweep import (
     EPOCHS_FILE,
     LEADERBOARD_ROWS,
     PG_FILE,
@@ -56,7 +57,7 @@ log = logging.getLogger("raytune_bsm")
 
 def _trainer(run: RunConfig, monitor: str, *, storage: str, callbacks: list[Any]) -> Any:
     """`ray_train.trainer_for` with Train callbacks (TuneReportCallback) in its RunConfig."""
-    from . import ray_train
+    from raytune_bsm.runner import train as ray_train
 
     return ray_train.trainer_for(run, monitor, storage=storage, callbacks=callbacks)
 
@@ -150,7 +151,7 @@ def bsm_trial(config: dict[str, Any], spec: dict[str, Any] | None = None) -> Non
     """One Tune trial: this trial's run config -> its own TorchTrainer -> fit (Tune sees every epoch)."""
     from ray import tune
 
-    from .train import setup_logging
+    from raytune_bsm.runner.worker import setup_logging
 
     setup_logging()
     assert spec is not None
@@ -346,7 +347,7 @@ def saved_trial_statuses(tune_dir: str) -> dict[str, str]:
     """Trial id -> status in Tune's newest saved experiment state (what `--resume` starts from); {} if none."""
     import pyarrow.fs as pafs
 
-    from .storage import filesystem
+    from raytune_bsm.storage import filesystem
 
     try:
         fs, path = filesystem(tune_dir)
@@ -441,8 +442,8 @@ def _recorder(spec: _Spec) -> Any:
 
 def _num_classes(run: RunConfig) -> int:
     """The class count, from the model config or the training labels (read only, nothing tokenized)."""
-    from .data import load_split
-    from .train import data_paths
+    from raytune_bsm.data.dataset import load_split
+    from raytune_bsm.runner.worker import data_paths
 
     n = run.model.get("num_classes")
     if n:
@@ -452,7 +453,7 @@ def _num_classes(run: RunConfig) -> int:
 
 
 def _storage_path(storage: str) -> str:
-    from .storage import is_uri
+    from raytune_bsm.storage import is_uri
 
     return storage if is_uri(storage) else str(Path(storage.removeprefix("file://")).expanduser().resolve())
 
@@ -463,7 +464,7 @@ def run_sweep(run: RunConfig, sweep: SweepConfig, *, storage: str) -> dict[str, 
     import ray
     from ray import tune
 
-    from .train import setup_logging
+    from raytune_bsm.runner.worker import setup_logging
 
     setup_logging()
     storage = _storage_path(storage)
@@ -564,10 +565,10 @@ def export_best_trial(summary: dict[str, Any], sweep_dir: str) -> str:
     processed with that trial's own settings."""
     from ray.train import Checkpoint
 
-    from .ray_train import validation_batches
-    from .train import prepare
+    from raytune_bsm.runner.train import validation_batches
+    from raytune_bsm.runner.worker import prepare
 
-    from .export import export_checkpoint
+    from raytune_bsm.model.export import export_checkpoint
 
     best_run = RunConfig.from_dict(json.loads(read_bytes(join(sweep_dir, "best_config.json"))))
     prep = prepare(best_run)
@@ -591,7 +592,7 @@ def load_sweep_record(storage: str, name: str) -> dict[str, Any]:
 
 
 def main(config_file: str) -> int:
-    """`jobs/tune.py`: run the sweep the job carries (bsm_job.json: the run config, "tune" and "storage")."""
+    """`python -m raytune_bsm.runner.tune bsm_job.json`: run the sweep the job carries (bsm_job.json: the run config, "tune" and "storage")."""
     import signal
 
     import ray
@@ -605,3 +606,7 @@ def main(config_file: str) -> int:
         signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGUSR1))
     summary = run_sweep(run, sweep, storage=storage)
     return 0 if summary.get("finished") and summary.get("best_trial") and not summary.get("error") else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))

@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import ConfigError
+from raytune_bsm.errors import ConfigError
 
-from .config import resolve_model_config  # defaults and checks live with the torch-free configs
+from raytune_bsm.config import resolve_model_config  # defaults and checks live with the torch-free configs
 
 
 class TextBertBase(pl.LightningModule):
@@ -32,7 +32,7 @@ class TextBertBase(pl.LightningModule):
 
     def __init__(self, config: dict[str, Any]) -> None:
         super().__init__()
-        from .pretrained import load_encoder
+        from raytune_bsm.pretrained import load_encoder
 
         self.config = resolve_model_config(config)
         self.save_hyperparameters({"config": self.config})  # a checkpoint alone rebuilds the model

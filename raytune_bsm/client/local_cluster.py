@@ -36,7 +36,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from .errors import ClusterError, ConfigError
+from raytune_bsm.errors import ClusterError, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -759,4 +759,4 @@ def running_cluster(home: Path | None = None) -> LocalCluster | None:
     return rec
 
 
-from . import connection as _connection  # noqa: E402  (it imports this module first)
+from raytune_bsm.client import connection as _connection  # noqa: E402  (it imports this module first)

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from typing import Any
 
-from .config import RunConfig, dumps
-from .storage import join, write_bytes
+from raytune_bsm.config import RunConfig, dumps
+from raytune_bsm.storage import join, write_bytes
 
 log = logging.getLogger("raytune_bsm")
 
@@ -22,7 +23,7 @@ def trainer_for(run: RunConfig, monitor: str, *, storage: str, callbacks: list[A
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from .train import train_loop
+    from raytune_bsm.runner.worker import train_loop
 
     loop_config = run.to_dict()
     loop_config["train"]["runtime"] = "ray"
@@ -53,7 +54,7 @@ def trainer_for(run: RunConfig, monitor: str, *, storage: str, callbacks: list[A
 
 def fit(run: RunConfig, *, storage: str) -> dict[str, Any]:
     """Train `run` on the connected Ray cluster; return and store a summary (metrics, checkpoints, failures)."""
-    from .train import prepare, setup_logging
+    from raytune_bsm.runner.worker import prepare, setup_logging
 
     setup_logging()
     # Check the data on the driver first: a bad file fails here in seconds, not on every worker.
@@ -97,7 +98,7 @@ def validation_batches(prep: Any) -> list[dict[str, Any]]:
     middling records, and sixteen records spread over every length (short ones padded with empty chunks)."""
     import numpy as np
 
-    from .data import Collate
+    from raytune_bsm.data.dataset import Collate
 
     cfg = prep.model_config
     collate = Collate(prep.val, cfg["text_name"], cfg["label_name"], cfg["id_name"], prep.processor.pad_id)
@@ -109,7 +110,7 @@ def validation_batches(prep: Any) -> list[dict[str, Any]]:
 
 def export_best(best: Any, run_dir: str, prep: Any, metrics: dict[str, float]) -> str:
     """Export the best checkpoint to `<run dir>/export` (ONNX + TorchScript, parity-checked, manifest last)."""
-    from .export import export_checkpoint
+    from raytune_bsm.model.export import export_checkpoint
 
     dest = join(run_dir, "export")
     log.info("exporting the best checkpoint %s to %s", best.path, dest)
@@ -125,7 +126,7 @@ def _restarts(run_dir: str) -> list[dict[str, Any]]:
     """The failures this run survived: one record per resume from a checkpoint (written by the workers)."""
     import pyarrow.fs as pafs
 
-    from .storage import filesystem, read_bytes
+    from raytune_bsm.storage import filesystem, read_bytes
 
     fs, path = filesystem(join(run_dir, "bsm_restarts"))
     infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
@@ -133,8 +134,12 @@ def _restarts(run_dir: str) -> list[dict[str, Any]]:
 
 
 def main(config_file: str) -> int:
-    """`jobs/train.py`: train the resolved config the job carries; exit non-zero if the run failed."""
+    """`python -m raytune_bsm.runner.train bsm_job.json`: train the resolved config the job carries; exit non-zero if the run failed."""
     d = json.loads(open(config_file).read())
     storage = d.pop("storage")
     summary = fit(RunConfig.from_dict(d), storage=storage)
     return 1 if summary["error"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))
