@@ -61,3 +61,8 @@ def exists(uri: str) -> bool:
 
     fs, path = filesystem(uri)
     return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def storage_path(storage: str) -> str:
+    """A URI as given; a local path made absolute (every node and every later command sees the same path)."""
+    return storage if is_uri(storage) else str(Path(storage.removeprefix("file://")).expanduser().resolve())

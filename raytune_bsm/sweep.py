@@ -6,6 +6,7 @@ The cluster side (running the sweep, its record) is `sweep_run.py`.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import re
 from dataclasses import asdict, dataclass, fields, replace
@@ -20,6 +21,8 @@ from raytune_bsm.config import (
     resolve_key,
 )
 from raytune_bsm.errors import ClusterError, ConfigError
+from raytune_bsm.layout import SWEEP_JSON
+from raytune_bsm.storage import exists, join, read_bytes, storage_path
 
 log = logging.getLogger("raytune_bsm")
 
@@ -292,21 +295,6 @@ def _plain(v: Any) -> Any:
     return v.item() if hasattr(v, "item") and not isinstance(v, (list, dict, str)) else v
 
 
-# ----------------------------------------------------------------------------------------------- resources
-
-
-def resources_from_ray() -> Any:
-    """The connected cluster's alive nodes as a ClusterResources (the cluster-side fallback for max_concurrent)."""
-    import ray
-
-    from raytune_bsm.client.connection import ClusterResources, NodeResources
-
-    nodes = [NodeResources(str(n.get("NodeManagerAddress", "?")), float(n["Resources"].get("CPU", 0)),
-                           float(n["Resources"].get("GPU", 0))) for n in ray.nodes() if n.get("Alive")]  # fmt: skip
-    return ClusterResources(total_cpus=sum(n.cpus for n in nodes), total_gpus=sum(n.gpus for n in nodes),
-                            nodes=nodes, can_autoscale=False, dashboard_url="this cluster")  # fmt: skip
-
-
 def max_concurrent_trials(resources: Any, sweep: SweepConfig, run: RunConfig) -> int:
     """How many trials can train at once: trial workers that fit on the nodes (a worker's CPUs and GPU sit on
     one node; STRICT_PACK keeps a trial on one node), divided by the workers per trial, capped by
@@ -352,3 +340,30 @@ def max_concurrent_trials(resources: Any, sweep: SweepConfig, run: RunConfig) ->
         log.warning("--max-concurrent %d: the cluster fits only %d trial(s) at once; running %d",
                     sweep.max_concurrent, fit, min(fit, total))  # fmt: skip
     return max(1, min(fit, sweep.max_concurrent or fit, total))
+
+
+def format_leaderboard(rows: list[dict[str, Any]], metric: str = "metric", limit: int | None = None) -> str:
+    """A text table, best first (rows as in bsm_result.json's "leaderboard" or rank_rows' output)."""
+    if not rows:
+        return "no trials yet"
+    params = sorted({k for r in rows for k in (r.get("hyperparameters") or {})})
+
+    def num(v: Any) -> str:
+        return "-" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))
+
+    head = ["rank", "trial", "status", "epochs", metric, "final"] + [p.split(".", 1)[-1] for p in params]
+    body = [
+        [str(i + 1), r["trial_id"], r["status"], str(r["iterations"]), num(r.get("metric")), num(r.get("final_metric"))]
+        + [num((r.get("hyperparameters") or {}).get(p)) for p in params]
+        for i, r in enumerate(rows[:limit] if limit else rows)
+    ]
+    widths = [max(len(x) for x in col) for col in zip(head, *body)]
+    return "\n".join("  ".join(x.ljust(w) for x, w in zip(line, widths)).rstrip() for line in [head] + body)
+
+
+def load_sweep_record(storage: str, name: str) -> dict[str, Any]:
+    """`bsm tune --resume NAME`: the stored {"run", "tune", "storage"} the sweep was started with."""
+    path = join(storage_path(storage), name, SWEEP_JSON)
+    if not exists(path):
+        raise ConfigError(f"--resume {name}: no sweep named {name} in {storage}")
+    return json.loads(read_bytes(path))

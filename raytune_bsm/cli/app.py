@@ -39,7 +39,7 @@ def command(name: str | None = None) -> Callable:
     def deco(fn: Callable) -> Callable:
         @wraps(fn)
         def run(*a: Any, **k: Any) -> Any:
-            from raytune_bsm.runner.worker import setup_logging
+            from raytune_bsm.logs import setup_logging
 
             setup_logging()
             try:
@@ -196,7 +196,7 @@ def status(
     if info.get("metrics"):
         _out(f"{'metrics':16} {json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in info['metrics'].items()})}")
     if info.get("leaderboard"):
-        from raytune_bsm.runner.tune import format_leaderboard
+        from raytune_bsm.sweep import format_leaderboard
 
         _out(format_leaderboard(info["leaderboard"], info.get("monitor") or "metric"))
 

@@ -7,8 +7,6 @@ file is an error and leaves nothing behind.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import shutil
@@ -17,40 +15,39 @@ from pathlib import Path
 from typing import Any
 
 from raytune_bsm.errors import ExportError, JobError
+from raytune_bsm import layout
+from raytune_bsm.client import jobs
+from raytune_bsm.layout import MANIFEST, default_storage
 from raytune_bsm.storage import exists, filesystem, is_uri, join, read_bytes
 
 log = logging.getLogger("raytune_bsm")
-CHUNK = 1 << 20
 
 
 def locate_export(source: str, *, address: str | None = None) -> tuple[str, str]:
     """A job id, a run name or a path/URI -> (export directory, a name for it)."""
     if is_uri(source) or Path(source).expanduser().exists():
         path = source if is_uri(source) else str(Path(source).expanduser().resolve())
-        if not exists(join(path, "manifest.json")) and exists(join(path, "export", "manifest.json")):
+        if not exists(join(path, MANIFEST)) and exists(join(path, "export", MANIFEST)):
             path = join(path, "export")  # a run directory was given
         return path, Path(path.rstrip("/")).name if Path(path).name != "export" else Path(path).parent.name
     if source.startswith("bsm-") or source.startswith("raysubmit_"):
-        from raytune_bsm import api
-
         try:
-            info = api.status(source, address=address)
+            info = jobs.status(source, address=address)
         except JobError:
             info = None
         if info and info.get("run_dir"):
             return join(info["run_dir"], "export"), info.get("run") or source
-    from raytune_bsm.client.local_cluster import bsm_home
-
-    return join(str(bsm_home() / "runs"), source, "export"), source  # a run name in the default storage
+    return join(default_storage(), source, "export"), source  # a run name in the default storage
 
 
 def fetch(source: str, to: str | None = None, *, address: str | None = None) -> Path:
     """Download and verify an export; return the local directory."""
     src, name = locate_export(source, address=address)
-    manifest_uri = join(src, "manifest.json")
+    manifest_uri = join(src, MANIFEST)
     if not exists(manifest_uri):
         raise ExportError(f"no export at {src} (no manifest.json); the run may not have finished or exported")
-    manifest = json.loads(read_bytes(manifest_uri))
+    manifest_bytes = read_bytes(manifest_uri)
+    manifest = layout.parse_manifest(manifest_bytes, manifest_uri)
     dest = Path(to or f"{name}-export").expanduser().resolve()
     if dest.exists() and any(dest.iterdir()):
         raise ExportError(f"--to {dest} exists and is not empty; choose another directory or remove it")
@@ -58,8 +55,8 @@ def fetch(source: str, to: str | None = None, *, address: str | None = None) -> 
     fs, base = filesystem(src)
     try:
         for entry in manifest["files"]:
-            _download(fs, _inside(base, entry["path"]), tmp / entry["path"], entry)
-        (tmp / "manifest.json").write_bytes(read_bytes(manifest_uri))
+            _download(fs, f"{base.rstrip('/')}/{entry['path']}", tmp / entry["path"], entry)
+        (tmp / MANIFEST).write_bytes(manifest_bytes)
         if dest.exists():
             dest.rmdir()  # empty, checked above
         os.replace(tmp, dest)
@@ -70,27 +67,12 @@ def fetch(source: str, to: str | None = None, *, address: str | None = None) -> 
     return dest
 
 
-def _inside(base: str, rel: str) -> str:
-    if rel.startswith("/") or ".." in Path(rel).parts:
-        raise ExportError(f"manifest lists an unsafe path {rel!r}; refusing to fetch")
-    return f"{base.rstrip('/')}/{rel}"
-
-
 def _download(fs: Any, src: str, dest: Path, entry: dict[str, Any]) -> None:
     import pyarrow as pa
 
     dest.parent.mkdir(parents=True, exist_ok=True)
-    h, size = hashlib.sha256(), 0
     try:
         with fs.open_input_stream(src) as f, open(dest, "wb") as out:
-            while block := f.read(CHUNK):
-                h.update(block)
-                size += len(block)
-                out.write(block)
+            layout.copy_verified(f, out, entry, entry["path"])
     except (FileNotFoundError, pa.ArrowException, OSError) as e:
         raise ExportError(f"{entry['path']}: listed in the manifest but cannot be read ({e.__class__.__name__})") from None
-    if size != entry["size"] or h.hexdigest() != entry["sha256"]:
-        raise ExportError(
-            f"{entry['path']}: checksum mismatch (sha256 {h.hexdigest()[:16]}..., {size} bytes; the manifest says "
-            f"{entry['sha256'][:16]}..., {entry['size']} bytes); the export is corrupt or was tampered with"
-        )

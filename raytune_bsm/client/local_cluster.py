@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from raytune_bsm.errors import ClusterError, ConfigError
+from raytune_bsm.layout import bsm_home
 
 log = logging.getLogger(__name__)
 
@@ -61,12 +62,6 @@ _BAND_LO = 20000  # start of the band blocks come from (Ray's default worker por
 _MAX_TEMP_DIR_LEN = 38  # temp_dir + "/session_<date>_<usec>_<pid>/sockets/plasma_store" must fit 107 bytes
 _HTTP_TIMEOUT = 10.0
 _PROBE_TIMEOUT = 3.0
-
-
-def bsm_home() -> Path:
-    """bsm's own state directory: ``$BSM_HOME`` if set, else ``~/.bsm``."""
-    env = os.environ.get("BSM_HOME", "").strip()
-    return Path(env).expanduser().absolute() if env else Path.home() / ".bsm"
 
 
 def _home(home: Path | str | None) -> Path:

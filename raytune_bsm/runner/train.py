@@ -54,7 +54,8 @@ def trainer_for(run: RunConfig, monitor: str, *, storage: str, callbacks: list[A
 
 def fit(run: RunConfig, *, storage: str) -> dict[str, Any]:
     """Train `run` on the connected Ray cluster; return and store a summary (metrics, checkpoints, failures)."""
-    from raytune_bsm.runner.worker import prepare, setup_logging
+    from raytune_bsm.logs import setup_logging
+    from raytune_bsm.runner.worker import prepare
 
     setup_logging()
     # Check the data on the driver first: a bad file fails here in seconds, not on every worker.

@@ -32,9 +32,12 @@ from typing import Any
 
 from raytune_bsm.config import RunConfig, check_monitor_computed, dumps
 from raytune_bsm.errors import ConfigError
-from raytune_bsm.storage import exists, join, read_bytes, write_bytes, write_table
+from raytune_bsm.resources import ClusterResources, NodeResources
+from raytune_bsm.storage import exists, join, read_bytes, storage_path, write_bytes, write_table
 
 from raytune_bsm.sweep import (
+    format_leaderboard,
+    load_sweep_record,
     EPOCHS_FILE,
     LEADERBOARD_ROWS,
     PG_FILE,
@@ -47,7 +50,6 @@ from raytune_bsm.sweep import (
     max_concurrent_trials,
     param_space,
     resolve_space,
-    resources_from_ray,
 )
 
 log = logging.getLogger("raytune_bsm")
@@ -151,7 +153,7 @@ def bsm_trial(config: dict[str, Any], spec: dict[str, Any] | None = None) -> Non
     """One Tune trial: this trial's run config -> its own TorchTrainer -> fit (Tune sees every epoch)."""
     from ray import tune
 
-    from raytune_bsm.runner.worker import setup_logging
+    from raytune_bsm.logs import setup_logging
 
     setup_logging()
     assert spec is not None
@@ -261,24 +263,6 @@ def rank_rows(rows: list[dict[str, Any]], mode: str) -> list[dict[str, Any]]:
 
     return sorted(rows, key=key)
 
-
-def format_leaderboard(rows: list[dict[str, Any]], metric: str = "metric", limit: int | None = None) -> str:
-    """A text table, best first (rows as in bsm_result.json's "leaderboard" or rank_rows' output)."""
-    if not rows:
-        return "no trials yet"
-    params = sorted({k for r in rows for k in (r.get("hyperparameters") or {})})
-
-    def num(v: Any) -> str:
-        return "-" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))
-
-    head = ["rank", "trial", "status", "epochs", metric, "final"] + [p.split(".", 1)[-1] for p in params]
-    body = [
-        [str(i + 1), r["trial_id"], r["status"], str(r["iterations"]), num(r.get("metric")), num(r.get("final_metric"))]
-        + [num((r.get("hyperparameters") or {}).get(p)) for p in params]
-        for i, r in enumerate(rows[:limit] if limit else rows)
-    ]
-    widths = [max(len(x) for x in col) for col in zip(head, *body)]
-    return "\n".join("  ".join(x.ljust(w) for x, w in zip(line, widths)).rstrip() for line in [head] + body)
 
 
 def write_record(rows: list[dict[str, Any]], spec: _Spec, *, finished: bool, started: float | None = None) -> dict[str, Any]:
@@ -452,11 +436,6 @@ def _num_classes(run: RunConfig) -> int:
     return len(labels.names)
 
 
-def _storage_path(storage: str) -> str:
-    from raytune_bsm.storage import is_uri
-
-    return storage if is_uri(storage) else str(Path(storage.removeprefix("file://")).expanduser().resolve())
-
 
 def run_sweep(run: RunConfig, sweep: SweepConfig, *, storage: str) -> dict[str, Any]:
     """Run (or with sweep.resume, continue) the sweep named run.name on the connected cluster; return the
@@ -464,10 +443,10 @@ def run_sweep(run: RunConfig, sweep: SweepConfig, *, storage: str) -> dict[str, 
     import ray
     from ray import tune
 
-    from raytune_bsm.runner.worker import setup_logging
+    from raytune_bsm.logs import setup_logging
 
     setup_logging()
-    storage = _storage_path(storage)
+    storage = storage_path(storage)
     sweep_dir = join(storage, run.name)
     tune_dir = join(sweep_dir, "tune")
     record = join(sweep_dir, "bsm_sweep.json")
@@ -583,12 +562,15 @@ def export_best_trial(summary: dict[str, Any], sweep_dir: str) -> str:
     return dest
 
 
-def load_sweep_record(storage: str, name: str) -> dict[str, Any]:
-    """`bsm tune --resume NAME`: the stored {"run", "tune", "storage"} the sweep was started with."""
-    path = join(_storage_path(storage), name, "bsm_sweep.json")
-    if not exists(path):
-        raise ConfigError(f"--resume {name}: no sweep named {name} in {storage}")
-    return json.loads(read_bytes(path))
+
+def resources_from_ray() -> Any:
+    """The connected cluster's alive nodes as a ClusterResources (the cluster-side fallback for max_concurrent)."""
+    import ray
+
+    nodes = [NodeResources(str(n.get("NodeManagerAddress", "?")), float(n["Resources"].get("CPU", 0)),
+                           float(n["Resources"].get("GPU", 0))) for n in ray.nodes() if n.get("Alive")]  # fmt: skip
+    return ClusterResources(total_cpus=sum(n.cpus for n in nodes), total_gpus=sum(n.gpus for n in nodes),
+                            nodes=nodes, can_autoscale=False, dashboard_url="this cluster")  # fmt: skip
 
 
 def main(config_file: str) -> int:

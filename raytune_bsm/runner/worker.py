@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from raytune_bsm.logs import setup_logging  # noqa: F401  (the job entrypoints' logging)
 from raytune_bsm.config import RunConfig, check_monitor_computed, dumps
 from raytune_bsm.data.dataset import Collate, EncodedDataset, LengthGroupedBatchSampler, Labels, load_split, split_off
 from raytune_bsm.errors import ConfigError, DataError
@@ -39,7 +40,7 @@ class Prepared:
 
 def demo_data_dir(rows: int = 1000, seed: int = 0) -> Path:
     """The demo data, generated once per machine (atomically, so concurrent workers are safe)."""
-    from raytune_bsm.client.local_cluster import bsm_home
+    from raytune_bsm.layout import bsm_home
     from raytune_bsm.demo.generator import write_demo_data
 
     import hashlib
@@ -333,14 +334,3 @@ def write_predictions(model: Any, class_names: list[str], run: RunConfig, out_di
     write_table(table, dest)
     log.info("wrote %d test predictions to %s", table.num_rows, dest)
     return dest
-
-
-def setup_logging(level: int = logging.INFO) -> None:
-    """bsm's log lines go to stderr, once."""
-    root = logging.getLogger("raytune_bsm")
-    if not root.handlers:
-        h = logging.StreamHandler(sys.stderr)
-        h.setFormatter(logging.Formatter("%(asctime)s bsm %(levelname)s %(message)s", "%H:%M:%S"))
-        root.addHandler(h)
-        root.setLevel(level)
-        root.propagate = False

@@ -1,0 +1,126 @@
+"""The contract between the two sides: where bsm keeps its state, what a run directory and an export hold, and
+the export's manifest (writing, reading, verifying). The only sha256 code in bsm is here.
+
+    <storage>/<run>/
+        bsm_config.json         the fully resolved run config
+        bsm_result.json         metrics, checkpoints, restarts (written by the job)
+        export/                 EXPORT_FILES + manifest.json (written last)
+    <storage>/<sweep>/bsm_sweep.json, trials.parquet, best_config.json, runs/<trial>/...
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from raytune_bsm.errors import ExportError
+
+# ------------------------------------------------------------------------------------------------ bsm's home
+
+
+def bsm_home() -> Path:
+    """bsm's own state directory: ``$BSM_HOME`` if set, else ``~/.bsm`` (the local cluster, default storage)."""
+    env = os.environ.get("BSM_HOME", "").strip()
+    return Path(env).expanduser().absolute() if env else Path.home() / ".bsm"
+
+
+def default_storage() -> str:
+    return str(bsm_home() / "runs")
+
+
+# ------------------------------------------------------------------------------------------- run directories
+
+CONFIG_JSON = "bsm_config.json"
+RESULT_JSON = "bsm_result.json"
+EXPORT_DIR = "export"
+SWEEP_JSON = "bsm_sweep.json"
+TRIALS_PARQUET = "trials.parquet"
+BEST_CONFIG_JSON = "best_config.json"
+EPOCHS_JSON = "bsm_epochs.json"  # per trial run: every epoch's reported metrics
+
+# --------------------------------------------------------------------------------------------------- exports
+
+ONNX_FILE = "model.onnx"
+TORCHSCRIPT_FILE = "model.torchscript.pt"
+TOKENIZER_DIR = "tokenizer"
+TOKENIZER_JSON = "tokenizer/tokenizer.json"
+MODEL_JSON = "bsm_model.json"
+MANIFEST = "manifest.json"
+CHECKPOINT_NAME = "checkpoint.ckpt"  # the file inside a Ray Train checkpoint directory
+INPUT_NAMES = ("input_ids", "attention_mask")
+OUTPUT_NAME = "logits"
+FORMAT_VERSION = 1
+# What `bsm predict` reads of an export (a remote export is copied locally first).
+PREDICT_FILES = (MANIFEST, ONNX_FILE, MODEL_JSON, TOKENIZER_JSON)
+_BLOCK = 1 << 20
+
+
+def sha256_file(path: str | Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def file_entries(root: Path) -> list[dict[str, Any]]:
+    """Every file under `root` but the manifest: relative path, sha256, size in bytes (the manifest's "files")."""
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p != root / MANIFEST)
+    return [{"path": p.relative_to(root).as_posix(), "sha256": sha256_file(p), "size": p.stat().st_size} for p in files]
+
+
+def write_manifest(root: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Write `manifest` (plus the "files" list) as root/manifest.json: the last file of an export."""
+    manifest = {"format_version": FORMAT_VERSION, **manifest, "files": file_entries(root)}
+    (root / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+    return manifest
+
+
+def parse_manifest(data: bytes, where: str) -> dict[str, Any]:
+    """A manifest's bytes -> dict, checked enough that every later use is safe; an ExportError names `where`."""
+    try:
+        manifest = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ExportError(f"{where}: {MANIFEST} is not valid JSON ({e.__class__.__name__}); re-export the model") from None
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, list) or not all(
+        isinstance(f, dict) and isinstance(f.get("path"), str) and isinstance(f.get("sha256"), str)
+        and isinstance(f.get("size"), int) for f in files
+    ):  # fmt: skip
+        raise ExportError(f"{where}: {MANIFEST} has no valid \"files\" list (path, sha256, size); re-export the model")
+    for f in files:
+        safe_relpath(f["path"], where)
+    return manifest
+
+
+def safe_relpath(rel: str, where: str) -> str:
+    """A manifest path that stays inside its export; anything else is refused, never followed."""
+    parts = Path(rel).parts
+    if not rel or rel.startswith(("/", "\\")) or ".." in parts or ":" in rel.split("/")[0]:
+        raise ExportError(f"{where}: {MANIFEST} lists an unsafe path {rel!r}; refusing it")
+    return rel
+
+
+def copy_verified(src: BinaryIO, dest: BinaryIO, entry: dict[str, Any], where: str) -> None:
+    """Stream `src` into `dest`, hashing as it goes; an ExportError if size or sha256 differ from `entry`."""
+    h, size = hashlib.sha256(), 0
+    while block := src.read(_BLOCK):
+        h.update(block)
+        size += len(block)
+        dest.write(block)
+    _check(h.hexdigest(), size, entry, where)
+
+
+def verify_file(path: Path, entry: dict[str, Any]) -> None:
+    """A local file against its manifest entry; an ExportError naming the file if it is missing or differs."""
+    if not path.is_file():
+        raise ExportError(f"{path}: missing (listed in {MANIFEST})")
+    _check(sha256_file(path), path.stat().st_size, entry, str(path))
+
+
+def _check(digest: str, size: int, entry: dict[str, Any], where: str) -> None:
+    if size != entry["size"] or digest != entry["sha256"]:
+        raise ExportError(
+            f"{where}: checksum mismatch (sha256 {digest[:16]}..., {size} bytes; the manifest says "
+            f"{entry['sha256'][:16]}..., {entry['size']} bytes): the export is corrupt or was changed; re-export it"
+        )
