@@ -88,3 +88,21 @@ def test_valid_for_ray_cluster_launcher(config: dict) -> None:
     util = pytest.importorskip("ray.autoscaler._private.util")
     prepared = util.prepare_config(copy.deepcopy(config))
     util.validate_config(prepared)
+
+
+def test_cluster_installs_the_ray_version_the_client_pins(config: dict) -> None:
+    """The Jobs API client and the cluster must run the same Ray: pyproject pins it, cluster.yaml installs it,
+    and any container image it names is one that exists for that version (ray-ml images stopped after 2.49)."""
+    import re
+    import tomllib
+
+    deps = tomllib.loads((CLUSTER_YAML.parent / "pyproject.toml").read_text())["project"]["dependencies"]
+    pinned = [re.search(r"==([\d.]+)", d).group(1) for d in deps if d.startswith("ray[")]
+    assert len(pinned) == 1, deps
+    setup = " ".join(config["setup_commands"])
+    assert f"==={pinned[0]}" not in setup and f'=={pinned[0]}"' in setup, setup
+    text = CLUSTER_YAML.read_text()
+    images = re.findall(r"rayproject/[\w-]+:[\w.-]+", text)
+    assert images, "cluster.yaml should name the container image to use"
+    for image in images:
+        assert image.startswith(f"rayproject/ray:{pinned[0]}-py3") and image.endswith("-gpu"), image
