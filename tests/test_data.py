@@ -106,11 +106,11 @@ def test_jsonl_list_dialogues_process_like_newline_strings(tmp_path):
 # ----------------------------------------------------------------------------------------------- splits
 
 
-def run_config(tmp_path: Path, **data: object) -> RunConfig:
+def run_config(tmp_path: Path, model: dict | None = None, **data: object) -> RunConfig:
     return RunConfig.from_dict(
         {
             "name": "t",
-            "model": {"encoder_config": TINY_ENCODER, "max_chunks": 4, "max_tokens": 32},
+            "model": {"encoder_config": TINY_ENCODER, "max_chunks": 4, "max_tokens": 32, **(model or {})},
             "data": {"label_field": "label", **data},
             "train": {"output_dir": str(tmp_path / "out")},
             "scaling": {"cpus_per_worker": torch.get_num_threads()},  # train_loop sets torch's thread count
@@ -235,7 +235,7 @@ def bad_inputs(tmp: Path) -> dict[str, tuple[dict, list[str]]]:
     cases: dict[str, tuple[dict, list[str]]] = {}
 
     def case(name, path, must, **extra):
-        cases[name] = ({"train": str(path), **extra}, [str(path), *must])
+        cases[name] = ({"train": str(path), **extra}, [str(path), *must])  # a file written after it is named
 
     case("missing label column", write_parquet(tmp / "a.parquet", **no_label), ["'label'", "--label-field"])
     case("missing text column", write_parquet(tmp / "b.parquet", **no_text), ["'dialogue'", "--text-field"])
@@ -247,8 +247,30 @@ def bad_inputs(tmp: Path) -> dict[str, tuple[dict, list[str]]]:
          ["'label'", "2 null label(s), rows 1, 3"])  # fmt: skip
     csv_nulls = {**r, "label": ["a", "", "b", "a", "", "b"]}  # an empty CSV field is a null, not a class ""
     case("null labels in csv", write_csv(tmp / "e.csv", csv_nulls), ["'label'", "2 null label(s), rows 1, 4"])
-    case("negative int label", write_parquet(tmp / "n.parquet", **{**r, "label": [0, 1, -1, 0, 1, 0]}),
-         ["'label'", "outside 0..1", "row 2 (-1)"])  # fmt: skip
+    case("int label outside num_classes", write_parquet(tmp / "n.parquet", **{**r, "label": [0, 1, -1, 0, 3, 0]}),
+         ["'label'", "2 label(s) outside 0..1 (num_classes)", "row 2 (-1), row 4 (3)"], model={"num_classes": 2})
+    case("single int class", write_parquet(tmp / "s1.parquet", **{**r, "label": [7] * 6}),
+         ["'label'", "single class '7'"])
+    case("single bool class", write_parquet(tmp / "s2.parquet", **{**r, "label": [True] * 6}),
+         ["'label'", "single class 'True'"])
+    case("too many int classes", write_parquet(tmp / "many.parquet", **records(10_050, labels=list(range(10_050)))),
+         ["'label'", "10,050 distinct labels", "more than the 10,000 classes", "--label-field"])
+    case("duplicated csv column", tmp / "dup.csv", ["column 'label' appears 2 times (columns 3, 4)"])
+    (tmp / "dup.csv").write_text("order_id,dialogue,label,label\n1,hi,0,1\n2,yo,1,0\n")
+    (tmp / "latin1.csv").write_bytes("order_id,dialogue,label\n1,hi,0\n2,caf\u00e9 cr\u00e8me,1\n".encode("latin-1"))
+    case("non-utf8 csv", tmp / "latin1.csv", ["column 'dialogue' is not UTF-8 text, row 1"])
+    (tmp / "ragged.csv").write_text("order_id,dialogue,label\n1,hi,0\n2,yo,1\n3,a, b,1\n")
+    case("csv row with an extra field", tmp / "ragged.csv", ["row 2 (line 4) has 4 fields, the header has 3"])
+    (tmp / "empty.csv").write_bytes(b"")
+    case("empty csv file", tmp / "empty.csv", ["the file is empty"])
+    case("csv mixing integer and text labels", write_csv(tmp / "mixed.csv", {**r, "label": [0, 1, "yes", 0, 1, 1]}),
+         ["'label'", "mixes integer and text labels", "row 2 ('yes')"])
+    (tmp / "mixed.jsonl").write_text('{"dialogue": "hi", "label": 0}\n{"dialogue": "yo", "label": "one"}\n')
+    case("jsonl mixing integer and text labels", tmp / "mixed.jsonl", ["row 1 (line 2)", "column 'label'"])
+    (tmp / "ids").mkdir()
+    write_parquet(tmp / "ids" / "a.parquet", **records(3))
+    write_parquet(tmp / "ids" / "b.parquet", **{**records(3), "order_id": ["x", "y", "z"]})
+    case("id types differ between files", tmp / "ids", [str(tmp / "ids" / "b.parquet"), "'order_id'", "string ids"])
     case("single class", write_parquet(tmp / "s.parquet", **{**r, "label": ["x"] * 6}), ["'label'", "single class"])
     cases["unknown label in val"] = (
         {"train": good, "val": str(write_parquet(tmp / "f.parquet", **{**r, "label": [0, 1, 5, 0, 1, 7]}))},
@@ -288,7 +310,9 @@ def bad_inputs(tmp: Path) -> dict[str, tuple[dict, list[str]]]:
 
 BAD = [
     "missing label column", "missing text column", "missing id column", "float labels", "int text", "null labels",
-    "null labels in csv", "negative int label", "single class", "unknown label in val",
+    "null labels in csv", "int label outside num_classes", "single class", "single int class", "single bool class",
+    "too many int classes", "duplicated csv column", "non-utf8 csv", "csv row with an extra field", "empty csv file",
+    "csv mixing integer and text labels", "jsonl mixing integer and text labels", "id types differ between files", "unknown label in val",
     "string labels in test, int in train", "parquet with 0 rows", "csv with only a header", "empty jsonl file",
     "corrupt parquet", "no file matches the glob", "nonexistent path", "empty dialogues with empty_dialogues=error",
     "every dialogue empty", "null label in the second file of a directory", "corrupt file among a glob",
@@ -336,7 +360,7 @@ def test_empty_dialogues_are_skipped_with_a_count_logged(tmp_path, caplog, resto
     path = write_parquet(tmp_path / "train.parquet", **r)
     logger = logging.getLogger("raytune_bsm")
     logger.propagate = True  # train_loop, if it ran earlier in this process, turned propagation off
-    with caplog.at_level(logging.WARNING, logger="raytune_bsm.data.dataset"):
+    with caplog.at_level(logging.WARNING, logger="raytune_bsm.data.splits"):
         split, _ = load_split(str(path), CFG, None)
     assert split.skipped_empty == 4
     assert split.ids == [0, 2, 3, 5]

@@ -1,0 +1,136 @@
+"""Batching: processed records -> padded [B, C, T] batches, in length-grouped order.
+
+`EncodedDataset` holds a split's processed records (token ids and chunk lengths, from the processor);
+`Collate` pads a batch to its own largest chunk count and chunk length (dynamic padding, never to
+max_chunks x max_tokens); `LengthGroupedBatchSampler` puts records of similar padded size together and gives
+every DDP rank the same number of batches. Torch is imported only inside `Collate.__call__`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+
+class EncodedDataset:
+    """Processed records of one split; indexable, so it works as a torch map-style dataset."""
+
+    def __init__(self, ids: list[np.ndarray], lens: list[np.ndarray], labels: np.ndarray, record_ids: list[Any]):
+        self.ids, self.lens, self.labels, self.record_ids = ids, lens, labels, record_ids
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> int:
+        return i  # the collate function reads the arrays directly: no per-item tensor churn
+
+    def padded_cost(self) -> np.ndarray:
+        """Per record: chunks x longest chunk, the [C, T] area it occupies in a padded batch."""
+        return np.fromiter((len(l) * (l.max() if len(l) else 0) for l in self.lens), np.int64, len(self.lens))
+
+
+class Collate:
+    """Indices -> a batch dict padded to the batch's own largest chunk count and chunk length."""
+
+    def __init__(self, dataset: EncodedDataset, text_name: str, label_name: str, id_name: str | None, pad_id: int):
+        self.ds, self.pad_id = dataset, pad_id
+        self.ids_key = f"{text_name}_processed_input_ids"
+        self.mask_key = f"{text_name}_processed_attention_mask"
+        self.label_name, self.id_name = label_name, id_name or "id"
+
+    def __call__(self, indices: Sequence[int]) -> dict[str, Any]:
+        import torch
+
+        lens = [self.ds.lens[i] for i in indices]
+        C = max(1, max(len(l) for l in lens))
+        T = max(1, max((int(l.max()) for l in lens if len(l)), default=1))
+        ids = np.full((len(indices), C, T), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(indices), C, T), dtype=np.int64)
+        for b, i in enumerate(indices):
+            start = 0
+            for c, n in enumerate(self.ds.lens[i]):
+                ids[b, c, :n] = self.ds.ids[i][start : start + n]
+                mask[b, c, :n] = 1
+                start += n
+        return {
+            self.ids_key: torch.from_numpy(ids),  # [B, C, T]
+            self.mask_key: torch.from_numpy(mask),  # [B, C, T]
+            self.label_name: torch.from_numpy(self.ds.labels[list(indices)]),  # [B]
+            self.id_name: [self.ds.record_ids[i] for i in indices],
+        }
+
+
+class LengthGroupedBatchSampler:
+    """Batches of records of similar padded size, in random order; sharded across DDP ranks.
+
+    Shuffle, cut into pools of `pool` batches, sort each pool by padded cost, cut into batches, shuffle the
+    batches. Every rank gets the same number of batches (padded by repeating records) so DDP never waits on a
+    rank that ran out. With `shuffle=False` (evaluation) it only sorts, and ranks get disjoint shards.
+    """
+
+    def __init__(
+        self,
+        cost: np.ndarray,
+        batch_size: int,
+        *,
+        shuffle: bool = True,
+        group_by_length: bool = True,
+        seed: int = 0,
+        num_replicas: int = 1,
+        rank: int = 0,
+        pool: int = 64,
+    ) -> None:
+        self.cost, self.batch_size, self.shuffle, self.group = cost, batch_size, shuffle, group_by_length
+        self.seed, self.num_replicas, self.rank, self.pool, self.epoch = seed, num_replicas, rank, pool, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _order(self) -> np.ndarray:
+        n = len(self.cost)
+        rng = np.random.default_rng(self.seed + self.epoch)
+        order = rng.permutation(n) if self.shuffle else np.arange(n)
+        if self.group:
+            span = self.batch_size * self.pool if self.shuffle else n
+            order = np.concatenate(
+                [
+                    chunk[np.argsort(-self.cost[chunk], kind="stable")]
+                    for chunk in np.array_split(order, max(1, math.ceil(n / span)))
+                ]
+            )
+        return order
+
+    def _batches(self) -> list[list[int]]:
+        order = self._order()
+        if not self.shuffle and self.num_replicas > 1:
+            # Evaluation: every rank gets a disjoint, length-sorted shard of records (never an empty one:
+            # a rank with no records would stall DDP, so it re-scores record 0, which only happens when
+            # there are fewer records than ranks).
+            order = order[self.rank :: self.num_replicas]
+            if len(order) == 0:
+                order = np.array([0])
+        batches = [order[i : i + self.batch_size].tolist() for i in range(0, len(order), self.batch_size)]
+        if self.shuffle:
+            rng = np.random.default_rng(self.seed + self.epoch + 1)
+            batches = [batches[i] for i in rng.permutation(len(batches))]
+        return batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        batches = self._batches()
+        if self.num_replicas == 1 or not self.shuffle:
+            return iter(batches)
+        # Training: equal batch counts per rank (the last ones repeat records) so DDP never waits on a rank.
+        per_rank = math.ceil(len(batches) / self.num_replicas)
+        batches = (batches * self.num_replicas)[: per_rank * self.num_replicas]
+        return iter(batches[self.rank :: self.num_replicas])
+
+    def __len__(self) -> int:
+        n = len(self.cost)
+        if self.num_replicas == 1:
+            return math.ceil(n / self.batch_size)
+        if self.shuffle:
+            return math.ceil(math.ceil(n / self.batch_size) / self.num_replicas)
+        shard = max(1, len(range(self.rank, n, self.num_replicas)))
+        return math.ceil(shard / self.batch_size)
