@@ -1,146 +1,145 @@
-"""Score dialogues with an exported model (see export.py) on ONNX Runtime. No torch, no transformers.
+"""Score dialogues with an exported model (see model/export.py) on ONNX Runtime. No torch, no transformers.
 
     p = Predictor("runs/demo/export")
     pred, probs = p.predict_texts(["Where is my parcel?\\nTracking says delivered.", ...])
     predict_file("runs/demo/export", "new_claims.parquet")  # -> new_claims.predictions.parquet
 
-The export's `model.onnx` is checked against its manifest's sha256 before it is loaded. Dialogues are tokenized
-and chunked by the same `ChunkProcessor` as in training (settings from `bsm_model.json`, tokenizer from
-`tokenizer/tokenizer.json`), batched by length (records of similar padded size together, each batch padded to its
-own largest chunk count and chunk length), scored, and returned in their original order.
+Every file read of the export is checked against its manifest's sha256 first (layout.verify_file). The graph is
+the packed one when the export has it (only non-empty chunks, see scoring/batching.py), else `model.onnx`; int8
+or fp32 per `precision` (scoring/sessions.py). Dialogues are tokenized and chunked by the training-time
+`ChunkProcessor` (settings from `bsm_model.json`, tokenizer from `tokenizer/tokenizer.json`) on a background
+thread while the previous block is scored; results come back in the order given. Files stream: a block of rows
+is read, scored and written before the next one is read (scoring/files.py), so memory stays flat.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import posixpath
+import queue
 import tempfile
-import uuid
+import threading
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
+import pyarrow as pa
 
+from raytune_bsm import layout, storage
+from raytune_bsm.data.processor import ChunkProcessor, ProcessorConfig
+from raytune_bsm.data.readers import ID_CANDIDATES, DataFile, list_files
+from raytune_bsm.data.splits import check_text_type
 from raytune_bsm.errors import ConfigError, DataError, ExportError
+from raytune_bsm.scoring.batching import Call, make_call, plan_calls
+from raytune_bsm.scoring.files import OutputFile, check_output, column_names, output_format, read_batches
+from raytune_bsm.scoring.sessions import Scorer, choose_graph
 
 log = logging.getLogger(__name__)
 
-ONNX_FILE = "model.onnx"
-MODEL_JSON = "bsm_model.json"
-MANIFEST = "manifest.json"
-TOKENIZER_JSON = "tokenizer/tokenizer.json"
-BLOCK = 8192  # records tokenized (and sorted by length) at a time
-OUT_FORMATS = {".parquet": "parquet", ".pq": "parquet", ".parq": "parquet", ".csv": "csv", ".tsv": "tsv",
-               ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}  # fmt: skip
+BLOCK = 8192  # records read, tokenized and scored at a time
+T = TypeVar("T")
+U = TypeVar("U")
 
 
 class Predictor:
-    """An export directory loaded for scoring: ONNX Runtime session, tokenizer and chunk processor."""
+    """An export loaded for scoring: one ONNX Runtime session (created once), the tokenizer and the processor."""
 
-    def __init__(self, export_dir: str, provider: str = "CPUExecutionProvider") -> None:
-        import onnxruntime as ort
-
-        from raytune_bsm.data.processor import ChunkProcessor, ProcessorConfig
-
-        available = ort.get_available_providers()
-        if provider not in available:
-            raise ConfigError(
-                f"--provider {provider!r} is not available in this onnxruntime; available: {', '.join(available)}"
-            )
+    def __init__(self, export_dir: str, provider: str = "CPUExecutionProvider", *, precision: str = "auto",
+                 threads: int | None = None) -> None:  # fmt: skip
         self.export_dir = export_dir
-        if "://" in export_dir and not export_dir.startswith("file://"):  # s3://, gs://, hdfs://: a local copy
-            self._tmp = tempfile.TemporaryDirectory(prefix="bsm-predict-")
-            root = download_export(export_dir, Path(self._tmp.name) / "export")
-        else:
-            root = Path(export_dir.removeprefix("file://")).expanduser()
-        if not root.is_dir():
-            raise ConfigError(f"export directory {export_dir!r} does not exist")
-        manifest_path = root / MANIFEST
-        if not manifest_path.is_file():
-            raise ExportError(f"{export_dir}: no {MANIFEST}: not an export, or an incomplete one")
-        try:
-            self.manifest = json.loads(manifest_path.read_text())
-            entries = {e["path"]: e for e in self.manifest["files"]}
-        except (ValueError, KeyError, TypeError) as e:
-            raise ExportError(f"{manifest_path}: unreadable manifest ({e})") from None
-        for rel in (ONNX_FILE, MODEL_JSON, TOKENIZER_JSON):  # every file this class reads, model.onnx first
-            _verify(root, rel, entries)
+        root, self.manifest = self._open(export_dir, precision)
+        self.choice = choose_graph(self.manifest, precision)
+        entries = {e["path"]: e for e in self.manifest["files"]}
+        for rel in (self.choice.file, layout.MODEL_JSON, layout.TOKENIZER_JSON):  # every file this class reads
+            if rel not in entries:
+                raise ExportError(f"{export_dir}: {rel} is not listed in {layout.MANIFEST}; re-export the model")
+            layout.verify_file(root / rel, entries[rel])
 
-        self.info = json.loads((root / MODEL_JSON).read_text())
+        self.info = json.loads((root / layout.MODEL_JSON).read_text())
         self.class_names: list[str] = [str(c) for c in self.info["class_names"]]
         self.text_field: str = self.info.get("text_field") or self.info["processor"].get("text_field") or "dialogue"
         settings = self.info["processor"]
-
+        self.pad_id = int(settings["pad_id"])
         pcfg = ProcessorConfig.of_model(settings)
-        self.processor = ChunkProcessor.from_tokenizer_file(pcfg, str(root / TOKENIZER_JSON), int(settings["pad_id"]))
+        self.processor = ChunkProcessor.from_tokenizer_file(pcfg, str(root / layout.TOKENIZER_JSON), self.pad_id)
         if self.processor.prefix != list(settings["prefix"]) or self.processor.suffix != list(settings["suffix"]):
             raise ExportError(
                 f"{export_dir}: the tokenizer's special tokens {self.processor.prefix}/{self.processor.suffix} differ "
                 f"from the export's {settings['prefix']}/{settings['suffix']}"
             )
-        self.pad_id = int(settings["pad_id"])
-
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
+        self.scorer = Scorer(str(root / self.choice.file), provider, threads)
         self.provider = provider
-        providers = [provider] + (["CPUExecutionProvider"] if provider != "CPUExecutionProvider" else [])
-        self.session = ort.InferenceSession(str(root / ONNX_FILE), sess_options=opts, providers=providers)
-        names = [i.name for i in self.session.get_inputs()]
-        if names != ["input_ids", "attention_mask"]:
-            raise ExportError(f"{export_dir}: model.onnx inputs are {names}, expected input_ids, attention_mask")
+        want = ["input_ids", "attention_mask"] + (["pool"] if self.choice.packed else [])
+        if self.scorer.input_names != want:
+            raise ExportError(f"{export_dir}: {self.choice.file} inputs are {self.scorer.input_names}, expected {want}")
+        self.real = self.slots = 0  # token slots scored so far: real tokens, all
+        log.info("scoring with %s (%s; %s), %d threads", self.choice.file, self.choice.precision, self.choice.why,
+                 self.scorer.threads)  # fmt: skip
+
+    def _open(self, export_dir: str, precision: str) -> tuple[Path, dict[str, Any]]:
+        """(a local directory holding the export, its manifest); of a remote export, what is read is copied to a
+        temporary directory (verified), the graph once the manifest has told which one."""
+        if storage.is_uri(export_dir):
+            self._tmp = tempfile.TemporaryDirectory(prefix="bsm-predict-")
+            root = Path(self._tmp.name) / "export"
+            manifest = layout.download_export(export_dir, Path(self._tmp.name) / "manifest", only=[])
+            graph = choose_graph(manifest, precision).file
+            return root, layout.download_export(export_dir, root, [graph, layout.MODEL_JSON, layout.TOKENIZER_JSON])
+        root = Path(export_dir.removeprefix("file://")).expanduser()
+        if not root.is_dir():
+            raise ConfigError(f"export directory {export_dir!r} does not exist")
+        if not (root / layout.MANIFEST).is_file():
+            raise ExportError(f"{export_dir}: no {layout.MANIFEST}: not an export, or an incomplete one")
+        return root, layout.parse_manifest((root / layout.MANIFEST).read_bytes(), export_dir)
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
 
-    def predict_texts(
-        self,
-        dialogues: Sequence[Any],
-        *,
-        batch_size: int = 32,
-        progress: Callable[[int, int], None] | None = None,
-    ) -> tuple[np.ndarray, np.ndarray]:
+    @property
+    def real_fraction(self) -> float:
+        """The fraction of the token slots computed so far that held a real token."""
+        return self.real / self.slots if self.slots else 1.0
+
+    def calls(self, dialogues: Sequence[Any], batch_size: int) -> list[Call]:
+        """Tokenize a block of dialogues and cut it into session calls (thread-safe: touches no state)."""
+        p = self.processor(dialogues)
+        return [make_call(p.ids, p.lens, records, self.pad_id, self.choice.packed)
+                for records in plan_calls(p.lens, batch_size, self.choice.packed)]  # fmt: skip
+
+    def score(self, n: int, calls: list[Call], on_call: Callable[[int], None] | None = None) -> np.ndarray:
+        """Run a block's calls -> probabilities float64 [n, K] in the block's order."""
+        probs = np.zeros((n, self.num_classes), dtype=np.float64)
+        for call in calls:
+            probs[call.records] = _softmax(self.scorer(call.feeds).astype(np.float64))
+            self.real, self.slots = self.real + call.real, self.slots + call.slots
+            if on_call:
+                on_call(len(call.records))
+        return probs
+
+    def predict_texts(self, dialogues: Sequence[Any], *, batch_size: int = 32,
+                      progress: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
         """Dialogues (strings, or lists of message strings; None or empty is fine) -> (predicted class index
         int64 [N], probabilities float64 [N, K]), in the order given."""
-        if batch_size < 1:
-            raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
-        n = len(dialogues)
-        probs = np.zeros((n, self.num_classes), dtype=np.float64)
+        _check_batch_size(batch_size)
+        n, done = len(dialogues), [0]
         if n == 0:
             if progress:
                 progress(0, 0)
-            return np.zeros(0, dtype=np.int64), probs
-        done = 0
-        for block in range(0, n, BLOCK):  # tokenize a block at a time: memory stays bounded for big files
-            p = self.processor(dialogues[block : block + BLOCK])
-            cost = np.fromiter((len(l) * (int(l.max()) if len(l) else 0) for l in p.lens), np.int64, len(p.lens))
-            order = np.argsort(-cost, kind="stable")  # similar sizes together, biggest first
-            for start in range(0, len(order), batch_size):
-                idx = order[start : start + batch_size]
-                ids, mask = self._pad([p.ids[i] for i in idx], [p.lens[i] for i in idx])
-                logits = self.session.run(["logits"], {"input_ids": ids, "attention_mask": mask})[0]
-                probs[block + idx] = _softmax(logits.astype(np.float64))
-                done += len(idx)
-                if progress:
-                    progress(done, n)
-        return probs.argmax(axis=1).astype(np.int64), probs
+            return np.zeros(0, dtype=np.int64), np.zeros((0, self.num_classes), dtype=np.float64)
 
-    def _pad(self, ids: list[np.ndarray], lens: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """Records -> int64 [B, C, T] ids and mask, C and T the batch's own maxima (at least 1 each)."""
-        C = max(1, max(len(l) for l in lens))
-        T = max(1, max((int(l.max()) for l in lens if len(l)), default=1))
-        out_ids = np.full((len(ids), C, T), self.pad_id, dtype=np.int64)
-        out_mask = np.zeros((len(ids), C, T), dtype=np.int64)
-        for b, (flat, ln) in enumerate(zip(ids, lens)):
-            start = 0
-            for c, k in enumerate(ln):
-                out_ids[b, c, :k] = flat[start : start + k]
-                out_mask[b, c, :k] = 1
-                start += k
-        return out_ids, out_mask
+        def on_call(k: int) -> None:
+            done[0] += k
+            if progress:
+                progress(done[0], n)
+
+        blocks = (dialogues[s : s + BLOCK] for s in range(0, n, BLOCK))
+        parts = [self.score(len(b), calls, on_call) for b, calls in
+                 pipelined(blocks, lambda b: (b, self.calls(b, batch_size)))]  # fmt: skip
+        probs = np.concatenate(parts)
+        return probs.argmax(axis=1).astype(np.int64), probs
 
 
 def predict_file(
@@ -152,52 +151,58 @@ def predict_file(
     batch_size: int = 32,
     id_field: str | None = None,
     text_field: str | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    precision: str = "auto",
+    threads: int | None = None,
+    overwrite: bool = False,
+    progress: Callable[[int, int | None], None] | None = None,
 ) -> str:
-    """Score every row of `data` (a Parquet/CSV/JSONL file, a directory of them or a glob) and write `id`,
-    `predicted` (the class name) and `prob_<class>` per class to `out` (.parquet, .csv or .jsonl, by its
-    extension; default `<data stem>.predictions.parquet` next to a single local data file, else in the current
-    directory). The file appears whole or not at all. Returns the output path."""
-    import pyarrow as pa
-
-    from raytune_bsm.data.dataset import ID_CANDIDATES, expand_path, read_file
-
+    """Score every row of `data` (a Parquet/CSV/JSONL file, a directory of them or a glob; local or a URI) and
+    write `id`, `predicted` (the class name) and `prob_<class>` per class to `out` (.parquet, .csv or .jsonl, by
+    its extension; default `<data stem>.predictions.parquet` next to a single local data file, else in the
+    current directory), a block at a time. The file appears whole or not at all; an existing one is replaced
+    only with `overwrite`, the input never. `progress(done, total)`: total is None when the files do not say it
+    (CSV, JSON Lines). Returns the output path."""
+    _check_batch_size(batch_size)
     out = out if out is not None else default_output(data)
-    fmt = OUT_FORMATS.get(Path(out.split("?")[0]).suffix.lower())
-    if fmt is None:
-        raise ConfigError(f"--out {out!r}: unknown output type; use .parquet, .csv or .jsonl")
-    predictor = Predictor(export_dir, provider=provider)  # checks the export (and provider) before reading data
+    fmt = output_format(out)
+    inputs = list_files(data)
+    check_output(out, data, inputs, overwrite)
+    predictor = Predictor(export_dir, provider=provider, precision=precision, threads=threads)
     text_field = text_field or predictor.text_field
+    id_col = id_field or next((c for c in ID_CANDIDATES if c in column_names(inputs[0])), None)
+    columns = [text_field] + ([id_col] if id_col else [])
+    total = _total_rows(inputs)
+    done = [0]
 
-    texts: list[Any] = []
-    ids: list[Any] = []
-    files = expand_path(data)
-    id_col = id_field
-    for i, f in enumerate(files):
-        t = read_file(f)
-        if i == 0 and id_col is None:
-            id_col = next((c for c in ID_CANDIDATES if c in t.column_names), None)
-        for col, flag in ((text_field, "--text-field"), (id_col, "--id-field")):
-            if col is not None and col not in t.column_names:
-                raise DataError(
-                    f"{f}: missing column {col!r} (columns are {', '.join(t.column_names) or 'none'}); "
-                    f"name the right one with {flag}"
-                )
-        _check_text_type(t.column(text_field).type, f, text_field)
-        texts += t.column(text_field).to_pylist()
-        ids += t.column(id_col).to_pylist() if id_col else list(range(len(ids), len(ids) + t.num_rows))
+    def on_call(k: int) -> None:
+        done[0] += k
+        if progress:
+            progress(done[0], total)
 
-    pred, probs = predictor.predict_texts(texts, batch_size=batch_size, progress=progress)
-    names = predictor.class_names
-    table = pa.table(
-        {
-            "id": ids,
-            "predicted": pa.array([names[i] for i in pred], pa.string()),
-            **{f"prob_{c}": pa.array(probs[:, k], pa.float64()) for k, c in enumerate(names)},
-        }
-    )
-    _write(table, out, fmt)
-    log.info("wrote %d predictions to %s", table.num_rows, out)
+    def blocks() -> Iterator[tuple[Any, pa.RecordBatch]]:
+        for inp in inputs:
+            for batch in read_batches(inp, columns, BLOCK):
+                yield inp, batch
+
+    def prepare(item: tuple[Any, pa.RecordBatch]) -> tuple[Any, pa.RecordBatch, list[Call]]:
+        inp, batch = item
+        check_text_type(batch.column(0).type, inp.name, text_field)
+        return inp, batch, predictor.calls(batch.column(0).to_pylist(), batch_size)
+
+    writer = OutputFile(out, fmt)
+    try:
+        row = 0
+        for inp, batch, calls in pipelined(blocks(), prepare):
+            probs = predictor.score(batch.num_rows, calls, on_call)
+            ids = batch.column(1) if id_col else pa.array(np.arange(row, row + batch.num_rows, dtype=np.int64))
+            writer.write(_table(ids, probs, predictor.class_names, writer.schema, inp.name, id_col))
+            row += batch.num_rows
+        writer.commit(_table(pa.array([], pa.int64()), np.zeros((0, predictor.num_classes)),
+                             predictor.class_names, None, "", None).schema)  # fmt: skip
+    except BaseException:
+        writer.abort()
+        raise
+    log.info("wrote %d predictions to %s (%.0f%% of token slots real)", row, out, 100 * predictor.real_fraction)
     return out
 
 
@@ -213,99 +218,88 @@ def default_output(data: str) -> str:
     return str(Path.cwd() / (f"{stem}.predictions.parquet" if stem else "predictions.parquet"))
 
 
+def pipelined(items: Iterable[T], prepare: Callable[[T], U], depth: int = 2) -> Iterator[U]:
+    """`prepare(item)` for every item on a background thread, at most `depth` items ahead of the consumer, so
+    reading and tokenizing (the Rust tokenizer and pyarrow release the GIL) overlap with scoring. An error in
+    the thread is raised here; stopping early stops the thread."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    end = object()
+
+    def work() -> None:
+        try:
+            for item in items:
+                if stop.is_set():
+                    return
+                q.put((True, prepare(item)))
+            q.put((True, end))
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer, raised there
+            q.put((False, e))
+
+    thread = threading.Thread(target=work, name="bsm-tokenize", daemon=True)
+    thread.start()
+    try:
+        while True:
+            ok, value = q.get()
+            if not ok:
+                raise value
+            if value is end:
+                return
+            yield value
+    finally:
+        stop.set()
+        while thread.is_alive():  # let a blocked put() finish so the thread sees `stop`
+            try:
+                q.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        thread.join()
+
+
 # ----------------------------------------------------------------------------------------------- helpers
 
 
-def download_export(uri: str, local: Path) -> Path:
-    """Copy what a Predictor reads of an export on a pyarrow filesystem (s3://, gs://, hdfs://) to `local`."""
-    import pyarrow.fs as pafs
-
-    from raytune_bsm.storage import filesystem
-
-    fs, path = filesystem(uri)
-    if fs.get_file_info(path).type != pafs.FileType.Directory:
-        raise ConfigError(f"export directory {uri!r} does not exist")
-    for rel in (MANIFEST, ONNX_FILE, MODEL_JSON, TOKENIZER_JSON):
-        target = local / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            with fs.open_input_stream(posixpath.join(path, rel)) as src, open(target, "wb") as dst:
-                while block := src.read(16 << 20):
-                    dst.write(block)
-        except FileNotFoundError:
-            if rel == MANIFEST:
-                raise ExportError(f"{uri}: no {MANIFEST}: not an export, or an incomplete one") from None
-            raise ExportError(f"{uri}: {rel} is missing (listed in {MANIFEST})") from None
-    return local
+def _table(ids: Any, probs: np.ndarray, names: list[str], schema: pa.Schema | None, where: str,
+           id_col: str | None) -> pa.Table:  # fmt: skip
+    """A block of predictions; its id type must match the blocks written before (ints widen, nulls adopt)."""
+    ids = pa.array(ids) if not isinstance(ids, (pa.Array, pa.ChunkedArray)) else ids
+    if schema is not None and ids.type != schema.field("id").type:
+        first = schema.field("id").type
+        if pa.types.is_null(ids.type) or (pa.types.is_integer(ids.type) and pa.types.is_integer(first)):
+            ids = ids.cast(first)
+        else:
+            raise DataError(f"{where}: column {id_col!r} holds {ids.type} values, but the rows before hold {first} "
+                            "values; give every input file one id type (or name another column with --id-field)")  # fmt: skip
+    pred = probs.argmax(axis=1)
+    return pa.table({
+        "id": ids,
+        "predicted": pa.array([names[i] for i in pred], pa.string()),
+        **{f"prob_{c}": pa.array(probs[:, k], pa.float64()) for k, c in enumerate(names)},
+    })  # fmt: skip
 
 
-def _verify(root: Path, rel: str, entries: dict[str, dict]) -> None:
-    """The file's sha256 and size against the manifest; an ExportError naming the checksum if they differ."""
-    path = root / rel
-    entry = entries.get(rel)
-    if entry is None:
-        raise ExportError(f"{root}: {rel} is not listed in {MANIFEST}")
-    if not path.is_file():
-        raise ExportError(f"{root}: {rel} is missing (listed in {MANIFEST})")
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    if h.hexdigest() != entry["sha256"]:
-        raise ExportError(
-            f"{path}: sha256 checksum mismatch ({h.hexdigest()[:16]}... is not the manifest's "
-            f"{entry['sha256'][:16]}...): the file is corrupt or was changed after export; re-export the model"
-        )
+def _total_rows(inputs: list[DataFile]) -> int | None:
+    """The rows of every input, when their metadata says it (Parquet), else None."""
+    import pyarrow.parquet as pq
+
+    if not all(i.format == "parquet" for i in inputs):
+        return None
+    try:
+        total = 0
+        for i in inputs:
+            with i.fs.open_input_file(i.path) as f:
+                total += pq.ParquetFile(f).metadata.num_rows
+        return total
+    except (pa.ArrowException, OSError):
+        return None  # read_batches names the bad file
+
+
+def _check_batch_size(batch_size: int) -> None:
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
     z = logits - logits.max(axis=1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)
-
-
-def _check_text_type(t: Any, path: str, field: str) -> None:
-    import pyarrow as pa
-
-    is_str = pa.types.is_string(t) or pa.types.is_large_string(t)
-    is_list = (pa.types.is_list(t) or pa.types.is_large_list(t)) and (
-        pa.types.is_string(t.value_type) or pa.types.is_large_string(t.value_type)
-    )
-    if not (is_str or is_list or pa.types.is_null(t)):
-        raise DataError(f"{path}: column {field!r} has type {t}; a dialogue must be a string or a list of strings")
-
-
-def _write(table: Any, out: str, fmt: str) -> None:
-    """The table -> `out` in `fmt`, through a temporary name and a rename (local) or move (URI)."""
-    import pyarrow as pa
-
-    if fmt == "parquet":
-        import pyarrow.parquet as pq
-
-        sink = pa.BufferOutputStream()
-        pq.write_table(table, sink)
-        data = sink.getvalue().to_pybytes()
-    elif fmt in ("csv", "tsv"):
-        import pyarrow.csv as pcsv
-
-        sink = pa.BufferOutputStream()
-        pcsv.write_csv(table, sink, pcsv.WriteOptions(delimiter="\t" if fmt == "tsv" else ","))
-        data = sink.getvalue().to_pybytes()
-    else:
-        lines = [json.dumps(row, ensure_ascii=False, default=str) for row in table.to_pylist()]
-        data = ("\n".join(lines) + "\n" if lines else "").encode()
-
-    if "://" in out and not out.startswith("file://"):
-        from raytune_bsm.storage import write_bytes
-
-        write_bytes(data, out)
-        return
-    path = Path(out.removeprefix("file://")).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

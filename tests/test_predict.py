@@ -41,7 +41,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
          "chunk_pooling": "mean"}  # the export tests use the pooler; this covers mean pooling end to end
     ).eval()  # fmt: skip
     ckpt = root / "model.ckpt"
-    torch.save({"state_dict": model.state_dict(), "hyper_parameters": model.hparams}, ckpt)
+    torch.save({"state_dict": model.state_dict(), "hyper_parameters": json.loads(json.dumps(dict(model.hparams)))}, ckpt)
     dest = root / "export"
     export_checkpoint(str(ckpt), str(dest))
 
@@ -69,7 +69,8 @@ def pytorch_probs(model, texts: list, batch_size: int = 7) -> np.ndarray:
 
 def test_predict_file_matches_pytorch_for_every_row(exported):
     calls: list[tuple[int, int]] = []
-    out = predict_file(str(exported.dest), str(exported.data), batch_size=8, progress=lambda d, n: calls.append((d, n)))
+    out = predict_file(str(exported.dest), str(exported.data), batch_size=8, overwrite=True,
+                       progress=lambda d, n: calls.append((d, n)))
     assert out == str(exported.data.with_name("claims.predictions.parquet"))
     t = pq.read_table(out)
     assert t.column_names == ["id", "predicted"] + [f"prob_{c}" for c in CLASSES]
@@ -98,7 +99,7 @@ def test_predict_texts_returns_indices_and_probabilities_in_order(exported):
 @pytest.mark.parametrize("ext", ["csv", "jsonl"])
 def test_output_format_follows_the_extension(exported, tmp_path, ext):
     out = predict_file(str(exported.dest), str(exported.data), str(tmp_path / f"p.{ext}"))
-    ref = pq.read_table(predict_file(str(exported.dest), str(exported.data), str(tmp_path / "p.parquet")))
+    ref = pq.read_table(predict_file(str(exported.dest), str(exported.data), str(tmp_path / "p.parquet"), overwrite=True))
     if ext == "csv":
         t = pcsv.read_csv(out)
     else:
@@ -117,7 +118,7 @@ def test_text_and_id_fields_can_be_named_and_row_numbers_are_the_default_id(expo
         predict_file(str(exported.dest), str(data))
     t = pq.read_table(predict_file(str(exported.dest), str(data), text_field="msg"))
     assert t.column("id").to_pylist() == [0, 1, 2, 3, 4]
-    t = pq.read_table(predict_file(str(exported.dest), str(data), text_field="msg", id_field="other"))
+    t = pq.read_table(predict_file(str(exported.dest), str(data), text_field="msg", id_field="other", overwrite=True))
     assert t.column("id").to_pylist() == list("abcde")
 
 
@@ -136,7 +137,7 @@ def test_tampered_model_is_refused_with_a_checksum_error(exported, tmp_path):
     data = bytearray((copy / "model.onnx").read_bytes())
     data[len(data) // 2] ^= 0xFF
     (copy / "model.onnx").write_bytes(bytes(data))
-    with pytest.raises(ExportError, match="model.onnx: sha256 checksum mismatch"):
+    with pytest.raises(ExportError, match="model.onnx: checksum mismatch"):
         Predictor(str(copy))
     (copy / "manifest.json").unlink()
     with pytest.raises(ExportError, match="no manifest.json"):
@@ -159,20 +160,6 @@ def test_predict_imports_no_torch(exported, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert len(json.loads(proc.stdout.strip().splitlines()[-1])) == 2
-
-
-def test_an_export_on_another_filesystem_is_copied_locally(exported, tmp_path):
-    from raytune_bsm.predict import download_export
-
-    local = download_export(str(exported.dest), tmp_path / "copy")
-    assert sorted(p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file()) == [
-        "bsm_model.json", "manifest.json", "model.onnx", "tokenizer/tokenizer.json"
-    ]  # fmt: skip
-    pred, _ = Predictor(f"file://{local}").predict_texts(exported.texts[:4])
-    ref = pytorch_probs(exported.model, exported.texts[:4])
-    assert (pred == ref.argmax(1)).all()
-    with pytest.raises(ExportError, match="no manifest.json"):
-        download_export(str(tmp_path / "copy" / "tokenizer"), tmp_path / "again")
 
 
 def test_records_are_tokenized_in_blocks_and_keep_their_order(exported, monkeypatch):

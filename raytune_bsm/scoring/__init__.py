@@ -1,0 +1,1 @@
+"""Scoring pieces behind `raytune_bsm.predict`: batches, ONNX Runtime sessions, streamed files. No torch."""

@@ -1,0 +1,195 @@
+"""Streamed files for `bsm predict`: inputs (listed by data/readers.py) read a block at a time, the output written a block at a time to a
+temporary name and renamed (or, on s3:// gs:// hdfs://, uploaded) only once it is whole.
+
+Inputs: a Parquet/CSV/JSONL file, a directory of them or a glob; local or on any pyarrow filesystem. The output
+never replaces its input, never lands inside an input directory, and replaces an existing file only when asked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any, Iterator
+
+import pyarrow as pa
+
+from raytune_bsm import storage
+from raytune_bsm.data.readers import DataFile
+from raytune_bsm.errors import ConfigError, DataError
+
+OUT_FORMATS = {".parquet": "parquet", ".pq": "parquet", ".parq": "parquet", ".csv": "csv", ".tsv": "tsv",
+               ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}  # fmt: skip
+BLOCK_BYTES = 1 << 22  # CSV and JSON Lines are read 4 MiB of text at a time
+
+
+def read_batches(f: DataFile, columns: list[str], rows: int) -> Iterator[pa.RecordBatch]:
+    """One file's `columns`, `rows` rows at a time (CSV and JSON Lines: a block of text at a time)."""
+    import pyarrow.parquet as pq
+
+    if f.size == 0:
+        raise DataError(f"{f.name}: the file is empty (0 bytes, no rows)")
+    try:
+        if f.format == "parquet":
+            with f.fs.open_input_file(f.path) as src:
+                pf = pq.ParquetFile(src)
+                _check_columns(f, pf.schema_arrow.names, columns)
+                yield from pf.iter_batches(batch_size=rows, columns=columns)
+            return
+        with f.fs.open_input_stream(f.path) as src:  # compression detected from the suffix
+            reader = _text_reader(f, src)
+            _check_columns(f, reader.schema.names, columns)
+            for batch in reader:
+                yield batch.select(columns)
+    except (pa.ArrowException, OSError) as e:
+        raise DataError(f"{f.name}: cannot read this file as {f.format}: {str(e).splitlines()[0]}") from None
+
+
+def column_names(f: DataFile) -> list[str]:
+    """A file's column names: its schema (Parquet) or its first block's."""
+    import pyarrow.parquet as pq
+
+    try:
+        if f.format == "parquet":
+            with f.fs.open_input_file(f.path) as src:
+                return list(pq.ParquetFile(src).schema_arrow.names)
+        with f.fs.open_input_stream(f.path) as src:
+            return list(_text_reader(f, src).schema.names)
+    except (pa.ArrowException, OSError) as e:
+        raise DataError(f"{f.name}: cannot read this file as {f.format}: {str(e).splitlines()[0]}") from None
+
+
+def _text_reader(f: DataFile, src: Any) -> Any:
+    """A streaming reader of a CSV/TSV or JSON Lines stream (the training readers' parse options)."""
+    import pyarrow.csv as pcsv
+    import pyarrow.json as pjson
+
+    if f.format == "jsonl":
+        return pjson.open_json(src, read_options=pjson.ReadOptions(block_size=BLOCK_BYTES))
+    parse = pcsv.ParseOptions(delimiter="\t" if f.format == "tsv" else ",", newlines_in_values=True)
+    convert = pcsv.ConvertOptions(strings_can_be_null=True)  # an empty field is a missing value
+    return pcsv.open_csv(src, read_options=pcsv.ReadOptions(block_size=BLOCK_BYTES), parse_options=parse,
+                         convert_options=convert)  # fmt: skip
+
+
+def _check_columns(f: DataFile, names: list[str], columns: list[str]) -> None:
+    for col, flag in zip(columns, ("--text-field", "--id-field")):
+        if col not in names:
+            raise DataError(f"{f.name}: missing column {col!r} (columns are {', '.join(names) or 'none'}); "
+                            f"name the right one with {flag}")  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------------ the output
+
+
+def output_format(out: str) -> str:
+    fmt = OUT_FORMATS.get(Path(out.split("?")[0]).suffix.lower())
+    if fmt is None:
+        raise ConfigError(f"--out {out!r}: unknown output type; use .parquet, .csv or .jsonl")
+    return fmt
+
+
+def check_output(out: str, data: str, inputs: list[DataFile], overwrite: bool) -> None:
+    """Refuse an output that is an input, lies inside an input directory, is a directory, or exists (unless
+    `overwrite`)."""
+    import pyarrow.fs as pafs
+
+    if storage.is_uri(out):
+        fs, path = storage.filesystem(out)
+        same = lambda i: i.fs.type_name == fs.type_name and i.path == path  # noqa: E731
+        inside = storage.is_uri(data) and path.startswith(storage.filesystem(data)[1].rstrip("/") + "/")
+    else:
+        fs, path = pafs.LocalFileSystem(), str(Path(out.removeprefix("file://")).expanduser().resolve())
+        same = lambda i: i.fs.type_name == "local" and os.path.realpath(i.path) == os.path.realpath(path)  # noqa: E731
+        local = Path(data.removeprefix("file://")).expanduser()
+        inside = not storage.is_uri(data) and local.is_dir() and Path(path).is_relative_to(local.resolve())
+    if any(same(i) for i in inputs):
+        raise ConfigError(f"--out {out}: that is the input file; predictions never replace their input, "
+                          "choose another --out")  # fmt: skip
+    if inside:
+        raise ConfigError(f"--out {out}: inside the input directory {data}, where it would be read as input; "
+                          "choose a path outside it")  # fmt: skip
+    kind = fs.get_file_info(path).type
+    if kind == pafs.FileType.Directory:
+        raise ConfigError(f"--out {out}: is a directory; name the output file (.parquet, .csv or .jsonl)")
+    if kind != pafs.FileType.NotFound and not overwrite:
+        raise ConfigError(f"--out {out}: the file exists; pass --overwrite to replace it, or choose another --out")
+
+
+class OutputFile:
+    """Write blocks of predictions; the file appears at `out` only when `commit()` runs, never half-written.
+
+    Local: a temporary name beside `out`, renamed. A URI: a local temporary file, uploaded under a temporary
+    name and moved. On any error (or without commit) every temporary file is removed."""
+
+    def __init__(self, out: str, fmt: str) -> None:
+        self.out, self.fmt = out, fmt
+        if storage.is_uri(out):
+            self.final = None
+            fd, tmp = tempfile.mkstemp(prefix="bsm-predict-", suffix=Path(out).suffix)
+            os.close(fd)
+            self.tmp = Path(tmp)
+        else:
+            self.final = Path(out.removeprefix("file://")).expanduser()
+            self.final.parent.mkdir(parents=True, exist_ok=True)
+            self.tmp = self.final.with_name(f".{self.final.name}.tmp-{uuid.uuid4().hex[:8]}")
+        self._writer: Any = None
+        self._fh: Any = None
+        self.schema: pa.Schema | None = None
+        self.rows = 0
+
+    def write(self, table: pa.Table) -> None:
+        import pyarrow.csv as pcsv
+        import pyarrow.parquet as pq
+
+        if self.schema is None:
+            self.schema = table.schema
+            if self.fmt == "parquet":
+                self._writer = pq.ParquetWriter(str(self.tmp), table.schema)
+            elif self.fmt in ("csv", "tsv"):
+                opts = pcsv.WriteOptions(delimiter="\t" if self.fmt == "tsv" else ",")
+                self._writer = pcsv.CSVWriter(str(self.tmp), table.schema, write_options=opts)
+            else:
+                self._fh = open(self.tmp, "w", encoding="utf-8")
+        if self._fh is not None:
+            self._fh.writelines(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in table.to_pylist())
+        else:
+            self._writer.write_table(table)
+        self.rows += table.num_rows
+
+    def _close(self) -> None:
+        for h in (self._writer, self._fh):
+            if h is not None:
+                h.close()
+        self._writer = self._fh = None
+
+    def commit(self, empty_schema: pa.Schema) -> None:
+        if self.schema is None:  # no rows at all: a file with the columns and no rows
+            self.write(empty_schema.empty_table())
+        self._close()
+        if self.final is not None:
+            os.replace(self.tmp, self.final)
+            return
+        fs, path = storage.filesystem(self.out)
+        fs.create_dir(posixpath.dirname(path), recursive=True)
+        remote_tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+        try:
+            with open(self.tmp, "rb") as src, fs.open_output_stream(remote_tmp) as dst:
+                shutil.copyfileobj(src, dst, 16 << 20)
+            fs.move(remote_tmp, path)
+        except BaseException:
+            try:
+                fs.delete_file(remote_tmp)
+            except OSError:
+                pass
+            raise
+        finally:
+            self.tmp.unlink(missing_ok=True)
+
+    def abort(self) -> None:
+        self._close()
+        self.tmp.unlink(missing_ok=True)

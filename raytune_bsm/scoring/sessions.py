@@ -1,0 +1,146 @@
+"""Which of an export's graphs to run, and ONNX Runtime sessions that run it (CPU, or CUDA with IO binding).
+
+An export holds up to four graphs (names in layout.py): the [B, C, T] `model.onnx` (every export has it), its
+dynamic-int8 twin `model.int8.onnx`, and the packed pair `model.packed.onnx` / `model.packed.int8.onnx` that
+take only the non-empty chunks. The manifest's "precision" records each precision's validation metrics,
+measured at export time:
+
+    "precision": {"fp32": {"accuracy": 0.968, "auroc": 0.99}, "int8": {"accuracy": 0.970, "auroc": 0.99}}
+
+`--precision auto` (the default) takes int8 when every metric both record is within 0.5 point of fp32's.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from raytune_bsm import layout
+from raytune_bsm.errors import ConfigError, ExportError
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("auto", "fp32", "int8")
+MAX_LOSS = 0.005  # int8 may lose at most 0.5 point of any recorded metric
+NOT_METRICS = ("agreement", "max_abs", "diff", "n_", "records")  # recorded next to metrics, not quality
+GRAPHS = {  # (packed, precision) -> file
+    (True, "fp32"): getattr(layout, "PACKED_ONNX_FILE", "model.packed.onnx"),
+    (True, "int8"): getattr(layout, "PACKED_INT8_ONNX_FILE", "model.packed.int8.onnx"),
+    (False, "fp32"): layout.ONNX_FILE,
+    (False, "int8"): getattr(layout, "INT8_ONNX_FILE", "model.int8.onnx"),
+}
+
+
+@dataclass(frozen=True)
+class Choice:
+    file: str  # the graph's path inside the export
+    packed: bool
+    precision: str  # "fp32" or "int8"
+    why: str
+
+
+def default_threads() -> int:
+    """The cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def int8_within_tolerance(precision: dict[str, Any] | None) -> tuple[bool, str]:
+    """(int8 is good enough, why) from the manifest's "precision" record."""
+    if not isinstance(precision, dict) or not isinstance(precision.get("int8"), dict):
+        return False, "the export records no int8 metrics"
+    fp32, int8 = precision.get("fp32") or {}, precision["int8"]
+    common = [k for k in fp32 if k in int8 and not any(s in k for s in NOT_METRICS)
+              and isinstance(fp32[k], (int, float)) and isinstance(int8[k], (int, float))]  # fmt: skip
+    if not common:
+        return False, "the export records no metric for both fp32 and int8"
+    worst = max(common, key=lambda k: fp32[k] - int8[k])
+    loss = float(fp32[worst]) - float(int8[worst])
+    text = f"int8 {worst} {float(int8[worst]):.4f} vs fp32 {float(fp32[worst]):.4f}"
+    return loss <= MAX_LOSS + 1e-12, text
+
+
+def choose_graph(manifest: dict[str, Any], precision: str = "auto") -> Choice:
+    """The graph `bsm predict` runs: packed when the export has it, int8 per `precision` (see module doc)."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    files = {f["path"] for f in manifest.get("files", [])}
+    packed = GRAPHS[(True, "fp32")] in files
+    has_int8 = GRAPHS[(packed, "int8")] in files
+    if precision == "int8":
+        if not has_int8:
+            raise ConfigError(f"--precision int8: this export has no {GRAPHS[(packed, 'int8')]} (an older export?); "
+                              "use --precision fp32 or re-export the model")  # fmt: skip
+        return Choice(GRAPHS[(packed, "int8")], packed, "int8", "--precision int8")
+    if precision == "fp32":
+        return Choice(GRAPHS[(packed, "fp32")], packed, "fp32", "--precision fp32")
+    ok, why = int8_within_tolerance(manifest.get("precision"))
+    if has_int8 and ok:
+        return Choice(GRAPHS[(packed, "int8")], packed, "int8", f"auto: {why}, within 0.5 point")
+    if not has_int8:
+        why = "the export has no int8 graph"
+    elif " vs " in why:
+        why += ", more than 0.5 point apart"
+    return Choice(GRAPHS[(packed, "fp32")], packed, "fp32", f"auto: {why}")
+
+
+def available_providers() -> list[str]:
+    import onnxruntime as ort
+
+    return list(ort.get_available_providers())
+
+
+class Scorer:
+    """One ONNX Runtime session over one graph, created once; `__call__(feeds) -> logits float32 [R, K]`.
+
+    CPU: intra-op threads = `threads`, all graph optimizations on. CUDA: inputs copied to the GPU once per call
+    and the output bound on the device (IO binding), so ORT does no hidden host<->device copies."""
+
+    def __init__(self, path: str, provider: str = "CPUExecutionProvider", threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        available = available_providers()
+        if provider not in available:
+            raise ConfigError(
+                f"--provider {provider!r} is not available in this onnxruntime; available: {', '.join(available)}"
+            )
+        threads = default_threads() if threads is None else threads
+        if threads < 1:
+            raise ConfigError(f"--threads must be at least 1, got {threads}")
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        self.provider, self.threads = provider, threads
+        providers: list[Any] = [provider] + (["CPUExecutionProvider"] if provider != "CPUExecutionProvider" else [])
+        try:
+            self.session = ort.InferenceSession(path, sess_options=opts, providers=providers)
+        except Exception as e:  # noqa: BLE001 - ORT raises its own untyped errors for a bad graph
+            raise ExportError(f"{path}: ONNX Runtime cannot load this graph: {str(e).splitlines()[0]}") from None
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.cuda = provider == "CUDAExecutionProvider"
+
+    def __call__(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        if self.cuda:
+            return self._run_bound(feeds, "cuda")
+        return self.session.run([layout.OUTPUT_NAME], feeds)[0]
+
+    def _run_bound(self, feeds: dict[str, np.ndarray], device: str) -> np.ndarray:
+        """One call through IO binding: inputs placed on `device` once, the output allocated there by ORT."""
+        import onnxruntime as ort
+
+        binding = self.session.io_binding()
+        for name, array in feeds.items():  # one host->device copy per input
+            value = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), device, 0)
+            binding.bind_ortvalue_input(name, value)
+        binding.bind_output(layout.OUTPUT_NAME, device, 0)  # the [R, K] logits stay on the device until copied
+        self.session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()[0]  # one device->host copy
