@@ -252,3 +252,18 @@ def test_negative_rows_rejected_by_make_dialogues() -> None:
     with pytest.raises(ConfigError, match="--rows"):
         demo.make_dialogues(-1)
     assert demo.make_dialogues(0).num_rows == 0
+
+
+def test_source_digest_changes_with_any_module_of_the_generator(tmp_path):
+    import shutil
+    from pathlib import Path
+
+    here = Path(demo.__file__).parent
+    copy = tmp_path / "demo"
+    shutil.copytree(here, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    assert demo.source_digest(copy) == demo.source_digest() and len(demo.source_digest()) == 8
+    for name in ("story.py", "facts.py", "render.py", "phrases.py", "generator.py"):
+        shutil.copytree(here, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
+        changed = tmp_path / name / name
+        changed.write_text(changed.read_text() + "\n# changed\n")
+        assert demo.source_digest(tmp_path / name) != demo.source_digest(), name
