@@ -1,5 +1,13 @@
-"""The `bsm` command line: a thin Typer app over `raytune_bsm.api`."""
+"""The `bsm` command line: a thin Typer app over `raytune_bsm.api`, one module per command group."""
 
-from raytune_bsm.cli.app import app, main
+# Each module registers its commands on `app`, in the order `bsm --help` lists them.
+from raytune_bsm.cli import jobs  # noqa: F401  isort: skip
+from raytune_bsm.cli import cluster  # noqa: F401  isort: skip
+from raytune_bsm.cli import artifacts  # noqa: F401  isort: skip
+from raytune_bsm.cli.app import app
 
 __all__ = ["app", "main"]
+
+
+def main() -> None:
+    app()

@@ -1,5 +1,5 @@
 """`python -m raytune_bsm.cli`: the same as `bsm`."""
 
-from raytune_bsm.cli.app import main
+from raytune_bsm.cli import main
 
 main()

@@ -11,15 +11,19 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
 from raytune_bsm.config import RunConfig
-from raytune_bsm.errors import ConfigError
-from raytune_bsm.storage import join
+from raytune_bsm.errors import ConfigError, JobError
+from raytune_bsm.layout import CONFIG_JSON, default_storage
+from raytune_bsm.pretrained import resolve_model
+from raytune_bsm.storage import exists, join, read_bytes, storage_path
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent  # raytune_bsm/, uploaded as a py_module
 CONFIG_FILE = "bsm_job.json"
@@ -33,6 +37,12 @@ ENV_VARS = {
     "TOKENIZERS_PARALLELISM": "false",
     "PYTHONUNBUFFERED": "1",  # progress lines reach `bsm logs` as they are written
 }
+
+# Schemes pyarrow.fs.FileSystem.from_uri knows (Ray Train writes its storage through pyarrow).
+STORAGE_SCHEMES = ("s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss", "file", "mock")
+_HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+# What --resume NAME may be combined with: where to find the run and how to reach the cluster.
+RESUME_OPTIONS = {"address", "storage", "name", "resume", "allow_insecure"}
 
 
 @dataclass
@@ -105,6 +115,72 @@ def build_submission(run: RunConfig, *, kind: str = "train", storage: str, extra
     )
 
 
+# ------------------------------------------------------------------------------------- checks and resume
+
+
+def check_storage(storage: str) -> str:
+    """Run storage every later command sees the same: a URI of a scheme pyarrow knows, or an absolute path."""
+    scheme, sep, rest = storage.partition("://")
+    if not storage.strip():
+        raise ConfigError("--storage must not be empty")
+    if sep and scheme.lower() not in STORAGE_SCHEMES:
+        raise ConfigError(f"--storage {storage}: unknown scheme {scheme}://; use a path or one of "
+                          f"{', '.join(s + '://' for s in STORAGE_SCHEMES[:5])}")  # fmt: skip
+    if sep and scheme.lower() != "file" and not rest.strip("/"):
+        raise ConfigError(f"--storage {storage}: needs a bucket or host after {scheme}://")
+    return storage_path(storage)
+
+
+def check_model_name(name: str) -> None:
+    """--model: an existing directory, the offline default, or a plausible hub name (org/name), loaded there."""
+    if resolve_model(name) != name or Path(name).expanduser().exists():
+        return  # an alias of the installed default, or a local directory (resolve_model checked config.json)
+    if name.startswith(("/", ".", "~")) or "\\" in name or not _HUB_NAME.fullmatch(name):
+        raise ConfigError(f"--model {name}: no such directory, and not a Hugging Face model name (org/name)")
+
+
+def check_resume_options(opts: Any) -> None:
+    """--resume NAME continues a run as it was submitted: only where it is and how to reach the cluster."""
+    given = sorted("--" + f.name.replace("_", "-") for f in fields(opts) if f.name not in RESUME_OPTIONS
+                   and getattr(opts, f.name) not in (None, [], False))  # fmt: skip
+    if given:
+        raise ConfigError(f"--resume {opts.resume} continues the run as it was submitted; drop {', '.join(given)}")
+    if opts.name and opts.name != opts.resume:
+        raise ConfigError(f"--resume {opts.resume} keeps the run's name; drop --name {opts.name}")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}", opts.resume):
+        raise ConfigError(f"--resume must name a run (letters, digits, '-', '_' or '.'), got {opts.resume!r}")
+
+
+def stored_run(opts: Any, storage: str | None, conn: Any = None) -> RunConfig:
+    """`--resume NAME`: the run as it was submitted (<storage>/NAME/bsm_config.json), marked to resume."""
+    check_resume_options(opts)
+    name = opts.resume
+    storage = check_storage(storage) if storage else (conn.storage_default if conn else None) or default_storage()
+    path = join(storage, name, CONFIG_JSON)
+    try:
+        found = exists(path)
+    except OSError as e:  # storage this machine cannot reach (e.g. cloud credentials only on the cluster)
+        raise JobError(f"--resume {name}: cannot read {path} ({str(e).splitlines()[0]})") from None
+    if not found:
+        raise JobError(f"--resume {name}: no run {name!r} under {storage} (no {CONFIG_JSON}); "
+                       "give the --storage it was submitted with")  # fmt: skip
+    try:
+        d = json.loads(read_bytes(path))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{path}: not valid JSON ({e.__class__.__name__}); the run record is damaged") from None
+    if not isinstance(d, dict):
+        raise ConfigError(f"{path}: expected a JSON object, got {type(d).__name__}; the run record is damaged")
+    run = RunConfig.from_dict({**d, "resume": True}, where=f"{path}: ")
+    return replace(run, name=name, storage=run.storage or storage)
+
+
+def resume_id(name: str) -> str:
+    return f"bsm-{name}-resume-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+# ----------------------------------------------------------------------------------------------- staging
+
+
 def stage(sub: Submission, dest: Path) -> dict[str, Any]:
     """Write the working_dir (the resolved config) into `dest`; return the real runtime_env."""
     dest.mkdir(parents=True, exist_ok=True)
@@ -115,8 +191,6 @@ def stage(sub: Submission, dest: Path) -> dict[str, Any]:
 
 def check_upload_size(roots: list[Path], limit: int = UPLOAD_LIMIT) -> int:
     """Total bytes Ray would upload from `roots` (after EXCLUDES); an error names the largest files."""
-    from fnmatch import fnmatch
-
     sizes: list[tuple[int, str]] = []
     for root in roots:
         for dirpath, dirnames, filenames in os.walk(root):

@@ -1,0 +1,70 @@
+"""Local commands on data and artifacts: `demo-data`, `fetch`, `export`, `predict`."""
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from raytune_bsm import api
+from raytune_bsm.cli.app import command, err, out
+from raytune_bsm.cli.options import Address, BatchSize, Json
+from raytune_bsm.client.text import safe
+from raytune_bsm.progress import progress
+
+
+def _listing(directory: Path) -> dict:
+    """{"dir": ..., "files": [relative paths]}: what --json prints for a command that wrote a directory."""
+    files = sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file())
+    return {"dir": str(directory), "files": files}
+
+
+@command("demo-data")
+def demo_data(
+    out_dir: Annotated[str, typer.Option("--out", help="Directory for train/val/test.parquet.")],
+    rows: Annotated[int, typer.Option("--rows", help="Dialogues in all (80/10/10).")] = 2000,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    as_json: Json = False,
+) -> None:
+    """Write synthetic buyer-seller dialogues (train/val/test Parquet). Prints the directory."""
+    paths = api.demo_data(out_dir, rows=rows, seed=seed)
+    directory = Path(paths["train"]).parent
+    out({"dir": str(directory), "files": sorted(str(p) for p in paths.values())} if as_json else safe(directory))
+
+
+@command("fetch")
+def fetch(
+    source: Annotated[str, typer.Argument(help="A job id, a run name, or the path/URI of an export directory.")],
+    to: Annotated[Optional[str], typer.Option("--to", help="Local directory (default: ./<run>-export).")] = None,
+    address: Address = None,
+    as_json: Json = False,
+) -> None:
+    """Download a run's export and verify every file's sha256 against its manifest. Prints the directory."""
+    directory = Path(api.fetch(source, to, address=address))
+    out(_listing(directory) if as_json else safe(directory))
+
+
+@command("export")
+def export(
+    checkpoint: Annotated[str, typer.Argument(help="A .ckpt file or a Ray checkpoint directory written by bsm.")],
+    to: Annotated[str, typer.Option("--to", help="Export directory (path or URI); a new or empty one.")],
+    as_json: Json = False,
+) -> None:
+    """Export a checkpoint to ONNX + TorchScript, verified against PyTorch. Prints the directory."""
+    api.export(checkpoint, to)
+    out(_listing(Path(to)) if as_json and "://" not in to else {"dir": to} if as_json else safe(to))
+
+
+@command("predict")
+def predict(
+    export_dir: Annotated[str, typer.Argument(help="An export directory (from `bsm fetch` or `bsm export`).")],
+    data: Annotated[str, typer.Argument(help="Parquet, CSV or JSON Lines file to score.")],
+    out_path: Annotated[Optional[str], typer.Option("--out", help=".parquet, .csv or .jsonl (default: next to DATA).")] = None,
+    provider: Annotated[str, typer.Option("--provider", help="ONNX Runtime execution provider, e.g. CUDAExecutionProvider.")] = "CPUExecutionProvider",
+    batch_size: BatchSize = None,
+    as_json: Json = False,
+) -> None:
+    """Score a file with ONNX Runtime (no PyTorch needed). Prints the output path."""
+    with progress(None, "scoring", unit="records") as bar:
+        written = api.predict(export_dir, data, out_path, provider=provider, batch_size=batch_size or 32,
+                              progress=bar.update)  # fmt: skip
+    out({"out": str(written)} if as_json else safe(written))

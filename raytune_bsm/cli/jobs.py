@@ -1,0 +1,129 @@
+"""`bsm submit`, `bsm tune` and job control: `status`, `logs`, `stop`, `list`."""
+
+import json
+import sys
+from typing import Annotated, Any, Optional
+
+import typer
+
+from raytune_bsm import api
+from raytune_bsm.cli.app import command, err, out
+from raytune_bsm.cli.options import Address, DryRun, Follow, JobId, Json, run_options
+from raytune_bsm.client.text import safe
+from raytune_bsm.progress import follow_progress
+
+
+@command("submit")
+@run_options
+def submit(opts: api.SubmitOptions, follow: Follow = False, dry_run: DryRun = False, as_json: Json = False) -> None:
+    """Submit a training job to a Ray cluster (Ray Train, DDP). Prints the job id."""
+    _submitted(api.submit(opts, dry_run=dry_run), opts, follow, as_json)
+
+
+@command("tune")
+@run_options
+def tune(
+    opts: api.SubmitOptions,
+    num_samples: Annotated[Optional[int], typer.Option("--num-samples", help="Trials to draw (default 8).")] = None,
+    scheduler: Annotated[Optional[str], typer.Option("--scheduler", help="asha (default: stop weak trials early) or fifo.")] = None,
+    metric: Annotated[Optional[str], typer.Option("--metric", help="Default: val_auroc (binary), val_f1_score (multiclass).")] = None,
+    mode: Annotated[Optional[str], typer.Option("--mode", help="max or min (default: min for val_loss, else max).")] = None,
+    max_concurrent: Annotated[Optional[int], typer.Option("--max-concurrent", help="Default: what the cluster's resources fit.")] = None,
+    time_budget: Annotated[Optional[str], typer.Option("--time-budget", help="e.g. 30m, 2h, or seconds.")] = None,
+    search_space: Annotated[Optional[str], typer.Option("--search-space", help="YAML (see jobs/search_space.yaml).")] = None,
+    gpus_per_trial: Annotated[Optional[int], typer.Option("--gpus-per-trial", hidden=True)] = None,  # old: --num-gpus
+    workers_per_trial: Annotated[Optional[int], typer.Option("--workers-per-trial", hidden=True)] = None,  # --num-workers
+    follow: Follow = False,
+    dry_run: DryRun = False,
+    as_json: Json = False,
+) -> None:
+    """Submit a Ray Tune sweep over lr, warmup and reinit_layers; the best trial is exported. Prints the job id.
+
+    Every `bsm submit` option applies per trial; a key given as a flag or --set is fixed, not sampled."""
+    sweep = {"num_samples": num_samples, "scheduler": scheduler, "metric": metric, "mode": mode,
+             "gpus_per_trial": gpus_per_trial, "workers_per_trial": workers_per_trial,
+             "max_concurrent": max_concurrent, "time_budget_s": time_budget}  # fmt: skip
+    _submitted(api.tune(opts, sweep, search_space=search_space, dry_run=dry_run), opts, follow, as_json)
+
+
+def _submitted(result: Any, opts: api.SubmitOptions, follow: bool, as_json: bool) -> None:
+    if not isinstance(result, str):  # --dry-run: the plan
+        out(result.plan())
+        return
+    out({"job_id": result} if as_json else safe(result))
+    sys.stdout.flush()
+    if follow:
+        with follow_progress() as stream:
+            state = api.wait(result, address=opts.address, on_log=stream, allow_insecure=opts.allow_insecure)
+        _report_end(result, opts, state)
+
+
+def _report_end(job_id: str, opts: api.SubmitOptions, state: str) -> None:
+    info = api.status(job_id, address=opts.address, allow_insecure=opts.allow_insecure)
+    err(f"job {safe(job_id)}: {safe(state)}")
+    if info.get("error"):
+        err(f"error: {safe(info['error'])}")
+    if info.get("metrics"):
+        shown = {k: round(v, 4) for k, v in info["metrics"].items() if k.startswith("val_") and isinstance(v, float)}
+        err(f"validation: {safe(json.dumps(shown, sort_keys=True))}")
+    if info.get("run_dir") and state == "SUCCEEDED":
+        best = f" (best: {safe(info['best_checkpoint'])})" if info.get("best_checkpoint") else ""
+        err(f"checkpoints: {safe(info['run_dir'])}{best}")
+    if info.get("export"):
+        err(f"export: {safe(info['export'])}")
+    if state != "SUCCEEDED":
+        raise typer.Exit(1)
+
+
+STATUS_KEYS = ("job_id", "status", "error", "run", "start_time", "end_time", "run_dir", "best_checkpoint", "export",
+               "restarts", "tensorboard")  # fmt: skip
+
+
+@command("status")
+def status(
+    job_id: Annotated[Optional[str], typer.Argument(help="Default: the newest bsm job.")] = None,
+    address: Address = None,
+    as_json: Json = False,
+) -> None:
+    """A job's state, why it failed, times, latest metrics and where its artifacts are."""
+    info = api.status(job_id, address=address)
+    if as_json:
+        out(info)
+        return
+    for key in STATUS_KEYS:
+        if info.get(key) is not None:
+            out(f"{key:16} {safe(info[key])}")
+    if info.get("metrics"):
+        shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in info["metrics"].items()}
+        out(f"{'metrics':16} {safe(json.dumps(shown))}")
+    if info.get("leaderboard"):
+        from raytune_bsm.sweep import format_leaderboard  # not on `bsm --help`'s path
+
+        out(safe(format_leaderboard(info["leaderboard"], info.get("monitor") or "metric"), multiline=True))
+
+
+@command("logs")
+def logs(job_id: JobId, address: Address = None, follow: Follow = False) -> None:
+    """A job's logs (to stderr); with --follow, exit with the job's result."""
+    with follow_progress() as stream:
+        state = api.logs(job_id, address=address, follow=follow, out=stream)
+    if follow and state != "SUCCEEDED":
+        raise typer.Exit(1)
+
+
+@command("stop")
+def stop(job_id: JobId, address: Address = None, as_json: Json = False) -> None:
+    """Stop a running or pending job. Prints its final status."""
+    state = api.stop(job_id, address=address)
+    out({"job_id": job_id, "status": state} if as_json else safe(state))
+
+
+@command("list")
+def list_(address: Address = None, as_json: Json = False) -> None:
+    """bsm's jobs on the cluster, newest first."""
+    rows = api.list_jobs(address=address)
+    if as_json:
+        out(rows)
+        return
+    for r in rows:
+        out(safe(f"{r['job_id']:44} {r['status']:10} {r['kind'] or '':6} {r['start_time'] or ''}"))
