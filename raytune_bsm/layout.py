@@ -13,10 +13,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+import uuid
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from raytune_bsm.errors import ExportError
+from raytune_bsm.storage import filesystem
 
 # ------------------------------------------------------------------------------------------------ bsm's home
 
@@ -124,3 +128,53 @@ def _check(digest: str, size: int, entry: dict[str, Any], where: str) -> None:
             f"{where}: checksum mismatch (sha256 {digest[:16]}..., {size} bytes; the manifest says "
             f"{entry['sha256'][:16]}..., {entry['size']} bytes): the export is corrupt or was changed; re-export it"
         )
+
+
+def download_export(src: str, dest: Path, only: Collection[str] | None = None) -> dict[str, Any]:
+    """Copy the export at `src` (a local path or any URI pyarrow reads) into `dest`, every file verified against
+    its manifest: all the files it lists, or those named in `only`. Written to a temporary sibling of `dest` and
+    renamed into place, so `dest` appears whole or not at all (an existing `dest` must be an empty directory).
+    Returns the parsed manifest; an ExportError for a missing or invalid manifest or a missing or changed file."""
+    import pyarrow as pa
+
+    def shown(s: str) -> str:  # text from the manifest, with control characters escaped for the terminal
+        return "".join(c if c.isprintable() else repr(c)[1:-1] for c in s)
+
+    errors = (FileNotFoundError, NotADirectoryError, pa.ArrowException, OSError)
+    fs, base = filesystem(src)
+    base = base.rstrip("/")
+    try:
+        with fs.open_input_stream(f"{base}/{MANIFEST}") as f:
+            data = f.read()
+    except errors:
+        raise ExportError(f"no export at {src} (no {MANIFEST}); the run may not have finished or exported") from None
+    manifest = parse_manifest(data, f"{src.rstrip('/')}/{MANIFEST}")
+    entries = manifest["files"]
+    if only is not None:
+        missing = set(only) - {e["path"] for e in entries} - {MANIFEST}
+        if missing:
+            raise ExportError(f"{src}: {MANIFEST} does not list {shown(str(sorted(missing)))}; re-export the model")
+        entries = [e for e in entries if e["path"] in set(only)]
+    dest = Path(dest)
+    tmp = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        tmp.mkdir(parents=True)
+        for entry in entries:
+            target = tmp / entry["path"]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                with fs.open_input_stream(f"{base}/{entry['path']}") as f, open(target, "wb") as out:
+                    copy_verified(f, out, entry, shown(entry["path"]))
+            except errors as e:
+                raise ExportError(
+                    f"{shown(entry['path'])}: listed in the manifest but cannot be read ({type(e).__name__})"
+                ) from None
+        (tmp / MANIFEST).write_bytes(data)
+        try:
+            os.replace(tmp, dest)  # onto an empty directory too; never onto a file or a non-empty directory
+        except OSError as e:
+            raise ExportError(f"{dest}: cannot put the export there ({e.strerror}); give a new or empty directory") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest

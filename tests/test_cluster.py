@@ -7,7 +7,6 @@ Everything else runs against fake records and a tiny local HTTP server.
 
 from __future__ import annotations
 
-import fcntl
 import http.server
 import ipaddress
 import json
@@ -26,8 +25,10 @@ from typing import Any, ClassVar
 
 import pytest
 
-from raytune_bsm.client import local_cluster as cl
 from raytune_bsm.client import connection as cn
+from raytune_bsm.client import head, processes
+from raytune_bsm.client import local_cluster as cl
+from raytune_bsm.client.auth import may_send_token
 from raytune_bsm.errors import ClusterError, ConfigError
 
 AUTH_ENV = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")
@@ -47,25 +48,20 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPat
 
 
 def _alive(pids: dict[int, int | None]) -> list[int]:
-    return sorted(pid for pid, st in pids.items() if cl._is_alive(pid, st))
+    return sorted(pid for pid, st in pids.items() if processes.is_alive(pid, st))
 
 
-def _listening(port: int) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
-    """Local addresses with a LISTEN socket on `port` (from /proc/net/tcp{,6}; no traffic sent)."""
-    found = []
-    for name, v6 in (("/proc/net/tcp", False), ("/proc/net/tcp6", True)):
+def _tree_listeners(pid: int) -> set[tuple[str, int]]:
+    """(address, port) of every TCP LISTEN socket held by `pid` or a process below it (psutil; no traffic)."""
+    import psutil
+
+    found = set()
+    for p in processes.descendants(pid):
         try:
-            lines = Path(name).read_text().splitlines()[1:]
-        except OSError:
+            conns = psutil.Process(p).net_connections(kind="tcp")
+        except psutil.Error:
             continue
-        for line in lines:
-            parts = line.split()
-            addr, hexport = parts[1].split(":")
-            if parts[3] != "0A" or int(hexport, 16) != port:
-                continue
-            raw = bytes.fromhex(addr)
-            raw = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
-            found.append(ipaddress.IPv6Address(raw) if v6 else ipaddress.IPv4Address(raw))
+        found |= {(c.laddr.ip, c.laddr.port) for c in conns if c.status == psutil.CONN_LISTEN}
     return found
 
 
@@ -111,7 +107,7 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shared]:
         try:
             yield Shared(home, rec, Path(rec.token_file).read_text().strip(), up_seconds)
         finally:
-            tree = cl._descendants(rec.pid)
+            tree = processes.descendants(rec.pid)
             t0 = time.monotonic()
             stopped = cl.down(home=home)
             print(f"\ndown() took {time.monotonic() - t0:.1f}s", file=sys.stderr)
@@ -131,14 +127,15 @@ def test_up_starts_loopback_cluster_with_token_auth(shared: Shared) -> None:
     conn = cn.resolve_connection(None, start=False, home=shared.home)
     assert conn.started_by_bsm and conn.is_local and conn.token == shared.token
     assert cn.authentication_mode(conn) == "token"
-    # Every Ray listener of this cluster is bound to loopback only.
-    for name in ("gcs", "dashboard", "client", "node_manager", "object_manager", "dashboard_agent_grpc"):
-        addrs = _listening(rec.ports[name])
-        assert addrs, f"nothing listens on the {name} port {rec.ports[name]}"
-        assert all(_is_loopback(a) for a in addrs), f"{name} port listens on {addrs}"
+    # Every listening socket of every process of this cluster is bound to loopback only.
+    listeners = _tree_listeners(rec.pid)
+    assert {rec.ports["gcs"], rec.ports["dashboard"], rec.ports["client"]} <= {port for _, port in listeners}
+    assert len(listeners) >= 8, listeners  # GCS, dashboard, raylet, object manager, agents, ...
+    bad = [(ip, port) for ip, port in listeners if not _is_loopback(ipaddress.ip_address(ip))]
+    assert not bad, f"listening off loopback: {bad}"
     # The head is a session leader whose process tree holds gcs_server and raylet.
     assert os.getsid(rec.pid) == rec.pid
-    cmds = " ".join(cl._cmdline(p) for p in cl._descendants(rec.pid))
+    cmds = " ".join(processes.cmdline(p) for p in processes.descendants(rec.pid))
     assert "gcs_server" in cmds and "raylet" in cmds and "dashboard" in cmds
 
 
@@ -226,30 +223,12 @@ def test_cluster_resources_of_local_cluster(shared: Shared) -> None:
 
 
 @pytest.mark.slow
-def test_port_block_is_locked_while_cluster_runs(shared: Shared) -> None:
-    block = shared.rec.ports["min_worker"] - cl._FIRST_WORKER_OFFSET
-    lock = Path(tempfile.gettempdir()) / f"bsm-port-locks-{os.getuid()}" / f"block-{block}.lock"
-    fd = os.open(lock, os.O_RDWR)
-    try:
-        with pytest.raises(OSError):
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    finally:
-        os.close(fd)
-    other = cl._reserve_ports()
-    try:
-        assert other.ports["min_worker"] != shared.rec.ports["min_worker"]
-        assert not set(other.ports.values()) & set(shared.rec.ports.values())
-    finally:
-        os.close(other.lock_fd)
-
-
-@pytest.mark.slow
 def test_down_stops_only_its_own_cluster(shared: Shared, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     home = tmp_path / "bsm"
     monkeypatch.setenv("BSM_HOME", str(home))
     core = ("ray.scripts.scripts", "gcs_server", "raylet", "dashboard.py", "monitor.py")
     shared_tree = {  # long-lived processes only (idle workers come and go on their own)
-        pid: st for pid, st in cl._descendants(shared.rec.pid).items() if any(k in cl._cmdline(pid) for k in core)
+        pid: st for pid, st in processes.descendants(shared.rec.pid).items() if any(k in processes.cmdline(pid) for k in core)
     }
     assert len(shared_tree) >= 5
     rec = cl.up(num_cpus=1)  # BSM_HOME from the environment
@@ -263,8 +242,8 @@ def test_down_stops_only_its_own_cluster(shared: Shared, tmp_path: Path, monkeyp
         assert time.monotonic() < deadline, "the job did not start"
         time.sleep(0.3)
     time.sleep(1.0)
-    tree = cl._descendants(rec.pid)
-    assert any("time.sleep(600)" in cl._cmdline(p) for p in tree), "driver not found below the head"
+    tree = processes.descendants(rec.pid)
+    assert any("time.sleep(600)" in processes.cmdline(p) for p in tree), "driver not found below the head"
     t0 = time.monotonic()
     stopped = cl.down()
     took = time.monotonic() - t0
@@ -291,6 +270,7 @@ class _FakeDashboard(http.server.BaseHTTPRequestHandler):
     token: str | None = None
     nodes: ClassVar[list[dict[str, Any]]] = []
     cluster_status: ClassVar[dict[str, Any] | None] = None
+    seen: ClassVar[list[tuple[str, str | None]]] = []  # (path, Authorization header) of every request
 
     def log_message(self, *args: Any) -> None:  # keep test output clean
         pass
@@ -306,6 +286,7 @@ class _FakeDashboard(http.server.BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         path = self.path.split("?")[0]
         srv = type(self)
+        srv.seen.append((path, self.headers.get("Authorization")))
         if path == "/api/authentication_mode":
             if srv.mode is None:
                 self._json(404, {})
@@ -327,7 +308,7 @@ class _FakeDashboard(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def fake_dashboard() -> Iterator[tuple[str, type[_FakeDashboard]]]:
-    handler = type("Handler", (_FakeDashboard,), {"mode": "token", "token": None, "nodes": [], "cluster_status": None})
+    handler = type("Handler", (_FakeDashboard,), {"mode": "token", "token": None, "nodes": [], "cluster_status": None, "seen": []})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -355,7 +336,6 @@ def _fake_record(home: Path, pid: int, url: str, token: str = "recorded-token") 
     token_file = home / cl.TOKEN_NAME
     token_file.write_text(token + "\n")
     token_file.chmod(0o600)
-    p = cl._proc(pid)
     rec = cl.LocalCluster(
         gcs_address="127.0.0.1:46379",
         dashboard_url=url,
@@ -367,7 +347,7 @@ def _fake_record(home: Path, pid: int, url: str, token: str = "recorded-token") 
         started_at="2025-01-01T00:00:00+00:00",
         storage=str(home / "runs"),
         token_file=str(token_file),
-        pid_start_time=p.start_time if p else None,
+        pid_start_time=processes.start_time(pid),
         ports={"client": 40001},
     )
     cl._write_json_atomic(home / cl.RECORD_NAME, rec.to_json())
@@ -464,7 +444,7 @@ def test_stale_record_is_removed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
     _fake_record(tmp_path, proc.pid, "http://127.0.0.1:9")
-    rec = cl._load_record(tmp_path)
+    rec = cl.load_record(tmp_path)
     assert rec is not None
     rec.pid_start_time = -1  # certainly not the start time of whatever has this pid now
     cl._write_json_atomic(tmp_path / cl.RECORD_NAME, rec.to_json())
@@ -543,10 +523,93 @@ def test_read_token_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_connection_repr_and_headers_hide_nothing_but_token() -> None:
-    conn = cn.Connection("http://h:8265", token="s3cret-token-value", token_source="RAY_AUTH_TOKEN")
+    conn = cn.Connection("https://h:8265", token="s3cret-token-value", token_source="RAY_AUTH_TOKEN")
     assert "s3cret-token-value" not in repr(conn) and "s3cret-token-value" not in str(conn)
     assert cn.auth_headers(conn) == {"Authorization": "Bearer s3cret-token-value"}
     assert cn.auth_headers(cn.Connection("http://h:8265")) == {}
+    # Plain http to another host: refused (without echoing the token) unless --allow-insecure.
+    with pytest.raises(ClusterError, match="refusing to send the Ray auth token .* --allow-insecure") as err:
+        cn.auth_headers(cn.Connection("http://h:8265", token="s3cret-token-value", token_source="RAY_AUTH_TOKEN"))
+    assert "s3cret-token-value" not in str(err.value)
+    insecure = cn.Connection("http://h:8265", token="s3cret-token-value", allow_insecure=True)
+    assert cn.auth_headers(insecure) == {"Authorization": "Bearer s3cret-token-value"}
+
+
+@pytest.mark.parametrize(
+    ("url", "allow_insecure", "sent"),
+    [
+        ("http://127.0.0.1:8265", False, True),  # loopback http is fine
+        ("http://[::1]:8265", False, True),
+        ("http://localhost:8265", False, True),
+        ("https://head.example:8265", False, True),  # https anywhere is fine
+        ("http://head.example:8265", False, False),  # plain http to another host: never by default
+        ("http://10.0.0.5:8265", False, False),
+        ("http://127.0.0.1.example:8265", False, False),  # a name, never resolved, is another host
+        ("http://head.example:8265", True, True),
+    ],
+)
+def test_where_a_token_may_go(url: str, allow_insecure: bool, sent: bool) -> None:
+    assert may_send_token(url, allow_insecure) is sent
+
+
+REMOTE_NAME = "ray-head.bsm-test.invalid"  # resolves nowhere; the mocked resolver sends it to 127.0.0.1
+
+
+@pytest.fixture
+def remote_name(monkeypatch: pytest.MonkeyPatch) -> str:
+    """A host name bsm must treat as another machine, whose traffic the mocked resolver sends to 127.0.0.1."""
+    import socket
+
+    real = socket.getaddrinfo
+
+    def fake_getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
+        return real("127.0.0.1" if host == REMOTE_NAME else host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", fake_getaddrinfo)
+    for var in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    return REMOTE_NAME
+
+
+def test_token_never_sent_over_plain_http_to_remote_host_resolver_mocked(
+    fake_dashboard: tuple[str, type[_FakeDashboard]], remote_name: str, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    url, handler = fake_dashboard
+    handler.token = "remote-secret-token"
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "remote-secret-token")
+    address = url.replace("127.0.0.1", remote_name)
+    conn = cn.resolve_connection(address, start=False, home=tmp_path)
+    assert not conn.is_local and conn.token == "remote-secret-token"
+    # Every way in refuses before the token leaves: connect (check first), a client or a resources query.
+    for call in (lambda: cn.connect(address, start=False, home=tmp_path), lambda: cn.job_client(conn),
+                 lambda: cn.cluster_resources(conn), lambda: cn.check_secure(conn, allow_insecure=False)):  # fmt: skip
+        with pytest.raises(ClusterError, match="over plain http.*--allow-insecure") as err:
+            call()
+        assert "remote-secret-token" not in str(err.value)
+    assert handler.seen, "the server was never asked anything (is the resolver mock working?)"
+    assert [p for p, _ in handler.seen] == ["/api/authentication_mode"] * len(handler.seen)  # asked, unauthenticated
+    assert all(auth is None for _, auth in handler.seen), handler.seen
+    # With --allow-insecure the user chose to send it: then (and only then) it arrives.
+    conn = cn.resolve_connection(address, start=False, home=tmp_path, allow_insecure=True)
+    cn.check_secure(conn, allow_insecure=True)
+    assert cn.cluster_resources(conn).nodes == []
+    assert ("/api/v0/nodes", "Bearer remote-secret-token") in handler.seen
+
+
+def test_insecure_remote_cluster_gets_no_token_resolver_mocked(
+    fake_dashboard: tuple[str, type[_FakeDashboard]], remote_name: str, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    url, handler = fake_dashboard
+    handler.mode = "disabled"
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "not-for-this-cluster")
+    address = url.replace("127.0.0.1", remote_name)
+    conn = cn.resolve_connection(address, start=False, home=tmp_path, allow_insecure=True)
+    cn.check_secure(conn, allow_insecure=True)  # warns; an unauthenticated cluster does not need the token
+    assert conn.token is None
+    cn.cluster_resources(conn)
+    assert all(auth is None for _, auth in handler.seen), handler.seen
 
 
 def test_check_secure_fake_server(
@@ -630,13 +693,13 @@ def test_down_without_record(tmp_path: Path) -> None:
 def test_temp_dir_falls_back_to_short_path(tmp_path: Path) -> None:
     long_home = tmp_path / ("x" * 60)
     long_home.mkdir()
-    temp, owned = cl._temp_dir_for(long_home)
+    temp, owned = head.temp_dir_for(long_home)
     try:
-        assert owned and len(str(temp)) <= cl._MAX_TEMP_DIR_LEN and temp.is_dir()
+        assert owned and len(str(temp)) <= head.MAX_TEMP_DIR_LEN and temp.is_dir()
     finally:
         temp.rmdir()
     short = Path(tempfile.mkdtemp(prefix="b", dir="/tmp"))
-    temp, owned = cl._temp_dir_for(short)
+    temp, owned = head.temp_dir_for(short)
     try:
         assert not owned and temp == short / "ray"
     finally:
@@ -644,16 +707,17 @@ def test_temp_dir_falls_back_to_short_path(tmp_path: Path) -> None:
         short.rmdir()
 
 
-def test_reserved_port_blocks_do_not_overlap() -> None:
-    a = cl._reserve_ports()
-    b = cl._reserve_ports()
-    try:
-        span_a = range(a.ports["min_worker"], a.ports["max_worker"] + 1)
-        assert b.ports["min_worker"] not in span_a and b.ports["max_worker"] not in span_a
-        assert a.ports["max_worker"] - a.ports["min_worker"] >= 256
-    finally:
-        os.close(a.lock_fd)
-        os.close(b.lock_fd)
+def test_pick_ports_prefers_defaults_and_avoids_taken_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        monkeypatch.setattr(head, "PREFERRED_PORTS", {"gcs": port, "dashboard": port, "client": port})
+        ports = head.pick_ports()
+    assert port not in ports.values()
+    assert len(set(ports.values())) == len(ports) == 5  # gcs, dashboard, client and the two metrics ports
 
 
 def test_import_is_cheap() -> None:

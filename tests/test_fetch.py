@@ -28,7 +28,7 @@ def published(tmp_path_factory) -> Path:
     )  # fmt: skip
     root = tmp_path_factory.mktemp("storage")
     ckpt = root / "model.ckpt"
-    torch.save({"state_dict": model.state_dict(), "hyper_parameters": model.hparams}, ckpt)
+    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}, ckpt)
     export_checkpoint(str(ckpt), str(root / "run1" / "export"))
     return root
 
@@ -80,3 +80,43 @@ def test_missing_file_fails_and_leaves_nothing(published, tmp_path):
 def test_no_export_is_a_clear_error(tmp_path):
     with pytest.raises(ExportError, match="no export at"):
         api.fetch(str(tmp_path), str(tmp_path / "x"))
+
+
+def test_to_an_existing_file_or_non_empty_dir_is_refused_and_untouched(published, tmp_path):
+    target = tmp_path / "notes.txt"
+    target.write_text("mine")
+    with pytest.raises(ExportError, match="is an existing file"):
+        api.fetch(str(published / "run1" / "export"), str(target))
+    assert target.read_text() == "mine"
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "keep.txt").write_text("mine")
+    with pytest.raises(ExportError, match="exists and is not empty"):
+        api.fetch(str(published / "run1" / "export"), str(full))
+    assert [p.name for p in full.iterdir()] == ["keep.txt"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert (api.fetch(str(published / "run1" / "export"), str(empty)) / "model.onnx").exists()
+
+
+def test_download_export_copies_only_what_is_asked(published, tmp_path):
+    from raytune_bsm import layout
+
+    dest = tmp_path / "predict-files"
+    manifest = layout.download_export(str(published / "run1" / "export"), dest, only=layout.PREDICT_FILES)
+    got = sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file())
+    assert got == sorted(layout.PREDICT_FILES)
+    for e in manifest["files"]:
+        if e["path"] in layout.PREDICT_FILES:
+            layout.verify_file(dest / e["path"], e)
+    with pytest.raises(ExportError, match="does not list"):
+        layout.download_export(str(published / "run1" / "export"), tmp_path / "x", only=["nope.bin"])
+    assert not (tmp_path / "x").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_manifest_that_is_not_json_is_a_clear_error(published, tmp_path):
+    run = _copy_run(published, tmp_path)
+    (run / "export" / "manifest.json").write_text("{not json")
+    with pytest.raises(ExportError, match="manifest.json is not valid JSON"):
+        api.fetch(str(run / "export"), str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()

@@ -1,25 +1,33 @@
-"""Job control from the user's machine: status, logs, wait, stop and list bsm's jobs on a cluster."""
+"""Job control from the user's machine: status, logs, wait, stop and list bsm's jobs on a cluster.
+
+Everything a cluster says (job messages, log lines, metadata) passes `text.safe` before it reaches a terminal.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
+import shlex
 import sys
-import tempfile
 import time
-from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any, TextIO
 
 from raytune_bsm.client import connection
-from raytune_bsm.errors import ClusterError, ConfigError, JobError
+from raytune_bsm.client.text import safe
+from raytune_bsm.errors import BsmError, ClusterError, JobError
+from raytune_bsm.layout import RESULT_JSON
 from raytune_bsm.storage import exists, join, read_bytes
 
 log = logging.getLogger("raytune_bsm")
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+# The line of a log that says why it failed: a Python exception, bsm's own error line, or the shell's.
+_ERROR_LINE = re.compile(r"^(?:[A-Za-z_][\w.]*(?:Error|Exception|Interrupt|Exit|Failure)\b.*|bsm: error: .*|(?:/bin/)?sh: .+)$")
 
-# ----------------------------------------------------------------------------------------------- job control
+
+def _connect(address: str | None, allow_insecure: bool = False) -> tuple[Any, Any]:
+    return connection.connect(address, start=False, allow_insecure=allow_insecure)
 
 
 def _job_info(client: Any, job_id: str) -> Any:
@@ -27,51 +35,89 @@ def _job_info(client: Any, job_id: str) -> Any:
         return client.get_job_info(job_id)
     except RuntimeError as e:
         if "does not exist" in str(e) or "404" in str(e):
-            raise JobError(f"no job {job_id!r} on this cluster; `bsm list` shows the jobs") from None
+            raise JobError(f"no job {safe(job_id)!r} on this cluster; `bsm list` shows the jobs") from None
         raise
+
+
+def _state(info: Any) -> str:
+    return str(info.status.value if hasattr(info.status, "value") else info.status)
 
 
 def _iso(ms: int | None) -> str | None:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(ms / 1000)) if ms else None
 
 
-def status(job_id: str | None = None, *, address: str | None = None) -> dict[str, Any]:
-    """State, times, the latest metrics and where the artifacts are. No job id: the newest bsm job."""
-    conn, client = _connect(address, start=False)
+def _meta(info: Any, key: str) -> str | None:
+    value = (info.metadata or {}).get(key)
+    return safe(value) if value is not None else None
+
+
+# ----------------------------------------------------------------------------------------------- status
+
+
+def status(job_id: str | None = None, *, address: str | None = None, allow_insecure: bool = False) -> dict[str, Any]:
+    """State, times, the latest metrics and where the artifacts are; for a FAILED job, why ("error").
+    No job id: the newest bsm job."""
+    _, client = _connect(address, allow_insecure)
     if job_id is None:
-        jobs = list_jobs(address=address)
+        jobs = _list(client)
         if not jobs:
             raise JobError("no bsm jobs on this cluster yet; submit one with `bsm submit`")
         job_id = jobs[0]["job_id"]
     info = _job_info(client, job_id)
-    meta = info.metadata or {}
     out: dict[str, Any] = {
-        "job_id": job_id,
-        "status": str(info.status.value if hasattr(info.status, "value") else info.status),
-        "message": info.message,
+        "job_id": safe(job_id),
+        "status": _state(info),
+        "message": safe(info.message) if info.message is not None else None,
         "start_time": _iso(info.start_time),
         "end_time": _iso(info.end_time),
-        "run": meta.get("bsm_run"),
-        "kind": meta.get("bsm_kind"),
-        "run_dir": meta.get("bsm_run_dir"),
+        "run": _meta(info, "bsm_run"),
+        "kind": _meta(info, "bsm_kind"),
+        "run_dir": _meta(info, "bsm_run_dir"),
     }
-    result = _read_result(meta.get("bsm_run_dir"))
+    logs_text: str | None = None
+    if out["status"] == "FAILED":
+        logs_text = client.get_job_logs(job_id)
+        out["error"] = failure_reason(info, logs_text)
+    result = _read_result(out["run_dir"])
     if result:
         out.update(metrics=result.get("metrics"), best_checkpoint=result.get("best_checkpoint"),
                    restarts=len(result.get("restarts") or []), export=result.get("export"))  # fmt: skip
         if "leaderboard" in result:
             out.update(leaderboard=result["leaderboard"], monitor=result.get("monitor"), trials=result.get("trials"))
     else:
-        out["metrics"] = latest_metrics(client.get_job_logs(job_id))
+        out["metrics"] = latest_metrics(logs_text if logs_text is not None else client.get_job_logs(job_id))
     return out
 
 
-def _read_result(run_dir: str | None) -> dict[str, Any] | None:
+def failure_reason(info: Any, logs_text: str) -> str:
+    """Why a job failed, in one escaped line: Ray's message, the driver's exit code, the log's last error line."""
+    parts = []
+    if info.message:
+        parts.append(safe(info.message.strip()))
+    code = getattr(info, "driver_exit_code", None)
+    if code not in (None, 0):
+        parts.append(f"driver exit code {code}")
+    line = last_error_line(logs_text)
+    if line and not any(line in p for p in parts):
+        parts.append(line)
+    return "; ".join(parts) or "no reason given by Ray; see `bsm logs`"
 
+
+def last_error_line(logs_text: str) -> str | None:
+    """The last line of `logs_text` that names an error (an exception, ``bsm: error: ...``), escaped."""
+    for line in reversed(logs_text.splitlines()):
+        line = line.strip()
+        if _ERROR_LINE.match(line):
+            return safe(line)
+    return None
+
+
+def _read_result(run_dir: str | None) -> dict[str, Any] | None:
     if not run_dir:
         return None
     try:
-        path = join(run_dir, "bsm_result.json")
+        path = join(run_dir, RESULT_JSON)
         return json.loads(read_bytes(path)) if exists(path) else None
     except Exception:  # storage the client cannot reach (e.g. cloud credentials only on the cluster)
         return None
@@ -88,61 +134,92 @@ def latest_metrics(logs: str) -> dict[str, float] | None:
     return None
 
 
-def logs(job_id: str, *, address: str | None = None, follow: bool = False, out: TextIO = sys.stderr,
-         poll: float = 2.0, retries: int = 30) -> str:  # fmt: skip
-    """Write the job's logs to `out`; with `follow`, keep writing until it ends (across dropped connections).
+# ----------------------------------------------------------------------------------------------- logs
 
-    Returns the job's final status (or the current one without `follow`)."""
-    conn, client = _connect(address, start=False)
-    _job_info(client, job_id)
-    written, failures = 0, 0
+
+def logs(job_id: str, *, address: str | None = None, follow: bool = False, out: TextIO = sys.stderr,
+         poll: float = 2.0, retries: int = 30, allow_insecure: bool = False) -> str:  # fmt: skip
+    """Write the job's logs to `out` (escaped); with `follow`, stream them until the job ends, across dropped
+    connections. Returns the job's final status (or the current one without `follow`)."""
+    conn, client = _connect(address, allow_insecure)
+    info = _job_info(client, job_id)
+    if not follow:
+        out.write(safe(client.get_job_logs(job_id), multiline=True))
+        out.flush()
+        return _state(info)
+    return follow_logs(client, job_id, out, poll=poll, retries=retries, where=conn.dashboard_url)
+
+
+def follow_logs(client: Any, job_id: str, out: TextIO, *, poll: float = 2.0, retries: int = 30,
+                where: str = "the cluster") -> str:  # fmt: skip
+    """Stream a job's logs with `client.tail_job_logs` until the job is terminal; return its final state.
+
+    The stream replays the log from its start on every connection, so after a drop bsm reconnects and skips
+    what it already printed. Gives up (ClusterError) after `retries` failed connections in a row."""
+    printed = 0  # characters of the log written so far
+    failures = 0
+
+    async def tail() -> None:
+        nonlocal printed, failures
+        seen = 0
+        async for chunk in client.tail_job_logs(job_id):
+            new = chunk[max(0, printed - seen):]
+            seen += len(chunk)
+            if new:
+                out.write(safe(new, multiline=True))
+                out.flush()
+                printed = seen
+                failures = 0
+
     while True:
         try:
-            text = client.get_job_logs(job_id)
-            state = str(_job_info(client, job_id).status.value)
-            failures = 0
-        except (ConnectionError, OSError, RuntimeError) as e:  # a dropped connection: retry, then give up
+            asyncio.run(tail())
+            state = _state(_job_info(client, job_id))
+        except BsmError:
+            raise
+        except Exception as e:  # a dropped connection (aiohttp, requests or Ray's RuntimeError): retry
             failures += 1
-            if not follow or failures > retries:
-                raise ClusterError(f"lost the connection to {conn.dashboard_url} while reading logs: {e}") from None
+            if failures > retries:
+                raise ClusterError(f"lost the connection to {where} while following the logs of {safe(job_id)} "
+                                   f"({type(e).__name__}: {safe(str(e))}); run `bsm logs --follow` again") from None  # fmt: skip
+            log.debug("log stream of %s dropped (%s); reconnecting", job_id, e)
             time.sleep(poll)
             continue
-        if len(text) > written:
-            out.write(text[written:])
-            out.flush()
-            written = len(text)
-        if not follow or state in TERMINAL:
+        if state in TERMINAL:
             return state
-        time.sleep(poll)
+        time.sleep(poll)  # the stream ended but the job did not: reconnect
 
 
-def wait(job_id: str, *, address: str | None = None, on_log: TextIO | None = None, timeout: float | None = None) -> str:
+def wait(job_id: str, *, address: str | None = None, on_log: TextIO | None = None, timeout: float | None = None,
+         allow_insecure: bool = False) -> str:  # fmt: skip
     """Block until the job ends; stream its logs to `on_log` if given. Returns the final status."""
     if on_log is not None:
-        return logs(job_id, address=address, follow=True, out=on_log)
-    conn, client = _connect(address, start=False)
+        return logs(job_id, address=address, follow=True, out=on_log, allow_insecure=allow_insecure)
+    _, client = _connect(address, allow_insecure)
     deadline = time.monotonic() + timeout if timeout else None
     while True:
-        state = str(_job_info(client, job_id).status.value)
+        state = _state(_job_info(client, job_id))
         if state in TERMINAL:
             return state
         if deadline and time.monotonic() > deadline:
-            raise JobError(f"job {job_id} still {state} after {timeout:.0f}s")
+            raise JobError(f"job {safe(job_id)} still {state} after {timeout:.0f}s")
         time.sleep(1.0)
 
 
-def stop(job_id: str, *, address: str | None = None, timeout: float = 30.0) -> str:
+# ----------------------------------------------------------------------------------------------- stop, list
+
+
+def stop(job_id: str, *, address: str | None = None, timeout: float = 30.0, allow_insecure: bool = False) -> str:
     """Stop a running or pending job; wait up to `timeout` s for it to end; return its status."""
-    conn, client = _connect(address, start=False)
-    info = _job_info(client, job_id)
-    state = str(info.status.value)
+    _, client = _connect(address, allow_insecure)
+    state = _state(_job_info(client, job_id))
     if state in TERMINAL:
         return state
     client.stop_job(job_id)
     deadline = time.monotonic() + timeout
     killed = False
     while time.monotonic() < deadline:  # stopping is asynchronous: report the state it reached
-        state = str(_job_info(client, job_id).status.value)
+        state = _state(_job_info(client, job_id))
         if state in TERMINAL:
             return state
         if state == "PENDING" and not killed and time.monotonic() > deadline - timeout + 3:
@@ -157,40 +234,30 @@ def _kill_pending_supervisor(client: Any, job_id: str) -> None:
     has; ray-project/ray#58353): `stop_job` queues a call the actor never runs. bsm kills that actor from a
     tiny job on the cluster itself, which works wherever the Jobs API does. Ray then records the job FAILED
     ("Job supervisor actor died"), the only terminal state it allows for this."""
-    import shlex
-
     code = (
         "import ray; ray.init(); ray.kill(ray.get_actor("
         f"{'_ray_internal_job_actor_' + job_id!r}, namespace='SUPERVISOR_ACTOR_RAY_NAMESPACE'), no_restart=True)"
     )
-    log.warning("job %s is still pending after the stop request; removing its unscheduled supervisor", job_id)
+    log.warning("job %s is still pending after the stop request; removing its unscheduled supervisor", safe(job_id))
     client.submit_job(entrypoint=f"python -c {shlex.quote(code)}", entrypoint_num_cpus=0,
                       metadata={"bsm_stopper_for": job_id})  # fmt: skip
 
 
-def list_jobs(*, address: str | None = None) -> list[dict[str, Any]]:
+def list_jobs(*, address: str | None = None, allow_insecure: bool = False) -> list[dict[str, Any]]:
     """bsm's jobs on the cluster, newest first."""
-    conn, client = _connect(address, start=False)
+    _, client = _connect(address, allow_insecure)
+    return _list(client)
+
+
+def _list(client: Any) -> list[dict[str, Any]]:
     rows = []
     for j in client.list_jobs():
-        meta = j.metadata or {}
-        if meta.get("bsm") != "1" or not j.submission_id:
+        if (j.metadata or {}).get("bsm") != "1" or not j.submission_id:
             continue
-        rows.append(
-            {
-                "job_id": j.submission_id,
-                "status": str(j.status.value),
-                "kind": meta.get("bsm_kind"),
-                "run": meta.get("bsm_run"),
-                "start_time": _iso(j.start_time),
-                "end_time": _iso(j.end_time),
-                "run_dir": meta.get("bsm_run_dir"),
-                "_start": j.start_time or 0,
-            }
-        )
+        rows.append({"job_id": safe(j.submission_id), "status": _state(j), "kind": _meta(j, "bsm_kind"),
+                     "run": _meta(j, "bsm_run"), "start_time": _iso(j.start_time), "end_time": _iso(j.end_time),
+                     "run_dir": _meta(j, "bsm_run_dir"), "_start": j.start_time or 0})  # fmt: skip
     rows.sort(key=lambda r: r["_start"], reverse=True)
     for r in rows:
         r.pop("_start")
     return rows
-
-
