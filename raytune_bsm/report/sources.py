@@ -1,0 +1,232 @@
+"""What a report is drawn from: a run, a sweep or an export directory (a local path or a storage URI), read into
+one `RunData`. Nothing is computed here; whatever the run did not store is listed in `notes`.
+
+    run     bsm_config.json, bsm_result.json (Ray run) or config.json, metrics.json (local run),
+            test_predictions.parquet or test_predictions/part-*.parquet, per-epoch metrics, export/
+    sweep   bsm_sweep.json, bsm_result.json, trials.parquet, runs/<trial>/bsm_epochs.json, export/
+    export  manifest.json, bsm_model.json (and the run around it, when it is `<run>/export`)
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from raytune_bsm import layout
+from raytune_bsm.errors import ConfigError, DataError
+from raytune_bsm.report.events import merge, tensorboard_epochs
+from raytune_bsm.storage import exists, is_uri, join, read_bytes, storage_path
+
+LOCAL_CONFIG, LOCAL_METRICS = "config.json", "metrics.json"  # a local (in-process) run's files
+PREDICTIONS = "test_predictions"  # .parquet (local run) or a directory of parts (Ray run)
+# Optional per-record columns of the predictions: chunks kept, and whether the dialogue was cut to fit.
+NUM_CHUNKS, TRUNCATED = "num_chunks", "truncated"
+
+
+@dataclass
+class Predictions:
+    """The test split's stored predictions, as arrays."""
+
+    path: str
+    class_names: list[str]
+    labels: Any  # [N] int64 class index (numpy)
+    probs: Any  # [N, C] float64
+    num_chunks: Any | None = None  # [N] int64, if the runner stored it
+    truncated: Any | None = None  # [N] bool, if the runner stored it
+
+
+@dataclass
+class RunData:
+    kind: str  # "run", "sweep" or "export"
+    name: str
+    root: str
+    config: dict[str, Any] = field(default_factory=dict)
+    result: dict[str, Any] = field(default_factory=dict)
+    epochs: list[dict[str, Any]] = field(default_factory=list)  # one dict of metrics per epoch, in order
+    predictions: Predictions | None = None
+    manifest: dict[str, Any] | None = None
+    model: dict[str, Any] | None = None  # the export's bsm_model.json
+    sweep: dict[str, Any] | None = None  # bsm_sweep.json: {"run": ..., "tune": ...}
+    trials: list[dict[str, Any]] = field(default_factory=list)  # trials.parquet rows
+    trial_epochs: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def monitor(self) -> str | None:
+        return self.result.get("monitor") or (self.config.get("train") or {}).get("monitor")
+
+
+def _json(uri: str) -> Any:
+    try:
+        return json.loads(read_bytes(uri))
+    except (OSError, ValueError) as e:
+        raise DataError(f"{uri}: cannot be read as JSON ({e.__class__.__name__}: {e})") from None
+
+
+def _maybe_json(uri: str) -> Any:
+    return _json(uri) if exists(uri) else None
+
+
+def _parent(uri: str) -> str:
+    return posixpath.dirname(uri.rstrip("/")) if is_uri(uri) else str(Path(uri).parent)
+
+
+def _basename(uri: str) -> str:
+    return posixpath.basename(uri.rstrip("/")) if is_uri(uri) else Path(uri).name
+
+
+def load(source: str) -> RunData:
+    """A run, sweep or export directory -> RunData. A ConfigError if `source` holds none of them."""
+    root = storage_path(source)
+    if not exists(root):
+        raise ConfigError(f"bsm report: {source} does not exist; give a run, sweep or export directory")
+    if exists(join(root, layout.SWEEP_JSON)) or exists(join(root, layout.TRIALS_PARQUET)):
+        return _sweep(root)
+    if exists(join(root, layout.MANIFEST)) and exists(join(root, layout.MODEL_JSON)):
+        parent = _parent(root)
+        if _basename(root) == layout.EXPORT_DIR and _is_run(parent):
+            return _run(parent)  # `<run>/export`: the run's report, its export included
+        return _export_only(root)
+    if _is_run(root):
+        return _run(root)
+    raise ConfigError(
+        f"bsm report: {source} is not a run, sweep or export directory (no {layout.RESULT_JSON}, "
+        f"{layout.CONFIG_JSON}, {layout.TRIALS_PARQUET} or {layout.MANIFEST} in it)"
+    )
+
+
+def _is_run(root: str) -> bool:
+    names = (layout.RESULT_JSON, layout.CONFIG_JSON, LOCAL_CONFIG, LOCAL_METRICS, f"{PREDICTIONS}.parquet", PREDICTIONS)
+    return any(exists(join(root, n)) for n in names)
+
+
+def _run(root: str) -> RunData:
+    config = _maybe_json(join(root, layout.CONFIG_JSON)) or _maybe_json(join(root, LOCAL_CONFIG)) or {}
+    result = _maybe_json(join(root, layout.RESULT_JSON))
+    if result is None:  # a local run writes its final metrics only
+        metrics = _maybe_json(join(root, LOCAL_METRICS)) or {}
+        result = {"metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
+    data = RunData("run", str(result.get("name") or config.get("name") or _basename(root)), root, config, result)
+    data.epochs = _epochs(root, result)
+    if not data.epochs:
+        data.notes.append(
+            f"no per-epoch metrics stored (no \"epochs\" in {layout.RESULT_JSON}, no {layout.EPOCHS_JSON}, no "
+            "tensorboard/ event files): no learning curves"
+        )
+    data.predictions = read_predictions(root, _class_names(config), data.notes)
+    _add_export(data, join(root, layout.EXPORT_DIR))
+    return data
+
+
+def _epochs(root: str, result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per-epoch metrics: bsm_result.json "epochs" (a list of dicts), else bsm_epochs.json (a trial's record),
+    completed by the run's TensorBoard event files (or, with neither, those alone)."""
+    rows = result.get("epochs")
+    if not isinstance(rows, list):
+        rows = _maybe_json(join(root, layout.EPOCHS_JSON))
+    rows = [r for r in rows if isinstance(r, dict)] if isinstance(rows, list) else []
+    if rows and all("epoch" in r for r in rows):
+        rows.sort(key=lambda r: r["epoch"])
+    return merge(rows, tensorboard_epochs(root))
+
+
+def _class_names(config: dict[str, Any]) -> list[str] | None:
+    names = (config.get("model") or {}).get("class_names")
+    return [str(n) for n in names] if isinstance(names, list) and names else None
+
+
+def _add_export(data: RunData, export_dir: str) -> None:
+    if exists(join(export_dir, layout.MANIFEST)):
+        data.manifest = layout.parse_manifest(read_bytes(join(export_dir, layout.MANIFEST)), export_dir)
+        data.model = _maybe_json(join(export_dir, layout.MODEL_JSON))
+
+
+def _export_only(root: str) -> RunData:
+    data = RunData("export", _basename(root), root)
+    _add_export(data, root)
+    model = data.model or {}
+    data.config = {"model": model.get("hyperparameters") or {}}
+    data.result = {"metrics": model.get("metrics") or {}}
+    data.notes.append("an export alone holds no predictions or per-epoch metrics: only its tables are shown; "
+                      "report on the run directory for the plots")  # fmt: skip
+    return data
+
+
+def read_predictions(root: str, class_names: list[str] | None, notes: list[str]) -> Predictions | None:
+    """test_predictions(.parquet | /part-*.parquet): id, label, predicted, prob_<class>... (+ num_chunks, truncated)."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from raytune_bsm.storage import filesystem
+
+    for name in (f"{PREDICTIONS}.parquet", PREDICTIONS):
+        uri = join(root, name)
+        if exists(uri):
+            break
+    else:
+        notes.append("no test predictions stored (the run had no test split): no ROC, PR, confusion or calibration")
+        return None
+    fs, path = filesystem(uri)
+    try:
+        table = pq.read_table(path, filesystem=fs)
+    except (OSError, ValueError) as e:
+        raise DataError(f"{uri}: cannot be read as Parquet ({e.__class__.__name__}: {e})") from None
+    prob_cols = [c for c in table.column_names if c.startswith("prob_")]
+    names = [c.removeprefix("prob_") for c in prob_cols]
+    if class_names and set(class_names) == set(names):
+        names = class_names
+    if "label" not in table.column_names or len(names) < 2:
+        raise DataError(f"{uri}: expected a label column and a prob_<class> column per class, got {table.column_names}")
+    index = {n: i for i, n in enumerate(names)}
+    labels = [str(v) for v in table.column("label").to_pylist()]
+    unknown = sorted(set(labels) - set(index))
+    if unknown:
+        raise DataError(f"{uri}: labels {unknown[:5]} have no prob_<class> column (classes {names})")
+    probs = np.stack([np.asarray(table.column(f"prob_{n}").to_numpy(zero_copy_only=False), dtype=np.float64) for n in names], axis=1)
+    pred = Predictions(uri, names, np.asarray([index[v] for v in labels], dtype=np.int64), probs)
+    if NUM_CHUNKS in table.column_names:
+        pred.num_chunks = np.asarray(table.column(NUM_CHUNKS).to_numpy(zero_copy_only=False), dtype=np.int64)
+    if TRUNCATED in table.column_names:
+        pred.truncated = np.asarray(table.column(TRUNCATED).to_numpy(zero_copy_only=False), dtype=bool)
+    if pred.num_chunks is None:
+        notes.append(f"the predictions have no {NUM_CHUNKS!r} column (chunks kept per record; and {TRUNCATED!r}): "
+                     "no accuracy by dialogue length")  # fmt: skip
+    return pred
+
+
+def _sweep(root: str) -> RunData:
+    import pyarrow.parquet as pq
+
+    from raytune_bsm.storage import filesystem
+
+    record = _maybe_json(join(root, layout.SWEEP_JSON)) or {}
+    result = _maybe_json(join(root, layout.RESULT_JSON)) or {}
+    config = _maybe_json(join(root, layout.BEST_CONFIG_JSON)) or record.get("run") or {}
+    data = RunData("sweep", str(result.get("name") or _basename(root)), root, config, result, sweep=record)
+    table_uri = join(root, layout.TRIALS_PARQUET)
+    if exists(table_uri):
+        fs, path = filesystem(table_uri)
+        table = pq.read_table(path, filesystem=fs)
+        meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
+        data.result.setdefault("monitor", meta.get("metric"))
+        data.result.setdefault("mode", meta.get("mode"))
+        data.trials = table.to_pylist()
+    else:
+        data.notes.append(f"no {layout.TRIALS_PARQUET} yet: no trial plots")
+    for row in data.trials:
+        hp = row.get("hyperparameters")
+        row["hyperparameters"] = json.loads(hp) if isinstance(hp, str) else (hp or {})
+        run_dir = join(root, "runs", str(row["trial_id"]))
+        data.trial_epochs[str(row["trial_id"])] = _epochs(run_dir, {})
+    best = (result.get("best_trial") or {}).get("trial_id")
+    if best:  # the best trial's own curves and predictions
+        data.epochs = data.trial_epochs.get(str(best), [])
+        best_dir = join(root, "runs", str(best))
+        notes: list[str] = []
+        data.predictions = read_predictions(best_dir, _class_names(config), notes)
+        data.notes += [f"best trial {best}: {n}" for n in notes]
+    _add_export(data, join(root, layout.EXPORT_DIR))
+    return data
