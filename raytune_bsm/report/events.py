@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from raytune_bsm.storage import exists, is_uri, join
+from raytune_bsm.storage import exists, filesystem, is_uri, join
 
 TENSORBOARD_DIR = "tensorboard"
 BY_EPOCH_INDEX = ("train_loss_epoch_mean", "records_per_s")  # logged with step = epoch (0-based)
@@ -40,7 +40,6 @@ def tensorboard_epochs(run_dir: str) -> list[dict[str, Any]]:
 def _copy_down(uri: str, dest: Path) -> None:
     import pyarrow.fs as pafs
 
-    from raytune_bsm.storage import filesystem
 
     fs, path = filesystem(uri)
     for info in fs.get_file_info(pafs.FileSelector(path, recursive=True)):

@@ -18,7 +18,7 @@ from typing import Any
 from raytune_bsm import layout
 from raytune_bsm.errors import ConfigError, DataError
 from raytune_bsm.report.events import merge, tensorboard_epochs
-from raytune_bsm.storage import exists, is_uri, join, read_bytes, storage_path
+from raytune_bsm.storage import exists, filesystem, is_uri, join, read_bytes, storage_path
 
 LOCAL_CONFIG, LOCAL_METRICS = "config.json", "metrics.json"  # a local (in-process) run's files
 PREDICTIONS = "test_predictions"  # .parquet (local run) or a directory of parts (Ray run)
@@ -160,7 +160,6 @@ def read_predictions(root: str, class_names: list[str] | None, notes: list[str])
     import numpy as np
     import pyarrow.parquet as pq
 
-    from raytune_bsm.storage import filesystem
 
     for name in (f"{PREDICTIONS}.parquet", PREDICTIONS):
         uri = join(root, name)
@@ -200,7 +199,6 @@ def read_predictions(root: str, class_names: list[str] | None, notes: list[str])
 def _sweep(root: str) -> RunData:
     import pyarrow.parquet as pq
 
-    from raytune_bsm.storage import filesystem
 
     record = _maybe_json(join(root, layout.SWEEP_JSON)) or {}
     result = _maybe_json(join(root, layout.RESULT_JSON)) or {}
