@@ -79,3 +79,82 @@ def test_every_recipe_in_jobs_loads_and_validates(tmp_path):
         command = "tune" if recipe.name.startswith("tune") else "submit"
         r = bsm(command, "--config", str(recipe), "--dry-run", env={"BSM_HOME": str(tmp_path)})
         assert r.returncode == 0, (recipe, r.stderr)
+
+
+def _options(command: str) -> set[str]:
+    import typer.main
+
+    from raytune_bsm.cli import app
+
+    group = typer.main.get_command(app)
+    return {o for p in group.commands[command].params for o in p.opts if o.startswith("--")}
+
+
+def test_tune_takes_every_option_of_submit():
+    submit, tune = _options("submit"), _options("tune")
+    assert {"--num-workers", "--num-gpus", "--cpus-per-worker", "--lr", "--resume", "--json"} <= submit
+    assert submit <= tune, submit - tune
+    assert tune - submit >= {"--num-samples", "--scheduler", "--search-space", "--metric", "--mode"}
+
+
+def test_every_command_that_returns_data_can_print_json():
+    for command in ("submit", "tune", "status", "list", "stop", "fetch", "export", "predict", "demo-data", "up"):
+        assert "--json" in _options(command), command
+
+
+def test_shell_completion_is_on():
+    from typer.testing import CliRunner
+
+    from raytune_bsm.cli import app
+
+    r = CliRunner().invoke(app, ["--show-completion", "bash"], prog_name="bsm")
+    assert r.exit_code == 0 and "complete -o default -F _bsm_completion bsm" in r.stdout
+    assert "--install-completion" in CliRunner().invoke(app, ["--help"]).stdout
+
+
+def test_a_bad_flag_value_is_one_line_and_exit_1_like_every_mistake():
+    for args, needle in [
+        (["submit", "--lr", "abc"], "Invalid value for '--lr'"),
+        (["submit", "--bogus"], "No such option: --bogus"),
+        (["logs"], "Missing argument"),
+        (["nonsense"], "No such command 'nonsense'"),
+    ]:
+        r = bsm(*args)
+        assert r.returncode == 1 and r.stdout == "", (args, r.stdout, r.stderr)
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("bsm: error: ") and needle in lines[0], r.stderr
+
+
+def test_status_prints_why_a_job_failed_escaped_with_api_status_stubbed(monkeypatch):
+    """The CLI's printing only (the cluster side is tested in test_launcher): api.status is a stub here."""
+    from typer.testing import CliRunner
+
+    from raytune_bsm import api
+    from raytune_bsm.cli import app
+
+    info = {"job_id": "bsm-x", "status": "FAILED", "error": "DataError: bad row\x1b]0;pwned\x07 \x1b[2J",
+            "run_dir": "/runs/x\r", "metrics": None}  # fmt: skip
+    monkeypatch.setattr(api, "status", lambda job_id=None, **kw: info)
+    r = CliRunner().invoke(app, ["status", "bsm-x"])
+    assert r.exit_code == 0
+    assert "error            DataError: bad row" in r.stdout
+    assert "\x1b" not in r.stdout and "\r" not in r.stdout and "\x07" not in r.stdout
+    assert json.loads(CliRunner().invoke(app, ["status", "bsm-x", "--json"]).stdout)["error"] == info["error"]
+
+
+def test_submit_and_tune_print_the_job_id_as_json_with_api_stubbed(monkeypatch):
+    """--json output only; submitting for real is tested in test_launcher. api.submit/api.tune are stubs."""
+    from typer.testing import CliRunner
+
+    from raytune_bsm import api
+    from raytune_bsm.cli import app
+
+    seen = {}
+    monkeypatch.setattr(api, "submit", lambda opts, **kw: seen.setdefault("submit", opts) and "bsm-a")
+    monkeypatch.setattr(api, "tune", lambda opts, sweep, **kw: seen.setdefault("tune", (opts, sweep)) and "bsm-b")
+    assert json.loads(CliRunner().invoke(app, ["submit", "--json", "--lr", "0.1"]).stdout) == {"job_id": "bsm-a"}
+    assert seen["submit"].lr == 0.1
+    r = CliRunner().invoke(app, ["tune", "--json", "--num-workers", "2", "--num-samples", "3"])
+    assert json.loads(r.stdout) == {"job_id": "bsm-b"}
+    opts, sweep = seen["tune"]
+    assert opts.num_workers == 2 and sweep["num_samples"] == 3
