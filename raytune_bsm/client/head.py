@@ -15,6 +15,7 @@ import shlex
 import socket
 import sys
 import tempfile
+from collections.abc import Collection
 from pathlib import Path
 
 BIN_DIR = "bin"  # python / python3 shims that run sys.executable: first on the head's PATH
@@ -41,14 +42,15 @@ def _port_free(port: int) -> bool:
     return True
 
 
-def pick_ports() -> dict[str, int]:
-    """The ports bsm must know or that have a fixed machine-wide default; the preferred ones when free."""
+def pick_ports(avoid: Collection[int] = ()) -> dict[str, int]:
+    """The ports bsm must know or that have a fixed machine-wide default; the preferred ones when free (and not
+    in `avoid`), else ones the kernel hands out."""
     ports: dict[str, int] = {}
     socks = []
     try:
         for name in ("gcs", "dashboard", "client", "autoscaler_metrics", "dashboard_metrics"):
             preferred = PREFERRED_PORTS.get(name)
-            if preferred is not None and _port_free(preferred):
+            if preferred is not None and preferred not in avoid and _port_free(preferred):
                 ports[name] = preferred
                 continue
             s = socket.socket()  # the kernel's choice; held open until all are picked so none repeats

@@ -93,8 +93,10 @@ def status(job_id: str | None = None, *, address: str | None = None, allow_insec
 def failure_reason(info: Any, logs_text: str) -> str:
     """Why a job failed, in one escaped line: Ray's message, the driver's exit code, the log's last error line."""
     parts = []
-    if info.message:
-        parts.append(safe(info.message.strip()))
+    if info.message and info.message.strip():
+        # Ray appends ", last available logs (truncated to 20,000 chars):" and the logs; the error line follows.
+        first = info.message.strip().splitlines()[0].split(", last available logs", 1)[0].rstrip(":")
+        parts.append(safe(first))
     code = getattr(info, "driver_exit_code", None)
     if code not in (None, 0):
         parts.append(f"driver exit code {code}")

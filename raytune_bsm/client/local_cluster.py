@@ -38,6 +38,7 @@ Progress = Callable[[str], None]
 RECORD_NAME = "cluster.json"
 LOG_NAME = "ray-head.log"
 LOCK_NAME = "cluster.lock"
+_ATTEMPTS = 3  # starts of a head whose port another program took between bsm's check and Ray's bind
 
 
 def resolve_home(home: Path | str | None) -> Path:
@@ -223,25 +224,33 @@ def _start(home: Path, num_cpus: int | None, num_gpus: int | None, timeout: floa
     asked = ", ".join(f"{n} {k}" for n, k in ((num_cpus, "CPUs"), (num_gpus, "GPUs")) if n is not None)
     _say(progress, f"Starting a local Ray {ray.__version__} head ({asked or 'all CPUs/GPUs'}; log: {log_file}) ...")
     t0 = time.monotonic()
-    # One bsm at a time picks ports and starts a head on this machine, so two never pick the same port.
-    with FileLock(Path(tempfile.gettempdir()) / f"bsm-ports-{os.getuid()}.lock"):
-        ports = head.pick_ports()
-        proc = processes.spawn(head.head_command(ports, temp_dir, num_cpus, num_gpus),
-                               env=head.head_env(home, token_file, ports), cwd=str(home), log_path=str(log_file))  # fmt: skip
-        rec = LocalCluster(
-            gcs_address=f"127.0.0.1:{ports['gcs']}", dashboard_url=f"http://127.0.0.1:{ports['dashboard']}",
-            pid=proc.pid, num_cpus=float(num_cpus or 0), num_gpus=float(num_gpus or 0), temp_dir=str(temp_dir),
-            log_file=str(log_file), started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            storage=str(storage), token_file=str(token_file), pid_start_time=processes.start_time(proc.pid),
-            temp_dir_owned=temp_owned, ports=ports, ray_version=ray.__version__, python=sys.executable,
-        )  # fmt: skip
-        try:
-            _wait_ready(rec, proc, token, t0 + timeout, timeout)
-        except BaseException:
-            with contextlib.suppress(Exception):
-                processes.stop_session(rec.pid, rec.pid_start_time, 15.0, lambda m: _say(progress, m))
-            _forget(home, rec)
-            raise
+    taken: set[int] = set()
+    for attempt in range(_ATTEMPTS):
+        # One bsm at a time picks ports and starts a head on this machine, so two bsm never pick the same port;
+        # a port something else takes meanwhile makes the head exit: then again, with other ports.
+        with FileLock(Path(tempfile.gettempdir()) / f"bsm-ports-{os.getuid()}.lock"):
+            ports = head.pick_ports(avoid=taken)
+            proc = processes.spawn(head.head_command(ports, temp_dir, num_cpus, num_gpus),
+                                   env=head.head_env(home, token_file, ports), cwd=str(home), log_path=str(log_file))  # fmt: skip
+            rec = LocalCluster(
+                gcs_address=f"127.0.0.1:{ports['gcs']}", dashboard_url=f"http://127.0.0.1:{ports['dashboard']}",
+                pid=proc.pid, num_cpus=float(num_cpus or 0), num_gpus=float(num_gpus or 0), temp_dir=str(temp_dir),
+                log_file=str(log_file), started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                storage=str(storage), token_file=str(token_file), pid_start_time=processes.start_time(proc.pid),
+                temp_dir_owned=temp_owned, ports=ports, ray_version=ray.__version__, python=sys.executable,
+            )  # fmt: skip
+            try:
+                _wait_ready(rec, proc, token, t0 + timeout, timeout)
+                break
+            except BaseException as e:
+                with contextlib.suppress(Exception):
+                    processes.stop_session(rec.pid, rec.pid_start_time, 15.0, lambda m: _say(progress, m))
+                if isinstance(e, ClusterError) and "address already in use" in str(e) and attempt + 1 < _ATTEMPTS:
+                    _say(progress, "A port of the new Ray head was taken meanwhile; starting it again on other ports")
+                    taken |= set(ports.values())
+                    continue
+                _forget(home, rec)
+                raise
     _write_json_atomic(record_path(home), rec.to_json())
     _say(progress, f"Local Ray cluster is up at {rec.dashboard_url} ({rec.num_cpus:g} CPUs, {rec.num_gpus:g} GPUs, "
          f"token auth on) in {time.monotonic() - t0:.1f}s")  # fmt: skip
