@@ -10,6 +10,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+pytest_plugins = ["s3_server"]  # the `s3_server` / `s3` fixtures: a real S3 API on 127.0.0.1 (tests/s3_server.py)
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may be downloaded at run time
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
