@@ -15,7 +15,7 @@ import pytest
 
 from raytune_bsm.config import DataConfig
 from raytune_bsm.data.readers import list_files, read_file
-from raytune_bsm.data.splits import load_split, read_table
+from raytune_bsm.data.splits import check_schema, load_split, read_table
 from raytune_bsm.errors import DataError
 
 CFG = DataConfig(label_field="label")
@@ -179,3 +179,25 @@ def test_s3_filesystem_can_be_built_without_the_environment(s3_server, tmp_path)
     with fs.open_output_stream(f"{s3_server.bucket}/explicit/a.txt") as f:
         f.write(b"ok")
     assert fs.get_file_info(f"{s3_server.bucket}/explicit/a.txt").size == 2
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv", "jsonl"])
+def test_schema_check_before_submission_reads_no_file_whole(tmp_path, s3, fmt):
+    """What a client can check on a remote split before submitting: files, columns, types."""
+    d = write_parts(tmp_path / "train", fmt)
+    uri = s3.upload(d, "train")
+    assert [f.name for f in check_schema(uri, CFG)] == [f"{uri}/part-{k}.{fmt}" for k in range(FILES)]
+    renamed = pa.table({**{k: v for k, v in part(4).items() if k != "label"}, "target": part(4)["label"]})
+    bad = tmp_path / "bad" / f"part-4.{fmt}"
+    bad.parent.mkdir()
+    if fmt == "parquet":
+        pq.write_table(renamed, bad)
+    elif fmt == "csv":
+        pcsv.write_csv(renamed, bad)
+    else:
+        bad.write_text("".join(json.dumps(r) + "\n" for r in renamed.to_pylist()))
+    s3.upload(bad, f"train/part-4.{fmt}")
+    with pytest.raises(DataError) as e:
+        check_schema(uri, CFG)
+    assert str(e.value) == (f"{uri}/part-4.{fmt}: missing column 'label' (columns are order_id, dialogue, target); "
+                            "name the right one with --label-field")  # fmt: skip

@@ -124,6 +124,27 @@ def read_file(file: DataFile | str, format: str | None = None) -> pa.Table:
     return table
 
 
+def read_schema(file: DataFile) -> pa.Schema:
+    """A file's columns and types without reading it whole: a Parquet footer, the first block of a CSV or JSONL."""
+    import pyarrow.csv as pcsv
+    import pyarrow.json as pjson
+    import pyarrow.parquet as pq
+
+    if file.size == 0:
+        raise DataError(f"{file.name}: the file is empty (0 bytes, no rows)")
+    try:
+        if file.format == "parquet":
+            with file.fs.open_input_file(file.path) as src:
+                return pq.read_schema(src)
+        with file.fs.open_input_stream(file.path) as src:
+            if file.format == "jsonl":
+                return pjson.open_json(src).schema
+            parse = pcsv.ParseOptions(delimiter="\t" if file.format == "tsv" else ",", newlines_in_values=True)
+            return pcsv.open_csv(src, parse_options=parse).schema
+    except (pa.ArrowException, OSError) as e:
+        raise DataError(f"{file.name}: cannot read this file as {file.format}: {_first_line(e)}") from None
+
+
 def check_columns(table: pa.Table, f: DataFile) -> None:
     """No column twice; text that is valid UTF-8 (CSV and JSON readers let invalid bytes through)."""
     names = table.column_names

@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from raytune_bsm.config import DataConfig
 from raytune_bsm.data.labels import Labels, label_kind, rows_text
-from raytune_bsm.data.readers import ID_CANDIDATES, DataFile, list_files, read_file
+from raytune_bsm.data.readers import ID_CANDIDATES, DataFile, list_files, read_file, read_schema
 from raytune_bsm.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,31 @@ def check_text_type(t: pa.DataType, path: str, text_field: str) -> None:
         raise DataError(
             f"{path}: column {text_field!r} has type {t}; a dialogue must be a string or a list of strings"
         )
+
+
+def check_schema(path: str, cfg: DataConfig, format: str | None = None) -> list[DataFile]:
+    """List a split's files and check each one's columns and their types from its schema alone (a Parquet footer,
+    the first block of a CSV/JSONL file), reading no file whole: the check a client can afford before submitting,
+    also for a remote directory of many files. Returns the files."""
+    files = list_files(path, format or getattr(cfg, "format", None))
+    first: tuple[DataFile, str] | None = None
+    for f in files:
+        schema = read_schema(f)
+        columns = {cfg.text_field: "--text-field", cfg.label_field: "--label-field"}
+        if cfg.id_field:
+            columns[cfg.id_field] = "--id-field"
+        missing = [c for c in columns if c not in schema.names]
+        if missing:
+            raise DataError(
+                f"{f.name}: missing column {missing[0]!r} (columns are {', '.join(schema.names) or 'none'}); "
+                f"name the right one with {columns[missing[0]]}"
+            )
+        check_text_type(schema.field(cfg.text_field).type, f.name, cfg.text_field)
+        kind = label_kind(schema.field(cfg.label_field).type, f.name, cfg.label_field)
+        if first and kind != first[1]:
+            raise DataError(f"{f.name}: column {cfg.label_field!r} holds {kind} labels but {first[0].name} holds {first[1]}")
+        first = first or (f, kind)
+    return files
 
 
 def load_split(
