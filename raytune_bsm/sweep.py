@@ -1,7 +1,6 @@
 """`bsm tune`'s settings: `SweepConfig`, the search space (default, YAML files, checks) and how many trials
 the cluster's resources fit. Torch-free, so the CLI validates a sweep before anything is submitted.
-The cluster side (running the sweep, its record) is `sweep_run.py`.
-"""
+The cluster side is `runner/tune.py` (the sweep) and `runner/trials.py` (its record)."""
 
 from __future__ import annotations
 
@@ -13,15 +12,10 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from raytune_bsm.config import (
-    RunConfig,
-    check_metric_name,
-    default_metric,
-    load_yaml,
-    resolve_key,
-)
+from raytune_bsm.config import RunConfig, check_metric_name, default_metric, load_yaml, resolve_key
 from raytune_bsm.errors import ClusterError, ConfigError
 from raytune_bsm.layout import SWEEP_JSON
+from raytune_bsm.pretrained import model_dims
 from raytune_bsm.storage import exists, join, read_bytes, storage_path
 
 log = logging.getLogger("raytune_bsm")
@@ -37,7 +31,6 @@ PG_FILE = "bsm_placement_groups.json"  # per trial run: the placement groups its
 RELEASE_AFTER_S = 5.0  # a stopped trial's placement group is released this long after the trial ended
 LEADERBOARD_ROWS = 10
 TRIAL_RESOURCES = {"CPU": 0, "memory": 1}  # the trial driver only waits on its trainer; Tune needs a non-empty bundle
-
 
 
 # ----------------------------------------------------------------------------------------------- settings
@@ -227,8 +220,6 @@ def load_search_space(path: str | Path, num_layers: int | None = None) -> dict[s
 
 def model_layers(run: RunConfig) -> int | None:
     """The encoder's layer count, when it is known without loading the model (a local config.json)."""
-    from raytune_bsm.pretrained import model_dims
-
     cfg = run.model_config()
     dims = model_dims(cfg["tokenizer"], cfg["encoder_config"])
     return dims.get("num_hidden_layers") if dims else None

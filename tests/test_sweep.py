@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from raytune_bsm import sweep as sw
+from raytune_bsm.runner import trials as tr
 from raytune_bsm.runner import tune as sr
 from raytune_bsm.client.connection import ClusterResources, NodeResources
 from raytune_bsm.config import RunConfig
@@ -198,38 +199,49 @@ def test_ranking_ties_go_to_the_earlier_trial_and_the_leaderboard_prints():
                 "final_metric": metric, "hyperparameters": {"model.lr": 1e-4 * (i + 1)}}  # fmt: skip
 
     rows = [row(0, 0.7), row(1, 0.9), row(2, None, "error"), row(3, 0.9), row(4, 0.8, "early_stopped")]
-    assert [r["trial_index"] for r in sr.rank_rows(rows, "max")] == [1, 3, 4, 0, 2]
-    assert [r["trial_index"] for r in sr.rank_rows(rows, "min")] == [0, 4, 1, 3, 2]
-    text = sr.format_leaderboard(sr.rank_rows(rows, "max"), "val_auroc")
+    assert [r["trial_index"] for r in tr.rank_rows(rows, "max")] == [1, 3, 4, 0, 2]
+    assert [r["trial_index"] for r in tr.rank_rows(rows, "min")] == [0, 4, 1, 3, 2]
+    text = sw.format_leaderboard(tr.rank_rows(rows, "max"), "val_auroc")
     lines = text.splitlines()
     assert lines[0].split() == ["rank", "trial", "status", "epochs", "val_auroc", "final", "lr"]
     assert lines[1].split()[:2] == ["1", "abc_00001"] and "0.0002" in lines[1] and len(lines) == 6
 
 
 def test_the_record_from_trials(tmp_path):
-    """trials.parquet / best_config.json / bsm_result.json from Tune's trials and the runs' epoch records."""
+    """trials.parquet / best_config.json / bsm_result.json from Tune's trials and the runs' epoch records. A
+    trial's best checkpoint is one that still exists (retention deletes the others), ties going to the earliest."""
     from types import SimpleNamespace
 
-    spec = sr._Spec(name="s", sweep_dir=str(tmp_path), monitor="val_auroc", mode="max", max_epochs=3,
+    spec = tr._Spec(name="s", sweep_dir=str(tmp_path), monitor="val_auroc", mode="max", max_epochs=3,
                     base=tiny_run("s").to_dict(), params=["model.lr"])  # fmt: skip
-    per_trial = {"t_00000": [0.6, 0.8], "t_00001": [0.7, 0.8, 0.75], "t_00002": [0.5], "t_00003": [0.55, 0.9]}
+    per_trial = {"t_00000": [0.6, 0.8], "t_00001": [0.7, 0.8, 0.75], "t_00002": [0.5], "t_00003": [0.55, 0.9],
+                 "t_00004": [0.4, 0.4, 0.4]}  # fmt: skip
+    deleted = {("t_00004", 0)}  # retention kept t_00004's epochs 1 and 2 of three equal ones
+    ckpt = tmp_path / "ckpt"
     for tid, values in per_trial.items():
-        epochs = [{"epoch": i, "val_auroc": v, "checkpoint_path": f"/ckpt/{tid}/{i}"} for i, v in enumerate(values)]
+        epochs = [{"epoch": i, "val_auroc": v, "checkpoint_path": str(ckpt / tid / str(i))} for i, v in enumerate(values)]
+        for i in range(len(values)):
+            if (tid, i) not in deleted:
+                (ckpt / tid / str(i)).mkdir(parents=True)
+                (ckpt / tid / str(i) / "checkpoint.ckpt").write_bytes(b"x")
         (tmp_path / "runs" / tid).mkdir(parents=True)
         (tmp_path / "runs" / tid / sw.EPOCHS_FILE).write_text(json.dumps(epochs))
     trials = [SimpleNamespace(trial_id=tid, status=st, config={"model.lr": lr}, error_file=None)
               for tid, st, lr in [("t_00000", "TERMINATED", 1e-4), ("t_00001", "TERMINATED", 2e-4),
-                                  ("t_00002", "ERROR", 3e-4), ("t_00003", "TERMINATED", 4e-4)]]  # fmt: skip
-    rows = sr.trial_rows(trials, spec, interrupted={"t_00003"})
-    assert [r["status"] for r in rows] == ["early_stopped", "completed", "error", "interrupted"]
-    summary = sr.write_record(rows, spec, finished=False)
+                                  ("t_00002", "ERROR", 3e-4), ("t_00003", "TERMINATED", 4e-4),
+                                  ("t_00004", "TERMINATED", 5e-4)]]  # fmt: skip
+    rows = tr.trial_rows(trials, spec, interrupted={"t_00003"})
+    assert [r["status"] for r in rows] == ["early_stopped", "completed", "error", "interrupted", "completed"]
+    assert (rows[4]["best_checkpoint"], rows[4]["best_epoch"]) == (str(ckpt / "t_00004" / "1"), 2)  # not the deleted 0
+    summary = tr.write_record(rows, spec, finished=False)
     # t_00003 has the highest value but was interrupted mid-way: it still ranks (its checkpoint exists);
     # t_00000 and t_00001 tie at 0.8: the earlier trial ranks first.
-    assert [r["trial_id"] for r in summary["leaderboard"]] == ["t_00003", "t_00000", "t_00001", "t_00002"]
+    assert [r["trial_id"] for r in summary["leaderboard"]] == ["t_00003", "t_00000", "t_00001", "t_00002", "t_00004"]
     table = pq.read_table(tmp_path / "trials.parquet").to_pylist()
-    assert [r["rank"] for r in table] == [2, 3, 4, 1] and table[1]["metric_per_epoch"] == [0.7, 0.8, 0.75]
+    assert [r["rank"] for r in table] == [2, 3, 4, 1, 5] and table[1]["metric_per_epoch"] == [0.7, 0.8, 0.75]
     assert (table[1]["best_epoch"], table[1]["final_metric"], table[1]["model.lr"]) == (2, 0.75, 2e-4)
-    assert summary["best_checkpoint"] == "/ckpt/t_00003/1" and summary["trials"]["interrupted"] == 1
+    assert summary["best_checkpoint"] == str(ckpt / "t_00003" / "1") and summary["trials"]["interrupted"] == 1
+    assert summary["tensorboard_logdir"] == str(tmp_path / "runs")
     assert json.loads((tmp_path / "best_config.json").read_text())["model"]["lr"] == 4e-4
     assert json.loads((tmp_path / "bsm_result.json").read_text()) == json.loads(json.dumps(summary))
 
@@ -270,7 +282,7 @@ def test_asha_sweep_stops_weak_trials_and_records_the_best(ray_local, tmp_path):
     summary = sr.run_sweep(run, sw.SweepConfig(num_samples=1, metric="val_loss", mode="min", search_space=space),
                            storage=storage)  # fmt: skip
     elapsed = time.monotonic() - t0
-    print(f"4-trial ASHA sweep: {elapsed:.0f}s\n" + sr.format_leaderboard(summary["leaderboard"], "val_loss"))
+    print(f"4-trial ASHA sweep: {elapsed:.0f}s\n" + sw.format_leaderboard(summary["leaderboard"], "val_loss"))
 
     sweep_dir = Path(storage) / "asha"
     table = pq.read_table(sweep_dir / "trials.parquet")

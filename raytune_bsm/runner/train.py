@@ -1,33 +1,56 @@
 """The cluster side of `bsm submit`: run the training loop under Ray Train (Train V2 API) on every worker.
 
-`fit(run)` builds a `TorchTrainer` over `train.train_loop`: N workers (one GPU each with --num-gpus, NCCL;
+`fit(run)` builds a `TorchTrainer` over `worker.train_loop`: N workers (one GPU each with --num-gpus, NCCL;
 CPU workers with gloo otherwise), checkpoints kept by Ray in `<storage>/<name>/` (the best k by the validation
-metric, plus the latest), and `FailureConfig` retries that resume from the latest checkpoint.
+metric, plus the latest), and `FailureConfig` retries that resume from the latest checkpoint. At the end the
+best checkpoint Ray kept is exported by a Ray task of its own (`export_task`).
+
+Resuming (`"resume": true` in bsm_job.json, `bsm submit --resume NAME`): the same name and storage. Ray Train V2
+restores the run's checkpoint manager from `<storage>/<name>/checkpoint_manager_snapshot.json`, and the workers
+get its latest checkpoint from `ray.train.get_checkpoint()`; Lightning continues from there, so only the
+remaining epochs are trained. Without resume, a run directory that already holds a run is refused.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from typing import Any
 
+import pyarrow.fs as pafs
+
 from raytune_bsm.config import RunConfig, dumps
-from raytune_bsm.storage import join, write_bytes
+from raytune_bsm.errors import BsmError, ConfigError
+from raytune_bsm.logs import quiet_libraries, setup_logging, verbose
+from raytune_bsm.runner.callbacks import best_kept, epoch_record, kept_checkpoints, read_reports
+from raytune_bsm.runner.export_task import export_best
+from raytune_bsm.runner.prepare import prepare
+from raytune_bsm.runner.tracking import TRACKING_KEY, end_mlflow, start_mlflow, tensorboard_logdir
+from raytune_bsm.storage import exists, filesystem, join, read_bytes, write_bytes
 
 log = logging.getLogger("raytune_bsm")
 
+CONFIG_JSON = "bsm_config.json"
 
-def trainer_for(run: RunConfig, monitor: str, *, storage: str, callbacks: list[Any] | None = None) -> Any:
-    """The TorchTrainer for one run (also the trainer each Tune trial starts)."""
+
+def trainer_for(run: RunConfig, monitor: str, *, storage: str, callbacks: list[Any] | None = None,
+                tracking: dict[str, Any] | None = None) -> Any:  # fmt: skip
+    """The TorchTrainer for one run (also the trainer each Tune trial starts). Every run keeps its epoch record."""
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from raytune_bsm.runner.worker import train_loop
 
+    # Ray Train's preemption watcher logs a core_worker "E" line (ray-project/ray#53727) on every start; it only
+    # acts when a node is drained (spot/preemptible nodes): set RAY_TRAIN_ENABLE_PREEMPTION_WATCHER=1 there.
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     loop_config = run.to_dict()
     loop_config["train"]["runtime"] = "ray"
     loop_config["storage"] = storage
+    if tracking:
+        loop_config[TRACKING_KEY] = tracking
     return TorchTrainer(
         train_loop_per_worker=train_loop,
         train_loop_config=loop_config,
@@ -47,98 +70,88 @@ def trainer_for(run: RunConfig, monitor: str, *, storage: str, callbacks: list[A
                 checkpoint_score_order=run.train.mode,
             ),
             failure_config=ray.train.FailureConfig(max_failures=run.train.max_failures),
-            callbacks=callbacks,  # a Tune trial passes TuneReportCallback here
+            # Train's own INFO lines (worker-group start, every report) only with BSM_VERBOSE=1; warnings stay
+            logging_config=ray.train.LoggingConfig(log_level="INFO" if verbose() else "WARNING"),
+            # the epoch record first: it is on disk before Tune (TuneReportCallback, in a trial) sees the report
+            callbacks=[epoch_record(join(storage, run.name))] + list(callbacks or []),
         ),
     )
 
 
-def fit(run: RunConfig, *, storage: str) -> dict[str, Any]:
-    """Train `run` on the connected Ray cluster; return and store a summary (metrics, checkpoints, failures)."""
-    from raytune_bsm.logs import setup_logging
-    from raytune_bsm.runner.worker import prepare
+def fit(run: RunConfig, *, storage: str, resume: bool = False) -> dict[str, Any]:
+    """Train `run` on the connected Ray cluster (or continue it, with resume); return and store a summary
+    (metrics, checkpoints, failures, the export)."""
+    import ray
 
     setup_logging()
-    # Check the data on the driver first: a bad file fails here in seconds, not on every worker.
-    prep = prepare(run)
-    monitor = run.monitor(len(prep.labels.names))
+    quiet_libraries()
+    if not ray.is_initialized():  # the job's cluster (RAY_ADDRESS), without its connection chatter
+        ray.init(logging_level=logging.INFO if verbose() else logging.WARNING)
     run_dir = join(storage, run.name)
-    write_bytes(dumps({**run.to_dict(), "storage": storage, "model": prep.model_config}).encode(), join(run_dir, "bsm_config.json"))
+    if resume and not exists(join(run_dir, CONFIG_JSON)):
+        raise ConfigError(f"--resume {run.name}: no run to resume in {run_dir}")
+    if not resume and exists(join(run_dir, CONFIG_JSON)):
+        raise ConfigError(f"a run named {run.name} already exists in {run_dir}; continue it with --resume "
+                          f"{run.name} or choose another --name")  # fmt: skip
+    # Check the data in the driver first: a bad file fails here in seconds, not on every worker. Only the
+    # model's config is kept; the prepared splits are dropped before training.
+    prep = prepare(run)
+    model_config, num_classes = prep.model_config, len(prep.labels.names)
+    del prep
+    monitor = run.monitor(num_classes)
+    if resume:
+        log.info("resuming run %s from its latest checkpoint in %s", run.name, run_dir)
+    else:
+        write_bytes(dumps({**run.to_dict(), "storage": storage, "model": model_config}).encode(), join(run_dir, CONFIG_JSON))
+    tracking = start_mlflow(run, {**run.to_dict(), "model": model_config})
 
-    result = trainer_for(run, monitor, storage=storage).fit()
-    best = result.get_best_checkpoint(metric=monitor, mode=run.train.mode) if result.best_checkpoints else None
+    result = trainer_for(run, monitor, storage=storage, tracking=tracking).fit()
+    kept = kept_checkpoints(result)
+    best = best_kept(kept, monitor, run.train.mode)  # what retention left on disk; ties: the earliest epoch
     export = None
-    if best is not None and run.train.export:
-        export = export_best(best, run_dir, prep, metrics={k: v for k, v in best_metrics(result, best).items()})
+    if best is not None and run.train.export and result.error is None:
+        export = export_best(best[0], run_dir, run, model_config, metrics=best[1], hyperparameters=model_config)
+    end_mlflow(tracking, export, failed=result.error is not None)
     summary = {
         "name": run.name,
         "run_dir": run_dir,
         "monitor": monitor,
         "metrics": {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))},
-        "best_checkpoint": best.path if best else None,
-        "checkpoints": [{"path": c.path, **{k: m.get(k) for k in (monitor, "epoch")}} for c, m in result.best_checkpoints],
+        "best_checkpoint": best[0] if best else None,
+        "checkpoints": [{"path": p, **{k: m.get(k) for k in (monitor, "epoch")}} for p, m in kept.items()],
         "latest_checkpoint": result.checkpoint.path if result.checkpoint else None,
+        "epochs_trained": [r["epoch"] for r in read_reports(run_dir)],
         "error": repr(result.error) if result.error else None,
         "restarts": _restarts(run_dir),
         "export": export,
+        "tensorboard_logdir": tensorboard_logdir(run_dir),
+        "mlflow_run_id": tracking.get("mlflow_run_id"),
     }
     write_bytes(dumps(summary).encode(), join(run_dir, "bsm_result.json"))
     log.info("validation metrics: %s", json.dumps({k: round(v, 4) for k, v in summary["metrics"].items() if k.startswith("val")}))
     log.info("checkpoints: %s (best: %s)", run_dir, summary["best_checkpoint"])
+    log.info("curves: tensorboard --logdir %s", summary["tensorboard_logdir"])
     return summary
-
-
-def best_metrics(result: Any, best: Any) -> dict[str, float]:
-    for checkpoint, metrics in result.best_checkpoints:
-        if checkpoint.path == best.path:
-            return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
-    return {}
-
-
-def validation_batches(prep: Any) -> list[dict[str, Any]]:
-    """Real validation batches of three shapes for the export's parity check: the longest record alone, four
-    middling records, and sixteen records spread over every length (short ones padded with empty chunks)."""
-    import numpy as np
-
-    from raytune_bsm.data.dataset import Collate
-
-    cfg = prep.model_config
-    collate = Collate(prep.val, cfg["text_name"], cfg["label_name"], cfg["id_name"], prep.processor.pad_id)
-    order = np.argsort(prep.val.padded_cost(), kind="stable")
-    n = len(order)
-    picks = [order[-1:], order[n // 2 : n // 2 + 4], order[:: max(1, n // 16)][:16]]
-    return [collate([int(i) for i in p]) for p in picks if len(p)]
-
-
-def export_best(best: Any, run_dir: str, prep: Any, metrics: dict[str, float]) -> str:
-    """Export the best checkpoint to `<run dir>/export` (ONNX + TorchScript, parity-checked, manifest last)."""
-    from raytune_bsm.model.export import export_checkpoint
-
-    dest = join(run_dir, "export")
-    log.info("exporting the best checkpoint %s to %s", best.path, dest)
-    manifest = export_checkpoint(
-        best.to_directory(), dest, val_batches=validation_batches(prep), metrics=metrics,
-        hyperparameters=prep.model_config,
-    )  # fmt: skip
-    log.info("export parity: %s", json.dumps(manifest.get("parity"), default=str))
-    return dest
 
 
 def _restarts(run_dir: str) -> list[dict[str, Any]]:
     """The failures this run survived: one record per resume from a checkpoint (written by the workers)."""
-    import pyarrow.fs as pafs
-
-    from raytune_bsm.storage import filesystem, read_bytes
-
     fs, path = filesystem(join(run_dir, "bsm_restarts"))
     infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
     return [json.loads(read_bytes(join(run_dir, "bsm_restarts", i.base_name))) for i in sorted(infos, key=lambda i: i.base_name)]
 
 
 def main(config_file: str) -> int:
-    """`python -m raytune_bsm.runner.train bsm_job.json`: train the resolved config the job carries; exit non-zero if the run failed."""
+    """`python -m raytune_bsm.runner.train bsm_job.json`: train the resolved config the job carries (with
+    `"resume": true`: continue the run of that name); exit non-zero if the run failed."""
     d = json.loads(open(config_file).read())
     storage = d.pop("storage")
-    summary = fit(RunConfig.from_dict(d), storage=storage)
+    resume = bool(d.pop("resume", False))
+    try:
+        summary = fit(RunConfig.from_dict(d), storage=storage, resume=resume)
+    except BsmError as e:  # the user's mistake: one line in the job's log, no traceback
+        print(f"bsm: error: {e}", file=sys.stderr)
+        return 1
     return 1 if summary["error"] else 0
 
 

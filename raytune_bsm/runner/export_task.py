@@ -1,0 +1,115 @@
+"""The export at a run's end (ONNX + TorchScript, parity-checked, manifest last) as a Ray task of its own.
+
+The job driver reserves no CPU and sits on the head node, so it only schedules: `export_best` asks Ray for a
+task with `EXPORT_CPUS` CPUs and `EXPORT_MEMORY` bytes (capped by the largest node), which runs wherever those
+are free. The task reads the checkpoint in place (`Checkpoint.as_directory`: no copy for local storage, a
+temporary one removed afterwards for remote storage) and builds its parity batches from at most `PARITY_ROWS`
+validation records, read with only their text column: nobody holds the validation split for the export.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from raytune_bsm.config import RunConfig
+from raytune_bsm.data.dataset import Collate, EncodedDataset, read_table
+from raytune_bsm.data.processor import ChunkProcessor, ProcessorConfig
+from raytune_bsm.errors import BsmError, ExportError
+from raytune_bsm.logs import quiet_libraries, setup_logging
+from raytune_bsm.runner.prepare import data_paths
+from raytune_bsm.storage import join
+
+log = logging.getLogger("raytune_bsm")
+
+PARITY_ROWS = 64
+EXPORT_CPUS = 2
+EXPORT_MEMORY = 2 * 2**30
+
+
+def parity_texts(run: RunConfig, limit: int = PARITY_ROWS) -> list[Any]:
+    """At most `limit` validation dialogues: the first rows of --val, or of the rows split off --train for
+    validation (the same seeded draw as `data.dataset.split_off`)."""
+    import numpy as np
+
+    paths = data_paths(run)
+    column = {run.data.text_field: "--text-field"}
+    if paths["val"]:
+        texts = read_table(paths["val"], column).column(0)
+        rows = np.arange(min(limit, len(texts)))
+    else:
+        texts = read_table(paths["train"], column).column(0)
+        n = len(texts)
+        n_val = max(1, int(round(n * run.data.val_fraction)))
+        rows = np.sort(np.random.default_rng(run.data.split_seed).permutation(n)[:n_val])[:limit]
+    return [t for t in texts.take(rows).to_pylist() if t is not None]
+
+
+def parity_batches(model_config: dict[str, Any], texts: list[Any]) -> list[dict[str, Any]]:
+    """Real batches of three shapes: the longest record alone, four middling records, and sixteen records spread
+    over every length (short ones padded with empty chunks)."""
+    import numpy as np
+
+    processor = ChunkProcessor(ProcessorConfig.of_model(model_config))
+    p = processor(texts)
+    keep = [i for i, lens in enumerate(p.lens) if len(lens)]
+    if not keep:
+        raise ExportError("no validation record has any tokens: nothing to check the export's parity on")
+    ds = EncodedDataset([p.ids[i] for i in keep], [p.lens[i] for i in keep], np.zeros(len(keep), np.int64), keep)
+    cfg = model_config
+    collate = Collate(ds, cfg["text_name"], cfg["label_name"], cfg["id_name"], processor.pad_id)
+    order = np.argsort(ds.padded_cost(), kind="stable")
+    n = len(order)
+    picks = [order[-1:], order[n // 2 : n // 2 + 4], order[:: max(1, n // 16)][:16]]
+    return [collate([int(i) for i in pick]) for pick in picks if len(pick)]
+
+
+def _export(checkpoint_path: str, dest: str, run_dict: dict[str, Any], model_config: dict[str, Any],
+            metrics: dict[str, Any], hyperparameters: dict[str, Any] | None, threads: int) -> dict[str, Any]:  # fmt: skip
+    """The task's body: parity batches from a few validation rows, then export the checkpoint where it lies."""
+    import torch
+    from ray.train import Checkpoint
+
+    from raytune_bsm.model.export import export_checkpoint
+
+    setup_logging()
+    quiet_libraries()
+    torch.set_num_threads(max(1, threads))
+    batches = parity_batches(model_config, parity_texts(RunConfig.from_dict(run_dict)))
+    with Checkpoint(checkpoint_path).as_directory() as local:
+        return export_checkpoint(local, dest, val_batches=batches, metrics=metrics, hyperparameters=hyperparameters)
+
+
+def export_resources() -> tuple[int, int]:
+    """(CPUs, bytes of memory) for the export task: EXPORT_CPUS and EXPORT_MEMORY, capped by the largest node."""
+    import ray
+
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    cpus = min(EXPORT_CPUS, int(max((r.get("CPU", 0) for r in nodes), default=0)))
+    memory = min(EXPORT_MEMORY, int(max((r.get("memory", 0) for r in nodes), default=0) * 0.5))
+    return max(cpus, 0), max(memory, 0)
+
+
+def export_best(checkpoint_path: str, run_dir: str, run: RunConfig, model_config: dict[str, Any],
+                metrics: dict[str, Any], hyperparameters: dict[str, Any] | None = None) -> str:  # fmt: skip
+    """Export `checkpoint_path` (one Ray kept) to `<run dir>/export` in a Ray task; returns the export's path.
+    `model_config` gives the processor and column names of the parity batches; the manifest records
+    `hyperparameters`, by default the checkpoint's own model config."""
+    import ray
+
+    dest = join(run_dir, "export")
+    cpus, memory = export_resources()
+    log.info("exporting the best checkpoint %s to %s (a task with %d CPU(s), %.1f GiB)", checkpoint_path, dest,
+             cpus, memory / 2**30)  # fmt: skip
+    task = ray.remote(num_cpus=cpus, memory=memory or None, max_retries=0)(_export)
+    numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+    try:
+        manifest = ray.get(task.remote(checkpoint_path, dest, run.to_dict(), model_config, numbers,
+                                       hyperparameters, cpus))  # fmt: skip
+    except ray.exceptions.RayTaskError as e:
+        if isinstance(e.cause, BsmError):
+            raise e.cause from None
+        raise
+    log.info("export parity: %s", json.dumps(manifest.get("parity"), default=str))
+    return dest

@@ -1,0 +1,122 @@
+"""The data a run trains on, read, checked and processed before any model exists (`prepare`), and the loaders
+that batch it for one worker (`loaders`). Runs in the job driver (the checks) and on every Train worker."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from raytune_bsm.config import RunConfig
+from raytune_bsm.data.dataset import Collate, EncodedDataset, LengthGroupedBatchSampler, Labels, load_split, split_off
+from raytune_bsm.data.processor import ChunkProcessor, ProcessorConfig
+from raytune_bsm.demo import generator as demo
+from raytune_bsm.demo import phrases as demo_phrases
+from raytune_bsm.errors import ConfigError, DataError
+from raytune_bsm.layout import bsm_home
+
+log = logging.getLogger("raytune_bsm")
+
+
+@dataclass
+class Prepared:
+    """Everything the model and the loaders need, built from the files before the model exists."""
+
+    model_config: dict[str, Any]
+    labels: Labels
+    processor: ChunkProcessor
+    train: EncodedDataset
+    val: EncodedDataset
+    test: EncodedDataset | None
+
+
+def demo_data_dir(rows: int = 1000, seed: int = 0) -> Path:
+    """The demo data, generated once per machine (atomically, so concurrent workers are safe)."""
+    # A new generator or new phrases: new data.
+    source = b"".join(Path(m.__file__).read_bytes() for m in (demo, demo_phrases))
+    version = hashlib.sha256(source).hexdigest()[:8]
+    out = bsm_home() / "demo-data" / f"rows{rows}-seed{seed}-{version}"
+    if not all((out / f"{s}.parquet").exists() for s in ("train", "val", "test")):
+        out.mkdir(parents=True, exist_ok=True)
+        demo.write_demo_data(out, rows=rows, seed=seed)
+    return out
+
+
+def data_paths(run: RunConfig) -> dict[str, str | None]:
+    """The run's data files; the demo data when none are given."""
+    d = run.data
+    if d.train is None:
+        if d.val is not None or d.test is not None:
+            raise ConfigError("--val/--test given without --train; give --train too")
+        demo_dir = demo_data_dir(d.demo_rows)
+        log.info("no --train given: using the demo data in %s", demo_dir)
+        return {s: str(demo_dir / f"{s}.parquet") for s in ("train", "val", "test")}
+    return {"train": d.train, "val": d.val, "test": d.test}
+
+
+def prepare(run: RunConfig) -> Prepared:
+    """Read, check and process every split. Any bad input raises here, before a model or file exists."""
+    paths = data_paths(run)
+    num_classes = run.model.get("num_classes")  # None: inferred from the training labels
+    train_split, labels = load_split(paths["train"], run.data, None, num_classes)
+    if paths["val"]:
+        val_split, _ = load_split(paths["val"], run.data, labels)
+    else:
+        train_split, val_split = split_off(train_split, run.data.val_fraction, run.data.split_seed)
+    test_split = load_split(paths["test"], run.data, labels)[0] if paths["test"] else None
+
+    n = len(labels.names)
+    model_config = run.model_config(
+        is_binary=n == 2, num_classes=n, class_names=labels.names, id_name=run.data.id_field or "id"
+    )
+    processor = ChunkProcessor(ProcessorConfig.of_model(model_config))
+
+    def encode(split: Any, tag: str) -> EncodedDataset:
+        t = time.perf_counter()
+        p = processor(split.texts)
+        log.info(
+            "%s: %d records, %d tokens in %.1fs; %d record(s) longer than %d chunks kept their %s %d",
+            tag, len(split.texts), p.tokens, time.perf_counter() - t, p.truncated,
+            processor.config.max_chunks, processor.config.keep_chunks, processor.config.max_chunks,
+        )  # fmt: skip
+        keep = [i for i, lens in enumerate(p.lens) if len(lens)]
+        if len(keep) < len(p.lens):  # text that tokenizes to nothing (e.g. only stripped accents)
+            log.warning("%s: skipped %d record(s) whose dialogue has no tokens", tag, len(p.lens) - len(keep))
+            if not keep:
+                raise DataError(f"{split.path}: no dialogue in column {run.data.text_field!r} has any tokens")
+        return EncodedDataset(
+            [p.ids[i] for i in keep], [p.lens[i] for i in keep], split.labels[keep], [split.ids[i] for i in keep]
+        )
+
+    return Prepared(
+        model_config=model_config,
+        labels=labels,
+        processor=processor,
+        train=encode(train_split, "train"),
+        val=encode(val_split, "val"),
+        test=encode(test_split, "test") if test_split is not None else None,
+    )
+
+
+def loaders(run: RunConfig, prep: Prepared, rank: int = 0, world: int = 1) -> tuple[Any, Any, Any]:
+    from torch.utils.data import DataLoader
+
+    cfg = prep.model_config
+
+    def make(ds: EncodedDataset, train: bool) -> DataLoader:
+        sampler = LengthGroupedBatchSampler(
+            ds.padded_cost(),
+            run.data.batch_size if train else run.data.eval_batch_size,
+            shuffle=train,
+            group_by_length=run.data.group_by_length or not train,  # eval: always sort, it changes nothing
+            seed=run.train.seed,
+            num_replicas=world,
+            rank=rank,
+        )
+        collate = Collate(ds, cfg["text_name"], cfg["label_name"], cfg["id_name"], prep.processor.pad_id)
+        return DataLoader(ds, batch_sampler=sampler, collate_fn=collate, num_workers=run.data.num_workers)
+
+    return make(prep.train, True), make(prep.val, False), (make(prep.test, False) if prep.test else None)
