@@ -133,3 +133,20 @@ def test_sweep_needing_more_gpus_per_trial_than_the_cluster_has_fails_before_sub
     with pytest.raises(ClusterError, match="--gpus-per-trial"):
         api.tune(api.SubmitOptions(address=address, name="gpu-sweep"), {"gpus_per_trial": 4})
     assert {r["job_id"] for r in api.list_jobs(address=address)} == before
+
+
+def test_status_of_a_failed_job_says_why_escaped(local_cluster):
+    import shlex
+
+    address = local_cluster.dashboard_url
+    _, client = connection.connect(address, start=False)
+    code = 'print("\\x1b[2Jstarting"); raise ValueError("boom \\x1b[31mred")'
+    job_id = client.submit_job(entrypoint=f"python -c {shlex.quote(code)}",
+                               metadata={"bsm": "1", "bsm_kind": "train", "bsm_run": "fails"})  # fmt: skip
+    assert _wait_for(job_id, {"FAILED"}, address) == "FAILED"
+    info = api.status(job_id, address=address)
+    assert "ValueError: boom red" in info["error"], info["error"]
+    assert "exit code 1" in info["error"] and "\x1b" not in info["error"] and "\n" not in info["error"]
+    out = io.StringIO()
+    assert api.logs(job_id, address=address, out=out) == "FAILED"
+    assert "starting" in out.getvalue() and "\x1b" not in out.getvalue()
