@@ -728,3 +728,13 @@ def test_import_is_cheap() -> None:
         check=True,
     )
     assert out.stdout.strip() == "False"
+
+
+def test_start_times_name_a_process_not_its_pid(sleeper: subprocess.Popen) -> None:
+    started = processes.start_time(sleeper.pid)
+    assert started is not None and processes.is_alive(sleeper.pid, started)
+    assert not processes.is_alive(sleeper.pid, started - 1)  # another process that once had this pid
+    # A record from before psutil: /proc's start time in clock ticks still names the same process.
+    ticks = int(Path(f"/proc/{sleeper.pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    assert processes.is_alive(sleeper.pid, ticks) and not processes.is_alive(sleeper.pid, ticks - 100)
+    assert list(processes.descendants(sleeper.pid, started)) == [sleeper.pid]

@@ -46,9 +46,20 @@ def start_time(pid: int) -> float | None:
         return None
 
 
+def _as_create_time(started: float | None) -> float | None:
+    """Records written before bsm used psutil hold /proc's start time in clock ticks since boot."""
+    import psutil
+
+    if started is not None and started < 1e9:
+        return psutil.boot_time() + started / os.sysconf("SC_CLK_TCK")
+    return started
+
+
 def _process(pid: int, started: float | None) -> psutil.Process | None:
     """The live, non-zombie process `pid` that started at `started` (None: any start time), else None."""
     import psutil
+
+    started = _as_create_time(started)
 
     child = CHILDREN.get(pid)
     if child is not None and child.poll() is not None:
@@ -114,6 +125,7 @@ def session_leftovers(leader: int, started: float | None) -> dict[int, float]:
     """
     import psutil
 
+    started = _as_create_time(started)
     if started is None:
         return {}
     with contextlib.suppress(psutil.Error):
