@@ -272,6 +272,12 @@ def test_report_of_a_real_ray_run_and_its_export(ray_runs, tmp_path):
     # the export directory of a run reports the run, export included
     by_export = build_report(str(run_dir / "export"), str(tmp_path / "b"))
     assert _shown(Path(by_export["html"]).read_text()) == _shown(html)
+    # a fetched export alone: its tables (parity, metrics, hyperparameters), no plots, and it says why
+    fetched = tmp_path / "fetched"
+    shutil.copytree(run_dir / "export", fetched)
+    alone = build_report(str(fetched), str(tmp_path / "c"))
+    text = _check_report(alone, set())
+    assert "parity against PyTorch" in text and "an export alone holds no predictions" in text
     _open_in_chromium(Path(by_run["html"]), expect_images=4)
 
 

@@ -40,7 +40,6 @@ def tensorboard_epochs(run_dir: str) -> list[dict[str, Any]]:
 def _copy_down(uri: str, dest: Path) -> None:
     import pyarrow.fs as pafs
 
-
     fs, path = filesystem(uri)
     for info in fs.get_file_info(pafs.FileSelector(path, recursive=True)):
         if info.type == pafs.FileType.File and "tfevents" in info.base_name:

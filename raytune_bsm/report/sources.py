@@ -160,7 +160,6 @@ def read_predictions(root: str, class_names: list[str] | None, notes: list[str])
     import numpy as np
     import pyarrow.parquet as pq
 
-
     for name in (f"{PREDICTIONS}.parquet", PREDICTIONS):
         uri = join(root, name)
         if exists(uri):
@@ -173,6 +172,12 @@ def read_predictions(root: str, class_names: list[str] | None, notes: list[str])
         table = pq.read_table(path, filesystem=fs)
     except (OSError, ValueError) as e:
         raise DataError(f"{uri}: cannot be read as Parquet ({e.__class__.__name__}: {e})") from None
+    if "id" in table.column_names:  # several workers may have scored the same record (padded shards): once each
+        ids = table.column("id").to_pylist()
+        first = sorted({v: i for i, v in reversed(list(enumerate(ids)))}.values())
+        if len(first) < len(ids) and None not in ids:
+            notes.append(f"{len(ids) - len(first)} duplicate prediction(s) (the same id from several workers) counted once")
+            table = table.take(first)
     prob_cols = [c for c in table.column_names if c.startswith("prob_")]
     names = [c.removeprefix("prob_") for c in prob_cols]
     if class_names and set(class_names) == set(names):
@@ -198,7 +203,6 @@ def read_predictions(root: str, class_names: list[str] | None, notes: list[str])
 
 def _sweep(root: str) -> RunData:
     import pyarrow.parquet as pq
-
 
     record = _maybe_json(join(root, layout.SWEEP_JSON)) or {}
     result = _maybe_json(join(root, layout.RESULT_JSON)) or {}
