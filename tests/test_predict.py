@@ -29,10 +29,19 @@ from raytune_bsm.data.processor import ChunkProcessor, ProcessorConfig
 CLASSES = ["refund", "partial", "reversed"]
 
 
+_BUILT: dict[str, SimpleNamespace] = {}  # the export is built once per session (test_predict_*.py import it)
+
+
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     """A 3-class tiny model saved as {state_dict, hyper_parameters} and exported (synthetic parity batches),
     and a Parquet file of demo dialogues with a few empty ones."""
+    if "export" not in _BUILT:
+        _BUILT["export"] = _build_export(tmp_path_factory)
+    return _BUILT["export"]
+
+
+def _build_export(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     root = tmp_path_factory.mktemp("predict")
     torch.manual_seed(0)
     model = TextBertClassifier(
@@ -134,10 +143,11 @@ def test_tampered_model_is_refused_with_a_checksum_error(exported, tmp_path):
 
     copy = tmp_path / "export"
     shutil.copytree(exported.dest, copy)
-    data = bytearray((copy / "model.onnx").read_bytes())
+    graph = Predictor(str(copy)).choice.file  # the graph predict reads (the packed one in a new export)
+    data = bytearray((copy / graph).read_bytes())
     data[len(data) // 2] ^= 0xFF
-    (copy / "model.onnx").write_bytes(bytes(data))
-    with pytest.raises(ExportError, match="model.onnx: checksum mismatch"):
+    (copy / graph).write_bytes(bytes(data))
+    with pytest.raises(ExportError, match=f"{graph}: checksum mismatch"):
         Predictor(str(copy))
     (copy / "manifest.json").unlink()
     with pytest.raises(ExportError, match="no manifest.json"):

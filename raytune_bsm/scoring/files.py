@@ -175,21 +175,38 @@ class OutputFile:
             os.replace(self.tmp, self.final)
             return
         fs, path = storage.filesystem(self.out)
-        fs.create_dir(posixpath.dirname(path), recursive=True)
-        remote_tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
         try:
-            with open(self.tmp, "rb") as src, fs.open_output_stream(remote_tmp) as dst:
-                shutil.copyfileobj(src, dst, 16 << 20)
-            fs.move(remote_tmp, path)
-        except BaseException:
-            try:
-                fs.delete_file(remote_tmp)
-            except OSError:
-                pass
-            raise
+            if fs.type_name in ("s3", "gcs"):
+                # An object appears only when its upload completes, so upload in place (a temporary key and a
+                # move would leave a directory marker object behind on S3).
+                self._upload(fs, path)
+            else:
+                fs.create_dir(posixpath.dirname(path), recursive=True)
+                tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+                try:
+                    self._upload(fs, tmp)
+                    fs.move(tmp, path)
+                except BaseException:
+                    _delete_quietly(fs, tmp)
+                    raise
         finally:
             self.tmp.unlink(missing_ok=True)
+
+    def _upload(self, fs: Any, path: str) -> None:
+        try:
+            with open(self.tmp, "rb") as src, fs.open_output_stream(path) as dst:
+                shutil.copyfileobj(src, dst, 16 << 20)
+        except BaseException:
+            _delete_quietly(fs, path)  # closing the stream on an error completes a partial object: remove it
+            raise
 
     def abort(self) -> None:
         self._close()
         self.tmp.unlink(missing_ok=True)
+
+
+def _delete_quietly(fs: Any, path: str) -> None:
+    try:
+        fs.delete_file(path)
+    except (OSError, FileNotFoundError):
+        pass
