@@ -193,6 +193,8 @@ def test_out_dir_rules(local_run, tmp_path, monkeypatch):
         build_report(str(tmp_path / "nope"))
     with pytest.raises(ConfigError, match="not a run, sweep or export"):
         build_report(str(foreign))
+    with pytest.raises(ConfigError, match="no source given"):
+        build_report("")
 
 
 def test_report_opens_in_a_real_headless_browser(local_run, tmp_path):

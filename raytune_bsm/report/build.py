@@ -19,11 +19,11 @@ from raytune_bsm.report import html as page
 from raytune_bsm.report.metrics import Evaluation, evaluate
 from raytune_bsm.report.plots import Figure, run_figures
 from raytune_bsm.report.sources import RunData, load
-from raytune_bsm.report.sweep_plots import sweep_figures
+from raytune_bsm.report.sweep_plots import param_keys, sweep_figures
 
 REPORT_HTML = "report.html"
 MARKER = ".bsm-report"  # what tells a directory bsm may replace from one it must not touch
-TRIAL_COLUMNS = ["rank", "trial_id", "status", "iterations", "metric", "best_epoch", "final_metric", "hyperparameters"]
+TRIAL_COLUMNS = ["rank", "trial_id", "status", "iterations", "metric", "best_epoch", "final_metric"]  # + one per hyperparameter
 
 
 def build_report(source: str, out: str | None = None, *, threshold: float | None = None) -> dict[str, Any]:
@@ -113,9 +113,12 @@ def render(data: RunData, ev: Evaluation | None, figs: list[Figure], folder: Pat
         ]
     if data.kind == "sweep":
         ranked = sorted(data.trials, key=lambda t: t.get("rank") or 1 << 30)
+        keys = param_keys(ranked)
+        rows = [{**{c: t.get(c) for c in TRIAL_COLUMNS}, **{k: (t.get("hyperparameters") or {}).get(k) for k in keys}}
+                for t in ranked]  # fmt: skip
         sections.append(page.section(
             "Sweep", fig("sweep_parallel.png"), fig("sweep_lr.png"), fig("sweep_trials.png"),
-            page.table(ranked, TRIAL_COLUMNS, f"trials, ranked by {data.monitor} ({data.result.get('mode')})"),
+            page.table(rows, TRIAL_COLUMNS + keys, f"trials, ranked by {data.monitor} ({data.result.get('mode')})"),
             page.kv_table((data.sweep or {}).get("tune") or {}),
         ))  # fmt: skip
     sections += [

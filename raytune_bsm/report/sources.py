@@ -80,6 +80,8 @@ def _basename(uri: str) -> str:
 
 def load(source: str) -> RunData:
     """A run, sweep or export directory -> RunData. A ConfigError if `source` holds none of them."""
+    if not source.strip():
+        raise ConfigError("bsm report: no source given; give a run, sweep or export directory (or a job id)")
     root = storage_path(source)
     if not exists(root):
         raise ConfigError(f"bsm report: {source} does not exist; give a run, sweep or export directory")

@@ -103,6 +103,7 @@ def metric_vs_lr(trials: list[dict[str, Any]], metric: str, out: Path) -> Figure
     if others:
         ax.plot(*zip(*others), "d", ls="none", ms=8, label="other")
     ax.set_xscale("log")
+    ax.ticklabel_format(axis="y", useOffset=False)
     ax.set(xlabel="learning rate (log)", ylabel=metric, title=f"{metric} vs learning rate")
     ax.grid(alpha=0.3, which="both")
     ax.legend()
