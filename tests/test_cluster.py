@@ -1,4 +1,4 @@
-"""raytune_bsm.client.local_cluster: local clusters bsm starts/stops (real Ray), connections, token auth, resources.
+"""raytune_bsm.client: local clusters bsm starts/stops (real Ray), connections, where the token may go, resources.
 
 The `slow` tests start real local Ray clusters, each in a BSM_HOME of its own under tmp_path; one cluster
 is shared by the module (fixture `shared`) and a second one is started and stopped by the `down` test.
@@ -128,8 +128,13 @@ def test_up_starts_loopback_cluster_with_token_auth(shared: Shared) -> None:
     assert conn.started_by_bsm and conn.is_local and conn.token == shared.token
     assert cn.authentication_mode(conn) == "token"
     # Every listening socket of every process of this cluster is bound to loopback only.
+    wanted = {rec.ports["gcs"], rec.ports["dashboard"], rec.ports["client"]}
+    deadline = time.monotonic() + 60  # the Ray Client server comes up a little after the dashboard answers
     listeners = _tree_listeners(rec.pid)
-    assert {rec.ports["gcs"], rec.ports["dashboard"], rec.ports["client"]} <= {port for _, port in listeners}
+    while not wanted <= {port for _, port in listeners}:
+        assert time.monotonic() < deadline, f"not listening: {wanted - {port for _, port in listeners}}"
+        time.sleep(0.5)
+        listeners = _tree_listeners(rec.pid)
     assert len(listeners) >= 8, listeners  # GCS, dashboard, raylet, object manager, agents, ...
     bad = [(ip, port) for ip, port in listeners if not _is_loopback(ipaddress.ip_address(ip))]
     assert not bad, f"listening off loopback: {bad}"
@@ -207,6 +212,16 @@ def test_job_driver_can_use_ray_with_cluster_token(shared: Shared) -> None:
     job_id = client.submit_job(entrypoint=f'python -c "{code}"')
     assert _wait_job(client, job_id) == "SUCCEEDED", client.get_job_logs(job_id)
     assert "answer 42" in client.get_job_logs(job_id)
+
+
+@pytest.mark.slow
+def test_jobs_run_with_bsms_interpreter(shared: Shared) -> None:
+    """Whatever PATH says, a job's `python` is the interpreter bsm runs under (issue 8.2)."""
+    client = cn.job_client(cn.resolve_connection(None, home=shared.home))
+    job_id = client.submit_job(entrypoint="python -c 'import sys; print(\"exe\", sys.executable)'")
+    assert _wait_job(client, job_id) == "SUCCEEDED", client.get_job_logs(job_id)
+    assert f"exe {sys.executable}" in client.get_job_logs(job_id)
+    assert shared.rec.python == sys.executable
 
 
 @pytest.mark.slow

@@ -18,6 +18,8 @@ import tempfile
 from collections.abc import Collection
 from pathlib import Path
 
+from raytune_bsm.client.text import safe
+
 BIN_DIR = "bin"  # python / python3 shims that run sys.executable: first on the head's PATH
 PREFERRED_PORTS = {"gcs": 6379, "dashboard": 8265, "client": 10001}
 MAX_TEMP_DIR_LEN = 38  # temp_dir + "/session_<date>_<usec>_<pid>/sockets/plasma_store" must fit 107 bytes
@@ -133,6 +135,6 @@ def temp_dir_for(home: Path) -> tuple[Path, bool]:
 
 def log_tail(path: Path, lines: int = 15) -> str:
     try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        return safe("\n".join(path.read_text(errors="replace").splitlines()[-lines:]), multiline=True)
     except OSError:
         return "(no log)"
