@@ -161,6 +161,18 @@ def test_report_of_a_real_three_class_run(multiclass_run, tmp_path):
     assert html.count("<td>tier&lt;") >= 3 and not re.search(r"tier<\d", html)  # per-class rows, escaped
 
 
+def test_report_of_a_run_on_s3(local_run, tmp_path, s3):
+    """Run storage on S3 (moto's real S3 API on 127.0.0.1): the same report as from the local directory,
+    learning curves from the event files included."""
+    uri = s3.upload(local_run, "runs/tiny")
+    remote = build_report(uri, str(tmp_path / "remote"))
+    local = build_report(str(local_run), str(tmp_path / "local"))
+    assert [Path(p).name for p in remote["pngs"]] == [Path(p).name for p in local["pngs"]]
+    assert "learning_curves.png" in {Path(p).name for p in remote["pngs"]}
+    assert remote["metrics"] == local["metrics"]
+    assert _shown(Path(remote["html"]).read_text()) == _shown(Path(local["html"]).read_text())
+
+
 def test_text_from_the_run_is_escaped(local_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(local_run, run)
