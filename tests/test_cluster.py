@@ -7,6 +7,7 @@ Everything else runs against fake records and a tiny local HTTP server.
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import ipaddress
 import json
@@ -321,8 +322,8 @@ class _FakeDashboard(http.server.BaseHTTPRequestHandler):
             self._json(404, {})
 
 
-@pytest.fixture
-def fake_dashboard() -> Iterator[tuple[str, type[_FakeDashboard]]]:
+@contextlib.contextmanager
+def _serve_fake_dashboard() -> Iterator[tuple[str, type[_FakeDashboard]]]:
     handler = type("Handler", (_FakeDashboard,), {"mode": "token", "token": None, "nodes": [], "cluster_status": None, "seen": []})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -333,6 +334,12 @@ def fake_dashboard() -> Iterator[tuple[str, type[_FakeDashboard]]]:
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+@pytest.fixture
+def fake_dashboard() -> Iterator[tuple[str, type[_FakeDashboard]]]:
+    with _serve_fake_dashboard() as served:
+        yield served
 
 
 @pytest.fixture
@@ -610,6 +617,25 @@ def test_token_never_sent_over_plain_http_to_remote_host_resolver_mocked(
     cn.check_secure(conn, allow_insecure=True)
     assert cn.cluster_resources(conn).nodes == []
     assert ("/api/v0/nodes", "Bearer remote-secret-token") in handler.seen
+
+
+def test_ray_address_env_never_redirects_the_token_resolver_mocked(
+    fake_dashboard: tuple[str, type[_FakeDashboard]], remote_name: str, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """Ray's JobSubmissionClient lets RAY_ADDRESS override the address it is given; bsm's client does not."""
+    url, handler = fake_dashboard
+    handler.token = "cluster-a-token"
+    with _serve_fake_dashboard() as (other_url, other):
+        monkeypatch.setenv("RAY_ADDRESS", other_url.replace("127.0.0.1", remote_name))
+        monkeypatch.setenv("RAY_API_SERVER_ADDRESS", other_url.replace("127.0.0.1", remote_name))
+        conn = cn.resolve_connection(url, start=False, home=tmp_path)  # --address beats the environment
+        conn.token, conn.token_source = "cluster-a-token", "test"
+        client = cn.job_client(conn)
+        assert client.get_address() == url
+        assert ("/api/version", "Bearer cluster-a-token") in handler.seen
+        assert other.seen == [], "a request went to the RAY_ADDRESS cluster"
+        assert os.environ["RAY_ADDRESS"].startswith("http://" + remote_name)  # restored
 
 
 def test_insecure_remote_cluster_gets_no_token_resolver_mocked(

@@ -13,8 +13,10 @@ import contextlib
 import http.client
 import json
 import logging
+import os
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +32,7 @@ log = logging.getLogger("raytune_bsm.client")
 DEFAULT_GCS_PORT = 6379
 DEFAULT_DASHBOARD_PORT = 8265
 HTTP_TIMEOUT = 10.0
+_ADDRESS_VARS = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")
 
 # Below HTTP: refused/reset/timeouts (OSError, incl. URLError), a port that does not speak HTTP
 # (http.client.HTTPException), a malformed URL (ValueError).
@@ -199,7 +202,8 @@ def job_client(conn: Connection) -> JobSubmissionClient:
 
     headers = auth_headers(conn)  # refuses before anything is sent if the token may not go there
     try:
-        return JobSubmissionClient(conn.dashboard_url, headers=headers)
+        with _address_env_hidden():
+            client = JobSubmissionClient(conn.dashboard_url, headers=headers)
     except AuthenticationError as e:
         raise ClusterError(auth_failure(conn, 401 if "Authentication required" in str(e) else 403)) from None
     except (ConnectionError, OSError) as e:
@@ -209,3 +213,19 @@ def job_client(conn: Connection) -> JobSubmissionClient:
             f"{conn.dashboard_url} did not answer like a Ray Jobs API ({safe(str(e))}); give the dashboard address "
             f"of a Ray >= 2.52 cluster, e.g. http://HOST:{DEFAULT_DASHBOARD_PORT}"
         ) from None
+    if client.get_address().rstrip("/") != conn.dashboard_url:  # pragma: no cover  (a Ray that resolves otherwise)
+        raise ClusterError(f"Ray's job client chose {safe(client.get_address())}, not {conn.dashboard_url}; unset "
+                           f"RAY_ADDRESS / RAY_API_SERVER_ADDRESS or pass the same --address")  # fmt: skip
+    return client
+
+
+@contextlib.contextmanager
+def _address_env_hidden() -> Iterator[None]:
+    """Ray's `JobSubmissionClient(address)` lets RAY_API_SERVER_ADDRESS / RAY_ADDRESS override `address`
+    (ray.dashboard.utils.get_address_for_submission_client), which would send this connection's token to
+    another cluster: hide them while the client is built (it resolves its address once, there)."""
+    saved = {v: os.environ.pop(v) for v in _ADDRESS_VARS if v in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
