@@ -81,12 +81,9 @@ def trainer_for(run: RunConfig, monitor: str, *, storage: str, callbacks: list[A
 def fit(run: RunConfig, *, storage: str, resume: bool = False) -> dict[str, Any]:
     """Train `run` on the connected Ray cluster (or continue it, with resume); return and store a summary
     (metrics, checkpoints, failures, the export)."""
-    import ray
-
     setup_logging()
     quiet_libraries()
-    if not ray.is_initialized():  # the job's cluster (RAY_ADDRESS), without its connection chatter
-        ray.init(logging_level=logging.INFO if verbose() else logging.WARNING)
+    connect()
     run_dir = join(storage, run.name)
     if resume and not exists(join(run_dir, CONFIG_JSON)):
         raise ConfigError(f"--resume {run.name}: no run to resume in {run_dir}")
@@ -132,6 +129,19 @@ def fit(run: RunConfig, *, storage: str, resume: bool = False) -> dict[str, Any]
     log.info("checkpoints: %s (best: %s)", run_dir, summary["best_checkpoint"])
     log.info("curves: tensorboard --logdir %s", summary["tensorboard_logdir"])
     return summary
+
+
+def connect() -> None:
+    """Connect this job driver to its cluster (RAY_ADDRESS) without the connection chatter. Every task and actor
+    of the job gets RAY_ADDRESS too: Ray Train's placement-group cleaner finds the cluster's State API by
+    auto-detection, which fails (a traceback in the job log) on a machine running more than one Ray instance."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = os.environ.get("RAY_ADDRESS")
+    ray.init(logging_level=logging.INFO if verbose() else logging.WARNING,
+             runtime_env={"env_vars": {"RAY_ADDRESS": address}} if address else None)  # fmt: skip
 
 
 def _restarts(run_dir: str) -> list[dict[str, Any]]:

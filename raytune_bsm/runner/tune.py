@@ -32,12 +32,12 @@ from typing import Any
 from raytune_bsm.config import RunConfig, check_monitor_computed, dumps
 from raytune_bsm.data.dataset import load_split
 from raytune_bsm.errors import BsmError, ConfigError
-from raytune_bsm.logs import quiet_libraries, setup_logging, verbose
+from raytune_bsm.logs import quiet_libraries, setup_logging
 from raytune_bsm.resources import ClusterResources, NodeResources
 from raytune_bsm.runner.callbacks import placement_group_log, read_epochs
 from raytune_bsm.runner.export_task import export_best
 from raytune_bsm.runner.prepare import data_paths
-from raytune_bsm.runner.train import trainer_for
+from raytune_bsm.runner.train import connect, trainer_for
 from raytune_bsm.runner.trials import _Spec, recorder
 from raytune_bsm.storage import exists, join, read_bytes, storage_path, write_bytes
 from raytune_bsm.sweep import (
@@ -102,7 +102,6 @@ def _num_classes(run: RunConfig) -> int:
 def run_sweep(run: RunConfig, sweep: SweepConfig, *, storage: str) -> dict[str, Any]:
     """Run (or with sweep.resume, continue) the sweep named run.name on the connected cluster; return the
     summary also written to `<storage>/<name>/bsm_result.json`."""
-    import ray
     from ray import tune
 
     setup_logging()
@@ -130,8 +129,7 @@ def run_sweep(run: RunConfig, sweep: SweepConfig, *, storage: str) -> dict[str, 
     monitor, mode = trial_run.train.monitor, trial_run.train.mode
     check_monitor_computed(monitor, trial_run.model_config()["metric_choices"])
 
-    if not ray.is_initialized():
-        ray.init(logging_level=logging.INFO if verbose() else logging.WARNING)
+    connect()
     concurrent = max_concurrent_trials(resources_from_ray(), sweep, trial_run)
     base = trial_run.to_dict()
     spec = _Spec(name=run.name, sweep_dir=sweep_dir, monitor=monitor, mode=mode,
@@ -222,13 +220,11 @@ def resources_from_ray() -> Any:
 
 def main(config_file: str) -> int:
     """`python -m raytune_bsm.runner.tune bsm_job.json`: run the sweep the job carries (bsm_job.json: the run config, "tune" and "storage")."""
-    import ray
-
     d = json.loads(Path(config_file).read_text())
     storage = d.pop("storage")
     sweep = SweepConfig.from_dict(d.pop("tune", None))
     run = RunConfig.from_dict(d)
-    ray.init(logging_level=logging.INFO if verbose() else logging.WARNING)  # the job's cluster (RAY_ADDRESS); before the handler below, as ray.init sets its own
+    connect()  # the job's cluster (RAY_ADDRESS); before the handler below, as ray.init sets its own
     if hasattr(signal, "SIGUSR1"):  # `bsm stop` sends SIGTERM: let Tune save its state (it listens on SIGUSR1)
         signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGUSR1))
     try:
