@@ -489,6 +489,11 @@ def test_down_never_signals_a_reused_pid(tmp_path: Path) -> None:
         assert cl.down(home=tmp_path) == rec
         time.sleep(0.3)
         assert other.poll() is None, "down() signalled a process that is not the recorded head"
+        rec.pid_start_time = None  # no start time: the pid alone never justifies a signal
+        cl._write_json_atomic(tmp_path / cl.RECORD_NAME, rec.to_json())
+        assert cl.down(home=tmp_path) == rec
+        time.sleep(0.3)
+        assert other.poll() is None, "down() signalled a pid whose start time it could not check"
     finally:
         other.kill()
         other.wait()

@@ -158,7 +158,12 @@ def stop_session(pid: int, started: float | None, timeout: float, say: Callable[
     """SIGTERM the head `pid` (Ray then stops what it started), then SIGKILL whatever of it is left.
 
     Only that process (checked by pid and start time), the processes below it and the leftovers of its session
-    are signalled. A ClusterError if anything of it survives SIGKILL."""
+    are signalled; without a recorded start time nothing is (the pid cannot be told from a reused one).
+    A ClusterError if anything of it survives SIGKILL."""
+    if started is None:
+        log.warning("no start time recorded for the Ray head pid %d: not signalling it (it may be another "
+                    "process now); stop it yourself if it is still the head", pid)  # fmt: skip
+        return
     tree = descendants(pid, started)
     if tree:
         say(f"Stopping the local Ray cluster (pid {pid}, {len(tree)} processes) ...")
