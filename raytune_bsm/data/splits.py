@@ -99,7 +99,13 @@ def load_split(
 ) -> tuple[Split, Labels]:
     """Read and check one split. `labels=None` infers the classes from this split (the training split).
     `format` (or the config's `format`, if it has one) overrides the files' suffixes."""
-    files = list_files(path, format or getattr(cfg, "format", None))
+    return load_files(list_files(path, format or getattr(cfg, "format", None)), path, cfg, labels, num_classes)
+
+
+def load_files(
+    files: list[DataFile], path: str, cfg: DataConfig, labels: Labels | None, num_classes: int | None = None
+) -> tuple[Split, Labels]:
+    """`load_split` of listed files (`path` names them all in messages about the whole split)."""
     first = read_file(files[0])
     id_field = cfg.id_field
     if id_field is None:

@@ -1,0 +1,197 @@
+"""A split through Ray Data: read on the cluster, checked by distributed aggregation, tokenized once.
+
+    files (listed on the driver: metadata only)
+      -> ray.data.read_parquet / read_csv / read_json on the files' pyarrow filesystem
+      -> per-batch summaries (rows, null labels, empty dialogues, the distinct labels), reduced on the driver
+      -> map_batches(Tokenize) in an actor pool: each actor builds its ChunkProcessor once
+      -> a ray.data.Dataset of processed records, and its row count (for the learning-rate schedule)
+
+The driver never holds the data: it reads the files' schemas (`check_schema`) and the summaries, one small row
+per batch. When a summary shows a problem in a file, the driver checks that one file with the same code as the
+local path (`splits.load_files`), so the error is the same line, naming the file and the row.
+
+Not yet used by the runner. There: `TorchTrainer(datasets={"train": split.dataset, ...})`, in the worker
+`ray.train.get_dataset_shard("train").iter_batches(...)` padded by the collate of `batching.py`, and the step
+count from `split.rows`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from raytune_bsm.config import DataConfig
+from raytune_bsm.data.labels import MAX_CLASSES, Labels
+from raytune_bsm.data.processor import ChunkProcessor, ProcessorConfig
+from raytune_bsm.data.readers import ID_CANDIDATES, DataFile, read_schema
+from raytune_bsm.data.splits import check_schema, is_empty, load_files
+from raytune_bsm.errors import DataError
+
+PATH = "path"  # the column Ray Data adds with include_paths=True
+TOKENIZE_BATCH = 256  # records per tokenizer call
+
+
+@dataclass
+class RaySplit:
+    """A checked, tokenized split on the cluster: records with `input_ids` and `chunk_lens` (int32 lists, as the
+    processor gives them), `label` (class index), `id`, and `cost` (chunks x longest chunk, for length grouping)."""
+
+    dataset: Any  # ray.data.Dataset
+    rows: int  # records in `dataset` (empty dialogues skipped)
+    labels: Labels
+    skipped_empty: int
+    files: list[DataFile]
+
+
+def read_split(uri: str, cfg: DataConfig, format: str | None = None) -> tuple[Any, list[DataFile], str | None]:
+    """(a Ray Dataset of the split's text, label and id columns plus `path`, its files, the id column)."""
+    import ray.data
+
+    files = check_schema(uri, cfg, format or getattr(cfg, "format", None))
+    names = read_schema(files[0]).names
+    id_field = cfg.id_field or next((c for c in ID_CANDIDATES if c in names), None)
+    columns = [cfg.text_field, cfg.label_field] + ([id_field] if id_field else [])
+    parts = []
+    for fmt in sorted({f.format for f in files}):
+        group = [f for f in files if f.format == fmt]
+        paths, fs = [f.path for f in group], group[0].fs
+        common = dict(filesystem=fs, include_paths=True, partitioning=None)
+        if fmt == "parquet":
+            ds = ray.data.read_parquet(paths, **common)  # select_columns below: read only those
+        elif fmt == "jsonl":
+            ds = ray.data.read_json(paths, **common)
+        else:
+            import pyarrow.csv as pcsv
+
+            parse = pcsv.ParseOptions(delimiter="\t" if fmt == "tsv" else ",", newlines_in_values=True)
+            ds = ray.data.read_csv(paths, parse_options=parse,
+                                   convert_options=pcsv.ConvertOptions(strings_can_be_null=True), **common)  # fmt: skip
+        parts.append(ds.select_columns(columns + [PATH]))
+    return (parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])), files, id_field
+
+
+def prepare_split(
+    uri: str,
+    cfg: DataConfig,
+    processor: dict[str, Any],
+    labels: Labels | None = None,
+    num_classes: int | None = None,
+    *,
+    format: str | None = None,
+    actors: int = 2,
+) -> RaySplit:
+    """Read, check and tokenize one split on the cluster. `processor`: a ProcessorConfig's fields;
+    `labels=None` infers the classes (the training split). Checks finish before anything is tokenized."""
+    ds, files, id_field = read_split(uri, cfg, format)
+    labels, rows, skipped = check_split(ds, files, uri, cfg, labels, num_classes)
+    tokenized = ds.map_batches(
+        Tokenize,
+        fn_constructor_kwargs=dict(processor=processor, labels=labels, text_field=cfg.text_field,
+                                   label_field=cfg.label_field, id_field=id_field),  # fmt: skip
+        batch_size=TOKENIZE_BATCH,
+        batch_format="pyarrow",
+        concurrency=(1, max(1, actors)),  # an actor pool: each actor loads the tokenizer once
+    )
+    return RaySplit(dataset=tokenized, rows=rows, labels=labels, skipped_empty=skipped, files=files)
+
+
+def check_split(
+    ds: Any, files: list[DataFile], uri: str, cfg: DataConfig, labels: Labels | None, num_classes: int | None
+) -> tuple[Labels, int, int]:
+    """The checks of `load_split` as one distributed pass: (labels, records kept, empty dialogues skipped)."""
+    summaries = ds.map_batches(
+        _summary, fn_kwargs=dict(text_field=cfg.text_field, label_field=cfg.label_field), batch_format="pyarrow"
+    ).take_all()
+    by_path = {f.path: f for f in files}
+    per_file: dict[str, dict[str, Any]] = {f.path: {"rows": 0, "nulls": 0, "empty": 0, "labels": set()} for f in files}
+    for s in summaries:
+        acc = per_file[_file_of(s[PATH], by_path).path]
+        acc["rows"] += s["rows"]
+        acc["nulls"] += s["nulls"]
+        acc["empty"] += s["empty"]
+        acc["labels"].update(s["labels"])
+
+    def explain(f: DataFile, with_labels: Labels | None) -> DataError:
+        """The local path's own error for this file (same words, its row numbers)."""
+        try:
+            load_files([f], f.name, cfg, with_labels, num_classes)
+        except DataError as e:
+            return e
+        return DataError(f"{f.name}: failed the check on the cluster but not when read alone; is it being rewritten?")
+
+    for f in files:
+        acc = per_file[f.path]
+        if acc["rows"] == 0 or acc["nulls"] or (acc["empty"] and cfg.empty_dialogues == "error"):
+            raise explain(f, labels)
+        if len(acc["labels"]) > MAX_CLASSES:
+            raise explain(f, None)
+    if labels is None:
+        union = set().union(*(acc["labels"] for acc in per_file.values()))
+        if num_classes is not None and all(isinstance(v, int) and not isinstance(v, bool) for v in union):
+            bad = next((f for f in files if any(not 0 <= v < num_classes for v in per_file[f.path]["labels"])), None)
+            if bad is not None:
+                raise explain(bad, None)
+        column = pa.chunked_array([pa.array(sorted(union))])
+        labels = Labels.infer(column, uri if len(files) > 1 else files[0].name, cfg.label_field, num_classes)
+    for f in files:
+        if per_file[f.path]["labels"] - set(labels.index):
+            raise explain(f, labels)
+    total = sum(acc["rows"] for acc in per_file.values())
+    empty = sum(acc["empty"] for acc in per_file.values())
+    if total == empty:
+        raise DataError(f"{uri}: every dialogue in column {cfg.text_field!r} is empty")
+    return labels, total - empty, empty
+
+
+def _file_of(path: str, by_path: dict[str, DataFile]) -> DataFile:
+    if path in by_path:
+        return by_path[path]
+    return next(f for p, f in by_path.items() if p.endswith(path) or path.endswith(p))
+
+
+def _summary(batch: pa.Table, text_field: str, label_field: str) -> pa.Table:
+    """One row per file in the batch: its rows, null labels, empty dialogues and distinct labels (capped)."""
+    import pyarrow.compute as pc
+
+    out: dict[str, list[Any]] = {PATH: [], "rows": [], "nulls": [], "empty": [], "labels": []}
+    for path in pc.unique(batch.column(PATH)).to_pylist():
+        part = batch.filter(pc.equal(batch.column(PATH), path))
+        label = part.column(label_field)
+        if pa.types.is_dictionary(label.type):
+            label = label.cast(label.type.value_type)
+        out[PATH].append(path)
+        out["rows"].append(part.num_rows)
+        out["nulls"].append(label.null_count)
+        out["empty"].append(sum(is_empty(t) for t in part.column(text_field).to_pylist()))
+        out["labels"].append(pc.unique(label.drop_null()).to_pylist()[: MAX_CLASSES + 1])
+    return pa.table(out)
+
+
+class Tokenize:
+    """The map_batches stage: raw records -> processed records. Built once per actor (loads the tokenizer)."""
+
+    def __init__(self, processor: dict[str, Any], labels: Labels, text_field: str, label_field: str,
+                 id_field: str | None) -> None:  # fmt: skip
+        self.processor = ChunkProcessor(ProcessorConfig(**processor))
+        self.labels, self.text_field, self.label_field, self.id_field = labels, text_field, label_field, id_field
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        texts = batch.column(self.text_field).to_pylist()
+        keep = [i for i, t in enumerate(texts) if not is_empty(t)]
+        if len(keep) < len(texts):
+            batch = batch.take(pa.array(keep, pa.int64()))
+            texts = [texts[i] for i in keep]
+        out = self.processor(texts)
+        y = self.labels.encode(batch.column(self.label_field), "a batch", self.label_field)
+        ids = batch.column(self.id_field) if self.id_field else pa.nulls(batch.num_rows)
+        cost = np.fromiter((len(l) * (int(l.max()) if len(l) else 0) for l in out.lens), np.int64, len(out.lens))
+        return pa.table({
+            "input_ids": pa.array(out.ids, pa.list_(pa.int32())),  # per record: every kept chunk, back to back
+            "chunk_lens": pa.array(out.lens, pa.list_(pa.int32())),  # per record: [n_chunks]
+            "label": pa.array(y, pa.int64()),
+            "id": ids,
+            "cost": pa.array(cost, pa.int64()),
+        })  # fmt: skip
