@@ -6,7 +6,7 @@ in one batch call of the model's fast tokenizer, then packed whole into chunks o
 chunks are kept per record: the first ones or the last ones (claim dialogues often end with the decisive message).
 
 A processed record is two int32 arrays: `ids` (every kept chunk's tokens, special tokens included, back to back)
-and `lens` (each chunk's length). The collate function in `data.py` turns a list of them into [B, C, T] tensors.
+and `lens` (each chunk's length). The collate function in `batching.py` turns a list of them into [B, C, T] tensors.
 """
 
 from __future__ import annotations

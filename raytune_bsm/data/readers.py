@@ -109,13 +109,14 @@ def expand_path(path: str, format: str | None = None) -> list[str]:
     return [f.name for f in list_files(path, format)]
 
 
-def read_file(file: DataFile | str, format: str | None = None) -> pa.Table:
-    """One data file -> a table. Unreadable, empty or malformed files are a DataError naming the file (and row)."""
+def read_file(file: DataFile | str, format: str | None = None, columns: list[str] | None = None) -> pa.Table:
+    """One data file -> a table. Unreadable, empty or malformed files are a DataError naming the file (and row).
+    `columns`: read only these from a Parquet file when it has them all (the others are never loaded)."""
     f = file if isinstance(file, DataFile) else _one_file(file, format)
     if f.size == 0:
         raise DataError(f"{f.name}: the file is empty (0 bytes, no rows)")
     try:
-        table = _read(f)
+        table = _read(f, columns)
     except DataError:
         raise
     except (pa.ArrowException, OSError) as e:
@@ -233,14 +234,17 @@ def _one_file(name: str, format: str | None) -> DataFile:
     return files[0]
 
 
-def _read(f: DataFile) -> pa.Table:
+def _read(f: DataFile, columns: list[str] | None) -> pa.Table:
     import pyarrow.csv as pcsv
     import pyarrow.json as pjson
     import pyarrow.parquet as pq
 
     if f.format == "parquet":
         with f.fs.open_input_file(f.path) as src:
-            return pq.read_table(src)
+            pf = pq.ParquetFile(src)
+            names = pf.schema_arrow.names
+            wanted = columns if columns and all(c in names for c in columns) else None
+            return pf.read(columns=wanted)
     with f.fs.open_input_stream(f.path) as src:  # compression detected from the suffix
         data = src.read()
     if not data:

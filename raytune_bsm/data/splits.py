@@ -50,7 +50,7 @@ def select_columns(table: pa.Table, f: DataFile, columns: dict[str, str]) -> pa.
 def read_table(path: str, columns: dict[str, str], format: str | None = None) -> pa.Table:
     """Every file of `path` -> one table of `columns` ({column: the flag that names it})."""
     files = list_files(path, format)
-    tables = [select_columns(read_file(f), f, columns) for f in files]
+    tables = [select_columns(read_file(f, columns=list(columns)), f, columns) for f in files]
     try:
         return pa.concat_tables(tables, promote_options="permissive")
     except pa.ArrowException as e:
@@ -116,7 +116,7 @@ def load_files(
 
     parts: list[tuple[DataFile, pa.Table]] = []
     for f in files:
-        t = select_columns(first if not parts else read_file(f), f, columns)
+        t = select_columns(first if not parts else read_file(f, columns=list(columns)), f, columns)
         _check_part(f, t, cfg, id_field, parts[0] if parts else None)
         parts.append((f, t))
 
