@@ -201,3 +201,15 @@ def test_schema_check_before_submission_reads_no_file_whole(tmp_path, s3, fmt):
         check_schema(uri, CFG)
     assert str(e.value) == (f"{uri}/part-4.{fmt}: missing column 'label' (columns are order_id, dialogue, target); "
                             "name the right one with --label-field")  # fmt: skip
+
+
+def test_non_utf8_jsonl_and_tsv(tmp_path):
+    jsonl = tmp_path / "latin1.jsonl"
+    jsonl.write_bytes(b'{"dialogue": "hi", "label": 0}\n{"dialogue": "caf\xe9", "label": 1}\n')
+    with pytest.raises(DataError) as e:
+        load_split(str(jsonl), CFG, None)
+    assert str(e.value) == f"{jsonl}: column 'dialogue' is not UTF-8 text, row 1 has invalid bytes; save the file as UTF-8"
+    tsv = tmp_path / "t.tsv"
+    tsv.write_text("order_id\tdialogue\tlabel\n1\thello, there\t0\n2\tbye\t1\n")
+    split = load_split(str(tsv), CFG, None)[0]
+    assert split.texts == ["hello, there", "bye"] and split.ids == [1, 2]
