@@ -109,3 +109,27 @@ def test_export_data_and_output_on_s3(exported, s3, tmp_path):  # noqa: F811
         predict_file(export, s3.uri("claims/"), s3.uri("preds/p.parquet"))
     with pytest.raises(ConfigError, match="inside the input directory"):
         predict_file(export, s3.uri("claims/"), s3.uri("claims/p.parquet"))
+
+
+def test_pipelined_keeps_order_raises_the_threads_error_and_stops_when_the_consumer_does():
+    import threading
+
+    from raytune_bsm.predict import pipelined
+
+    assert list(pipelined(range(10), lambda x: x * x)) == [x * x for x in range(10)]
+
+    def bad(x: int) -> int:
+        if x == 3:
+            raise DataError("row 3 is bad")
+        return x
+
+    got = []
+    with pytest.raises(DataError, match="row 3 is bad"):
+        for v in pipelined(range(10), bad):
+            got.append(v)
+    assert got == [0, 1, 2]
+    seen: list[int] = []
+    gen = pipelined(range(1000), lambda x: seen.append(x) or x, depth=2)
+    assert next(gen) == 0
+    gen.close()  # the consumer stops: the thread stops within a few items
+    assert len(seen) < 10 and not any(t.name == "bsm-tokenize" for t in threading.enumerate())
