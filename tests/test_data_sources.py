@@ -213,3 +213,13 @@ def test_non_utf8_jsonl_and_tsv(tmp_path):
     tsv.write_text("order_id\tdialogue\tlabel\n1\thello, there\t0\n2\tbye\t1\n")
     split = load_split(str(tsv), CFG, None)[0]
     assert split.texts == ["hello, there", "bye"] and split.ids == [1, 2]
+
+
+def test_s3_options_in_the_uri_query_are_not_a_glob(tmp_path, s3, monkeypatch):
+    uri = s3.upload(write_parts(tmp_path / "train"), "train")
+    monkeypatch.delenv("AWS_ENDPOINT_URL")  # only the query names the endpoint now
+    host = s3.endpoint_url.removeprefix("http://")
+    split = load_split(f"{uri}?endpoint_override={host}&scheme=http", CFG, None)[0]
+    assert split.ids == ALL_IDS
+    files = list_files(f"{uri}/part-[01].parquet?endpoint_override={host}&scheme=http")
+    assert [f.name for f in files] == [f"{uri}/part-0.parquet", f"{uri}/part-1.parquet"]

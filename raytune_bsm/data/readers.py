@@ -68,12 +68,14 @@ def file_format(name: str, given: str | None = None) -> str | None:
 
 def list_files(uri: str, format: str | None = None) -> list[DataFile]:
     """A file, a directory or a glob (local or a URI) -> its data files, sorted by name."""
-    base, pattern = _split_glob(uri)
-    fs, root = _filesystem(base, uri)
-    shown = base.partition("?")[0] if storage.is_uri(base) else base.removeprefix("file://")
+    # A URI's query holds filesystem options (s3://b/k?endpoint_override=...), not a glob's "?".
+    where, query = uri.split("?", 1) if storage.is_uri(uri) and "?" in uri else (uri, "")
+    base, pattern = _split_glob(where)
+    fs, root = _filesystem(f"{base}?{query}" if query else base, uri)
+    shown = base if storage.is_uri(base) else base.removeprefix("file://")
     info = _info(fs, root, uri)
     if pattern is None and info.type == _file_type().File:
-        fmt = file_format(uri, format)
+        fmt = file_format(where, format)
         if fmt is None:
             suffix = posixpath.splitext(root)[1]
             raise DataError(f"{uri}: unknown file type {suffix!r}; use .parquet, .csv or .jsonl (or set the format)")
