@@ -2,7 +2,7 @@
 
 Pattern (Ray >= 2.43 with Train V2; `Tuner(trainer)` is deprecated): Tune runs a *function* trainable per trial
 (`bsm_trial`, a light driver needing no CPU); it merges the trial's sampled hyperparameters into the run
-config, builds that trial's own `TorchTrainer` with `ray_train.trainer_for` and calls `fit()`.
+config, builds that trial's own `TorchTrainer` with `train.trainer_for` and calls `fit()`.
 `TuneReportCallback` in the trainer's `RunConfig.callbacks` forwards every per-epoch `ray.train.report` (made by
 `RayTrainReportCallback` in the worker loop) to Tune, so ASHA can stop weak trials after any epoch. How many
 trials run at once is bounded by `max_concurrent_trials`, computed from the cluster's CPUs/GPUs and each trial's
@@ -11,11 +11,14 @@ workers, so no trial waits for resources that do not exist.
 Layout under `<storage>/<sweep name>/`:
 
     tune/                    Tune's experiment (state, one directory per trial); `--resume` restores it
-    runs/<trial id>/         each trial's Ray Train run: checkpoints (best k + latest), bsm_epochs.json
+    runs/<trial id>/         each trial's Ray Train run: checkpoints (best k + latest), bsm_epochs.json, tensorboard/
     trials.parquet           one row per trial: hyperparameters, metric per epoch, status (kept up to date)
     best_config.json         the best trial's resolved run config: a recipe for `bsm submit --config`
     bsm_result.json          summary for `bsm status` (same shape as a training run's, plus "leaderboard")
     bsm_sweep.json           the run config and sweep settings, for `bsm tune --resume NAME`
+    export/                  the best trial's best kept checkpoint, exported by a Ray task (`export_task`)
+
+The record (trials.parquet, ...) is `trials.py`; the Train callbacks every trial's run uses are `callbacks.py`.
 """
 
 from __future__ import annotations
