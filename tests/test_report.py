@@ -173,6 +173,20 @@ def test_report_of_a_run_on_s3(local_run, tmp_path, s3):
     assert _shown(Path(remote["html"]).read_text()) == _shown(Path(local["html"]).read_text())
 
 
+def test_epoch_records_merge_with_event_files_and_a_retrained_epoch_counts_once(local_run, tmp_path):
+    """bsm_epochs.json (what Ray runs and trials record per report) completed by the TensorBoard event files; an
+    epoch reported twice (trained again after a worker failure) is drawn once, with its last report."""
+    from raytune_bsm.report.sources import load
+
+    run = tmp_path / "run"
+    shutil.copytree(local_run, run)
+    reports = [{"epoch": 0, "val_auroc": 0.5}, {"epoch": 1, "val_auroc": 0.6}, {"epoch": 1, "val_auroc": 0.7}]
+    (run / "bsm_epochs.json").write_text(json.dumps(reports))
+    epochs = load(str(run)).epochs
+    assert [e["epoch"] for e in epochs] == [0, 1] and epochs[1]["val_auroc"] == 0.7
+    assert all(isinstance(e.get("train_loss_epoch_mean"), float) and isinstance(e.get("val_loss"), float) for e in epochs)
+
+
 def test_text_from_the_run_is_escaped(local_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(local_run, run)

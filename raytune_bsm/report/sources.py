@@ -130,8 +130,9 @@ def _epochs(root: str, result: dict[str, Any]) -> list[dict[str, Any]]:
     if not isinstance(rows, list):
         rows = _maybe_json(join(root, layout.EPOCHS_JSON))
     rows = [r for r in rows if isinstance(r, dict)] if isinstance(rows, list) else []
-    if rows and all("epoch" in r for r in rows):
-        rows.sort(key=lambda r: r["epoch"])
+    if rows and all(isinstance(r.get("epoch"), (int, float)) for r in rows):
+        by_epoch = {int(r["epoch"]): r for r in rows}  # an epoch trained again after a failure: its last report
+        rows = [by_epoch[e] for e in sorted(by_epoch)]
     return merge(rows, tensorboard_epochs(root))
 
 
