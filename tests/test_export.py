@@ -16,7 +16,9 @@ import torch
 
 from conftest import TINY_ENCODER, write_parquet
 
+from raytune_bsm.layout import parse_manifest
 from raytune_bsm.model import export as export_mod
+from raytune_bsm.model import publish as publish_mod
 from raytune_bsm.data.dataset import Collate, DataConfig, EncodedDataset, load_split
 from raytune_bsm.demo.generator import make_dialogues
 from raytune_bsm.errors import ConfigError, ExportError
@@ -97,10 +99,12 @@ def fresh_inputs(pad_id: int, seed: int) -> list[tuple[torch.Tensor, torch.Tenso
 
 def test_export_writes_every_file_and_a_correct_manifest(trained):
     dest, man = trained.dest, trained.manifest
-    for name in ("model.onnx", "model.torchscript.pt", "tokenizer/tokenizer.json", "bsm_model.json", "manifest.json"):
+    for name in ("model.onnx", "model.int8.onnx", "model.packed.onnx", "model.packed.int8.onnx", "model.torchscript.pt",
+                 "tokenizer/tokenizer.json", "bsm_model.json", "manifest.json"):  # fmt: skip
         assert (dest / name).is_file(), name
     on_disk = json.loads((dest / "manifest.json").read_text())
-    assert on_disk == man == export_mod.read_manifest(str(dest))
+    assert on_disk == man == parse_manifest((dest / "manifest.json").read_bytes(), str(dest))
+    assert man["format"] == "bsm-export"
     listed = {e["path"] for e in man["files"]}
     actual = {p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file()} - {"manifest.json"}
     assert listed == actual
@@ -111,7 +115,7 @@ def test_export_writes_every_file_and_a_correct_manifest(trained):
     assert man["versions"]["torch"] == torch.__version__
     assert man["created"] and man["exporter"]["opset"] >= 17
     par = man["parity"]
-    for runtime in ("onnxruntime", "torchscript"):
+    for runtime in ("onnxruntime", "packed", "torchscript"):
         assert par[runtime]["max_abs_diff"] <= 1e-4 and par[runtime]["labels_agree"] is True
     assert par["with_padding_chunks"] and par["distinct_shapes_besides_example"] >= 3
     assert any(s.startswith("val[") for s in par["sources"])  # the given validation batches were used
@@ -200,7 +204,8 @@ def test_failed_parity_raises_and_publishes_nothing(trained):
     with pytest.raises(ExportError, match=r"parity check failed .*max \|Δ logits\|"):
         export_checkpoint(str(trained.ckpt_dir), str(dest), tolerance=-1)
     assert not dest.exists()
-    assert _leftovers(dest) == []
+    assert not dest.parent.exists()  # the folder made for it goes too: nothing of the failed export is left
+    assert sorted(p.name for p in trained.root.iterdir() if p.name.startswith("failed")) == []
 
 
 def test_failed_export_over_an_existing_export_leaves_it_untouched(trained, tmp_path, monkeypatch):
@@ -228,7 +233,10 @@ def test_reexport_replaces_an_existing_export_atomically(trained, tmp_path, monk
 
     dest = tmp_path / "export"
     shutil.copytree(trained.dest, dest)
-    (dest / "stale.txt").write_text("from the old export")
+    man = json.loads((dest / "manifest.json").read_text())  # an earlier export with a file the new one lacks
+    man["files"].append({"path": "stale.bin", "sha256": "0" * 64, "size": 4})
+    (dest / "manifest.json").write_text(json.dumps(man))
+    (dest / "stale.bin").write_bytes(b"old!")
     renames: list[tuple[str, str]] = []
     real_rename = os.rename
 
@@ -239,9 +247,9 @@ def test_reexport_replaces_an_existing_export_atomically(trained, tmp_path, monk
         renames.append((str(src), str(dst)))
         return real_rename(src, dst)
 
-    monkeypatch.setattr(export_mod.os, "rename", spy)
+    monkeypatch.setattr(publish_mod.os, "rename", spy)
     manifest = export_checkpoint(str(trained.ckpt_dir), str(dest), hyperparameters={"lr": 0.5})
-    assert not (dest / "stale.txt").exists()
+    assert not (dest / "stale.bin").exists()
     assert json.loads((dest / "bsm_model.json").read_text())["hyperparameters"] == {"lr": 0.5}
     assert json.loads((dest / "manifest.json").read_text()) == manifest
     assert [Path(d).name for _, d in renames][-1] == "export"  # the old one moved aside, the new one moved in
@@ -253,7 +261,7 @@ def test_refuses_to_replace_a_directory_that_is_not_an_export(trained, tmp_path)
     dest = tmp_path / "mine"
     dest.mkdir()
     (dest / "notes.txt").write_text("keep me")
-    with pytest.raises(ConfigError, match="not a bsm export"):
+    with pytest.raises(ConfigError, match="non-empty directory that bsm did not export"):
         export_checkpoint(str(trained.ckpt_dir), str(dest))
     assert (dest / "notes.txt").read_text() == "keep me"
 
@@ -300,7 +308,7 @@ def test_remote_publish_moves_the_manifest_last_and_cleans_up(trained, tmp_path,
     dest.mkdir(parents=True)
     (dest / "manifest.json").write_text("{}")  # an earlier export, replaced
     (dest / "old.bin").write_text("old")
-    export_mod._publish_remote(fs, trained.dest, str(dest), "abcd1234")
+    publish_mod.publish_remote(fs, trained.dest, str(dest), "abcd1234")
     assert (dest / "manifest.json").read_bytes() == (trained.dest / "manifest.json").read_bytes()
     assert not (dest / "old.bin").exists()
     assert (dest / "tokenizer" / "tokenizer.json").is_file()
@@ -321,7 +329,8 @@ def test_falls_back_to_the_torchscript_based_onnx_exporter(trained, tmp_path, mo
     monkeypatch.setattr(torch.onnx, "export", no_dynamo)
     manifest = export_checkpoint(str(trained.ckpt_dir), str(tmp_path / "export"))
     assert manifest["exporter"]["onnx"] == "torch.onnx.export(dynamo=False)"
-    assert manifest["parity"]["onnxruntime"]["max_abs_diff"] <= 1e-4
+    for graph in ("onnxruntime", "packed"):
+        assert manifest["parity"][graph]["max_abs_diff"] <= 1e-4
 
 
 def test_a_file_that_is_not_a_checkpoint_is_an_export_error(tmp_path):
@@ -333,3 +342,90 @@ def test_a_file_that_is_not_a_checkpoint_is_an_export_error(tmp_path):
     with pytest.raises(ExportError, match="not a bsm Lightning checkpoint"):
         export_checkpoint(str(tmp_path / "junk.ckpt"), str(tmp_path / "export"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.ckpt", "junk.ckpt"]
+
+
+# ------------------------------------------------------------------------- packed and int8 graphs (issue 10)
+
+
+def _packed_inputs(ids: torch.Tensor, mask: torch.Tensor) -> tuple[dict, list[int]]:
+    """The packed graph's feed, built independently of bsm's code: each record's non-empty chunks in order,
+    padded to the longest, and pool[r, c] = 1/n_r."""
+    chunks, owners = [], []
+    for b in range(ids.shape[0]):
+        for c in range(ids.shape[1]):
+            if mask[b, c].any():
+                chunks.append(c + b * ids.shape[1])
+                owners.append(b)
+    records = sorted(set(owners))
+    flat_ids, flat_mask = ids.reshape(-1, ids.shape[2])[chunks], mask.reshape(-1, ids.shape[2])[chunks]
+    T = int(flat_mask.any(0).nonzero().max()) + 1
+    pool = np.zeros((len(records), len(chunks)), dtype=np.float32)
+    for j, b in enumerate(owners):
+        pool[records.index(b), j] = 1.0 / owners.count(b)
+    return {"input_ids": flat_ids[:, :T].numpy(), "attention_mask": flat_mask[:, :T].numpy(), "pool": pool}, records
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_packed_graph_matches_the_bct_model_on_random_shapes(trained, seed):
+    """Records with one chunk and with all C chunks, random lengths: same labels, logits within 1e-4."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(trained.dest / "model.packed.onnx"), providers=["CPUExecutionProvider"])
+    g = torch.Generator().manual_seed(seed)
+    B, C, T = int(torch.randint(2, 7, (1,), generator=g)), int(torch.randint(2, 6, (1,), generator=g)), 37
+    ids = torch.randint(1000, 29000, (B, C, T), generator=g)
+    mask = torch.zeros(B, C, T, dtype=torch.long)
+    n_chunks = [1, C] + [int(torch.randint(1, C + 1, (1,), generator=g)) for _ in range(B - 2)]
+    for b, n in enumerate(n_chunks):
+        for c in range(n):
+            mask[b, c, : int(torch.randint(2, T + 1, (1,), generator=g))] = 1
+    ids = torch.where(mask.bool(), ids, torch.full_like(ids, trained.processor.pad_id))
+    feed, records = _packed_inputs(ids, mask)
+    assert records == list(range(B))
+    got = session.run(["logits"], feed)[0]
+    with torch.no_grad():
+        ref = trained.model.logits(ids, mask).numpy()
+    assert got.shape == ref.shape and got.dtype == np.float32
+    assert np.abs(got - ref).max() <= 1e-4
+    assert (got.argmax(1) == ref.argmax(1)).all()
+
+
+def test_packed_graph_interface_has_dynamic_chunks_tokens_records(trained):
+    import onnx
+
+    graph = onnx.load(str(trained.dest / "model.packed.onnx")).graph
+    dims = {i.name: [d.dim_param for d in i.type.tensor_type.shape.dim] for i in graph.input}
+    assert dims == {"input_ids": ["chunks", "tokens"], "attention_mask": ["chunks", "tokens"], "pool": ["records", "chunks"]}
+    assert graph.input[2].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert [o.name for o in graph.output] == ["logits"]
+
+
+def test_int8_models_are_quantized_checked_and_recorded_per_precision(trained):
+    import onnx
+    import onnxruntime as ort
+
+    for name in ("model.int8.onnx", "model.packed.int8.onnx"):
+        ops = {n.op_type for n in onnx.load(str(trained.dest / name)).graph.node}
+        assert ops & {"MatMulInteger", "DynamicQuantizeLinear", "DynamicQuantizeMatMul"}, (name, ops)
+    assert (trained.dest / "model.int8.onnx").stat().st_size < (trained.dest / "model.onnx").stat().st_size
+    prec = trained.manifest["precision"]
+    assert prec["labelled_records"] == 12  # the two validation batches given: 5 + 7 records
+    for p in ("fp32", "int8"):
+        assert set(prec[p]) >= {"accuracy", "auroc", "label_agreement", "max_abs_diff", "files"}
+        assert 0.0 <= prec[p]["accuracy"] <= 1.0 and 0.0 <= prec[p]["label_agreement"] <= 1.0
+    assert set(prec["int8"]["files"]) == {"model.int8.onnx", "model.packed.int8.onnx"}
+    assert prec["fp32"]["accuracy"] == prec["pytorch"]["accuracy"] and prec["fp32"]["label_agreement"] == 1.0
+    # the recorded int8 figures are those of the graph on disk: recompute its accuracy on the validation batches
+    session = ort.InferenceSession(str(trained.dest / "model.int8.onnx"), providers=["CPUExecutionProvider"])
+    right = total = 0
+    for b in trained.val_batches:
+        logits = session.run(["logits"], {"input_ids": b[IDS].numpy(), "attention_mask": b[MASK].numpy()})[0]
+        right += int((logits.argmax(1) == b["reversal_flag"].numpy()).sum())
+        total += len(logits)
+    assert prec["int8"]["files"]["model.int8.onnx"]["accuracy"] == pytest.approx(right / total)
+
+
+def test_export_records_the_time_of_each_step(trained):
+    t = trained.manifest["timings"]
+    assert set(t) >= {"load", "onnx", "int8", "torchscript", "parity", "total"}
+    assert 0 < t["total"] and sum(v for k, v in t.items() if k != "total") <= t["total"] + 0.5

@@ -171,7 +171,7 @@ def test_run_scheduler_false_means_constant_lr(tiny_encoder):
 def test_checkpoint_alone_rebuilds_model_and_processor_settings(tiny_encoder, tmp_path):
     m = make(tiny_encoder, cls=TextBertClassifier, max_chunks=5, max_tokens=64, class_names=["no", "yes"])
     path = tmp_path / "m.ckpt"
-    torch.save({"state_dict": m.state_dict(), "hyper_parameters": m.hparams}, path)
+    torch.save({"state_dict": m.state_dict(), "hyper_parameters": dict(m.hparams)}, path)  # as Lightning saves it
     again = load_checkpoint(path)
     assert again.config["max_chunks"] == 5 and again.config["max_tokens"] == 64
     assert again.config["class_names"] == ["no", "yes"]

@@ -22,9 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from raytune_bsm.errors import ConfigError
-
 from raytune_bsm.config import resolve_model_config  # defaults and checks live with the torch-free configs
+from raytune_bsm.errors import ConfigError, ExportError
+from raytune_bsm.model.checkpoint import safe_load
+from raytune_bsm.model.encoder import load_encoder
 
 
 class TextBertBase(pl.LightningModule):
@@ -32,8 +33,6 @@ class TextBertBase(pl.LightningModule):
 
     def __init__(self, config: dict[str, Any]) -> None:
         super().__init__()
-        from raytune_bsm.pretrained import load_encoder
-
         self.config = resolve_model_config(config)
         self.save_hyperparameters({"config": self.config})  # a checkpoint alone rebuilds the model
         cfg = self.config
@@ -229,8 +228,13 @@ class TextBertClassifier(TextBertBase):
 
 
 def load_checkpoint(path: str | Path, map_location: str = "cpu") -> TextBertClassifier:
-    """Rebuild a trained classifier from a checkpoint file alone (its config travels inside it)."""
-    ckpt = torch.load(str(path), map_location=map_location, weights_only=False)
-    model = TextBertClassifier(ckpt["hyper_parameters"]["config"])
-    model.load_state_dict(ckpt["state_dict"])
+    """Rebuild a trained classifier from a checkpoint file alone (its config travels inside it). The file is read
+    without running code from it (`safe_load`); an ExportError if it is not this project's checkpoint."""
+    ckpt = safe_load(path, map_location)
+    try:
+        model = TextBertClassifier(ckpt["hyper_parameters"]["config"])
+        model.load_state_dict(ckpt["state_dict"])
+    except (KeyError, TypeError, RuntimeError) as e:
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise ExportError(f"checkpoint {str(path)!r} does not fit a bsm model ({e.__class__.__name__}: {first})") from None
     return model.eval()
