@@ -12,6 +12,7 @@ from typing import Any
 from raytune_bsm.client.fetch import fetch
 from raytune_bsm.client.jobs import TERMINAL, latest_metrics, list_jobs, logs, status, stop, wait
 from raytune_bsm.client.local_cluster import down, up
+from raytune_bsm.client.submission import check_storage
 from raytune_bsm.client.submit import SubmitOptions, plan, resolve_run, submit, tune
 from raytune_bsm.errors import ConfigError
 
@@ -25,6 +26,8 @@ __all__ = ["SubmitOptions", "TERMINAL", "demo_data", "down", "export", "fetch", 
 def demo_data(out: str, rows: int = 2000, seed: int = 0) -> dict[str, Path]:
     from raytune_bsm.demo.generator import write_demo_data
 
+    if Path(out).expanduser().exists() and not Path(out).expanduser().is_dir():
+        raise ConfigError(f"--out {out}: a file, not a directory; give a directory for train/val/test.parquet")
     return write_demo_data(out, rows=rows, seed=seed)
 
 
@@ -33,10 +36,12 @@ def demo_data(out: str, rows: int = 2000, seed: int = 0) -> dict[str, Path]:
 
 def export(checkpoint: str, to: str) -> dict[str, Any]:
     """Export any checkpoint this project wrote (a .ckpt file or a Ray checkpoint directory) to `to`."""
-    from raytune_bsm.model.export import export_checkpoint
-
     if not Path(checkpoint).expanduser().exists() and "://" not in checkpoint:
         raise ConfigError(f"CHECKPOINT {checkpoint}: no such file or directory")
+    if "://" in to:
+        check_storage(to, "--to")
+    from raytune_bsm.model.export import export_checkpoint  # torch: only once the arguments are right
+
     return export_checkpoint(checkpoint, to)
 
 
@@ -45,4 +50,6 @@ def predict(export_dir: str, data: str, out: str | None = None, *, provider: str
     """Score a Parquet/CSV/JSONL file with ONNX Runtime using the export's own tokenizer and settings."""
     from raytune_bsm.predict import predict_file
 
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
     return predict_file(export_dir, data, out, provider=provider, batch_size=batch_size, progress=progress)

@@ -1,5 +1,6 @@
 """Local commands on data and artifacts: `demo-data`, `fetch`, `export`, `predict`."""
 
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -64,7 +65,14 @@ def predict(
     as_json: Json = False,
 ) -> None:
     """Score a file with ONNX Runtime (no PyTorch needed). Prints the output path."""
-    with progress(None, "scoring", unit="records") as bar:
-        written = api.predict(export_dir, data, out_path, provider=provider, batch_size=batch_size or 32,
-                              progress=bar.update)  # fmt: skip
+    with ExitStack() as stack:
+        bars: list = []
+
+        def update(done: int, total: Optional[int]) -> None:  # the bar starts with the scoring, not before
+            if not bars:
+                bars.append(stack.enter_context(progress(total, "scoring", unit="records")))
+            bars[0].update(done, total)
+
+        written = api.predict(export_dir, data, out_path, provider=provider,
+                              batch_size=32 if batch_size is None else batch_size, progress=update)  # fmt: skip
     out({"out": str(written)} if as_json else safe(written))

@@ -118,16 +118,16 @@ def build_submission(run: RunConfig, *, kind: str = "train", storage: str, extra
 # ------------------------------------------------------------------------------------- checks and resume
 
 
-def check_storage(storage: str) -> str:
-    """Run storage every later command sees the same: a URI of a scheme pyarrow knows, or an absolute path."""
+def check_storage(storage: str, flag: str = "--storage") -> str:
+    """Storage every later command sees the same: a URI of a scheme pyarrow knows, or an absolute path."""
     scheme, sep, rest = storage.partition("://")
     if not storage.strip():
-        raise ConfigError("--storage must not be empty")
+        raise ConfigError(f"{flag} must not be empty")
     if sep and scheme.lower() not in STORAGE_SCHEMES:
-        raise ConfigError(f"--storage {storage}: unknown scheme {scheme}://; use a path or one of "
+        raise ConfigError(f"{flag} {storage}: unknown scheme {scheme}://; use a path or one of "
                           f"{', '.join(s + '://' for s in STORAGE_SCHEMES[:5])}")  # fmt: skip
     if sep and scheme.lower() != "file" and not rest.strip("/"):
-        raise ConfigError(f"--storage {storage}: needs a bucket or host after {scheme}://")
+        raise ConfigError(f"{flag} {storage}: needs a bucket or host after {scheme}://")
     return storage_path(storage)
 
 
