@@ -55,6 +55,8 @@ def learning_curves(epochs: list[dict[str, Any]], monitor: str | None, out: Path
     plt = pyplot()
     x = [_epoch_number(r, i) for i, r in enumerate(epochs)]
     metric = (monitor or "val_loss").removeprefix("val_").removeprefix("train_")
+    if metric == "loss":  # ranked by loss: the second panel shows a score instead
+        metric = next((m for m in ("auroc", "f1_score", "accuracy") if any(f"val_{m}" in r for r in epochs)), "accuracy")
     fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=WIDE)
     for ax, name in ((ax_loss, "loss"), (ax_metric, metric)):
         drawn = False

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from raytune_bsm import layout
+from raytune_bsm.config import default_metric
 from raytune_bsm.errors import ConfigError, DataError
 from raytune_bsm.report.events import merge, tensorboard_epochs
 from raytune_bsm.storage import exists, filesystem, is_uri, join, read_bytes, storage_path
@@ -56,7 +57,12 @@ class RunData:
 
     @property
     def monitor(self) -> str | None:
-        return self.result.get("monitor") or (self.config.get("train") or {}).get("monitor")
+        """The metric the run ranked its checkpoints by: as recorded, else the default for its class count."""
+        given = self.result.get("monitor") or (self.config.get("train") or {}).get("monitor")
+        if given:
+            return str(given)
+        n = self.predictions.probs.shape[1] if self.predictions is not None else (self.config.get("model") or {}).get("num_classes")
+        return default_metric(int(n)) if isinstance(n, int) and n >= 2 else None
 
 
 def _json(uri: str) -> Any:
