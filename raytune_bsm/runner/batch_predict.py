@@ -1,0 +1,342 @@
+"""Scoring a dataset on the cluster: `python -m raytune_bsm.runner.batch_predict bsm_job.json` (issue 9.4).
+
+    input files (listed and schema-checked on the driver: metadata only; a file, a directory or a glob)
+      -> ray.data.read_parquet / read_csv / read_json on their pyarrow filesystem (the text and id columns only)
+      -> map_batches(Score) in an actor pool: each actor holds ONE ONNX Runtime session (`predict.Predictor`:
+         the export's tokenizer and processor settings, the packed graph, the precision `bsm predict` picks, every
+         file verified against the manifest), on CPU, or one GPU per actor with CUDAExecutionProvider
+      -> write_parquet into a temporary sibling of `out`, published when every block is written
+
+The output directory's Parquet files hold the columns of local `bsm predict` (`id`, `predicted`, `prob_<class>`,
+same types). Rows are scored in parallel and written in any order, so an id column is required. `out` appears
+whole or not at all: a local (or NFS, HDFS) directory is renamed into place; on S3/GCS, where nothing renames,
+the files are copied from the temporary prefix and `_bsm_predict.json` (rows, files, graph) is written last:
+a reader waits for it. An existing non-empty `out` is refused. The driver reserves no CPU; it holds metadata.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import posixpath
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from raytune_bsm import layout, storage
+from raytune_bsm.data.readers import ID_CANDIDATES, DataFile, list_files, read_schema
+from raytune_bsm.data.splits import check_text_type
+from raytune_bsm.errors import BsmError, ConfigError, DataError, ExportError
+from raytune_bsm.logs import setup_logging, verbose
+from raytune_bsm.predict import Predictor
+from raytune_bsm.scoring.sessions import choose_graph
+
+log = logging.getLogger("raytune_bsm.runner.batch_predict")
+
+SUMMARY = "_bsm_predict.json"  # written last: the output is complete (names starting with "_" are not data)
+CUDA = "CUDAExecutionProvider"
+PROVIDERS = ("CPUExecutionProvider", CUDA)
+
+
+@dataclass(frozen=True)
+class PredictJob:
+    """What the job carries in bsm_job.json (built by client/cluster_predict.py)."""
+
+    export: str  # the export directory: a local path every node sees, or a URI
+    data: str  # a file, a directory or a glob of Parquet/CSV/JSONL files
+    out: str  # the output directory (a URI every node reaches, or a local path on a local cluster)
+    provider: str = "CPUExecutionProvider"
+    precision: str = "auto"
+    batch_size: int = 32  # records per ONNX Runtime call, as in local `bsm predict`
+    rows_per_batch: int = 1024  # records per actor call (tokenized, then scored in batch_size calls)
+    num_actors: int | None = None  # None: an autoscaling pool up to what the cluster holds
+    cpus_per_actor: int = 1  # also ONNX Runtime's intra-op threads
+    id_field: str | None = None
+    text_field: str | None = None  # default: the export's own
+    format: str | None = None  # default: by file suffix
+    progress_every: int = 10_000  # a bsm line per actor every this many rows
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PredictJob:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known - {"kind"})
+        if unknown:
+            raise ConfigError(f"bsm_job.json: unknown keys {unknown}; the client and the cluster run different bsm")
+        job = cls(**{k: v for k, v in d.items() if k in known})
+        if job.provider not in PROVIDERS:
+            raise ConfigError(f"--provider must be one of {', '.join(PROVIDERS)} on the cluster, got {job.provider!r}")
+        for name in ("batch_size", "rows_per_batch", "cpus_per_actor", "progress_every"):
+            if int(getattr(job, name)) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(job, name)}")
+        if job.num_actors is not None and job.num_actors < 1:
+            raise ConfigError(f"--num-actors must be at least 1, got {job.num_actors}")
+        return job
+
+
+class Score:
+    """The map_batches stage: a block of (text, id) rows -> its predictions. One per actor: the export is
+    downloaded (a URI) and verified, and its ONNX Runtime session created, once, when the actor starts."""
+
+    def __init__(self, job: dict[str, Any], text_field: str, id_field: str, id_type: pa.DataType,
+                 class_names: list[str]) -> None:  # fmt: skip
+        setup_logging()
+        self.job = PredictJob(**job)
+        self.predictor = Predictor(self.job.export, self.job.provider, precision=self.job.precision,
+                                   threads=self.job.cpus_per_actor)  # fmt: skip
+        if self.predictor.class_names != class_names:
+            raise ExportError(f"{self.job.export}: its classes changed while the job ran; score a stable export")
+        self.text_field, self.id_field, self.id_type, self.class_names = text_field, id_field, id_type, class_names
+        self.rows, self.shown, self.t0 = 0, 0, time.monotonic()
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        p = self.predictor
+        texts = batch.column(self.text_field).to_pylist()
+        probs = p.score(len(texts), p.calls(texts, self.job.batch_size))  # float64 [N, K]
+        ids = batch.column(self.id_field)
+        if ids.type != self.id_type:  # as local predict: ints widen to the first file's type, nulls adopt it
+            ids = ids.cast(self.id_type)
+        self.rows += len(texts)
+        if self.rows - self.shown >= self.job.progress_every:
+            self.shown = self.rows
+            log.info("actor %d: %d rows scored (%.0f rows/s)", os.getpid(), self.rows,
+                     self.rows / max(time.monotonic() - self.t0, 1e-9))  # fmt: skip
+        return predictions(ids, probs, self.class_names)
+
+
+def predictions(ids: Any, probs: Any, names: list[str]) -> pa.Table:
+    """The columns of local `bsm predict`: id, predicted (the class name), prob_<class> float64 per class."""
+    pred = probs.argmax(axis=1)
+    return pa.table({
+        "id": ids,
+        "predicted": pa.array([names[i] for i in pred], pa.string()),
+        **{f"prob_{c}": pa.array(probs[:, k], pa.float64()) for k, c in enumerate(names)},
+    })  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------------ the driver
+
+
+def run(job: PredictJob) -> dict[str, Any]:
+    """Check everything, score `job.data` on the cluster, publish `job.out`; returns the summary written."""
+    t0 = time.monotonic()
+    files = list_files(job.data, job.format)
+    check_out_path(job.out, job.data)
+    fs, out_path = storage.filesystem(job.out)
+    refuse_existing(fs, out_path, job.out)
+    info, manifest = export_info(job.export)
+    choice = choose_graph(manifest, job.precision)  # a bad --precision fails here, before any actor starts
+    text_field = job.text_field or info.get("text_field") or info["processor"].get("text_field") or "dialogue"
+    id_field, id_type = check_inputs(files, text_field, job.id_field, job.data)
+    class_names = [str(c) for c in info["class_names"]]
+
+    connect()
+    ds = read(files, [text_field, id_field])
+    scored = ds.map_batches(
+        Score,
+        fn_constructor_kwargs=dict(job=asdict(job), text_field=text_field, id_field=id_field, id_type=id_type,
+                                   class_names=class_names),  # fmt: skip
+        batch_size=job.rows_per_batch,
+        batch_format="pyarrow",
+        concurrency=pool_size(job),
+        num_cpus=job.cpus_per_actor,
+        num_gpus=1 if job.provider == CUDA else None,
+    )
+    tmp = posixpath.join(posixpath.dirname(out_path.rstrip("/")), f".{posixpath.basename(out_path.rstrip('/'))}"
+                         f".tmp-{uuid.uuid4().hex[:8]}")  # fmt: skip
+    try:
+        scored.write_parquet(tmp, filesystem=fs)
+        parts = written(fs, tmp)
+        if not parts:  # no rows at all: one file with the columns and no rows, as local predict writes
+            empty = predictions(pa.array([], id_type), np.zeros((0, len(class_names))), class_names)
+            pq.write_table(empty, posixpath.join(tmp, "part-empty.parquet"), filesystem=fs)
+            parts = written(fs, tmp)
+        summary = {"kind": "predict", "out": job.out, "rows": sum(parts.values()), "files": len(parts),
+                   "export": job.export, "data": job.data, "inputs": len(files), "graph": choice.file,
+                   "precision": choice.precision, "provider": job.provider, "id_field": id_field,
+                   "text_field": text_field, "seconds": round(time.monotonic() - t0, 1)}  # fmt: skip
+        publish(fs, tmp, out_path, job.out, json.dumps(summary, indent=2).encode())
+    except BaseException:
+        _delete_dir_quietly(fs, tmp)
+        raise
+    log.info("wrote %d predictions in %d files to %s (%s, %s; %.1fs)", summary["rows"], summary["files"], job.out,
+             choice.file, job.provider, summary["seconds"])  # fmt: skip
+    return summary
+
+
+def connect() -> None:
+    """This job's cluster (RAY_ADDRESS, or a job's own); its actors get RAY_ADDRESS too (see runner/train.py)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = os.environ.get("RAY_ADDRESS")
+    ray.init(logging_level=logging.INFO if verbose() else logging.WARNING,
+             runtime_env={"env_vars": {"RAY_ADDRESS": address}} if address else None)  # fmt: skip
+
+
+def pool_size(job: PredictJob) -> int | tuple[int, int]:
+    """`--num-actors N`: N actors. Else an autoscaling pool up to the cluster's GPUs (CUDA), or its CPUs but one
+    (CPU: the read tasks need a CPU too, or the pool would starve them)."""
+    import ray
+
+    if job.num_actors is not None:
+        return job.num_actors
+    res = ray.cluster_resources()
+    if job.provider == CUDA:
+        return (1, max(1, int(res.get("GPU", 0))))
+    return (1, max(1, int(res.get("CPU", 1)) // job.cpus_per_actor - 1))
+
+
+def read(files: list[DataFile], columns: list[str]) -> Any:
+    """The files as one Ray Dataset of `columns` (a reader per format, the training readers' parse options)."""
+    import ray.data
+
+    parts = []
+    for fmt in sorted({f.format for f in files}):
+        group = [f for f in files if f.format == fmt]
+        paths, common = [f.path for f in group], dict(filesystem=group[0].fs, partitioning=None, file_extensions=None)
+        if fmt == "parquet":
+            parts.append(ray.data.read_parquet(paths, columns=columns, **common))
+            continue
+        if fmt == "jsonl":
+            ds = ray.data.read_json(paths, **common)
+        else:
+            import pyarrow.csv as pcsv
+
+            parse = pcsv.ParseOptions(delimiter="\t" if fmt == "tsv" else ",", newlines_in_values=True)
+            ds = ray.data.read_csv(paths, parse_options=parse,
+                                   convert_options=pcsv.ConvertOptions(strings_can_be_null=True), **common)  # fmt: skip
+        parts.append(ds.select_columns(columns))
+    return parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
+
+
+# ------------------------------------------------------------------------------------------------ the checks
+
+
+def export_info(export: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(bsm_model.json, the manifest) of an export, read from storage and verified."""
+    with tempfile.TemporaryDirectory(prefix="bsm-predict-") as tmp:
+        manifest = layout.download_export(export, Path(tmp) / "export", only=[layout.MODEL_JSON])
+        return json.loads((Path(tmp) / "export" / layout.MODEL_JSON).read_text()), manifest
+
+
+def check_inputs(files: list[DataFile], text_field: str, id_field: str | None, data: str) -> tuple[str, pa.DataType]:
+    """Every file has the text and id columns, the text a string (list) and one id type: (id column, its type)."""
+    first = read_schema(files[0])
+    id_field = id_field or next((c for c in ID_CANDIDATES if c in first.names), None)
+    if id_field is None:
+        raise DataError(f"{data}: no id column ({', '.join(ID_CANDIDATES)}); on the cluster rows are scored in "
+                        "parallel and written in any order, so each prediction needs an id: name one with --id-field")  # fmt: skip
+    id_type: pa.DataType | None = None
+    for f in files:
+        schema = first if f is files[0] else read_schema(f)
+        for col, flag in ((text_field, "--text-field"), (id_field, "--id-field")):
+            if col not in schema.names:
+                raise DataError(f"{f.name}: missing column {col!r} (columns are {', '.join(schema.names) or 'none'}); "
+                                f"name the right one with {flag}")  # fmt: skip
+        check_text_type(schema.field(text_field).type, f.name, text_field)
+        t = schema.field(id_field).type
+        id_type = id_type or t
+        if t != id_type and not (pa.types.is_null(t) or (pa.types.is_integer(t) and pa.types.is_integer(id_type))):
+            raise DataError(f"{f.name}: column {id_field!r} holds {t} values, but {files[0].name} holds {id_type} "
+                            "values; give every input file one id type (or name another column with --id-field)")  # fmt: skip
+    assert id_type is not None
+    return id_field, id_type
+
+
+def check_out_path(out: str, data: str) -> None:
+    """The output directory is neither the input nor inside it, nor around it."""
+    o, d = _norm(out.split("?")[0]), _norm(data.split("?")[0])
+    d = d if not any(ch in d for ch in "*?[") else posixpath.dirname(d.split("*")[0].split("[")[0])
+    if o == d or o.startswith(d + "/") or d.startswith(o + "/"):
+        raise ConfigError(f"--out {out}: overlaps the input {data}; predictions are written outside the input")
+
+
+def refuse_existing(fs: Any, path: str, out: str) -> None:
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.File:
+        raise ConfigError(f"--out {out}: is a file; --on-cluster writes a directory of Parquet files")
+    if info.type == pafs.FileType.Directory and fs.get_file_info(pafs.FileSelector(path)):
+        raise ConfigError(f"--out {out}: the directory exists and is not empty; choose a new --out")
+
+
+# ------------------------------------------------------------------------------------------------ publishing
+
+
+def written(fs: Any, root: str) -> dict[str, int]:
+    """The Parquet files under `root` and their rows (from their footers)."""
+    out = {}
+    for i in fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True)):
+        if i.type == pafs.FileType.File and i.path.endswith(".parquet"):
+            with fs.open_input_file(i.path) as f:
+                out[i.path] = pq.ParquetFile(f).metadata.num_rows
+    return out
+
+
+def publish(fs: Any, tmp: str, final: str, out: str, summary: bytes) -> None:
+    """Move the finished `tmp` directory to `final`: a rename where the filesystem has one, else (S3, GCS) a
+    server-side copy of every file and the summary last."""
+    refuse_existing(fs, final, out)  # again: another job may have written there meanwhile
+    if fs.type_name in ("s3", "gcs"):
+        for i in fs.get_file_info(pafs.FileSelector(tmp, recursive=True)):
+            if i.type == pafs.FileType.File:
+                fs.copy_file(i.path, posixpath.join(final, i.path[len(tmp) + 1 :]))
+        _delete_dir_quietly(fs, tmp)
+        with fs.open_output_stream(posixpath.join(final, SUMMARY)) as f:
+            f.write(summary)
+        return
+    with fs.open_output_stream(posixpath.join(tmp, SUMMARY)) as f:
+        f.write(summary)
+    if fs.get_file_info(final).type == pafs.FileType.Directory:
+        fs.delete_dir(final)  # empty (checked above): a rename does not replace a directory everywhere
+    fs.move(tmp, final)
+
+
+def _delete_dir_quietly(fs: Any, path: str) -> None:
+    try:
+        fs.delete_dir(path)
+    except (OSError, FileNotFoundError, pa.ArrowException):
+        pass
+
+
+def _norm(p: str) -> str:
+    return storage.storage_path(p).rstrip("/") if not storage.is_uri(p) else p.rstrip("/")
+
+
+def _bsm_error(e: BaseException) -> BsmError | None:
+    """The project's own error inside what Ray raised (an actor's constructor, a task), if any."""
+    seen = 0
+    while e is not None and seen < 10:
+        if isinstance(e, BsmError):
+            return e
+        e, seen = getattr(e, "cause", None) or e.__cause__ or e.__context__, seen + 1
+    return None
+
+
+def main(config_file: str) -> int:
+    """`python -m raytune_bsm.runner.batch_predict bsm_job.json`: score, print the summary (JSON) to stdout."""
+    setup_logging()
+    try:
+        summary = run(PredictJob.from_dict(json.loads(Path(config_file).read_text())))
+    except Exception as e:  # the user's mistake: one line in the job's log, no traceback
+        err = _bsm_error(e)
+        if err is None:
+            raise
+        print(f"bsm: error: {err}", file=sys.stderr)
+        return 1
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))
