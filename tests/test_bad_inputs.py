@@ -241,6 +241,7 @@ CASES = [
     pytest.param(["tune", "--lr", "2"], "--lr must be in", id="tune-lr"),
     pytest.param(["tune", "--resume", "nosuchsweep"], "nosuchsweep", id="tune-resume-missing"),
     pytest.param(["tune", "--resume", "s", "--lr", "0.1"], "drop --lr", id="tune-resume-with-flags"),
+    pytest.param(["tune", "--resume", "s", "--num-samples", "3"], "drop --num-samples", id="tune-resume-with-sweep-flags"),
     # ------------------------------------------------------------------ search spaces
     pytest.param(["tune", "--search-space", "{ws}/spaces/missing.yaml"], "missing.yaml: no such file", id="space-missing"),
     pytest.param(["tune", "--search-space", "{ws}/spaces/bad_dist.yaml"], "expected one of", id="space-bad-distribution"),

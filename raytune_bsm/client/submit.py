@@ -286,6 +286,10 @@ def tune(opts: SubmitOptions, sweep: dict[str, Any] | None = None, *, search_spa
     from raytune_bsm.sweep import model_layers, resolve_space
 
     if opts.resume:
+        given = [flag for flag, v in (("--search-space", search_space), *((f"--{k.replace('_', '-').removesuffix('-s')}", v)
+                 for k, v in (sweep or {}).items())) if v is not None]  # fmt: skip
+        if given:
+            raise ConfigError(f"--resume {opts.resume} continues the sweep as it was started; drop {', '.join(given)}")
         return _resume_sweep(opts, dry_run=dry_run)
     rec = recipe(opts)
     recipe_tune = check_fields(SweepConfig, rec.get("tune") or {}, f"--config {opts.config}: tune.",
