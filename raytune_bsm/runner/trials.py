@@ -204,12 +204,19 @@ def recorder(spec: _Spec) -> Any:
             self._released: set[str] = set()
             self._last_release = 0.0
 
-        def _write(self, trials: list[Any], finished: bool = False, interrupted: set[str] | None = None) -> None:
+        def _write(self, trials: list[Any], finished: bool = False, interrupted: set[str] | None = None,
+                   ended: Any = None) -> None:  # fmt: skip
             try:
                 rows = trial_rows(trials, self.spec, self._cache, interrupted or set())
-                write_record(rows, self.spec, finished=finished, started=self.started)
+                summary = write_record(rows, self.spec, finished=finished, started=self.started)
             except Exception:  # noqa: BLE001 - a failed write must not end the sweep; the next event retries
                 log.exception("could not update the sweep's record in %s", self.spec.sweep_dir)
+                return
+            for r in rows if ended is not None else []:  # bsm's own line per trial (Tune's tables: BSM_VERBOSE=1)
+                if r["trial_id"] == ended.trial_id:
+                    log.info("trial %s %s after %d epoch(s): %s %s (best epoch %s); %s", r["trial_id"], r["status"],
+                             r["iterations"], self.spec.monitor, r["metric"], r["best_epoch"],
+                             json.dumps(summary["trials"]))  # fmt: skip
 
         def _release(self, trials: list[Any], grace: float) -> None:
             now = time.monotonic()
@@ -237,10 +244,10 @@ def recorder(spec: _Spec) -> Any:
             self._write(trials)
 
         def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-            self._write(trials)
+            self._write(trials, ended=trial)
 
         def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-            self._write(trials)
+            self._write(trials, ended=trial)
 
         def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
             # Tune saved its state just before this; trials it still had running there were stopped by an

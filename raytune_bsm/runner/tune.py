@@ -35,7 +35,7 @@ from typing import Any
 from raytune_bsm.config import RunConfig, check_monitor_computed, dumps
 from raytune_bsm.data.dataset import load_split
 from raytune_bsm.errors import BsmError, ConfigError
-from raytune_bsm.logs import quiet_libraries, setup_logging
+from raytune_bsm.logs import quiet_libraries, setup_logging, verbose
 from raytune_bsm.resources import ClusterResources, NodeResources
 from raytune_bsm.runner.callbacks import placement_group_log, read_epochs
 from raytune_bsm.runner.export_task import export_best
@@ -186,7 +186,7 @@ def run_sweep(run: RunConfig, sweep: SweepConfig, *, storage: str) -> dict[str, 
                 storage_path=sweep_dir,
                 callbacks=[recorder(spec)],
                 failure_config=tune.FailureConfig(max_failures=0),  # Train already retries worker failures
-                verbose=1,
+                verbose=1 if verbose() else 0,  # Tune's status tables; bsm logs each trial's end
             ),
         )
     tuner.fit()
