@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from raytune_bsm.client.cluster_predict import predict_on_cluster
 from raytune_bsm.client.fetch import fetch
 from raytune_bsm.client.jobs import TERMINAL, latest_metrics, list_jobs, logs, status, stop, wait
 from raytune_bsm.client.local_cluster import down, up
@@ -17,7 +18,7 @@ from raytune_bsm.client.submit import SubmitOptions, plan, resolve_run, submit, 
 from raytune_bsm.errors import ConfigError
 
 __all__ = ["SubmitOptions", "TERMINAL", "demo_data", "down", "export", "fetch", "latest_metrics", "list_jobs",
-           "logs", "plan", "predict", "resolve_run", "status", "stop", "submit", "tune", "up", "wait"]  # fmt: skip
+           "logs", "plan", "predict", "predict_on_cluster", "resolve_run", "status", "stop", "submit", "tune", "up", "wait"]  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -46,10 +47,14 @@ def export(checkpoint: str, to: str) -> dict[str, Any]:
 
 
 def predict(export_dir: str, data: str, out: str | None = None, *, provider: str = "CPUExecutionProvider",
-            batch_size: int = 32, progress: Any = None) -> str:  # fmt: skip
-    """Score a Parquet/CSV/JSONL file with ONNX Runtime using the export's own tokenizer and settings."""
-    from raytune_bsm.predict import predict_file
+            batch_size: int = 32, precision: str = "auto", text_field: str | None = None, id_field: str | None = None,
+            threads: int | None = None, overwrite: bool = False, progress: Any = None) -> str:  # fmt: skip
+    """Score Parquet/CSV/JSONL data with ONNX Runtime using the export's own tokenizer and settings; the output
+    path. (`predict_on_cluster` does it as a Ray job.)"""
+    from raytune_bsm.predict import predict_file  # onnxruntime: not on `bsm --help`'s path
 
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
-    return predict_file(export_dir, data, out, provider=provider, batch_size=batch_size, progress=progress)
+    return predict_file(export_dir, data, out, provider=provider, batch_size=batch_size, precision=precision,
+                        text_field=text_field, id_field=id_field, threads=threads, overwrite=overwrite,
+                        progress=progress)  # fmt: skip

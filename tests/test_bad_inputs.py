@@ -303,6 +303,11 @@ CASES = [
                  marks=xfail(f"{H3}: predict logs 'scoring with ...onnx' before it reads the data file")),
     pytest.param(["predict", "{ws}/exports/good", "{ws}/data/garbage.parquet", "--out", "p.parquet"], "garbage.parquet", id="predict-not-parquet",
                  marks=xfail(f"{H3}: predict logs 'scoring with ...onnx' before it reads the data file")),
+    pytest.param(["predict", "{ws}/exports/good", "{ws}/data/good.parquet", "--out", "p.parquet", "--threads", "0"], "--threads", id="predict-threads-0"),
+    pytest.param(["predict", "{ws}/exports/good", "{ws}/data/good.parquet", "--num-actors", "2"], "--num-actors only apply with --on-cluster", id="predict-actors-locally"),
+    pytest.param(["predict", "{ws}/exports/good", "{ws}/data/good.parquet", "--on-cluster"], "--on-cluster needs --out", id="predict-cluster-no-out"),
+    pytest.param(["predict", "{ws}/exports/good", "{ws}/data/good.parquet", "--on-cluster", "--out", "p.csv", "--dry-run"], "directory", id="predict-cluster-out-csv"),
+    pytest.param(["predict", "{ws}/exports/good", "{ws}/data/good.parquet", "--on-cluster", "--out", "{ws}/data", "--dry-run"], "overlaps the input", id="predict-cluster-out-overlaps"),
 ]  # fmt: skip
 RUN_COMMANDS = {"submit", "tune"}
 

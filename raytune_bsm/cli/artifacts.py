@@ -8,8 +8,9 @@ import typer
 
 from raytune_bsm import api
 from raytune_bsm.cli.app import command, err, out
-from raytune_bsm.cli.options import Address, BatchSize, Json
+from raytune_bsm.cli.options import Address, AllowInsecure, BatchSize, DryRun, IdField, Json, TextField
 from raytune_bsm.client.text import safe
+from raytune_bsm.errors import ConfigError
 from raytune_bsm.progress import progress
 
 
@@ -58,13 +59,41 @@ def export(
 @command("predict")
 def predict(
     export_dir: Annotated[str, typer.Argument(help="An export directory (from `bsm fetch` or `bsm export`).")],
-    data: Annotated[str, typer.Argument(help="Parquet, CSV or JSON Lines file to score.")],
-    out_path: Annotated[Optional[str], typer.Option("--out", help=".parquet, .csv or .jsonl (default: next to DATA).")] = None,
+    data: Annotated[str, typer.Argument(help="Parquet, CSV or JSON Lines: a file, a directory or a glob; local or a URI.")],
+    out_path: Annotated[Optional[str], typer.Option("--out", help=".parquet, .csv or .jsonl (default: next to DATA); "
+                                                    "with --on-cluster a directory of Parquet files.")] = None,
     provider: Annotated[str, typer.Option("--provider", help="ONNX Runtime execution provider, e.g. CUDAExecutionProvider.")] = "CPUExecutionProvider",
+    precision: Annotated[str, typer.Option("--precision", help="auto (int8 where the export's metrics allow it), fp32 or int8.")] = "auto",
     batch_size: BatchSize = None,
+    text_field: TextField = None,
+    id_field: IdField = None,
+    threads: Annotated[Optional[int], typer.Option("--threads", help="ONNX Runtime threads (default: the CPUs).")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out file (never the input).")] = False,
+    on_cluster: Annotated[bool, typer.Option("--on-cluster", help="Score on a Ray cluster (Ray Data, an actor pool).")] = False,
+    num_actors: Annotated[Optional[int], typer.Option("--num-actors", help="--on-cluster: scoring actors (default: autoscale).")] = None,
+    address: Address = None,
+    allow_insecure: AllowInsecure = False,
+    dry_run: DryRun = False,
     as_json: Json = False,
 ) -> None:
-    """Score a file with ONNX Runtime (no PyTorch needed). Prints the output path."""
+    """Score a file with ONNX Runtime (no PyTorch needed), here or with --on-cluster as a Ray job. Prints the
+    output path (the job id with --on-cluster)."""
+    batch_size = 32 if batch_size is None else batch_size
+    if on_cluster:
+        if out_path is None:
+            raise ConfigError("--on-cluster needs --out DIR: a directory (path or URI) the cluster writes Parquet files to")
+        result = api.predict_on_cluster(export_dir, data, out_path, address=address, provider=provider,
+                                        precision=precision, batch_size=batch_size, num_actors=num_actors,
+                                        id_field=id_field, text_field=text_field, allow_insecure=allow_insecure,
+                                        dry_run=dry_run)  # fmt: skip
+        out(result if dry_run else {"job_id": result} if as_json else safe(result))
+        return
+    cluster_only = [f for f, v in (("--num-actors", num_actors), ("--address", address), ("--dry-run", dry_run),
+                                   ("--allow-insecure", allow_insecure)) if v]  # fmt: skip
+    if cluster_only:
+        raise ConfigError(f"{', '.join(cluster_only)} only apply with --on-cluster")
+    if threads is not None and threads < 1:
+        raise ConfigError(f"--threads must be at least 1, got {threads}")
     with ExitStack() as stack:
         bars: list = []
 
@@ -73,6 +102,7 @@ def predict(
                 bars.append(stack.enter_context(progress(total, "scoring", unit="records")))
             bars[0].update(done, total)
 
-        written = api.predict(export_dir, data, out_path, provider=provider,
-                              batch_size=32 if batch_size is None else batch_size, progress=update)  # fmt: skip
+        written = api.predict(export_dir, data, out_path, provider=provider, batch_size=batch_size,
+                              precision=precision, text_field=text_field, id_field=id_field, threads=threads,
+                              overwrite=overwrite, progress=update)  # fmt: skip
     out({"out": str(written)} if as_json else safe(written))

@@ -21,6 +21,10 @@ DryRun = Annotated[bool, typer.Option("--dry-run", help="Print the plan as JSON;
 NumGpus = Annotated[Optional[int], typer.Option("--num-gpus", help="N workers with one GPU each (NCCL, bf16); per trial in `bsm tune`.")]
 BatchSize = Annotated[Optional[int], typer.Option("--batch-size", help="Records per batch.")]
 JobId = Annotated[str, typer.Argument(help="A job id (`bsm list` shows them).")]
+AllowInsecure = Annotated[bool, typer.Option(
+    "--allow-insecure", help="Use a remote cluster without token auth, or send the token over plain http.")]
+TextField = Annotated[Optional[str], typer.Option("--text-field", help="Default: dialogue (predict: the export's).")]
+IdField = Annotated[Optional[str], typer.Option("--id-field", help="Default: order_id / id / record_id when present.")]
 
 # The run options, in SubmitOptions' field order: (type, default). One declaration for submit and tune.
 RUN_OPTIONS: dict[str, tuple[Any, Any]] = {
@@ -36,9 +40,9 @@ RUN_OPTIONS: dict[str, tuple[Any, Any]] = {
         "--train", help="Parquet file/dir/glob, CSV or JSONL. Default: demo data.")], None),
     "val": (Annotated[Optional[str], typer.Option("--val", help="Default: a seeded fraction of --train.")], None),
     "test": (Annotated[Optional[str], typer.Option("--test", help="Scored once after training.")], None),
-    "text_field": (Annotated[Optional[str], typer.Option("--text-field", help="Default: dialogue.")], None),
+    "text_field": (TextField, None),
     "label_field": (Annotated[Optional[str], typer.Option("--label-field", help="Default: reversal_flag.")], None),
-    "id_field": (Annotated[Optional[str], typer.Option("--id-field", help="Default: order_id / id / record_id.")], None),
+    "id_field": (IdField, None),
     "model": (Annotated[Optional[str], typer.Option(
         "--model", help="HF model name (org/name) or local dir. Default: all-MiniLM-L6-v2 (offline).")], None),
     "max_chunks": (Annotated[Optional[int], typer.Option("--max-chunks", help="C: chunks kept per dialogue (default 2).")], None),
@@ -51,8 +55,7 @@ RUN_OPTIONS: dict[str, tuple[Any, Any]] = {
     "name": (Annotated[Optional[str], typer.Option("--name", help="Run name (default: <kind>-<time>-<hex>).")], None),
     "sets": (Annotated[Optional[List[str]], typer.Option(
         "--set", help="Any config key: key=value or section.key=value (repeatable).")], None),
-    "allow_insecure": (Annotated[bool, typer.Option(
-        "--allow-insecure", help="Submit to a remote cluster without token auth or over plain http.")], False),
+    "allow_insecure": (AllowInsecure, False),
     "resume": (Annotated[Optional[str], typer.Option(
         "--resume", help="Continue the failed, stopped or interrupted run NAME from its latest checkpoint.")], None),
 }  # fmt: skip
