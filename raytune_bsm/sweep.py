@@ -26,7 +26,7 @@ SPACE_MODES = ("extend", "replace")
 # Keys a sweep cannot vary: per-trial resources are fixed (they bound the concurrency), and ASHA's time axis,
 # the ranking metric and where a run lives are the sweep's own settings.
 FIXED_KEYS = {"train.max_epochs", "train.monitor", "train.mode", "train.runtime", "train.output_dir"}
-EPOCHS_FILE = "bsm_epochs.json"  # per trial run: every epoch's reported metrics, written by the trial's trainer
+EPOCHS_FILE = "bsm_epochs.json"  # per run (a trial's too): every report's metrics, in order, by its Train controller
 PG_FILE = "bsm_placement_groups.json"  # per trial run: the placement groups its Train controller created
 RELEASE_AFTER_S = 5.0  # a stopped trial's placement group is released this long after the trial ended
 LEADERBOARD_ROWS = 10

@@ -208,15 +208,15 @@ def recorder(spec: _Spec) -> Any:
                    ended: Any = None) -> None:  # fmt: skip
             try:
                 rows = trial_rows(trials, self.spec, self._cache, interrupted or set())
-                summary = write_record(rows, self.spec, finished=finished, started=self.started)
+                write_record(rows, self.spec, finished=finished, started=self.started)
             except Exception:  # noqa: BLE001 - a failed write must not end the sweep; the next event retries
                 log.exception("could not update the sweep's record in %s", self.spec.sweep_dir)
                 return
             for r in rows if ended is not None else []:  # bsm's own line per trial (Tune's tables: BSM_VERBOSE=1)
-                if r["trial_id"] == ended.trial_id:
-                    log.info("trial %s %s after %d epoch(s): %s %s (best epoch %s); %s", r["trial_id"], r["status"],
-                             r["iterations"], self.spec.monitor, r["metric"], r["best_epoch"],
-                             json.dumps(summary["trials"]))  # fmt: skip
+                if r["trial_id"] == ended.trial_id:  # Tune marks the trial terminated only after this callback
+                    how = "failed" if r["status"] == "error" else "ended"
+                    log.info("trial %s %s after %d epoch(s): %s %s (best epoch %s)", r["trial_id"], how,
+                             r["iterations"], self.spec.monitor, r["metric"], r["best_epoch"])  # fmt: skip
 
         def _release(self, trials: list[Any], grace: float) -> None:
             now = time.monotonic()
