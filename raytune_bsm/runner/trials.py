@@ -205,7 +205,7 @@ def recorder(spec: _Spec) -> Any:
             self._last_release = 0.0
 
         def _write(self, trials: list[Any], finished: bool = False, interrupted: set[str] | None = None,
-                   ended: Any = None) -> None:  # fmt: skip
+                   ended: Any = None, how: str = "ended") -> None:  # fmt: skip
             try:
                 rows = trial_rows(trials, self.spec, self._cache, interrupted or set())
                 write_record(rows, self.spec, finished=finished, started=self.started)
@@ -214,7 +214,6 @@ def recorder(spec: _Spec) -> Any:
                 return
             for r in rows if ended is not None else []:  # bsm's own line per trial (Tune's tables: BSM_VERBOSE=1)
                 if r["trial_id"] == ended.trial_id:  # Tune marks the trial terminated only after this callback
-                    how = "failed" if r["status"] == "error" else "ended"
                     log.info("trial %s %s after %d epoch(s): %s %s (best epoch %s)", r["trial_id"], how,
                              r["iterations"], self.spec.monitor, r["metric"], r["best_epoch"])  # fmt: skip
 
@@ -247,7 +246,7 @@ def recorder(spec: _Spec) -> Any:
             self._write(trials, ended=trial)
 
         def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-            self._write(trials, ended=trial)
+            self._write(trials, ended=trial, how="failed")
 
         def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
             # Tune saved its state just before this; trials it still had running there were stopped by an
