@@ -140,6 +140,7 @@ def test_killed_job_driver_resumes_every_epoch_once(ray_tmp, tmp_path):
     manifest = json.loads((run_dir / "export" / "manifest.json").read_text())
     assert manifest["source_checkpoint"] == result["best_checkpoint"]
     assert manifest["parity"]
+    assert "(_export pid=" in log_text  # the export ran as a Ray task of its own, not in the driver
 
     from test_tracking import EXPECTED_TAGS, scalar_tags
 
