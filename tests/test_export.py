@@ -404,9 +404,12 @@ def test_int8_models_are_quantized_checked_and_recorded_per_precision(trained):
     import onnx
     import onnxruntime as ort
 
+    how = trained.manifest["exporter"]["int8"]
     for name in ("model.int8.onnx", "model.packed.int8.onnx"):
         ops = {n.op_type for n in onnx.load(str(trained.dest / name)).graph.node}
         assert ops & {"MatMulInteger", "DynamicQuantizeLinear", "DynamicQuantizeMatMul"}, (name, ops)
+        if export_mod.FUSE_ATTENTION:  # the tiny BERT's two attention layers fused, then quantized
+            assert how["fusions"]["Attention"] == 2 and "QAttention" in ops, (how, ops)
     assert (trained.dest / "model.int8.onnx").stat().st_size < (trained.dest / "model.onnx").stat().st_size
     prec = trained.manifest["precision"]
     assert prec["labelled_records"] == 12  # the two validation batches given: 5 + 7 records

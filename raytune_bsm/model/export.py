@@ -3,7 +3,7 @@
     <dest>/
       model.onnx              input_ids, attention_mask int64 [batch, chunks, tokens] (all dynamic) -> logits
                               float32 [batch, classes]; weights inside the one file; opset 18
-      model.int8.onnx         the same, dynamically quantized to int8
+      model.int8.onnx         the same in int8: ONNX Runtime's fused BERT graph, dynamically quantized
       model.packed.onnx       real chunks only: input_ids, attention_mask int64 [chunks, tokens], pool float32
                               [records, chunks] -> logits float32 [records, classes] (see layout.PACKED_ONNX_FILE)
       model.packed.int8.onnx  the same, int8
@@ -14,7 +14,8 @@
       manifest.json           written last: "format": "bsm-export", sha256 and size of every other file, library
                               versions, parity and per-precision figures, the time of each step
 
-The graphs are made in `onnx_graphs` (BERT traced once), `quantize` (int8) and checked in `parity` (fp32 within
+The graphs are made in `onnx_graphs` (fp32: BERT traced once, by dynamo), `quantize` (int8: from a trace with eager
+attention that ONNX Runtime's fusions match) and checked in `parity` (fp32 within
 `tolerance` of PyTorch or nothing is published; int8's agreement and metrics recorded); `publish` puts the
 finished directory in place, whole or not at all, and never over a directory that is not an earlier export.
 """
@@ -47,7 +48,7 @@ log = logging.getLogger(__name__)
 
 # int8 from ONNX Runtime's fused BERT graph (int8 attention): faster than quantizing the dynamo graph as it is, for
 # one more trace of BERT (bench/ measures both); False quantizes the dynamo graph.
-FUSE_ATTENTION = False
+FUSE_ATTENTION = True
 VERSIONED_PACKAGES = ("torch", "transformers", "onnx", "onnxruntime", "onnxscript", "tokenizers", "lightning", "ray",
                       "raytune-bsm")  # fmt: skip
 
