@@ -16,9 +16,11 @@ from raytune_bsm.client.local_cluster import down, up
 from raytune_bsm.client.submission import check_storage
 from raytune_bsm.client.submit import SubmitOptions, plan, resolve_run, submit, tune
 from raytune_bsm.errors import ConfigError
+from raytune_bsm.layout import default_storage
+from raytune_bsm.storage import is_uri, join
 
 __all__ = ["SubmitOptions", "TERMINAL", "demo_data", "down", "export", "fetch", "latest_metrics", "list_jobs",
-           "logs", "plan", "predict", "predict_on_cluster", "resolve_run", "status", "stop", "submit", "tune", "up", "wait"]  # fmt: skip
+           "logs", "plan", "predict", "predict_on_cluster", "report", "resolve_run", "status", "stop", "submit", "tune", "up", "wait"]  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -33,6 +35,21 @@ def demo_data(out: str, rows: int = 2000, seed: int = 0) -> dict[str, Path]:
 
 
 # ----------------------------------------------------------------------------------------------- artifacts
+
+
+def report(source: str, out: str | None = None, *, address: str | None = None,
+           threshold: float | None = None) -> dict[str, Any]:  # fmt: skip
+    """`bsm report`: report.html and PNGs of a run, sweep or export (a path/URI, a job id or a run name in the
+    default storage). Returns {"dir", "html", "pngs", "metrics"}."""
+    from raytune_bsm.report import build_report  # matplotlib: not on `bsm --help`'s path
+
+    if threshold is not None and not 0.0 < threshold < 1.0:
+        raise ConfigError(f"--threshold must be between 0 and 1, got {threshold}")
+    where = source
+    if not (is_uri(source) or Path(source).expanduser().exists()):
+        info = status(source, address=address) if source.startswith(("bsm-", "raysubmit_")) else {}
+        where = info.get("run_dir") or join(default_storage(), source)  # a job's run, or a run name
+    return build_report(where, out, threshold=threshold)
 
 
 def export(checkpoint: str, to: str) -> dict[str, Any]:

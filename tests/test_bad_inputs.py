@@ -287,6 +287,12 @@ CASES = [
     pytest.param(["fetch", "{ws}/fexports/good", "--to", "file.txt"], "file.txt", id="fetch-to-a-file"),
     pytest.param(["fetch", "{ws}/fexports/good", "--to", "notes"], "notes", id="fetch-to-users-dir"),
     pytest.param(["fetch", "no-such-run"], "no-such-run", id="fetch-unknown-run"),
+    # ------------------------------------------------------------------ report
+    pytest.param(["report", "{ws}/runs/missing"], "runs/missing does not exist", id="report-missing"),
+    pytest.param(["report", "{ws}/data"], "is not a run, sweep or export directory", id="report-not-a-run"),
+    pytest.param(["report", "no-such-run"], "no-such-run", id="report-unknown-run"),
+    pytest.param(["report", "{ws}/data", "--threshold", "2"], "--threshold must be between 0 and 1", id="report-threshold"),
+    pytest.param(["report", "bsm-nope", "--address", "ftp://host"], "ftp://host", id="report-bad-address"),
     # ------------------------------------------------------------------ predict
     pytest.param(["predict", "{ws}/exports/missing", "{ws}/data/good.parquet"], "exports/missing", id="predict-no-export"),
     pytest.param(["predict", "{ws}/exports/notjson", "{ws}/data/good.parquet", "--out", "p.parquet"], "not valid JSON", id="predict-manifest-not-json"),

@@ -56,6 +56,20 @@ def export(
     out(_listing(Path(to)) if as_json and "://" not in to else {"dir": to} if as_json else safe(to))
 
 
+@command("report")
+def report(
+    source: Annotated[str, typer.Argument(help="A run, sweep or export: a path/URI, a job id or a run name.")],
+    out_dir: Annotated[Optional[str], typer.Option("--out", help="Report directory (default: ./<run>-report).")] = None,
+    threshold: Annotated[Optional[float], typer.Option("--threshold", help="Binary decision threshold (default: the run's).")] = None,
+    address: Address = None,
+    as_json: Json = False,
+) -> None:
+    """Write report.html (self-contained: curves, confusion matrix, calibration, sweep plots) and its PNGs.
+    Prints the path of report.html."""
+    result = api.report(source, out_dir, address=address, threshold=threshold)
+    out({k: result[k] for k in ("dir", "html", "pngs", "metrics")} if as_json else safe(result["html"]))
+
+
 @command("predict")
 def predict(
     export_dir: Annotated[str, typer.Argument(help="An export directory (from `bsm fetch` or `bsm export`).")],
