@@ -98,7 +98,7 @@ def test_tune_takes_every_option_of_submit():
 
 
 def test_every_command_that_returns_data_can_print_json():
-    for command in ("submit", "tune", "status", "list", "stop", "fetch", "export", "predict", "demo-data", "up"):
+    for command in ("submit", "tune", "status", "list", "stop", "fetch", "export", "predict", "demo-data", "up", "report"):
         assert "--json" in _options(command), command
 
 
@@ -138,6 +138,7 @@ def test_status_prints_why_a_job_failed_escaped_with_api_status_stubbed(monkeypa
     r = CliRunner().invoke(app, ["status", "bsm-x"])
     assert r.exit_code == 0
     assert "error            DataError: bad row" in r.stdout
+    assert "curves           tensorboard --logdir /runs/x\\x0d" in r.stdout  # the run's event files, escaped
     assert "\x1b" not in r.stdout and "\r" not in r.stdout and "\x07" not in r.stdout
     assert json.loads(CliRunner().invoke(app, ["status", "bsm-x", "--json"]).stdout)["error"] == info["error"]
 

@@ -76,7 +76,7 @@ def _report_end(job_id: str, opts: api.SubmitOptions, state: str) -> None:
 
 
 STATUS_KEYS = ("job_id", "status", "error", "run", "start_time", "end_time", "run_dir", "best_checkpoint", "export",
-               "restarts", "tensorboard")  # fmt: skip
+               "restarts")  # fmt: skip
 
 
 @command("status")
@@ -100,6 +100,8 @@ def status(
         from raytune_bsm.sweep import format_leaderboard  # not on `bsm --help`'s path
 
         out(safe(format_leaderboard(info["leaderboard"], info.get("monitor") or "metric"), multiline=True))
+    if info.get("run_dir"):  # TensorBoard finds every run's (and every trial's) event files below it
+        out(f"{'curves':16} tensorboard --logdir {safe(info['run_dir'])}")
 
 
 @command("logs")
