@@ -159,3 +159,10 @@ def test_submit_and_tune_print_the_job_id_as_json_with_api_stubbed(monkeypatch):
     assert json.loads(r.stdout) == {"job_id": "bsm-b"}
     opts, sweep = seen["tune"]
     assert opts.num_workers == 2 and sweep["num_samples"] == 3
+
+
+def test_verbose_reaches_the_job_through_the_submission(tmp_path):
+    quiet = json.loads(bsm("submit", "--dry-run", "--name", "q", env={"BSM_HOME": str(tmp_path)}).stdout)
+    loud = json.loads(bsm("--verbose", "submit", "--dry-run", "--name", "q", env={"BSM_HOME": str(tmp_path)}).stdout)
+    assert "BSM_VERBOSE" not in quiet["runtime_env"]["env_vars"]
+    assert loud["runtime_env"]["env_vars"]["BSM_VERBOSE"] == "1"

@@ -8,6 +8,7 @@ inside the API functions, so `bsm --help` is instant.
 """
 
 import json
+import os
 import sys
 from functools import wraps
 from typing import Any, Callable
@@ -22,6 +23,7 @@ except ImportError:  # pragma: no cover
 
 from raytune_bsm.client.text import safe
 from raytune_bsm.errors import BsmError
+from raytune_bsm.logs import VERBOSE_ENV, setup_logging
 
 
 class BsmGroup(TyperGroup):
@@ -58,6 +60,15 @@ app = typer.Typer(
 )
 
 
+@app.callback()
+def _global(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Keep every library's log lines (here and in jobs)."),
+) -> None:
+    """Train, sweep and export a chunked-BERT classifier for buyer-seller dialogues on Ray."""
+    if verbose:
+        os.environ[VERBOSE_ENV] = "1"  # read by setup_logging, and carried to jobs by the submission
+
+
 def out(obj: Any) -> None:
     """A result on stdout: text as it is (already escaped by the caller), anything else as JSON."""
     typer.echo(obj if isinstance(obj, str) else json.dumps(obj, indent=2, default=str))
@@ -73,8 +84,6 @@ def command(name: str) -> Callable:
     def deco(fn: Callable) -> Callable:
         @wraps(fn)
         def run(*a: Any, **k: Any) -> Any:
-            from raytune_bsm.logs import setup_logging
-
             setup_logging()
             try:
                 return fn(*a, **k)

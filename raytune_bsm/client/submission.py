@@ -22,6 +22,7 @@ from typing import Any
 from raytune_bsm.config import RunConfig
 from raytune_bsm.errors import ConfigError, JobError
 from raytune_bsm.layout import CONFIG_JSON, default_storage
+from raytune_bsm.logs import VERBOSE_ENV, verbose
 from raytune_bsm.pretrained import resolve_model
 from raytune_bsm.storage import exists, join, read_bytes, storage_path
 
@@ -106,7 +107,7 @@ def build_submission(run: RunConfig, *, kind: str = "train", storage: str, extra
             "working_dir": f"<staged: {CONFIG_FILE}>",
             "py_modules": [str(PACKAGE_DIR)],
             "excludes": EXCLUDES,
-            "env_vars": ENV_VARS,
+            "env_vars": {**ENV_VARS, **({VERBOSE_ENV: "1"} if verbose() else {})},  # --verbose reaches the job
         },
         metadata={"bsm": "1", "bsm_kind": kind, "bsm_run": run.name, "bsm_storage": storage,
                   "bsm_run_dir": join(storage, run.name)},  # fmt: skip
