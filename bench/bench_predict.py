@@ -1,0 +1,54 @@
+"""`bsm predict` end to end (read Parquet, tokenize, score, write Parquet) against its pure scoring time: the
+same session running the same calls on records tokenized beforehand. Goal: ratio <= 1.1.
+
+    python bench/bench_predict.py [--rows 300]   (after bench_scoring.py has built the export)
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from common import THREADS, Texts, fit_and_export, demo_texts, long_texts
+
+
+def run(export: Path, data: Texts, batch_size: int = 32) -> dict[str, Any]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from raytune_bsm.predict import Predictor, predict_file
+
+    with tempfile.TemporaryDirectory(prefix="bsm-bench-predict-") as tmp:
+        src = Path(tmp) / "in.parquet"
+        pq.write_table(pa.table({"order_id": [f"r{i}" for i in range(len(data.texts))], "dialogue": data.texts}), src)
+        t = time.perf_counter()
+        predict_file(str(export), str(src), str(Path(tmp) / "out.parquet"), batch_size=batch_size, threads=THREADS)
+        end_to_end = time.perf_counter() - t
+
+        p = Predictor(str(export), threads=THREADS)  # the same graph `predict_file` chose
+        calls = p.calls(data.texts, batch_size)
+        p.score(len(data.texts), calls[:1])  # warm-up, as predict_file's first call had none: conservative
+        t = time.perf_counter()
+        p.score(len(data.texts), calls)
+        pure = time.perf_counter() - t
+    return {"rows": len(data.texts), "graph": p.choice.file, "precision": p.choice.precision, "why": p.choice.why,
+            "end_to_end_s": end_to_end, "pure_scoring_s": pure, "ratio": end_to_end / pure,
+            "real_fraction": p.real_fraction}  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rows", type=int, default=300)
+    ap.add_argument("--work", default="/tmp/bsm-bench-work")
+    a = ap.parse_args()
+    fitted = fit_and_export(Path(a.work), demo_texts(240, seed=11), demo_texts(64, seed=12))
+    r = run(fitted["export"], long_texts(a.rows, seed=31))
+    print(f"bsm predict {r['end_to_end_s']:.2f}s end to end, {r['pure_scoring_s']:.2f}s pure scoring "
+          f"({r['graph']}): ratio {r['ratio']:.2f}")
+
+
+if __name__ == "__main__":
+    main()

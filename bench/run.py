@@ -1,0 +1,178 @@
+"""Every benchmark of issue 10, one command; writes bench/RESULTS.md. Each figure is a ratio of two things run
+side by side in the same process (or, for the CLIs, the same run), so it holds on a busy machine.
+
+    python bench/run.py [--quick] [--work /tmp/bsm-bench-work] [--result RUN_DIR/bsm_result.json]
+
+Benchmarks print and record; they are not tests. RESULTS.md is rewritten after every line, so a run cut short
+keeps what it measured; a section that fails says so and the others still run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench_cli  # noqa: E402
+import bench_gpu  # noqa: E402
+import bench_predict  # noqa: E402
+import bench_scoring  # noqa: E402
+import bench_training  # noqa: E402
+from common import THREADS, long_texts, machine  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+Say = Callable[..., None]
+
+
+def cli(a: argparse.Namespace, say: Say, ctx: dict) -> None:
+    say("## `bsm --help` against `ray --help`")
+    r = bench_cli.run(3 if a.quick else 5)
+    say(f"Median of {r['n']} fresh processes: bsm {r['bsm_s']:.2f} s, ray {r['ray_s']:.2f} s: **bsm ÷ ray = {r['ratio']:.2f}**.")
+
+
+def processor(a: argparse.Namespace, say: Say, ctx: dict) -> None:
+    say("## The processor against the bare tokenizer (one core)")
+    out = subprocess.run([sys.executable, str(HERE / "bench_processor.py"), "--rows", "1000" if a.quick else "2000"],
+                         capture_output=True, text=True, cwd=HERE, check=True)  # fmt: skip
+    for line in out.stdout.strip().splitlines():
+        say(f"    {line}")
+
+
+def scoring(a: argparse.Namespace, say: Say, ctx: dict) -> None:
+    say("## Scoring: PyTorch against every ONNX Runtime graph bsm ships")
+    say("Real default model (all-MiniLM-L6-v2, 4 chunks x 128 tokens, mean pooling) with a head trained in-process on "
+        "frozen features of 240 demo dialogues; exported by bsm's exporter with validation batches. Calls of 8 "
+        f"records, pre-tokenized, {THREADS} threads, one process; 'real tokens' is the share of the token slots "
+        "computed that hold a real token.")  # fmt: skip
+    say()
+    sc = bench_scoring.run(Path(a.work), demo=60 if a.quick else 120, long=30 if a.quick else 60, log=print)
+    ctx["fitted"] = fitted = sc["fitted"]
+    for data in sc["sets"]:
+        for line in bench_scoring.table(sc["results"][data.name], data):
+            say(line)
+    long_rows = sc["results"][sc["sets"][1].name]
+    ort_rows = [r for r in long_rows if not r.get("missing") and r["backend"].startswith("ORT")]
+    best = max(ort_rows, key=lambda r: r["speedup"])
+    ts = next(r for r in long_rows if r["backend"].startswith("TorchScript"))
+    ok = best["speedup"] >= 3.5 and ts["accuracy"] - best["accuracy"] <= 0.005
+    say(f"Long texts, fastest ONNX Runtime graph: {best['backend']}, **{best['speedup']:.2f}× TorchScript** at "
+        f"{100 * (best['accuracy'] - ts['accuracy']):+.2f} pt accuracy (goal ≥ 3.5× at ≥ -0.5 pt: {'met' if ok else 'not met'}).")  # fmt: skip
+    prec = json.loads((fitted["export"] / "manifest.json").read_text()).get("precision") or {}
+    say(f"The export's own record (manifest \"precision\", {prec.get('labelled_records', '?')} labelled validation "
+        f"records): fp32 accuracy {_get(prec, 'fp32', 'accuracy')}, int8 accuracy {_get(prec, 'int8', 'accuracy')}, "
+        f"int8 label agreement {_get(prec, 'int8', 'label_agreement')}.")  # fmt: skip
+
+
+def predict(a: argparse.Namespace, say: Say, ctx: dict) -> None:
+    say("## `bsm predict` end to end against its pure scoring time")
+    pr = bench_predict.run(ctx["fitted"]["export"], long_texts(60 if a.quick else 150, seed=31))
+    say(f"{pr['rows']} long dialogues, Parquet in and out, graph {pr['graph']} ({pr['why']}): end to end "
+        f"{pr['end_to_end_s']:.2f} s (export verified, session created, read, tokenized, scored, written), the "
+        f"same calls on pre-tokenized records {pr['pure_scoring_s']:.2f} s: **ratio {pr['ratio']:.2f}** (goal ≤ 1.1); "
+        f"real tokens {pr['real_fraction']:.0%} of the token slots scored.")  # fmt: skip
+
+
+def training(a: argparse.Namespace, say: Say, ctx: dict) -> None:
+    say("## Training steps")
+    tr = bench_training.run(batch=4, steps=2 if a.quick else 4, log=print)
+    say("Same model (MiniLM, 2 frozen layers), AdamW, batches of 4 records, median seconds per step after a warm-up "
+        "step; real tokens = share of the token slots BERT computes.")  # fmt: skip
+    say()
+    say("| data | bsm batches s/step | real tokens | fixed [B, C, T] s/step | real tokens | fixed ÷ bsm |")
+    say("|---|---|---|---|---|---|")
+    for name, r in tr.items():
+        if name != "lightning":
+            say(f"| {name} | {r['bsm']['step_s']:.2f} | {r['bsm']['real_fraction']:.0%} | {r['fixed']['step_s']:.2f} | "
+                f"{r['fixed']['real_fraction']:.0%} | {r['speedup']:.2f}× |")  # fmt: skip
+    lp = tr["lightning"]
+    say()
+    say(f"Steady-state step under Lightning {lp['lightning_step_s']:.3f} s against a plain PyTorch loop over the same "
+        f"batches {lp['plain_step_s']:.3f} s: **ratio {lp['ratio']:.3f}** (goal ≤ 1.05). In-process, one worker; "
+        "Ray Train's own overhead is not in this figure.")  # fmt: skip
+
+
+def startup(a: argparse.Namespace, say: Say, ctx: dict) -> None:
+    say("## Start-up and export")
+    fitted = ctx.get("fitted") or {}
+    manifest = json.loads((Path(a.work) / "export" / "manifest.json").read_text())
+    if fitted.get("export_seconds"):
+        say(f"Export of the default model (ONNX fp32 and int8, [B, C, T] and packed, TorchScript, parity): "
+            f"{fitted['export_seconds']:.1f} s in this run; the manifest's steps: {manifest.get('timings')}.")  # fmt: skip
+    else:
+        say(f"Export reused from an earlier run in {a.work}; its manifest's steps: {manifest.get('timings')}.")
+    if a.result:
+        res = json.loads(Path(a.result).read_text())
+        say(f"From {a.result}: {json.dumps({k: v for k, v in res.items() if 'second' in k or 'time' in k})}.")
+    else:
+        say("Time from submission to the first training step: not measured in this run (it needs a real `bsm submit` "
+            "on a Ray cluster, and a run's bsm_result.json does not record it yet; pass `--result` once it does).")  # fmt: skip
+
+
+def gpu(a: argparse.Namespace, say: Say, ctx: dict) -> None:
+    say("## GPU")
+    g = bench_gpu.run(Path(a.work) / "export", records=256 if a.quick else 2048)
+    if "skipped" in g:
+        say(f"Skipped: {g['skipped']}. `python bench/bench_gpu.py` reports records/s, model TFLOP/s and MFU "
+            "(÷ the GPU's fp32 and TF32 peak, from a table by device name) where one is present.")  # fmt: skip
+        return
+    mfu = f"MFU {g['mfu_fp32']:.1%} of fp32 peak / {g['mfu_tf32']:.1%} of TF32 peak" if g["peak_known"] else "peak unknown"
+    say(f"{g['gpu']}: {g['records_per_s']:.0f} records/s, {g['tflops']:.1f} TFLOP/s, {mfu}; real tokens {g['real_fraction']:.0%}.")
+
+
+SECTIONS = [cli, processor, scoring, predict, training, startup, gpu]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="small sizes, to check the benchmarks run")
+    ap.add_argument("--work", default="/tmp/bsm-bench-work")
+    ap.add_argument("--result", help="a real run's bsm_result.json, for the time to the first training step")
+    ap.add_argument("--out", default=str(HERE / "RESULTS.md"))
+    ap.add_argument("--only", nargs="*", help="section names to run (default: all)")
+    a = ap.parse_args()
+    t_start = time.perf_counter()
+    md: list[str] = []
+
+    def say(s: str = "") -> None:
+        print(s, flush=True)
+        md.append(s)
+        Path(a.out).write_text("\n".join(md) + "\n")  # after every line: a run cut short keeps what it measured
+
+    m = machine()
+    say("# bsm benchmarks")
+    say()
+    say(f"Run {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC with `python bench/run.py`{' --quick' if a.quick else ''}. "
+        f"CPU: {m['cpu']}, {m['cores']} cores ({m['usable_cores']} usable; {THREADS} threads used); GPU: {m['gpu'] or 'none'}.")  # fmt: skip
+    say(f"Load average at the start: {', '.join(f'{x:.1f}' for x in m['load_average'])} (other work shared these cores, "
+        "so absolute times are slow and noisy; every figure is a ratio of two things measured side by side).")  # fmt: skip
+    say(f"Versions: {', '.join(f'{k} {v}' for k, v in m['versions'].items())}.")
+    say()
+    ctx: dict[str, Any] = {}
+    for section in SECTIONS:
+        if a.only and section.__name__ not in a.only:
+            continue
+        try:
+            section(a, say, ctx)
+        except Exception as e:  # noqa: BLE001 - a benchmark that fails is reported; the others still run
+            say(f"**This section failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}**")
+        say()
+    say(f"Whole run: {time.perf_counter() - t_start:.0f} s; load average at the end: "
+        f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}.")
+    print(f"wrote {a.out}")
+
+
+def _get(prec: dict, k: str, f: str) -> str:
+    v = (prec.get(k) or {}).get(f)
+    return f"{v:.4f}" if isinstance(v, (int, float)) else "n/a"
+
+
+if __name__ == "__main__":
+    main()
