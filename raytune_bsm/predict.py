@@ -75,8 +75,9 @@ class Predictor:
         if self.scorer.input_names != want:
             raise ExportError(f"{export_dir}: {self.choice.file} inputs are {self.scorer.input_names}, expected {want}")
         self.real = self.slots = 0  # token slots scored so far: real tokens, all
-        log.info("scoring with %s (%s; %s), %d threads", self.choice.file, self.choice.precision, self.choice.why,
-                 self.scorer.threads)  # fmt: skip
+        # Said once the first block scored (predict_file), so a bad data file is one error line, not two.
+        self.summary = (f"scoring with {self.choice.file} ({self.choice.precision}; {self.choice.why}), "
+                        f"{self.scorer.threads} threads")  # fmt: skip
 
     def _open(self, export_dir: str, precision: str) -> tuple[Path, dict[str, Any]]:
         """(a local directory holding the export, its manifest); of a remote export, what is read is copied to a
@@ -196,6 +197,8 @@ def predict_file(
             probs = predictor.score(batch.num_rows, calls, on_call)
             ids = batch.column(1) if id_col else pa.array(np.arange(row, row + batch.num_rows, dtype=np.int64))
             writer.write(_table(ids, probs, predictor.class_names, writer.schema, inp.name, id_col))
+            if row == 0:
+                log.info("%s", predictor.summary)
             row += batch.num_rows
         writer.commit(_table(pa.array([], pa.int64()), np.zeros((0, predictor.num_classes)),
                              predictor.class_names, None, "", None).schema)  # fmt: skip

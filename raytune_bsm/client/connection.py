@@ -86,11 +86,11 @@ def _to_dashboard_url(address: str, source: str, rec: LocalCluster | None) -> st
     if scheme not in ("", "http", "https", "ray"):
         raise ClusterError(f"{source}={address!r} has the scheme {scheme!r}; bsm talks to the Ray Jobs API: give "
                            f"{_example()} (or https://...)")  # fmt: skip
-    parts = urlsplit("//" + rest)
     try:
+        parts = urlsplit("//" + rest)
         host, port = parts.hostname, parts.port
     except ValueError:
-        raise ClusterError(f"{source}={address!r} has an invalid port; give e.g. {_example()}") from None
+        raise ClusterError(f"{source}={address!r} is not a valid address (host or port); give e.g. {_example()}") from None
     if not host:
         raise ClusterError(f"{source}={address!r} names no host; give e.g. {_example()}")
     hostport = f"[{host}]" if ":" in host else host
