@@ -151,17 +151,31 @@ def _check_model(run: RunConfig) -> None:
 
 
 def check_local_data(run: RunConfig) -> None:
-    """Schema-check local data files before submission (remote URIs are checked on the cluster)."""
-    from raytune_bsm.data.dataset import load_split  # pyarrow: not on `bsm --help`'s path
+    """Check every split before submission: local files are loaded and checked whole; remote URIs (s3://, gs://,
+    ...) are listed and schema-checked from their footers when this machine can reach them, else on the cluster."""
+    import pyarrow as pa  # pyarrow: not on `bsm --help`'s path
+
+    from raytune_bsm.data.dataset import load_split
+    from raytune_bsm.data.splits import check_schema
 
     d = run.data
-    if d.train is None or "://" in d.train:
+    if d.train is None:
         return
     flag_ = "--train"
     try:
-        _, labels = load_split(d.train, d, None, run.model.get("num_classes"))
-        for flag_, path in (("--val", d.val), ("--test", d.test)):
-            if path and "://" not in path:
+        labels = None
+        for flag_, path in (("--train", d.train), ("--val", d.val), ("--test", d.test)):
+            if not path:
+                continue
+            if "://" in path:
+                try:
+                    check_schema(path, d)
+                except (OSError, pa.ArrowException) as e:  # unreachable from here: the cluster checks it
+                    log.warning("%s %s: cannot be read from this machine (%s); it is checked on the cluster",
+                                flag_, path, str(e).splitlines()[0][:200])  # fmt: skip
+            elif flag_ == "--train":
+                _, labels = load_split(path, d, None, run.model.get("num_classes"))
+            elif labels is not None:
                 load_split(path, d, labels)
     except DataError as e:
         raise DataError(f"{flag_}: {e}") from None
