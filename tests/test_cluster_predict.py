@@ -16,7 +16,7 @@ from test_predict import exported  # noqa: F401  (fixture: a tiny 3-class export
 
 from raytune_bsm.client import jobs
 from raytune_bsm.client.cluster_predict import ENTRYPOINT, predict_on_cluster
-from raytune_bsm.errors import ConfigError, DataError, ExportError
+from raytune_bsm.errors import ClusterError, ConfigError, DataError, ExportError
 from raytune_bsm.predict import predict_file
 
 FILES = 3  # the 45 demo rows, 15 per file
@@ -59,7 +59,8 @@ def test_on_cluster_predictions_on_s3_match_local_predict_row_for_row(exported, 
     export = s3.upload(exported.dest, "export")
     data = s3.upload(parts, "in")
     out = s3.uri("predictions")
-    job_id = predict_on_cluster(export, data, out, address=ray_dashboard, num_actors=2, batch_size=8)
+    job_id = predict_on_cluster(export, data, out, address=ray_dashboard, num_actors=2, batch_size=8,
+                                rows_per_batch=8)  # fmt: skip  (6 blocks over 2 actors)
     state = jobs.wait(job_id, address=ray_dashboard, timeout=900)
     log = io.StringIO()
     jobs.logs(job_id, address=ray_dashboard, out=log)
@@ -84,9 +85,28 @@ def test_on_cluster_predictions_on_s3_match_local_predict_row_for_row(exported, 
     summary = json.loads(s3.client().get_object(Bucket=s3.bucket, Key=f"{s3.prefix}/predictions/_bsm_predict.json")["Body"].read())
     assert (summary["rows"], summary["inputs"], summary["files"]) == (45, FILES, len(files))
 
-    # The same output again is refused by the client before anything is submitted.
+    # The same output again is refused by the client before anything is submitted; so are GPUs it lacks.
     with pytest.raises(ConfigError, match="exists and is not empty"):
         predict_on_cluster(export, data, out, address=ray_dashboard)
+    with pytest.raises(ClusterError, match="needs 1 GPUs"):
+        predict_on_cluster(export, data, s3.uri("gpu"), address=ray_dashboard, provider="CUDAExecutionProvider")
+
+
+@pytest.mark.slow
+def test_bad_input_on_storage_fails_the_job_with_one_line_and_writes_nothing(exported, s3, ray_dashboard):  # noqa: F811
+    s3.put("bad/part-0.parquet", parquet_bytes(pq.read_table(exported.data).slice(0, 5)))
+    s3.put("bad/part-1.parquet", parquet_bytes(pa.table({"order_id": ["b1"], "dialogue": [7]})))
+    job_id = predict_on_cluster(s3.upload(exported.dest, "export"), s3.uri("bad"), s3.uri("out"), address=ray_dashboard)
+    assert jobs.wait(job_id, address=ray_dashboard, timeout=600) == "FAILED"
+    error = jobs.status(job_id, address=ray_dashboard)["error"]
+    assert "bsm: error: s3://" in error and "part-1.parquet: column 'dialogue' has type int64" in error, error
+    assert s3.keys("out") == [] and not [k for k in s3.keys() if ".tmp-" in k]
+
+
+def parquet_bytes(table: pa.Table) -> bytes:
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    return buf.getvalue()
 
 
 def test_dry_run_plan_with_cuda_asks_one_gpu_per_actor_and_contacts_nothing(exported, parts, tmp_path):  # noqa: F811

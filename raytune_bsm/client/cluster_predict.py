@@ -50,6 +50,7 @@ def predict_on_cluster(
     batch_size: int = 32,
     num_actors: int | None = None,
     cpus_per_actor: int = 1,
+    rows_per_batch: int = 1024,
     id_field: str | None = None,
     text_field: str | None = None,
     name: str | None = None,
@@ -60,8 +61,8 @@ def predict_on_cluster(
     actor with CUDAExecutionProvider) and the predictions (`id`, `predicted`, `prob_<class>`) land in the
     directory `out` as Parquet files. Returns the job id, or with `dry_run` the plan (nothing contacted)."""
     job = job_config(export, data, out, provider=provider, precision=precision, batch_size=batch_size,
-                     num_actors=num_actors, cpus_per_actor=cpus_per_actor, id_field=id_field,
-                     text_field=text_field)  # fmt: skip
+                     num_actors=num_actors, cpus_per_actor=cpus_per_actor, rows_per_batch=rows_per_batch,
+                     id_field=id_field, text_field=text_field)  # fmt: skip
     if dry_run:
         return build(job, name).plan()
     conn, client = connection.connect(address, allow_insecure=allow_insecure)
@@ -74,12 +75,13 @@ def predict_on_cluster(
 
 
 def job_config(export: str, data: str, out: str, *, provider: str, precision: str, batch_size: int,
-               num_actors: int | None, cpus_per_actor: int, id_field: str | None,
-               text_field: str | None) -> dict[str, Any]:  # fmt: skip
+               num_actors: int | None, cpus_per_actor: int, rows_per_batch: int = 1024,
+               id_field: str | None = None, text_field: str | None = None) -> dict[str, Any]:  # fmt: skip
     """The job's bsm_job.json (runner/batch_predict.py's PredictJob), every value checked."""
     if provider not in PROVIDERS:
         raise ConfigError(f"--provider must be one of {', '.join(PROVIDERS)} with --on-cluster, got {provider!r}")
-    for flag, value in (("--batch-size", batch_size), ("--cpus-per-actor", cpus_per_actor)):
+    for flag, value in (("--batch-size", batch_size), ("--cpus-per-actor", cpus_per_actor),
+                        ("--rows-per-batch", rows_per_batch)):  # fmt: skip
         if value < 1:
             raise ConfigError(f"{flag} must be at least 1, got {value}")
     if num_actors is not None and num_actors < 1:
@@ -91,8 +93,8 @@ def job_config(export: str, data: str, out: str, *, provider: str, precision: st
     if not storage.is_uri(data):
         check_local_data(data, text_field, id_field)
     return {"kind": KIND, "export": export, "data": data, "out": out, "provider": provider, "precision": precision,
-            "batch_size": batch_size, "num_actors": num_actors, "cpus_per_actor": cpus_per_actor,
-            "id_field": id_field, "text_field": text_field}  # fmt: skip
+            "batch_size": batch_size, "rows_per_batch": rows_per_batch, "num_actors": num_actors,
+            "cpus_per_actor": cpus_per_actor, "id_field": id_field, "text_field": text_field}  # fmt: skip
 
 
 def build(job: dict[str, Any], name: str | None = None, warnings: list[str] | None = None) -> Submission:

@@ -147,7 +147,7 @@ def run(job: PredictJob) -> dict[str, Any]:
                                    class_names=class_names),  # fmt: skip
         batch_size=job.rows_per_batch,
         batch_format="pyarrow",
-        concurrency=pool_size(job),
+        compute=pool(job),
         num_cpus=job.cpus_per_actor,
         num_gpus=1 if job.provider == CUDA else None,
     )
@@ -184,17 +184,17 @@ def connect() -> None:
              runtime_env={"env_vars": {"RAY_ADDRESS": address}} if address else None)  # fmt: skip
 
 
-def pool_size(job: PredictJob) -> int | tuple[int, int]:
+def pool(job: PredictJob) -> Any:
     """`--num-actors N`: N actors. Else an autoscaling pool up to the cluster's GPUs (CUDA), or its CPUs but one
     (CPU: the read tasks need a CPU too, or the pool would starve them)."""
     import ray
+    import ray.data
 
     if job.num_actors is not None:
-        return job.num_actors
+        return ray.data.ActorPoolStrategy(size=job.num_actors)
     res = ray.cluster_resources()
-    if job.provider == CUDA:
-        return (1, max(1, int(res.get("GPU", 0))))
-    return (1, max(1, int(res.get("CPU", 1)) // job.cpus_per_actor - 1))
+    most = int(res.get("GPU", 0)) if job.provider == CUDA else int(res.get("CPU", 1)) // job.cpus_per_actor - 1
+    return ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, most))
 
 
 def read(files: list[DataFile], columns: list[str]) -> Any:
@@ -206,9 +206,8 @@ def read(files: list[DataFile], columns: list[str]) -> Any:
         group = [f for f in files if f.format == fmt]
         paths, common = [f.path for f in group], dict(filesystem=group[0].fs, partitioning=None, file_extensions=None)
         if fmt == "parquet":
-            parts.append(ray.data.read_parquet(paths, columns=columns, **common))
-            continue
-        if fmt == "jsonl":
+            ds = ray.data.read_parquet(paths, **common)  # select_columns below: only those are read
+        elif fmt == "jsonl":
             ds = ray.data.read_json(paths, **common)
         else:
             import pyarrow.csv as pcsv
