@@ -72,3 +72,12 @@ def write_parquet(path: Path, **columns: list) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.table(columns), path)
     return path
+
+
+@pytest.fixture(autouse=True)
+def _bsm_logs_reach_caplog(monkeypatch):
+    """A CLI command run in-process sets up bsm's stderr handler with propagate=False; keep bsm's records
+    reaching pytest's caplog in every later test, whatever ran before."""
+    import logging
+
+    monkeypatch.setattr(logging.getLogger("raytune_bsm"), "propagate", True)
