@@ -11,6 +11,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from raytune_bsm.errors import ConfigError
+
 
 def is_uri(path: str) -> bool:
     return "://" in path and not path.startswith("file://")
@@ -66,3 +68,15 @@ def exists(uri: str) -> bool:
 def storage_path(storage: str) -> str:
     """A URI as given; a local path made absolute (every node and every later command sees the same path)."""
     return storage if is_uri(storage) else str(Path(storage.removeprefix("file://")).expanduser().resolve())
+
+
+def check_apart(out: str, data: str) -> None:
+    """An output directory that is neither the input, nor inside it, nor around it (a glob's directory counts)."""
+    def norm(p: str) -> str:
+        p = p.split("?")[0]
+        return p.rstrip("/") if is_uri(p) else storage_path(p).rstrip("/")
+
+    o, d = norm(out), norm(data)
+    d = d if not any(ch in d for ch in "*?[") else posixpath.dirname(d.split("*")[0].split("[")[0])
+    if o == d or o.startswith(d + "/") or d.startswith(o + "/"):
+        raise ConfigError(f"--out {out}: overlaps the input {data}; predictions are written outside the input")

@@ -12,7 +12,6 @@ handling and security check (`connection.connect`). `dry_run=True` returns the p
 from __future__ import annotations
 
 import logging
-import posixpath
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -165,10 +164,7 @@ def check_out(out: str, data: str) -> str:
 
     if Path(out.split("?")[0]).suffix.lower() in (".csv", ".tsv", ".jsonl", ".json"):
         raise ConfigError(f"--out {out}: --on-cluster writes a directory of Parquet files; name a directory")
-    o, d = (p.split("?")[0].rstrip("/") for p in (out, data))
-    d = posixpath.dirname(d.split("*")[0].split("[")[0]) if any(ch in d for ch in "*[") else d
-    if o == d or o.startswith(d + "/") or d.startswith(o + "/"):
-        raise ConfigError(f"--out {out}: overlaps the input {data}; predictions are written outside the input")
+    storage.check_apart(out, data)
     try:
         fs, path = storage.filesystem(out)
         info = fs.get_file_info(path)

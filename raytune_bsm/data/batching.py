@@ -2,7 +2,8 @@
 
 `EncodedDataset` holds a split's processed records (token ids and chunk lengths, from the processor);
 `Collate` pads a batch to its own largest chunk count and chunk length (dynamic padding, never to
-max_chunks x max_tokens); `LengthGroupedBatchSampler` puts records of similar padded size together and gives
+max_chunks x max_tokens) with `pad_records`, the one [B, C, T] padding in bsm (predict's too; `pack_records`
+is the packed graph's [N, T] + pool layout); `LengthGroupedBatchSampler` puts records of similar padded size together and gives
 every DDP rank the same number of batches. Torch is imported only inside `Collate.__call__`.
 """
 
@@ -43,23 +44,64 @@ class Collate:
     def __call__(self, indices: Sequence[int]) -> dict[str, Any]:
         import torch
 
-        lens = [self.ds.lens[i] for i in indices]
-        C = max(1, max(len(l) for l in lens))
-        T = max(1, max((int(l.max()) for l in lens if len(l)), default=1))
-        ids = np.full((len(indices), C, T), self.pad_id, dtype=np.int64)
-        mask = np.zeros((len(indices), C, T), dtype=np.int64)
-        for b, i in enumerate(indices):
-            start = 0
-            for c, n in enumerate(self.ds.lens[i]):
-                ids[b, c, :n] = self.ds.ids[i][start : start + n]
-                mask[b, c, :n] = 1
-                start += n
+        ids, mask = pad_records([self.ds.ids[i] for i in indices], [self.ds.lens[i] for i in indices], self.pad_id)
         return {
             self.ids_key: torch.from_numpy(ids),  # [B, C, T]
             self.mask_key: torch.from_numpy(mask),  # [B, C, T]
             self.label_name: torch.from_numpy(self.ds.labels[list(indices)]),  # [B]
             self.id_name: [self.ds.record_ids[i] for i in indices],
         }
+
+
+def _scatter(ids: list[np.ndarray], lens: list[np.ndarray], rows: int, T: int, pad_id: int,
+             row_of_chunk: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """Chunks back to back -> int64 [rows, T] ids and mask; chunk k lands in row row_of_chunk[k]."""
+    out_ids = np.full((rows, T), pad_id, dtype=np.int64)
+    out_mask = np.zeros((rows, T), dtype=np.int64)
+    chunk_lens = np.concatenate(lens) if lens else np.zeros(0, np.int64)
+    if chunk_lens.sum() == 0:
+        return out_ids, out_mask
+    flat = np.concatenate(ids).astype(np.int64)  # [tokens]
+    starts = np.cumsum(chunk_lens) - chunk_lens  # [chunks]
+    row = np.repeat(row_of_chunk, chunk_lens)  # [tokens]
+    col = np.arange(len(flat)) - np.repeat(starts, chunk_lens)  # [tokens]
+    out_ids[row, col] = flat
+    out_mask[row, col] = 1
+    return out_ids, out_mask
+
+
+def pad_records(ids: list[np.ndarray], lens: list[np.ndarray], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Records -> int64 [B, C, T] ids and mask, C and T the records' own maxima (at least 1 each)."""
+    B = len(ids)
+    C = max(1, max((len(l) for l in lens), default=1))
+    T = max(1, max((int(l.max()) for l in lens if len(l)), default=1))
+    counts = np.fromiter((len(l) for l in lens), np.int64, B)
+    # chunk k of record b goes to row b * C + its position within the record
+    first = np.repeat(np.cumsum(counts) - counts, counts)  # [chunks]: index of the record's first chunk
+    record = np.repeat(np.arange(B), counts)  # [chunks]
+    row = record * C + (np.arange(int(counts.sum())) - first)
+    flat_ids, flat_mask = _scatter(ids, lens, B * C, T, pad_id, row)
+    return flat_ids.reshape(B, C, T), flat_mask.reshape(B, C, T)
+
+
+def pack_records(ids: list[np.ndarray], lens: list[np.ndarray],
+                 pad_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+    """Records -> int64 [N, T] ids and mask of their non-empty chunks, and float32 [R, N] pool.
+
+    A call whose records are all empty gets one masked-in pad chunk that no record pools (the graph never sees
+    a zero-size dimension; those records score as the head's bias, like the [B, C, T] graph)."""
+    R = len(ids)
+    counts = np.fromiter((len(l) for l in lens), np.int64, R)
+    N = int(counts.sum())
+    T = max(1, max((int(l.max()) for l in lens if len(l)), default=1))
+    if N == 0:
+        return (np.full((1, 1), pad_id, np.int64), np.ones((1, 1), np.int64), np.zeros((R, 1), np.float32))
+    out_ids, out_mask = _scatter(ids, lens, N, T, pad_id, np.arange(N))
+    pool = np.zeros((R, N), dtype=np.float32)
+    record = np.repeat(np.arange(R), counts)  # [N]
+    pool[record, np.arange(N)] = 1.0 / counts[record]
+    return out_ids, out_mask, pool
+
 
 
 class LengthGroupedBatchSampler:

@@ -48,19 +48,25 @@ class RaySplit:
 
 def read_split(uri: str, cfg: DataConfig, format: str | None = None) -> tuple[Any, list[DataFile], str | None]:
     """(a Ray Dataset of the split's text, label and id columns plus `path`, its files, the id column)."""
-    import ray.data
-
     files = check_schema(uri, cfg, format or getattr(cfg, "format", None))
     names = read_schema(files[0]).names
     id_field = cfg.id_field or next((c for c in ID_CANDIDATES if c in names), None)
     columns = [cfg.text_field, cfg.label_field] + ([id_field] if id_field else [])
+    return read_files(files, columns, include_paths=True), files, id_field
+
+
+def read_files(files: list[DataFile], columns: list[str], *, include_paths: bool = False) -> Any:
+    """The listed files as one Ray Dataset of `columns` (plus `path` with include_paths): a reader per format, with
+    the training readers' parse options. Files are listed already, so no extension filter applies."""
+    import ray.data
+
     parts = []
     for fmt in sorted({f.format for f in files}):
         group = [f for f in files if f.format == fmt]
-        paths, fs = [f.path for f in group], group[0].fs
-        common = dict(filesystem=fs, include_paths=True, partitioning=None)
+        common = dict(filesystem=group[0].fs, include_paths=include_paths, partitioning=None, file_extensions=None)
+        paths = [f.path for f in group]
         if fmt == "parquet":
-            ds = ray.data.read_parquet(paths, **common)  # select_columns below: read only those
+            ds = ray.data.read_parquet(paths, **common)  # select_columns below: only those are read
         elif fmt == "jsonl":
             ds = ray.data.read_json(paths, **common)
         else:
@@ -69,8 +75,8 @@ def read_split(uri: str, cfg: DataConfig, format: str | None = None) -> tuple[An
             parse = pcsv.ParseOptions(delimiter="\t" if fmt == "tsv" else ",", newlines_in_values=True)
             ds = ray.data.read_csv(paths, parse_options=parse,
                                    convert_options=pcsv.ConvertOptions(strings_can_be_null=True), **common)  # fmt: skip
-        parts.append(ds.select_columns(columns + [PATH]))
-    return (parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])), files, id_field
+        parts.append(ds.select_columns(columns + ([PATH] if include_paths else [])))
+    return parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
 
 
 def prepare_split(

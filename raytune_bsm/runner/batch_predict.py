@@ -34,6 +34,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from raytune_bsm import layout, storage
+from raytune_bsm.data.ray_data import read_files
 from raytune_bsm.data.readers import ID_CANDIDATES, DataFile, list_files, read_schema
 from raytune_bsm.data.splits import check_text_type
 from raytune_bsm.errors import BsmError, ConfigError, DataError, ExportError
@@ -130,7 +131,7 @@ def run(job: PredictJob) -> dict[str, Any]:
     """Check everything, score `job.data` on the cluster, publish `job.out`; returns the summary written."""
     t0 = time.monotonic()
     files = list_files(job.data, job.format)
-    check_out_path(job.out, job.data)
+    storage.check_apart(job.out, job.data)
     fs, out_path = storage.filesystem(job.out)
     refuse_existing(fs, out_path, job.out)
     info, manifest = export_info(job.export)
@@ -140,7 +141,7 @@ def run(job: PredictJob) -> dict[str, Any]:
     class_names = [str(c) for c in info["class_names"]]
 
     connect()
-    ds = read(files, [text_field, id_field])
+    ds = read_files(files, [text_field, id_field])
     scored = ds.map_batches(
         Score,
         fn_constructor_kwargs=dict(job=asdict(job), text_field=text_field, id_field=id_field, id_type=id_type,
@@ -197,28 +198,6 @@ def pool(job: PredictJob) -> Any:
     return ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, most))
 
 
-def read(files: list[DataFile], columns: list[str]) -> Any:
-    """The files as one Ray Dataset of `columns` (a reader per format, the training readers' parse options)."""
-    import ray.data
-
-    parts = []
-    for fmt in sorted({f.format for f in files}):
-        group = [f for f in files if f.format == fmt]
-        paths, common = [f.path for f in group], dict(filesystem=group[0].fs, partitioning=None, file_extensions=None)
-        if fmt == "parquet":
-            ds = ray.data.read_parquet(paths, **common)  # select_columns below: only those are read
-        elif fmt == "jsonl":
-            ds = ray.data.read_json(paths, **common)
-        else:
-            import pyarrow.csv as pcsv
-
-            parse = pcsv.ParseOptions(delimiter="\t" if fmt == "tsv" else ",", newlines_in_values=True)
-            ds = ray.data.read_csv(paths, parse_options=parse,
-                                   convert_options=pcsv.ConvertOptions(strings_can_be_null=True), **common)  # fmt: skip
-        parts.append(ds.select_columns(columns))
-    return parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
-
-
 # ------------------------------------------------------------------------------------------------ the checks
 
 
@@ -251,14 +230,6 @@ def check_inputs(files: list[DataFile], text_field: str, id_field: str | None, d
                             "values; give every input file one id type (or name another column with --id-field)")  # fmt: skip
     assert id_type is not None
     return id_field, id_type
-
-
-def check_out_path(out: str, data: str) -> None:
-    """The output directory is neither the input nor inside it, nor around it."""
-    o, d = _norm(out.split("?")[0]), _norm(data.split("?")[0])
-    d = d if not any(ch in d for ch in "*?[") else posixpath.dirname(d.split("*")[0].split("[")[0])
-    if o == d or o.startswith(d + "/") or d.startswith(o + "/"):
-        raise ConfigError(f"--out {out}: overlaps the input {data}; predictions are written outside the input")
 
 
 def refuse_existing(fs: Any, path: str, out: str) -> None:
@@ -306,10 +277,6 @@ def _delete_dir_quietly(fs: Any, path: str) -> None:
         fs.delete_dir(path)
     except (OSError, FileNotFoundError, pa.ArrowException):
         pass
-
-
-def _norm(p: str) -> str:
-    return storage.storage_path(p).rstrip("/") if not storage.is_uri(p) else p.rstrip("/")
 
 
 def _bsm_error(e: BaseException) -> BsmError | None:
