@@ -19,8 +19,8 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from raytune_bsm.errors import ExportError
-from raytune_bsm.storage import filesystem
+from raytune_bsm.errors import ConfigError, ExportError
+from raytune_bsm.storage import filesystem, read_bytes
 
 # ------------------------------------------------------------------------------------------------ bsm's home
 
@@ -43,7 +43,20 @@ EXPORT_DIR = "export"
 SWEEP_JSON = "bsm_sweep.json"
 TRIALS_PARQUET = "trials.parquet"
 BEST_CONFIG_JSON = "best_config.json"
-EPOCHS_JSON = "bsm_epochs.json"  # per trial run: every epoch's reported metrics
+EPOCHS_JSON = "bsm_epochs.json"  # per run (a trial's too): every report's metrics, in order, by its Train controller
+
+
+
+def read_record(path: str) -> dict[str, Any]:
+    """A JSON record bsm wrote (bsm_config.json, bsm_sweep.json, ...), read back; a damaged one is one clear line."""
+    try:
+        d = json.loads(read_bytes(path))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{path}: not valid JSON ({e.__class__.__name__}); the record is damaged") from None
+    if not isinstance(d, dict):
+        raise ConfigError(f"{path}: expected a JSON object, got {type(d).__name__}; the record is damaged")
+    return d
+
 
 # --------------------------------------------------------------------------------------------------- exports
 

@@ -5,7 +5,6 @@ The cluster side is `runner/tune.py` (the sweep) and `runner/trials.py` (its rec
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import re
 from dataclasses import asdict, dataclass, fields, replace
@@ -14,9 +13,7 @@ from typing import Any
 
 from raytune_bsm.config import RunConfig, check_metric_name, default_metric, load_yaml, resolve_key
 from raytune_bsm.errors import ClusterError, ConfigError
-from raytune_bsm.layout import SWEEP_JSON
 from raytune_bsm.pretrained import model_dims
-from raytune_bsm.storage import exists, join, read_bytes, storage_path
 
 log = logging.getLogger("raytune_bsm")
 
@@ -26,7 +23,6 @@ SPACE_MODES = ("extend", "replace")
 # Keys a sweep cannot vary: per-trial resources are fixed (they bound the concurrency), and ASHA's time axis,
 # the ranking metric and where a run lives are the sweep's own settings.
 FIXED_KEYS = {"train.max_epochs", "train.monitor", "train.mode", "train.runtime", "train.output_dir"}
-EPOCHS_FILE = "bsm_epochs.json"  # per run (a trial's too): every report's metrics, in order, by its Train controller
 PG_FILE = "bsm_placement_groups.json"  # per trial run: the placement groups its Train controller created
 RELEASE_AFTER_S = 5.0  # a stopped trial's placement group is released this long after the trial ended
 LEADERBOARD_ROWS = 10
@@ -350,11 +346,3 @@ def format_leaderboard(rows: list[dict[str, Any]], metric: str = "metric", limit
     ]
     widths = [max(len(x) for x in col) for col in zip(head, *body)]
     return "\n".join("  ".join(x.ljust(w) for x, w in zip(line, widths)).rstrip() for line in [head] + body)
-
-
-def load_sweep_record(storage: str, name: str) -> dict[str, Any]:
-    """`bsm tune --resume NAME`: the stored {"run", "tune", "storage"} the sweep was started with."""
-    path = join(storage_path(storage), name, SWEEP_JSON)
-    if not exists(path):
-        raise ConfigError(f"--resume {name}: no sweep named {name} in {storage}")
-    return json.loads(read_bytes(path))

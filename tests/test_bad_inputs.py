@@ -102,6 +102,12 @@ def ws(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     _write(rec / "tune_bad.yaml", "tune:\n  num_samples: many\n")
     _write(rec / "tune_unknown.yaml", "tune:\n  trials: 3\n")
 
+    runs = root / "runs"  # damaged records of earlier runs and sweeps, for --resume
+    _write(runs / "notjson" / "bsm_sweep.json", "{ not json")
+    _write(runs / "nosettings" / "bsm_sweep.json", "[1, 2]")
+    _write(runs / "emptysweep" / "bsm_sweep.json", "{}")
+    _write(runs / "brokenrun" / "bsm_config.json", b"\xff\xfe")
+
     sp = root / "spaces"
     _write(sp / "bad_dist.yaml", "lr: {normal: [0.0, 1.0]}\n")
     _write(sp / "unknown_key.yaml", "learning_rate: {uniform: [0.0, 1.0]}\n")
@@ -240,6 +246,10 @@ CASES = [
     pytest.param(["tune", "--num-workers", "0"], "--num-workers must be at least 1", id="tune-num-workers-0"),
     pytest.param(["tune", "--lr", "2"], "--lr must be in", id="tune-lr"),
     pytest.param(["tune", "--resume", "nosuchsweep"], "nosuchsweep", id="tune-resume-missing"),
+    pytest.param(["tune", "--resume", "notjson", "--storage", "{ws}/runs"], "bsm_sweep.json: not valid JSON", id="tune-resume-not-json"),
+    pytest.param(["tune", "--resume", "nosettings", "--storage", "{ws}/runs"], "expected a JSON object", id="tune-resume-not-object"),
+    pytest.param(["tune", "--resume", "emptysweep", "--storage", "{ws}/runs"], "no \"run\" and \"tune\"", id="tune-resume-no-settings"),
+    pytest.param(["submit", "--resume", "brokenrun", "--storage", "{ws}/runs"], "bsm_config.json: not valid JSON", id="resume-damaged-record"),
     pytest.param(["tune", "--resume", "s", "--lr", "0.1"], "drop --lr", id="tune-resume-with-flags"),
     pytest.param(["tune", "--resume", "s", "--num-samples", "3"], "drop --num-samples", id="tune-resume-with-sweep-flags"),
     # ------------------------------------------------------------------ search spaces

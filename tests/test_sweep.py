@@ -13,6 +13,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from raytune_bsm.layout import EPOCHS_JSON
 from raytune_bsm import sweep as sw
 from raytune_bsm.runner import trials as tr
 from raytune_bsm.runner import tune as sr
@@ -225,7 +226,7 @@ def test_the_record_from_trials(tmp_path):
                 (ckpt / tid / str(i)).mkdir(parents=True)
                 (ckpt / tid / str(i) / "checkpoint.ckpt").write_bytes(b"x")
         (tmp_path / "runs" / tid).mkdir(parents=True)
-        (tmp_path / "runs" / tid / sw.EPOCHS_FILE).write_text(json.dumps(epochs))
+        (tmp_path / "runs" / tid / EPOCHS_JSON).write_text(json.dumps(epochs))
     trials = [SimpleNamespace(trial_id=tid, status=st, config={"model.lr": lr}, error_file=None)
               for tid, st, lr in [("t_00000", "TERMINATED", 1e-4), ("t_00001", "TERMINATED", 2e-4),
                                   ("t_00002", "ERROR", 3e-4), ("t_00003", "TERMINATED", 4e-4),

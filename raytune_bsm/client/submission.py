@@ -21,10 +21,10 @@ from typing import Any
 
 from raytune_bsm.config import RunConfig
 from raytune_bsm.errors import ConfigError, JobError
-from raytune_bsm.layout import CONFIG_JSON, default_storage
+from raytune_bsm.layout import CONFIG_JSON, default_storage, read_record
 from raytune_bsm.logs import VERBOSE_ENV, verbose
 from raytune_bsm.pretrained import resolve_model
-from raytune_bsm.storage import exists, join, read_bytes, storage_path
+from raytune_bsm.storage import exists, join, storage_path
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent  # raytune_bsm/, uploaded as a py_module
 CONFIG_FILE = "bsm_job.json"
@@ -165,12 +165,7 @@ def stored_run(opts: Any, storage: str | None, conn: Any = None) -> RunConfig:
     if not found:
         raise JobError(f"--resume {name}: no run {name!r} under {storage} (no {CONFIG_JSON}); "
                        "give the --storage it was submitted with")  # fmt: skip
-    try:
-        d = json.loads(read_bytes(path))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConfigError(f"{path}: not valid JSON ({e.__class__.__name__}); the run record is damaged") from None
-    if not isinstance(d, dict):
-        raise ConfigError(f"{path}: expected a JSON object, got {type(d).__name__}; the run record is damaged")
+    d = read_record(path)
     run = RunConfig.from_dict({**d, "resume": True}, where=f"{path}: ")
     return replace(run, name=name, storage=run.storage or storage)
 

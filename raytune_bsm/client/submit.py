@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import re
 import tempfile
-import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ from raytune_bsm.client.submission import (
 from raytune_bsm.coerce import check_fields
 from raytune_bsm.config import RunConfig, apply_overrides, check_monitor_computed, check_run_dict, load_yaml, resolve_key
 from raytune_bsm.errors import ClusterError, ConfigError, DataError, JobError
-from raytune_bsm.layout import CONFIG_JSON, default_storage
+from raytune_bsm.layout import CONFIG_JSON, SWEEP_JSON, default_storage, read_record
 from raytune_bsm.pretrained import model_dims
 from raytune_bsm.storage import exists, is_uri, join, storage_path
 
@@ -331,12 +330,15 @@ def tune(opts: SubmitOptions, sweep: dict[str, Any] | None = None, *, search_spa
 
 def _resume_sweep(opts: SubmitOptions, *, dry_run: bool) -> Submission | str:
     """`bsm tune --resume NAME`: the stored run and sweep settings, a new job that continues the sweep."""
-    from raytune_bsm.sweep import load_sweep_record
-
     check_resume_options(opts)
     conn, client = (None, None) if dry_run else connection.connect(opts.address, allow_insecure=opts.allow_insecure)
     storage = check_storage(opts.storage) if opts.storage else (conn.storage_default if conn else None) or default_storage()
-    record = load_sweep_record(storage, opts.resume)
+    path = join(storage_path(storage), opts.resume, SWEEP_JSON)
+    if not exists(path):
+        raise ConfigError(f"--resume {opts.resume}: no sweep named {opts.resume} in {storage}")
+    record = read_record(path)
+    if not isinstance(record.get("run"), dict) or not isinstance(record.get("tune"), dict):
+        raise ConfigError(f"{path}: has no \"run\" and \"tune\" settings; the record is damaged")
     run = RunConfig.from_dict(record["run"], where=f"{join(storage, opts.resume)} sweep record: ")
     sub = build_submission(run, kind="tune", storage=record.get("storage") or storage,
                            extra={**record["tune"], "resume": True})  # fmt: skip

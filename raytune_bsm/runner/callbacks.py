@@ -9,7 +9,8 @@ import math
 from typing import Any
 
 from raytune_bsm.storage import exists, join, read_bytes, write_bytes
-from raytune_bsm.sweep import EPOCHS_FILE, PG_FILE, _plain
+from raytune_bsm.layout import EPOCHS_JSON as EPOCHS_FILE
+from raytune_bsm.sweep import PG_FILE, _plain
 
 log = logging.getLogger("raytune_bsm")
 
