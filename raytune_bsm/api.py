@@ -26,12 +26,19 @@ __all__ = ["SubmitOptions", "TERMINAL", "demo_data", "down", "export", "fetch", 
 # ----------------------------------------------------------------------------------------------- data
 
 
-def demo_data(out: str, rows: int = 2000, seed: int = 0) -> dict[str, Path]:
+def demo_data(out: str, rows: int = 2000, seed: int = 0, *, overwrite: bool = False,
+              progress: Any = None) -> dict[str, Path]:  # fmt: skip
+    """`bsm demo-data`: train/val/test.parquet in `out`; files already there are replaced only with `overwrite`.
+    `progress(done, rows)` as dialogues are generated."""
     from raytune_bsm.demo.generator import write_demo_data
 
-    if Path(out).expanduser().exists() and not Path(out).expanduser().is_dir():
+    directory = Path(out).expanduser()
+    if directory.exists() and not directory.is_dir():
         raise ConfigError(f"--out {out}: a file, not a directory; give a directory for train/val/test.parquet")
-    return write_demo_data(out, rows=rows, seed=seed)
+    there = [f"{s}.parquet" for s in ("train", "val", "test") if (directory / f"{s}.parquet").exists()]
+    if there and not overwrite:
+        raise ConfigError(f"--out {out} already holds {', '.join(there)}; choose another directory or add --overwrite")
+    return write_demo_data(directory, rows=rows, seed=seed, progress=progress)
 
 
 # ----------------------------------------------------------------------------------------------- artifacts
@@ -52,8 +59,9 @@ def report(source: str, out: str | None = None, *, address: str | None = None,
     return build_report(where, out, threshold=threshold)
 
 
-def export(checkpoint: str, to: str) -> dict[str, Any]:
-    """Export any checkpoint this project wrote (a .ckpt file or a Ray checkpoint directory) to `to`."""
+def export(checkpoint: str, to: str, *, progress: Any = None) -> dict[str, Any]:
+    """Export any checkpoint this project wrote (a .ckpt file or a Ray checkpoint directory) to `to`.
+    `progress(step, steps_done, steps_total)` after each step of the export."""
     if not Path(checkpoint).expanduser().exists() and "://" not in checkpoint:
         raise ConfigError(f"CHECKPOINT {checkpoint}: no such file or directory")
     if "://" in to:

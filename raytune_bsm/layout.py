@@ -15,7 +15,7 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -126,13 +126,17 @@ def safe_relpath(rel: str, where: str) -> str:
     return rel
 
 
-def copy_verified(src: BinaryIO, dest: BinaryIO, entry: dict[str, Any], where: str) -> None:
-    """Stream `src` into `dest`, hashing as it goes; an ExportError if size or sha256 differ from `entry`."""
+def copy_verified(src: BinaryIO, dest: BinaryIO, entry: dict[str, Any], where: str,
+                  on_block: Callable[[int], None] | None = None) -> None:  # fmt: skip
+    """Stream `src` into `dest`, hashing as it goes; an ExportError if size or sha256 differ from `entry`.
+    `on_block(n)` after each block of n bytes (a progress bar)."""
     h, size = hashlib.sha256(), 0
     while block := src.read(_BLOCK):
         h.update(block)
         size += len(block)
         dest.write(block)
+        if on_block:
+            on_block(len(block))
     _check(h.hexdigest(), size, entry, where)
 
 
@@ -151,10 +155,12 @@ def _check(digest: str, size: int, entry: dict[str, Any], where: str) -> None:
         )
 
 
-def download_export(src: str, dest: Path, only: Collection[str] | None = None) -> dict[str, Any]:
+def download_export(src: str, dest: Path, only: Collection[str] | None = None,
+                    progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:  # fmt: skip
     """Copy the export at `src` (a local path or any URI pyarrow reads) into `dest`, every file verified against
     its manifest: all the files it lists, or those named in `only`. Written to a temporary sibling of `dest` and
     renamed into place, so `dest` appears whole or not at all (an existing `dest` must be an empty directory).
+    `progress(bytes_done, bytes_total)` as the bytes arrive (the manifest gives the total).
     Returns the parsed manifest; an ExportError for a missing or invalid manifest or a missing or changed file."""
     import pyarrow as pa
 
@@ -178,6 +184,13 @@ def download_export(src: str, dest: Path, only: Collection[str] | None = None) -
         entries = [e for e in entries if e["path"] in set(only)]
     dest = Path(dest)
     tmp = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}"
+    total, done = sum(int(e["size"]) for e in entries), [0]
+
+    def advance(n: int) -> None:
+        done[0] += n
+        if progress:
+            progress(done[0], total)
+
     try:
         tmp.mkdir(parents=True)
         for entry in entries:
@@ -185,7 +198,7 @@ def download_export(src: str, dest: Path, only: Collection[str] | None = None) -
             target.parent.mkdir(parents=True, exist_ok=True)
             try:
                 with fs.open_input_stream(f"{base}/{entry['path']}") as f, open(target, "wb") as out:
-                    copy_verified(f, out, entry, shown(entry["path"]))
+                    copy_verified(f, out, entry, shown(entry["path"]), advance)
             except errors as e:
                 raise ExportError(
                     f"{shown(entry['path'])}: listed in the manifest but cannot be read ({type(e).__name__})"

@@ -18,7 +18,8 @@ import json
 import re
 import sys
 import time
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Iterator, TextIO
 
@@ -145,6 +146,24 @@ def progress(total: int | None, description: str, *, unit: str = "items", stream
         yield bar
     finally:
         bar.close()
+
+
+@contextmanager
+def bar_callback(description: str, *, unit: str = "items", scale: float = 1.0,
+                 stream: TextIO | None = None) -> Iterator[Callable[..., None]]:  # fmt: skip
+    """`update(done, total)` for an API function's `progress=` parameter: the bar appears at the first call (so
+    checks that fail before the work starts print no bar) and closes with the block. `scale` divides both
+    figures (bytes shown as MB: scale=1e6, unit="MB")."""
+    with ExitStack() as stack:
+        bars: list[PlainBar | RichBar] = []
+
+        def update(done: float, total: float | None = None, info: str = "") -> None:
+            if not bars:
+                bars.append(stack.enter_context(progress(None, description, unit=unit, stream=stream)))
+            bars[0].update(round(done / scale, 1) if scale != 1 else done,
+                           (round(total / scale, 1) or None) if total and scale != 1 else total, info)  # fmt: skip
+
+        yield update
 
 
 # ------------------------------------------------------------------------------ the runner's epoch lines

@@ -70,6 +70,22 @@ def test_demo_data_prints_the_directory(tmp_path):
     assert pq.read_table(tmp_path / "d" / "train.parquet").num_rows == 40
 
 
+def test_demo_data_never_replaces_data_already_there_without_overwrite(tmp_path):
+    bsm("demo-data", "--out", str(tmp_path), "--rows", "20", "--seed", "1")
+    before = (tmp_path / "val.parquet").read_bytes()
+    r = bsm("demo-data", "--out", str(tmp_path), "--rows", "50")
+    assert r.returncode == 1 and r.stdout == ""
+    assert r.stderr.strip().splitlines() == [
+        f"bsm: error: --out {tmp_path} already holds train.parquet, val.parquet, test.parquet; "
+        "choose another directory or add --overwrite"
+    ]
+    assert (tmp_path / "val.parquet").read_bytes() == before
+    r = bsm("demo-data", "--out", str(tmp_path), "--rows", "50", "--overwrite")
+    assert r.returncode == 0, r.stderr
+    assert pq.read_table(tmp_path / "train.parquet").num_rows == 40
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["test.parquet", "train.parquet", "val.parquet"]  # no temp
+
+
 def test_every_recipe_in_jobs_loads_and_validates(tmp_path):
     recipes = sorted(Path(__file__).resolve().parent.parent.joinpath("jobs").glob("*.yaml"))
     assert recipes

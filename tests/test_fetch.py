@@ -120,3 +120,19 @@ def test_manifest_that_is_not_json_is_a_clear_error(published, tmp_path):
     with pytest.raises(ExportError, match="manifest.json is not valid JSON"):
         api.fetch(str(run / "export"), str(tmp_path / "out"))
     assert not (tmp_path / "out").exists()
+
+
+FETCH = "import sys; from raytune_bsm.cli import main; sys.argv = ['bsm', 'fetch', {src!r}, '--to', {to!r}]; main()"
+
+
+def test_fetch_shows_its_bytes_as_a_bar_on_a_terminal_and_as_plain_lines_elsewhere(published, tmp_path):
+    from test_progress import _run_on_pty, _run_piped
+
+    src = str(published / "run1" / "export")
+    size_mb = sum(e["size"] for e in json.loads((published / "run1" / "export" / "manifest.json").read_text())["files"]) / 1e6
+    text = _run_on_pty(FETCH.format(src=src, to=str(tmp_path / "a"))).decode(errors="replace")
+    assert "\x1b[" in text and "downloading" in text and "MB" in text
+    err = _run_piped(FETCH.format(src=src, to=str(tmp_path / "b")))
+    assert "\r" not in err and "\x1b" not in err
+    done = [line for line in err.splitlines() if line.startswith("downloading: ")][-1]
+    assert done.startswith(f"downloading: {round(size_mb, 1)}/{round(size_mb, 1)} MB (100%) in "), err

@@ -141,3 +141,21 @@ def test_follow_strips_carriage_returns_from_a_log(piece):
         for i in range(0, len(log), piece):
             out.write(log[i : i + piece])
     assert buf.getvalue() == "downloading 10%\ndownloading 100%\nready\n"
+
+
+# ------------------------------------------------------------------ the commands themselves
+
+DEMO = "import sys; from raytune_bsm.cli import main; sys.argv = ['bsm', 'demo-data', '--out', {out!r}, '--rows', '2000']; main()"
+
+
+def test_demo_data_draws_a_bar_on_a_terminal(tmp_path):
+    text = _run_on_pty(DEMO.format(out=str(tmp_path / "d"))).decode(errors="replace")
+    assert "\x1b[" in text and "generating" in text and "2000/2000" in text
+
+
+def test_demo_data_without_a_terminal_writes_a_few_plain_lines(tmp_path):
+    lines = _run_piped(DEMO.format(out=str(tmp_path / "d"))).splitlines()
+    assert "\r" not in "".join(lines) and "\x1b" not in "".join(lines)
+    assert 2 <= len(lines) <= 11, lines
+    assert lines[0].startswith("generating: 500/2000 dialogues (25%)")
+    assert lines[-1].startswith("generating: 2000/2000 dialogues (100%) in ")

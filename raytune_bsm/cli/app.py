@@ -23,7 +23,7 @@ except ImportError:  # pragma: no cover
 
 from raytune_bsm.client.text import safe
 from raytune_bsm.errors import BsmError
-from raytune_bsm.logs import VERBOSE_ENV, setup_logging
+from raytune_bsm.logs import VERBOSE_ENV, quiet_libraries, setup_logging
 
 
 class BsmGroup(TyperGroup):
@@ -85,6 +85,7 @@ def command(name: str) -> Callable:
         @wraps(fn)
         def run(*a: Any, **k: Any) -> Any:
             setup_logging()
+            quiet_libraries()  # the Jobs SDK's upload chatter; --verbose keeps it
             try:
                 return fn(*a, **k)
             except BsmError as e:

@@ -1,6 +1,5 @@
 """Local commands on data and artifacts: `demo-data`, `fetch`, `export`, `predict`."""
 
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -11,7 +10,7 @@ from raytune_bsm.cli.app import command, err, out
 from raytune_bsm.cli.options import Address, AllowInsecure, BatchSize, DryRun, IdField, Json, TextField
 from raytune_bsm.client.text import safe
 from raytune_bsm.errors import ConfigError
-from raytune_bsm.progress import progress
+from raytune_bsm.progress import bar_callback
 
 
 def _listing(directory: Path) -> dict:
@@ -25,10 +24,12 @@ def demo_data(
     out_dir: Annotated[str, typer.Option("--out", help="Directory for train/val/test.parquet.")],
     rows: Annotated[int, typer.Option("--rows", help="Dialogues in all (80/10/10).")] = 2000,
     seed: Annotated[int, typer.Option("--seed")] = 0,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace train/val/test.parquet already in --out.")] = False,
     as_json: Json = False,
 ) -> None:
     """Write synthetic buyer-seller dialogues (train/val/test Parquet). Prints the directory."""
-    paths = api.demo_data(out_dir, rows=rows, seed=seed)
+    with bar_callback("generating", unit="dialogues") as update:
+        paths = api.demo_data(out_dir, rows=rows, seed=seed, overwrite=overwrite, progress=update)
     directory = Path(paths["train"]).parent
     out({"dir": str(directory), "files": sorted(str(p) for p in paths.values())} if as_json else safe(directory))
 
@@ -41,7 +42,8 @@ def fetch(
     as_json: Json = False,
 ) -> None:
     """Download a run's export and verify every file's sha256 against its manifest. Prints the directory."""
-    directory = Path(api.fetch(source, to, address=address))
+    with bar_callback("downloading", unit="MB", scale=1e6) as update:
+        directory = Path(api.fetch(source, to, address=address, progress=update))
     out(_listing(directory) if as_json else safe(directory))
 
 
@@ -52,7 +54,8 @@ def export(
     as_json: Json = False,
 ) -> None:
     """Export a checkpoint to ONNX + TorchScript, verified against PyTorch. Prints the directory."""
-    api.export(checkpoint, to)
+    with bar_callback("exporting", unit="steps") as update:
+        api.export(checkpoint, to, progress=lambda step, done, total: update(done, total, step))
     out(_listing(Path(to)) if as_json and "://" not in to else {"dir": to} if as_json else safe(to))
 
 
@@ -108,14 +111,7 @@ def predict(
         raise ConfigError(f"{', '.join(cluster_only)} only apply with --on-cluster")
     if threads is not None and threads < 1:
         raise ConfigError(f"--threads must be at least 1, got {threads}")
-    with ExitStack() as stack:
-        bars: list = []
-
-        def update(done: int, total: Optional[int]) -> None:  # the bar starts with the scoring, not before
-            if not bars:
-                bars.append(stack.enter_context(progress(total, "scoring", unit="records")))
-            bars[0].update(done, total)
-
+    with bar_callback("scoring", unit="records") as update:  # the bar starts with the scoring, not before
         written = api.predict(export_dir, data, out_path, provider=provider, batch_size=batch_size,
                               precision=precision, text_field=text_field, id_field=id_field, threads=threads,
                               overwrite=overwrite, progress=update)  # fmt: skip

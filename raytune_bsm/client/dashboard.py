@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from raytune_bsm.client.auth import bearer, may_send_token, url_is_loopback
 from raytune_bsm.client.text import safe
 from raytune_bsm.errors import ClusterError
+from raytune_bsm.logs import quiet_libraries
 
 if TYPE_CHECKING:  # pragma: no cover
     from ray.job_submission import JobSubmissionClient
@@ -200,6 +201,7 @@ def job_client(conn: Connection) -> JobSubmissionClient:
     from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
 
+    quiet_libraries()  # its SDK modules set their loggers to INFO when imported (package uploads, "WebSocket closed")
     headers = auth_headers(conn)  # refuses before anything is sent if the token may not go there
     try:
         with _address_env_hidden():

@@ -9,6 +9,7 @@ path) and refusing a destination that holds anything of the user's.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from raytune_bsm import layout
@@ -39,14 +40,16 @@ def locate_export(source: str, *, address: str | None = None) -> tuple[str, str]
     return join(default_storage(), source, EXPORT_DIR), source  # a run name in the default storage
 
 
-def fetch(source: str, to: str | None = None, *, address: str | None = None) -> Path:
-    """Download and verify an export; return the local directory (`to`, or ``<run>-export``)."""
+def fetch(source: str, to: str | None = None, *, address: str | None = None,
+          progress: Callable[[int, int], None] | None = None) -> Path:  # fmt: skip
+    """Download and verify an export; return the local directory (`to`, or ``<run>-export``).
+    `progress(bytes_done, bytes_total)` as it downloads."""
     src, name = locate_export(source, address=address)
     dest = Path(to or f"{name}-export").expanduser().resolve()
     if dest.exists() and not dest.is_dir():
         raise ExportError(f"--to {safe(dest)} is an existing file, not a directory; give a new or empty directory")
     if dest.is_dir() and any(dest.iterdir()):
         raise ExportError(f"--to {safe(dest)} exists and is not empty; choose another directory or remove it")
-    manifest = layout.download_export(src, dest)
+    manifest = layout.download_export(src, dest, progress=progress)
     log.info("fetched %d files from %s, every sha256 verified", len(manifest["files"]), safe(src))
     return dest

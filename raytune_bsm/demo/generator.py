@@ -36,6 +36,7 @@ import hashlib
 import os
 import random
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow as pa
@@ -57,6 +58,8 @@ from raytune_bsm.demo.story import (
     pick,
     story_label,
 )
+
+PROGRESS_EVERY = 500  # records between progress calls
 
 __all__ = [
     "COLUMNS",
@@ -103,7 +106,8 @@ STORY_SCHEMA: pa.Schema = pa.schema(
 )
 
 
-def make_dialogues(rows: int, seed: int = 0, *, with_story: bool = False) -> pa.Table:
+def make_dialogues(rows: int, seed: int = 0, *, with_story: bool = False,
+                   progress: Callable[[int, int], None] | None = None) -> pa.Table:  # fmt: skip
     """Generate ``rows`` synthetic buyer–seller claim dialogues.
 
     Args:
@@ -112,6 +116,7 @@ def make_dialogues(rows: int, seed: int = 0, *, with_story: bool = False) -> pa.
         with_story: also return the latent story columns (``story_problem``, ``story_response``,
             ``story_final``, ``story_label`` = noise-free label, ``label_noise``, ``is_long``).
             The first eight columns are identical with or without this flag.
+        progress: called as ``progress(done, rows)`` every ``PROGRESS_EVERY`` records and at the end.
 
     Returns:
         A ``pyarrow.Table`` with columns :data:`COLUMNS` (schema :data:`SCHEMA`), plus the story
@@ -173,6 +178,8 @@ def make_dialogues(rows: int, seed: int = 0, *, with_story: bool = False) -> pa.
             s_label.append(clean)
             s_noise.append(noisy)
             s_long.append(is_long)
+        if progress and ((i + 1) % PROGRESS_EVERY == 0 or i + 1 == rows):
+            progress(i + 1, rows)
 
     arrays = [
         pa.array(order_id, pa.string()),
@@ -198,7 +205,8 @@ def make_dialogues(rows: int, seed: int = 0, *, with_story: bool = False) -> pa.
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
-def write_demo_data(out_dir: str | Path, rows: int = 2000, seed: int = 0) -> dict[str, Path]:
+def write_demo_data(out_dir: str | Path, rows: int = 2000, seed: int = 0,
+                    progress: Callable[[int, int], None] | None = None) -> dict[str, Path]:  # fmt: skip
     """Write ``train.parquet``, ``val.parquet`` and ``test.parquet`` (80/10/10) into ``out_dir``.
 
     Each file is written under a temporary name inside ``out_dir`` and then ``os.replace``-d into
@@ -208,6 +216,7 @@ def write_demo_data(out_dir: str | Path, rows: int = 2000, seed: int = 0) -> dic
         out_dir: destination directory (created if missing).
         rows: total number of records; must be at least 10.
         seed: RNG seed passed to :func:`make_dialogues`.
+        progress: ``progress(done, rows)`` as records are generated.
 
     Returns:
         ``{"train": Path, "val": Path, "test": Path}``.
@@ -221,7 +230,7 @@ def write_demo_data(out_dir: str | Path, rows: int = 2000, seed: int = 0) -> dic
         raise ConfigError(f"--rows must be at least 10, got {rows}")
     import pyarrow.parquet as pq
 
-    table = make_dialogues(rows, seed)
+    table = make_dialogues(rows, seed, progress=progress)
     n_train = int(rows * 0.8)
     n_val = int(rows * 0.1)
     splits = {
