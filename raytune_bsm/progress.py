@@ -68,8 +68,9 @@ class PlainBar:
                 self._line(now, info)
                 self.last_step = step
 
-    def close(self) -> None:
-        self._line(time.monotonic(), "done")
+    def close(self, failed: bool = False) -> None:
+        if not failed:  # a failure has its own line (the error); no "done" line before it
+            self._line(time.monotonic(), "done")
 
     def _line(self, now: float, info: str = "") -> None:
         self.last_t = now
@@ -129,7 +130,7 @@ class RichBar:
         """A line above the bar (the bar stays at the bottom)."""
         self.progress.console.print(self._escape(line), highlight=False, soft_wrap=True)
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
         self.progress.stop()
 
 
@@ -144,8 +145,10 @@ def progress(total: int | None, description: str, *, unit: str = "items", stream
     )
     try:
         yield bar
-    finally:
-        bar.close()
+    except BaseException:
+        bar.close(failed=True)
+        raise
+    bar.close()
 
 
 @contextmanager
