@@ -93,8 +93,10 @@ def bsm_vs_fixed(data: Texts, batch: int, steps: int) -> dict[str, Any]:
     return res
 
 
-def lightning_vs_plain(data: Texts, batch: int, steps: int) -> dict[str, Any]:
-    """Steady-state seconds per step (median, after 2 warm-up steps), same model init, same batches."""
+def lightning_vs_plain(data: Texts, batch: int, steps: int, rounds: int = 3) -> dict[str, Any]:
+    """Steady-state seconds per step, Lightning against a plain loop: the same model init, the same batches, in
+    `rounds` alternating rounds (A, B, A, B, ...) so a change in the machine's load hits both; each round drops
+    its first 2 steps (warm-up) and the figure is the median over all rounds' remaining steps."""
     import lightning.pytorch as pl
     import torch
 
@@ -108,19 +110,25 @@ def lightning_vs_plain(data: Texts, batch: int, steps: int) -> dict[str, Any]:
         def on_train_batch_start(self, *a: Any) -> None:
             self.starts.append(time.perf_counter())
 
-    model = _model()
-    model.configure_optimizers = lambda: torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-4)
-    clock = Clock()
-    trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=len(batches), logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                         limit_val_batches=0, callbacks=[clock])  # fmt: skip
-    trainer.fit(model, train_dataloaders=torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False))
-    clock.starts.append(time.perf_counter())
-    lightning = statistics.median(np.diff(clock.starts)[2:])
+    def lightning_round() -> list[float]:
+        model = _model()
+        model.configure_optimizers = lambda: torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-4)
+        clock = Clock()
+        trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=len(batches), logger=False, enable_checkpointing=False,
+                             enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                             limit_val_batches=0, callbacks=[clock])  # fmt: skip
+        trainer.fit(model, train_dataloaders=torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False))
+        clock.starts.append(time.perf_counter())  # the end of the last step
+        return list(np.diff(clock.starts)[2:])
 
-    plain_times = _step_times(_model(), batches, dense=False)
-    plain = statistics.median(plain_times[2:])
-    return {"lightning_step_s": lightning, "plain_step_s": plain, "ratio": lightning / plain}
+    light: list[float] = []
+    plain: list[float] = []
+    for _ in range(rounds):
+        light += lightning_round()
+        plain += _step_times(_model(), batches, dense=False)[2:]
+    lightning, plain_s = statistics.median(light), statistics.median(plain)
+    return {"lightning_step_s": lightning, "plain_step_s": plain_s, "ratio": lightning / plain_s,
+            "steps_each": len(light), "rounds": rounds}  # fmt: skip
 
 
 def run(batch: int = 8, steps: int = 6, log: Callable[[str], None] = print) -> dict[str, Any]:
