@@ -76,6 +76,10 @@ class S3:
             self.put(rel, f.read_bytes())
         return self.uri(key)
 
+    def read(self, key: str) -> bytes:
+        """One object's bytes (key relative to the prefix)."""
+        return self.client().get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+
     def keys(self, key: str = "") -> list[str]:
         """Object keys under `key` (relative to the prefix)."""
         resp = self.client().list_objects_v2(Bucket=self.bucket, Prefix=self._key(key))

@@ -109,10 +109,20 @@ def run_result(run_dir: str) -> Any | None:
 def kept_checkpoints(result: Any) -> dict[str, dict[str, Any]]:
     """Checkpoint path -> its metrics, for every checkpoint Ray's retention kept (the best k and the latest):
     the only ones that still exist."""
-    kept = {c.path: dict(m or {}) for c, m in (result.best_checkpoints or [])} if result is not None else {}
+    kept = {checkpoint_uri(c): dict(m or {}) for c, m in (result.best_checkpoints or [])} if result is not None else {}
     if result is not None and result.checkpoint is not None:
-        kept.setdefault(result.checkpoint.path, dict(result.metrics or {}))
+        kept.setdefault(checkpoint_uri(result.checkpoint), dict(result.metrics or {}))
     return kept
+
+
+def checkpoint_uri(checkpoint: Any) -> str:
+    """A checkpoint's URI. Ray gives its path within its filesystem (`bucket/run/checkpoint_...` on S3), which
+    nothing else can open; bsm passes checkpoints on as URIs (`Checkpoint(uri)`, the summary, the export)."""
+    kind = getattr(getattr(checkpoint, "filesystem", None), "type_name", "local")
+    if kind in ("local", "mock") or "://" in checkpoint.path:
+        return checkpoint.path
+    scheme = "gs" if kind == "gcs" else kind  # pyarrow's name for the filesystem -> its URI scheme
+    return f"{scheme}://{checkpoint.path}"
 
 
 def best_kept(kept: dict[str, dict[str, Any]], monitor: str, mode: str) -> tuple[str, dict[str, Any]] | None:
