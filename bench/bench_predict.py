@@ -29,10 +29,11 @@ def run(export: Path, data: Texts, batch_size: int = 32) -> dict[str, Any]:
         end_to_end = time.perf_counter() - t
 
         p = Predictor(str(export), threads=THREADS)  # the same graph `predict_file` chose
-        calls = p.calls(data.texts, batch_size)
-        p.score(len(data.texts), calls[:1])  # warm-up, as predict_file's first call had none: conservative
+        plan = p.calls(data.texts, batch_size)
+        p.scorer(plan.calls[0].feeds)  # warm-up, as predict_file's first call had none: conservative
+        p.real = p.slots = 0
         t = time.perf_counter()
-        p.score(len(data.texts), calls)
+        p.score(len(data.texts), plan)
         pure = time.perf_counter() - t
     return {"rows": len(data.texts), "graph": p.choice.file, "precision": p.choice.precision, "why": p.choice.why,
             "end_to_end_s": end_to_end, "pure_scoring_s": pure, "ratio": end_to_end / pure,

@@ -5,7 +5,10 @@ the same pre-tokenized records, with accuracy and label agreement beside each sp
 
 Tokenization is outside the timings (all backends get the same records); each backend runs the same records in
 calls of `--batch` records, grouped the way `bsm predict` groups them, on all usable cores, the backends' calls
-interleaved (call i of each before call i + 1 of any) so that the machine's changing load falls on all alike.
+interleaved (in turns of consecutive calls, several turns each) so that the machine's changing load falls on all
+alike. The
+chunk graphs take the chunks of all the records sorted by length, in calls of at most `bsm predict`'s default 32
+chunks and scoring.batching.CALL_TOKENS token slots, then the head over each record's mean (timed too).
 """
 
 from __future__ import annotations
@@ -19,28 +22,66 @@ import numpy as np
 
 from common import THREADS, Texts, collate_for, demo_texts, fit_and_export, long_texts, machine
 
-GRAPHS = [("ORT fp32 [B, C, T] (model.onnx)", False, "model.onnx"),
-          ("ORT int8 [B, C, T] (model.int8.onnx)", False, "model.int8.onnx"),
-          ("ORT packed fp32 (model.packed.onnx)", True, "model.packed.onnx"),
-          ("ORT packed int8 (model.packed.int8.onnx)", True, "model.packed.int8.onnx")]  # fmt: skip
+GRAPHS = [("ORT fp32 [B, C, T] (model.onnx)", "bct", "model.onnx"),
+          ("ORT int8 [B, C, T] (model.int8.onnx)", "bct", "model.int8.onnx"),
+          ("ORT packed fp32 (model.packed.onnx)", "packed", "model.packed.onnx"),
+          ("ORT packed int8 (model.packed.int8.onnx)", "packed", "model.packed.int8.onnx"),
+          ("ORT chunks fp32 (model.chunks.onnx + head)", "chunks", "model.chunks.onnx"),
+          ("ORT chunks int8 (model.chunks.int8.onnx + head)", "chunks", "model.chunks.int8.onnx")]  # fmt: skip
+CHUNK_CALL = 32  # chunks per chunk-graph call: `bsm predict`'s default --batch-size
+ROUNDS = 6  # turns each backend takes
+
+Backend = tuple[str, list[Callable[[], None]], Callable[[], np.ndarray]]  # name, its calls, its logits [n, 2] after
 
 
-def _interleaved(backends: list[tuple[str, Callable[[Any], np.ndarray], list[Any], list[np.ndarray]]],
-                 n: int) -> dict[str, tuple[float, np.ndarray]]:
-    """Each backend's seconds and logits [n, 2]; call i of every backend runs before call i + 1 of any, so a
-    change in the machine's load falls on all of them alike (a warm-up call each first)."""
-    for _, run, batches, _ in backends:
-        run(batches[0])
+def _interleaved(backends: list[Backend], rounds: int = ROUNDS) -> dict[str, tuple[float, np.ndarray]]:
+    """Each backend's seconds and logits. The backends take turns, `rounds` turns each (a turn is a run of
+    consecutive calls of one backend, as in `bsm predict`, where one session runs alone and its weights stay in
+    cache): a change in the machine's load falls on all of them alike, and no backend's calls run with another's
+    weights just loaded into the caches. A warm-up call each first."""
+    for _, calls, _ in backends:
+        calls[0]()
     secs = {name: 0.0 for name, *_ in backends}
-    logits = {name: np.zeros((n, 2), dtype=np.float64) for name, *_ in backends}
-    for i in range(max(len(b[2]) for b in backends)):
-        for name, run, batches, order in backends:
-            if i < len(batches):
-                t = time.perf_counter()
-                out = run(batches[i])
-                secs[name] += time.perf_counter() - t
-                logits[name][order[i]] = out
-    return {name: (secs[name], logits[name]) for name in secs}
+    for r in range(rounds):
+        for name, calls, _ in backends:
+            turn = calls[r * len(calls) // rounds : (r + 1) * len(calls) // rounds]
+            t = time.perf_counter()
+            for call in turn:
+                call()
+            secs[name] += time.perf_counter() - t
+    return {name: (secs[name], result()) for name, _, result in backends}
+
+
+def _record_calls(run: Callable[[Any], np.ndarray], batches: list[Any], order: list[np.ndarray],
+                  n: int) -> tuple[list[Callable[[], None]], Callable[[], np.ndarray]]:  # fmt: skip
+    """Calls over whole records: each writes its logits into its records' rows."""
+    logits = np.zeros((n, 2), dtype=np.float64)
+
+    def call(b: Any, rows: np.ndarray) -> Callable[[], None]:
+        def go() -> None:
+            logits[rows] = run(b)
+        return go
+
+    return [call(b, r) for b, r in zip(batches, order)], lambda: logits
+
+
+def _chunk_calls(plan: Any, scorer: Any, head: Any) -> tuple[list[Callable[[], None]], Callable[[], np.ndarray]]:
+    """The chunk graph's calls, then the mean over each record's chunks and the head, as one more timed call."""
+    from raytune_bsm.scoring.batching import Plan, run_plan
+
+    features: dict[int, np.ndarray] = {}
+    out: list[np.ndarray] = []
+
+    def call(i: int) -> Callable[[], None]:
+        def go() -> None:
+            features[i] = scorer(plan.calls[i].feeds)
+        return go
+
+    def finish() -> None:  # the head over the features computed above (run_plan with the calls already made)
+        replay = iter(features[i] for i in range(len(plan.calls)))
+        out[:] = [run_plan(Plan(plan.n, plan.calls, plan.counts), lambda _f: next(replay), head).astype(np.float64)]
+
+    return [call(i) for i in range(len(plan.calls))] + [finish], lambda: out[0]
 
 
 def score_all(model: Any, export: Path, data: Texts, batch: int) -> list[dict[str, Any]]:
@@ -48,7 +89,7 @@ def score_all(model: Any, export: Path, data: Texts, batch: int) -> list[dict[st
     import torch
 
     from raytune_bsm.data.processor import ChunkProcessor, ProcessorConfig
-    from raytune_bsm.scoring.batching import make_call, plan_calls
+    from raytune_bsm.scoring.batching import plan_block, plan_calls, real_share
     from raytune_bsm.scoring.sessions import Scorer
 
     torch.set_num_threads(THREADS)
@@ -62,22 +103,26 @@ def score_all(model: Any, export: Path, data: Texts, batch: int) -> list[dict[st
     tensors = [(b[collate.ids_key], b[collate.mask_key]) for b in tb]
     scripted = torch.jit.load(str(export / "model.torchscript.pt")).eval()
     real = sum(int(m.sum()) for _, m in tensors)
-    backends = [("PyTorch eager (sparse chunks)", lambda b: model.logits(*b).double().numpy(), tensors, bct_order),
-                ("TorchScript (model.torchscript.pt)", lambda b: scripted(*b).double().numpy(), tensors, bct_order)]  # fmt: skip
+    backends = [("PyTorch eager (sparse chunks)", *_record_calls(lambda b: model.logits(*b).double().numpy(), tensors, bct_order, n)),
+                ("TorchScript (model.torchscript.pt)", *_record_calls(lambda b: scripted(*b).double().numpy(), tensors, bct_order, n))]  # fmt: skip
     share = {backends[0][0]: real / sum(_sparse_slots(m) for _, m in tensors),
              backends[1][0]: real / sum(int(m.numel()) for _, m in tensors)}  # fmt: skip
     missing = []
-    for name, packed, file in GRAPHS:
-        if not (export / file).is_file():
+    head = Scorer(str(export / "model.head.onnx"), threads=THREADS) if (export / "model.head.onnx").is_file() else None
+    for name, kind, file in GRAPHS:
+        if not (export / file).is_file() or (kind == "chunks" and head is None):
             missing.append(name)
             continue
         scorer = Scorer(str(export / file), threads=THREADS)
-        order = plan_calls(ds.lens, batch, packed=packed)
-        calls = [make_call(ds.ids, ds.lens, r, processor.pad_id, packed) for r in order]
-        backends.append((name, lambda c, s=scorer: s(c.feeds), calls, order))
-        share[name] = sum(c.real for c in calls) / sum(c.slots for c in calls)
+        plan = plan_block(ds.ids, ds.lens, processor.pad_id, CHUNK_CALL if kind == "chunks" else batch, kind)
+        if kind == "chunks":
+            backends.append((name, *_chunk_calls(plan, scorer, head)))
+        else:
+            feeds = [c.feeds for c in plan.calls]
+            backends.append((name, *_record_calls(lambda f, s=scorer: s(f), feeds, [c.rows for c in plan.calls], n)))
+        share[name] = real_share([plan])
     with torch.no_grad():
-        timed = _interleaved(backends, n)
+        timed = _interleaved(backends)
     rows = [{"backend": name, "seconds": timed[name][0], "logits": timed[name][1], "real": share[name]}
             for name, *_ in backends] + [{"backend": name, "missing": True} for name in missing]  # fmt: skip
     ref = next(r for r in rows if r["backend"].startswith("TorchScript"))

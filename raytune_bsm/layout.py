@@ -68,6 +68,13 @@ INT8_ONNX_FILE = "model.int8.onnx"  # the same interface, dynamically quantized 
 PACKED_ONNX_FILE = "model.packed.onnx"
 PACKED_INT8_ONNX_FILE = "model.packed.int8.onnx"
 PACKED_INPUT_NAMES = ("input_ids", "attention_mask", "pool")
+# Chunk level: input_ids, attention_mask int64 [chunks, tokens] -> features float32 [chunks, hidden], each chunk's
+# pooled vector; the head (features float32 [records, hidden], a record's mean over its chunks -> logits float32
+# [records, classes]) is its own small graph, so one call can hold chunks of many records, grouped by length.
+CHUNKS_ONNX_FILE = "model.chunks.onnx"
+CHUNKS_INT8_ONNX_FILE = "model.chunks.int8.onnx"
+HEAD_ONNX_FILE = "model.head.onnx"
+FEATURES_NAME = "features"
 TORCHSCRIPT_FILE = "model.torchscript.pt"
 TOKENIZER_DIR = "tokenizer"
 TOKENIZER_JSON = "tokenizer/tokenizer.json"

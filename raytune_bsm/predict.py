@@ -5,8 +5,8 @@
     predict_file("runs/demo/export", "new_claims.parquet")  # -> new_claims.predictions.parquet
 
 Every file read of the export is checked against its manifest's sha256 first (layout.verify_file). The graph is
-the packed one when the export has it (only non-empty chunks, see scoring/batching.py), else `model.onnx`; int8
-or fp32 per `precision` (scoring/sessions.py). Dialogues are tokenized and chunked by the training-time
+the chunk graph and its head when the export has them (the chunks of a block of records sorted by length, see
+scoring/batching.py), else the packed one, else `model.onnx`; int8 or fp32 per `precision` (scoring/sessions.py). Dialogues are tokenized and chunked by the training-time
 `ChunkProcessor` (settings from `bsm_model.json`, tokenizer from `tokenizer/tokenizer.json`) on a background
 thread while the previous block is scored; results come back in the order given. Files stream: a block of rows
 is read, scored and written before the next one is read (scoring/files.py), so memory stays flat.
@@ -32,9 +32,9 @@ from raytune_bsm.data.processor import ChunkProcessor, ProcessorConfig
 from raytune_bsm.data.readers import ID_CANDIDATES, DataFile, list_files
 from raytune_bsm.data.splits import check_text_type
 from raytune_bsm.errors import ConfigError, DataError, ExportError
-from raytune_bsm.scoring.batching import Call, make_call, plan_calls
+from raytune_bsm.scoring.batching import Plan, plan_block, run_plan
 from raytune_bsm.scoring.files import OutputFile, check_output, column_names, output_format, read_batches
-from raytune_bsm.scoring.sessions import Scorer, choose_graph
+from raytune_bsm.scoring.sessions import INPUTS, Scorer, choose_graph
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,8 @@ U = TypeVar("U")
 
 
 class Predictor:
-    """An export loaded for scoring: one ONNX Runtime session (created once), the tokenizer and the processor."""
+    """An export loaded for scoring: its ONNX Runtime sessions (the graph, and the chunk graph's head; created
+    once), the tokenizer and the processor."""
 
     def __init__(self, export_dir: str, provider: str = "CPUExecutionProvider", *, precision: str = "auto",
                  threads: int | None = None) -> None:  # fmt: skip
@@ -52,7 +53,7 @@ class Predictor:
         root, self.manifest = self._open(export_dir, precision)
         self.choice = choose_graph(self.manifest, precision)
         entries = {e["path"]: e for e in self.manifest["files"]}
-        for rel in (self.choice.file, layout.MODEL_JSON, layout.TOKENIZER_JSON):  # every file this class reads
+        for rel in (*self.choice.files, layout.MODEL_JSON, layout.TOKENIZER_JSON):  # every file this class reads
             if rel not in entries:
                 raise ExportError(f"{export_dir}: {rel} is not listed in {layout.MANIFEST}; re-export the model")
             layout.verify_file(root / rel, entries[rel])
@@ -70,8 +71,9 @@ class Predictor:
                 f"from the export's {settings['prefix']}/{settings['suffix']}"
             )
         self.scorer = Scorer(str(root / self.choice.file), provider, threads)
+        self.head = Scorer(str(root / self.choice.head), provider, threads) if self.choice.head else None
         self.provider = provider
-        want = ["input_ids", "attention_mask"] + (["pool"] if self.choice.packed else [])
+        want = INPUTS[self.choice.layout]
         if self.scorer.input_names != want:
             raise ExportError(f"{export_dir}: {self.choice.file} inputs are {self.scorer.input_names}, expected {want}")
         self.real = self.slots = 0  # token slots scored so far: real tokens, all
@@ -86,8 +88,8 @@ class Predictor:
             self._tmp = tempfile.TemporaryDirectory(prefix="bsm-predict-")
             root = Path(self._tmp.name) / "export"
             manifest = layout.download_export(export_dir, Path(self._tmp.name) / "manifest", only=[])
-            graph = choose_graph(manifest, precision).file
-            return root, layout.download_export(export_dir, root, [graph, layout.MODEL_JSON, layout.TOKENIZER_JSON])
+            graphs = choose_graph(manifest, precision).files
+            return root, layout.download_export(export_dir, root, [*graphs, layout.MODEL_JSON, layout.TOKENIZER_JSON])
         root = Path(export_dir.removeprefix("file://")).expanduser()
         if not root.is_dir():
             raise ConfigError(f"export directory {export_dir!r} does not exist")
@@ -104,21 +106,23 @@ class Predictor:
         """The fraction of the token slots computed so far that held a real token."""
         return self.real / self.slots if self.slots else 1.0
 
-    def calls(self, dialogues: Sequence[Any], batch_size: int) -> list[Call]:
-        """Tokenize a block of dialogues and cut it into session calls (thread-safe: touches no state)."""
+    def calls(self, dialogues: Sequence[Any], batch_size: int) -> Plan:
+        """Tokenize a block of dialogues and cut it into session calls (thread-safe: touches no state).
+        `batch_size`: records per call, or chunks per call for the chunk graph."""
         p = self.processor(dialogues)
-        return [make_call(p.ids, p.lens, records, self.pad_id, self.choice.packed)
-                for records in plan_calls(p.lens, batch_size, self.choice.packed)]  # fmt: skip
+        return plan_block(p.ids, p.lens, self.pad_id, batch_size, self.choice.layout)
 
-    def score(self, n: int, calls: list[Call], on_call: Callable[[int], None] | None = None) -> np.ndarray:
-        """Run a block's calls -> probabilities float64 [n, K] in the block's order."""
-        probs = np.zeros((n, self.num_classes), dtype=np.float64)
-        for call in calls:
-            probs[call.records] = _softmax(self.scorer(call.feeds).astype(np.float64))
+    def score(self, n: int, plan: Plan, on_call: Callable[[int], None] | None = None) -> np.ndarray:
+        """Run a block's calls -> probabilities float64 [n, K] in the block's order. `on_call(k)`: k more
+        records done."""
+        if n != plan.n:
+            raise ValueError(f"the plan holds {plan.n} records, not {n}")
+        if n == 0:
+            return np.zeros((0, self.num_classes), dtype=np.float64)
+        logits = run_plan(plan, self.scorer, self.head, on_call)
+        for call in plan.calls:
             self.real, self.slots = self.real + call.real, self.slots + call.slots
-            if on_call:
-                on_call(len(call.records))
-        return probs
+        return _softmax(logits.astype(np.float64))
 
     def predict_texts(self, dialogues: Sequence[Any], *, batch_size: int = 32,
                       progress: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
@@ -185,7 +189,7 @@ def predict_file(
             for batch in read_batches(inp, columns, BLOCK):
                 yield inp, batch
 
-    def prepare(item: tuple[Any, pa.RecordBatch]) -> tuple[Any, pa.RecordBatch, list[Call]]:
+    def prepare(item: tuple[Any, pa.RecordBatch]) -> tuple[Any, pa.RecordBatch, Plan]:
         inp, batch = item
         check_text_type(batch.column(0).type, inp.name, text_field)
         return inp, batch, predictor.calls(batch.column(0).to_pylist(), batch_size)

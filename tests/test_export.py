@@ -73,9 +73,12 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
 
     val_batches = [collate(list(range(0, 5))), collate(list(range(5, 12)))]
     dest = root / "run" / "export"
-    manifest = export_checkpoint(str(ckpt_dir), str(dest), val_batches=val_batches, metrics={"val_accuracy": 0.5})
+    steps: list[tuple[str, int, int]] = []
+    manifest = export_checkpoint(str(ckpt_dir), str(dest), val_batches=val_batches, metrics={"val_accuracy": 0.5},
+                                 progress=lambda *a: steps.append(a))  # fmt: skip
     return SimpleNamespace(root=root, ckpt_dir=ckpt_dir, dest=dest, manifest=manifest, processor=processor,
-                           model=load_checkpoint(ckpt_dir / "checkpoint.ckpt"), val_batches=val_batches)  # fmt: skip
+                           model=load_checkpoint(ckpt_dir / "checkpoint.ckpt"), val_batches=val_batches,
+                           steps=steps)  # fmt: skip
 
 
 def fresh_inputs(pad_id: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -99,8 +102,9 @@ def fresh_inputs(pad_id: int, seed: int) -> list[tuple[torch.Tensor, torch.Tenso
 
 def test_export_writes_every_file_and_a_correct_manifest(trained):
     dest, man = trained.dest, trained.manifest
-    for name in ("model.onnx", "model.int8.onnx", "model.packed.onnx", "model.packed.int8.onnx", "model.torchscript.pt",
-                 "tokenizer/tokenizer.json", "bsm_model.json", "manifest.json"):  # fmt: skip
+    for name in ("model.onnx", "model.int8.onnx", "model.packed.onnx", "model.packed.int8.onnx", "model.chunks.onnx",
+                 "model.chunks.int8.onnx", "model.head.onnx", "model.torchscript.pt", "tokenizer/tokenizer.json",
+                 "bsm_model.json", "manifest.json"):  # fmt: skip
         assert (dest / name).is_file(), name
     on_disk = json.loads((dest / "manifest.json").read_text())
     assert on_disk == man == parse_manifest((dest / "manifest.json").read_bytes(), str(dest))
@@ -115,7 +119,7 @@ def test_export_writes_every_file_and_a_correct_manifest(trained):
     assert man["versions"]["torch"] == torch.__version__
     assert man["created"] and man["exporter"]["opset"] >= 17
     par = man["parity"]
-    for runtime in ("onnxruntime", "packed", "torchscript"):
+    for runtime in ("onnxruntime", "packed", "chunks", "torchscript"):
         assert par[runtime]["max_abs_diff"] <= 1e-4 and par[runtime]["labels_agree"] is True
     assert par["with_padding_chunks"] and par["distinct_shapes_besides_example"] >= 3
     assert any(s.startswith("val[") for s in par["sources"])  # the given validation batches were used
@@ -317,19 +321,20 @@ def test_remote_publish_moves_the_manifest_last_and_cleans_up(trained, tmp_path,
         assert fs.moves[-1] == "manifest.json" and len(fs.moves) == len(trained.manifest["files"]) + 1
 
 
-def test_falls_back_to_the_torchscript_based_onnx_exporter(trained, tmp_path, monkeypatch):
-    """If the dynamo exporter fails, the legacy exporter's model passes the same checks and parity."""
+def test_falls_back_to_the_dynamo_onnx_exporter(trained, tmp_path, monkeypatch):
+    """If the TorchScript-based exporter fails (a torch without it), the dynamo exporter's graphs pass the same
+    checks and parity."""
     real_export = torch.onnx.export
 
-    def no_dynamo(*args, **kwargs):
-        if kwargs.get("dynamo", True):
-            raise RuntimeError("dynamo exporter unavailable")
+    def no_legacy(*args, **kwargs):
+        if not kwargs.get("dynamo", True):
+            raise RuntimeError("TorchScript-based exporter unavailable")
         return real_export(*args, **kwargs)
 
-    monkeypatch.setattr(torch.onnx, "export", no_dynamo)
+    monkeypatch.setattr(torch.onnx, "export", no_legacy)
     manifest = export_checkpoint(str(trained.ckpt_dir), str(tmp_path / "export"))
-    assert manifest["exporter"]["onnx"] == "torch.onnx.export(dynamo=False)"
-    for graph in ("onnxruntime", "packed"):
+    assert manifest["exporter"]["onnx"] == "torch.onnx.export(dynamo=True)"
+    for graph in ("onnxruntime", "packed", "chunks"):
         assert manifest["parity"][graph]["max_abs_diff"] <= 1e-4
 
 
@@ -400,35 +405,79 @@ def test_packed_graph_interface_has_dynamic_chunks_tokens_records(trained):
     assert [o.name for o in graph.output] == ["logits"]
 
 
-def test_int8_models_are_quantized_checked_and_recorded_per_precision(trained):
-    import onnx
+def _chunk_logits(dest: Path, graph: str, ids: torch.Tensor, mask: torch.Tensor, pad_id: int) -> np.ndarray:
+    """[B, C, T] -> logits [B, K] through a chunk graph and the head, called the way `bsm predict` calls them."""
+    from raytune_bsm.model.parity import records
+    from raytune_bsm.scoring.batching import plan_block, run_plan
+    from raytune_bsm.scoring.sessions import Scorer
+
+    rec_ids, rec_lens = records(ids.numpy(), mask.numpy())
+    plan = plan_block(rec_ids, rec_lens, pad_id, 32, "chunks")
+    return run_plan(plan, Scorer(str(dest / graph), threads=1), Scorer(str(dest / "model.head.onnx"), threads=1))
+
+
+@pytest.mark.parametrize("seed", [3, 4])
+def test_chunk_graph_and_head_match_the_bct_model_on_random_shapes(trained, seed):
+    """The chunk graph over the chunks of all records sorted by length, each record's mean, then the head: the
+    same labels as model.onnx and PyTorch, logits within 1e-4, a record with no chunk included."""
     import onnxruntime as ort
 
-    how = trained.manifest["exporter"]["int8"]
-    for name in ("model.int8.onnx", "model.packed.int8.onnx"):
+    g = torch.Generator().manual_seed(seed)
+    B, C, T = 6, 4, 37
+    ids = torch.randint(1000, 29000, (B, C, T), generator=g)
+    mask = torch.zeros(B, C, T, dtype=torch.long)
+    for b, n in enumerate([1, C, 0, 2, 3, C]):  # record 2 has no chunk
+        for c in range(n):
+            mask[b, c, : int(torch.randint(2, T + 1, (1,), generator=g))] = 1
+    ids = torch.where(mask.bool(), ids, torch.full_like(ids, trained.processor.pad_id))
+    got = _chunk_logits(trained.dest, "model.chunks.onnx", ids, mask, trained.processor.pad_id)
+    bct = ort.InferenceSession(str(trained.dest / "model.onnx"), providers=["CPUExecutionProvider"])
+    bct_out = bct.run(["logits"], {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0]
+    with torch.no_grad():
+        ref = trained.model.logits(ids, mask).numpy()
+    assert got.shape == ref.shape == bct_out.shape and got.dtype == np.float32
+    assert np.abs(got - ref).max() <= 1e-4 and np.abs(got - bct_out).max() <= 1e-4
+    assert (got.argmax(1) == ref.argmax(1)).all() and (got.argmax(1) == bct_out.argmax(1)).all()
+
+
+def test_int8_models_are_quantized_checked_and_recorded_per_precision(trained):
+    import onnx
+
+    int8 = ("model.int8.onnx", "model.packed.int8.onnx", "model.chunks.int8.onnx")
+    for name in int8:
         ops = {n.op_type for n in onnx.load(str(trained.dest / name)).graph.node}
         assert ops & {"MatMulInteger", "DynamicQuantizeLinear", "DynamicQuantizeMatMul"}, (name, ops)
-        if export_mod.FUSE_ATTENTION:  # the tiny BERT's two attention layers fused, then quantized
-            assert how["fusions"]["Attention"] == 2 and "QAttention" in ops, (how, ops)
-    assert (trained.dest / "model.int8.onnx").stat().st_size < (trained.dest / "model.onnx").stat().st_size
+        size = (trained.dest / name).stat().st_size
+        assert size < (trained.dest / name.replace(".int8", "")).stat().st_size, name
     prec = trained.manifest["precision"]
     assert prec["labelled_records"] == 12  # the two validation batches given: 5 + 7 records
     for p in ("fp32", "int8"):
-        assert set(prec[p]) >= {"accuracy", "auroc", "label_agreement", "max_abs_diff", "files"}
+        assert set(prec[p]) >= {"accuracy", "auroc", "label_agreement", "max_abs_diff", "files", "measured_on"}
         assert 0.0 <= prec[p]["accuracy"] <= 1.0 and 0.0 <= prec[p]["label_agreement"] <= 1.0
-    assert set(prec["int8"]["files"]) == {"model.int8.onnx", "model.packed.int8.onnx"}
-    assert prec["fp32"]["accuracy"] == prec["pytorch"]["accuracy"] and prec["fp32"]["label_agreement"] == 1.0
-    # the recorded int8 figures are those of the graph on disk: recompute its accuracy on the validation batches
-    session = ort.InferenceSession(str(trained.dest / "model.int8.onnx"), providers=["CPUExecutionProvider"])
-    right = total = 0
-    for b in trained.val_batches:
-        logits = session.run(["logits"], {"input_ids": b[IDS].numpy(), "attention_mask": b[MASK].numpy()})[0]
-        right += int((logits.argmax(1) == b["reversal_flag"].numpy()).sum())
-        total += len(logits)
-    assert prec["int8"]["files"]["model.int8.onnx"]["accuracy"] == pytest.approx(right / total)
+    assert set(prec["int8"]["files"]) == set(int8) and prec["int8"]["measured_on"] == "model.chunks.int8.onnx"
+    assert prec["fp32"]["label_agreement"] == 1.0 and prec["fp32"]["max_abs_diff"] <= 1e-4
+    # the recorded figures are those of the graphs on disk, run as predict runs them: recompute both accuracies
+    for p, graph in (("fp32", "model.chunks.onnx"), ("int8", "model.chunks.int8.onnx")):
+        right = total = 0
+        for b in trained.val_batches:
+            logits = _chunk_logits(trained.dest, graph, b[IDS], b[MASK], trained.processor.pad_id)
+            right += int((logits.argmax(1) == b["reversal_flag"].numpy()).sum())
+            total += len(logits)
+        assert prec[p]["accuracy"] == pytest.approx(right / total), p
+    with torch.no_grad():  # fp32's metric stands for PyTorch's
+        torch_right = sum(int((trained.model.logits(b[IDS], b[MASK]).argmax(1) == b["reversal_flag"]).sum())
+                          for b in trained.val_batches)  # fmt: skip
+    assert prec["fp32"]["accuracy"] == pytest.approx(torch_right / 12)
 
 
 def test_export_records_the_time_of_each_step(trained):
     t = trained.manifest["timings"]
     assert set(t) >= {"load", "onnx", "int8", "torchscript", "parity", "total"}
     assert 0 < t["total"] and sum(v for k, v in t.items() if k != "total") <= t["total"] + 0.5
+
+
+def test_export_reports_progress_after_each_step(trained):
+    names = [s for s, _, _ in trained.steps]
+    assert names == list(export_mod.STEPS) and set(names) >= {"load", "onnx", "int8", "torchscript", "parity"}
+    assert [d for _, d, _ in trained.steps] == list(range(1, len(names) + 1))
+    assert {total for *_, total in trained.steps} == {len(names)}

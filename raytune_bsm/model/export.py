@@ -3,9 +3,13 @@
     <dest>/
       model.onnx              input_ids, attention_mask int64 [batch, chunks, tokens] (all dynamic) -> logits
                               float32 [batch, classes]; weights inside the one file; opset 18
-      model.int8.onnx         the same in int8: ONNX Runtime's fused BERT graph, dynamically quantized
-      model.packed.onnx       real chunks only: input_ids, attention_mask int64 [chunks, tokens], pool float32
-                              [records, chunks] -> logits float32 [records, classes] (see layout.PACKED_ONNX_FILE)
+      model.int8.onnx         the same in int8 (dynamic quantization)
+      model.chunks.onnx       chunk level: input_ids, attention_mask int64 [chunks, tokens] -> features float32
+                              [chunks, hidden]; what `bsm predict` runs, chunks of many records grouped by length
+      model.chunks.int8.onnx  the same, int8
+      model.head.onnx         features float32 [records, hidden] (a record's mean chunk features) -> logits
+      model.packed.onnx       real chunks of whole records: input_ids, attention_mask int64 [chunks, tokens], pool
+                              float32 [records, chunks] -> logits float32 [records, classes]
       model.packed.int8.onnx  the same, int8
       model.torchscript.pt    torch.jit.trace of forward(input_ids, attention_mask) -> logits; loads with
                               torch.jit.load alone (no raytune_bsm needed)
@@ -14,10 +18,11 @@
       manifest.json           written last: "format": "bsm-export", sha256 and size of every other file, library
                               versions, parity and per-precision figures, the time of each step
 
-The graphs are made in `onnx_graphs` (fp32: BERT traced once, by dynamo), `quantize` (int8: from a trace with eager
-attention that ONNX Runtime's fusions match) and checked in `parity` (fp32 within
+The graphs are made in `onnx_graphs` (BERT traced once, as the chunk graph; the others put together from it),
+`quantize` (int8: the chunk graph quantized, then put together the same way) and checked in `parity` (fp32 within
 `tolerance` of PyTorch or nothing is published; int8's agreement and metrics recorded); `publish` puts the
 finished directory in place, whole or not at all, and never over a directory that is not an earlier export.
+`progress(step, done, total)` is called after each step (the manifest's "timings" name them).
 """
 
 from __future__ import annotations
@@ -32,12 +37,13 @@ import uuid
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from raytune_bsm.data.processor import ChunkProcessor, ProcessorConfig
 from raytune_bsm.errors import ConfigError, ExportError
-from raytune_bsm.layout import (EXPORT_FORMAT, FORMAT_VERSION, INPUT_NAMES, INT8_ONNX_FILE, MODEL_JSON, ONNX_FILE,
-                                OUTPUT_NAME, PACKED_INT8_ONNX_FILE, PACKED_ONNX_FILE, TOKENIZER_DIR, TORCHSCRIPT_FILE,
+from raytune_bsm.layout import (CHUNKS_INT8_ONNX_FILE, CHUNKS_ONNX_FILE, EXPORT_FORMAT, FEATURES_NAME, FORMAT_VERSION,
+                                HEAD_ONNX_FILE, INPUT_NAMES, INT8_ONNX_FILE, MODEL_JSON, ONNX_FILE, OUTPUT_NAME,
+                                PACKED_INT8_ONNX_FILE, PACKED_ONNX_FILE, TOKENIZER_DIR, TORCHSCRIPT_FILE,
                                 write_manifest)  # fmt: skip
 from raytune_bsm.model import onnx_graphs, parity, publish, quantize
 from raytune_bsm.model.checkpoint import locate
@@ -46,9 +52,10 @@ from raytune_bsm.storage import filesystem, is_uri
 
 log = logging.getLogger(__name__)
 
-# int8 from ONNX Runtime's fused BERT graph (int8 attention): faster than quantizing the dynamo graph as it is, for
-# one more trace of BERT (bench/ measures both); False quantizes the dynamo graph.
-FUSE_ATTENTION = True
+FP32 = {"chunks": CHUNKS_ONNX_FILE, "head": HEAD_ONNX_FILE, "packed": PACKED_ONNX_FILE, "bct": ONNX_FILE}
+INT8 = {"chunks": CHUNKS_INT8_ONNX_FILE, "head": HEAD_ONNX_FILE, "packed": PACKED_INT8_ONNX_FILE, "bct": INT8_ONNX_FILE}
+STEPS = ("load", "onnx", "int8", "onnx_checker", "torchscript", "tokenizer", "parity", "manifest")
+Progress = Callable[[str, int, int], None]
 VERSIONED_PACKAGES = ("torch", "transformers", "onnx", "onnxruntime", "onnxscript", "tokenizers", "lightning", "ray",
                       "raytune-bsm")  # fmt: skip
 
@@ -61,12 +68,14 @@ def export_checkpoint(
     metrics: dict | None = None,
     hyperparameters: dict | None = None,
     tolerance: float = 1e-4,
+    progress: Progress | None = None,
 ) -> dict:
     """Export `checkpoint` (a Lightning .ckpt, or a Ray checkpoint directory holding checkpoint.ckpt) to `dest`
     (a local path or a pyarrow-fs URI). Returns the manifest. A ConfigError for a destination bsm may not
     replace, an ExportError if a check fails; either way nothing is left at `dest` (an earlier export there stays
-    as it was) and no temporary directory remains."""
+    as it was) and no temporary directory remains. `progress(step, steps_done, steps_total)` after each step."""
     timings: dict[str, float] = {}
+    steps = _Steps(timings, progress)
     t0 = time.perf_counter()
     token = uuid.uuid4().hex[:8]
     remote = is_uri(dest)
@@ -77,22 +86,23 @@ def export_checkpoint(
     publish.check_dest(fs, dest_path, dest)
 
     with tempfile.TemporaryDirectory(prefix="bsm-export-") as scratch:
-        with _timed(timings, "load"):
+        with steps("load"):
             model = load_checkpoint(locate(checkpoint, Path(scratch)))  # a bad checkpoint fails before any write
         build = Path(scratch) / "export" if remote else Path(f"{dest_path}.tmp-{token}")
         created = [] if remote else publish.missing_parents(build)
         try:
             build.parent.mkdir(parents=True, exist_ok=True)
             build.mkdir()
-            manifest = _build(model, build, val_batches, metrics, hyperparameters, tolerance, timings)
+            manifest = _build(model, build, val_batches, metrics, hyperparameters, tolerance, steps)
             manifest = {**manifest, "source_checkpoint": checkpoint}
-            manifest["timings"]["total"] = round(time.perf_counter() - t0, 2)
-            manifest["export_seconds"] = manifest["timings"]["total"]
-            manifest = write_manifest(build, manifest)  # last: the commit marker (sha256 of every file)
-            if remote:
-                publish.publish_remote(fs, build, dest_path, token)
-            else:
-                publish.publish_local(build, Path(dest_path), token)
+            with steps("manifest"):  # hashing and publishing: in no "timings" (the manifest is being written)
+                manifest["timings"] = {**timings, "total": round(time.perf_counter() - t0, 2)}
+                manifest["export_seconds"] = manifest["timings"]["total"]
+                manifest = write_manifest(build, manifest)  # last: the commit marker (sha256 of every file)
+                if remote:
+                    publish.publish_remote(fs, build, dest_path, token)
+                else:
+                    publish.publish_local(build, Path(dest_path), token)
         except BaseException:
             shutil.rmtree(build, ignore_errors=True)
             for p in reversed(created):  # folders made for the build only
@@ -104,40 +114,36 @@ def export_checkpoint(
 
 
 def _build(model: TextBertClassifier, out: Path, val_batches: list[dict] | None, metrics: dict | None,
-           hyperparameters: dict | None, tolerance: float, timings: dict[str, float]) -> dict:  # fmt: skip
+           hyperparameters: dict | None, tolerance: float, steps: _Steps) -> dict:  # fmt: skip
     """Every file but the manifest, checked; returns the manifest's content."""
     cfg = model.config
     processor = ChunkProcessor(ProcessorConfig.of_model(cfg))
-    num_classes = int(model.num_classes)
+    num_classes, hidden = int(model.num_classes), int(model.bert.config.hidden_size)
     example = onnx_graphs.example_inputs(model, processor.pad_id, processor.prefix, processor.suffix)
 
-    with _timed(timings, "onnx"):
-        exporter = onnx_graphs.export_graphs(model, example, out / PACKED_ONNX_FILE, out / ONNX_FILE)
-    with _timed(timings, "int8"), tempfile.TemporaryDirectory(prefix="bsm-export-") as scratch:
-        quantized = None
-        if FUSE_ATTENTION:
-            packed_example = onnx_graphs.packed_example(example)
-            quantized = quantize.quantize_fused(model, packed_example, out / PACKED_INT8_ONNX_FILE,
-                                                out / INT8_ONNX_FILE, Path(scratch))  # fmt: skip
-        if quantized is None:
-            quantized = quantize.quantize_packed(out / PACKED_ONNX_FILE, out / PACKED_INT8_ONNX_FILE,
-                                                 out / INT8_ONNX_FILE)  # fmt: skip
-    with _timed(timings, "onnx_checker"):
+    with steps("onnx"):
+        exporter = onnx_graphs.export_graphs(model, example, out, FP32)
+    with steps("int8"):
+        quantized = quantize.quantize_chunks(out / FP32["chunks"], out / INT8["chunks"])
+        onnx_graphs.compose(*(out / INT8[k] for k in ("chunks", "head", "packed", "bct")))
+    with steps("onnx_checker"):  # shape inference (full) once per kind of graph; int8 shares their structure
         bct = {n: onnx_graphs.BCT_DIMS for n in INPUT_NAMES}
         onnx_graphs.check_interface(out / ONNX_FILE, bct, num_classes, full=True)
-        onnx_graphs.check_interface(out / PACKED_ONNX_FILE, onnx_graphs.PACKED_DIMS, num_classes, full=True)
-        onnx_graphs.check_interface(out / INT8_ONNX_FILE, bct, num_classes)
-        onnx_graphs.check_interface(out / PACKED_INT8_ONNX_FILE, onnx_graphs.PACKED_DIMS, num_classes)
-    with _timed(timings, "torchscript"):
+        onnx_graphs.check_interface(out / CHUNKS_ONNX_FILE, onnx_graphs.CHUNK_DIMS, hidden, full=True, output=FEATURES_NAME)
+        onnx_graphs.check_interface(out / CHUNKS_INT8_ONNX_FILE, onnx_graphs.CHUNK_DIMS, hidden, output=FEATURES_NAME)
+        for f, dims in ((PACKED_ONNX_FILE, onnx_graphs.PACKED_DIMS), (INT8_ONNX_FILE, bct),
+                        (PACKED_INT8_ONNX_FILE, onnx_graphs.PACKED_DIMS)):  # fmt: skip
+            onnx_graphs.check_interface(out / f, dims, num_classes)
+    with steps("torchscript"):
         onnx_graphs.export_torchscript(model, example, out / TORCHSCRIPT_FILE)
-    with _timed(timings, "tokenizer"):
+    with steps("tokenizer"):
         processor.tokenizer.save_pretrained(str(out / TOKENIZER_DIR))
         if not (out / TOKENIZER_DIR / "tokenizer.json").is_file():
             raise ExportError(f"tokenizer {cfg['tokenizer']!r} saved no tokenizer.json; a fast tokenizer is required")
         _write_model_json(out / MODEL_JSON, model, processor, hyperparameters, metrics)
-    with _timed(timings, "parity"):
-        batches = parity.parity_batches(model, processor, val_batches, tuple(example[0].shape))
-        checked, precision = parity.check(model, out, batches, tolerance)
+    with steps("parity"):
+        shapes, labelled = parity.parity_batches(model, processor, val_batches, tuple(example[0].shape))
+        checked, precision = parity.check(model, out, processor.pad_id, shapes, labelled, tolerance)
     checked["example_input_shape"] = list(example[0].shape)
     checked["distinct_shapes_besides_example"] = len({tuple(s) for s in checked["shapes"]} - {tuple(example[0].shape)})
     return {
@@ -145,11 +151,13 @@ def _build(model: TextBertClassifier, out: Path, val_batches: list[dict] | None,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "versions": _versions(),
         "exporter": {"onnx": exporter, "opset": onnx_graphs.OPSET, "torchscript": "torch.jit.trace", "int8": quantized,
-                     "bct_from_packed": "a hand-written prefix graph in front of the packed graph"},  # fmt: skip
+                     "graphs": "BERT traced once (model.chunks.onnx); model.head.onnx traced; model.packed*.onnx = "
+                               "chunks + pool @ features + head; model*.onnx [B, C, T] = a hand-written prefix graph "
+                               "+ packed"},  # fmt: skip
         "example_input_shape": list(example[0].shape),
         "parity": checked,
         "precision": precision,
-        "timings": timings,
+        "timings": steps.timings,
     }
 
 
@@ -174,13 +182,22 @@ def _write_model_json(path: Path, model: TextBertClassifier, processor: ChunkPro
     path.write_text(json.dumps(info, indent=2, default=str) + "\n")
 
 
-@contextmanager
-def _timed(timings: dict[str, float], step: str) -> Iterator[None]:
-    t = time.perf_counter()
-    try:
-        yield
-    finally:
-        timings[step] = round(time.perf_counter() - t, 2)
+class _Steps:
+    """Times each step into `timings` and reports it to `progress` (step, steps done, steps in all)."""
+
+    def __init__(self, timings: dict[str, float], progress: Progress | None) -> None:
+        self.timings, self.progress, self.done = timings, progress, 0
+
+    @contextmanager
+    def __call__(self, step: str) -> Iterator[None]:
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[step] = round(time.perf_counter() - t, 2)
+        self.done += 1
+        if self.progress:
+            self.progress(step, self.done, len(STEPS))
 
 
 def _versions() -> dict[str, str | None]:

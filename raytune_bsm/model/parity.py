@@ -1,14 +1,24 @@
 """The export's checks against PyTorch, before anything is published.
 
-Every graph runs the same batches as the PyTorch model's own (sparse) path: the given validation batches (or
-synthetic dialogues), copies of them grown with all-padding chunks and padding columns, one with a record that has
-no chunk at all, and synthetic ones until there are >= 3 shapes besides the example the graphs were traced on.
+Two sets of batches, chosen so that the check covers every case and costs seconds, not minutes:
 
-- fp32 (`model.onnx`, `model.packed.onnx`, `model.torchscript.pt`): logits within `tolerance` and the same
-  predicted labels, or an ExportError and nothing is published.
-- int8 (`model.int8.onnx`, `model.packed.int8.onnx`): not held to the fp32 bound; their label agreement with
-  PyTorch and the validation metric (accuracy, and AUROC for two classes) on the labelled validation records are
-  recorded beside fp32's under the manifest's "precision", which is what `bsm predict` chooses a precision by.
+- shape batches, which every graph runs: the first PARITY_RECORDS validation records as given (real tokens, full
+  length), the same grown with two all-padding chunks and padding columns, the same with a record emptied (no
+  chunk at all), and synthetic dialogues until there are >= 3 shapes besides the one the graphs were traced on;
+- labelled batches: up to MAX_LABELLED labelled validation records, which the fp32 and int8 chunk graphs (the
+  graphs `bsm predict` runs, called the way it calls them) score for the validation metric. The fp32 chunk graph
+  stands in for PyTorch there: it matched PyTorch within `tolerance` on the shape batches, and runs 3x faster.
+
+- fp32 (`model.onnx`, `model.packed.onnx`, `model.chunks.onnx` + `model.head.onnx`, `model.torchscript.pt`):
+  logits within `tolerance` of PyTorch and the same predicted labels on the shape batches, or an ExportError and
+  nothing is published. Their metric is that of `model.chunks.onnx` (within 1e-4 of each other, they rank the
+  same).
+- int8 (`model.int8.onnx`, `model.packed.int8.onnx`, `model.chunks.int8.onnx`): not held to the fp32 bound; label
+  agreement with PyTorch (on the labelled records: with `model.chunks.onnx`) and the largest logit difference
+  recorded per graph, and the metric (accuracy, and AUROC for two classes) of `model.chunks.int8.onnx` beside
+  fp32's under the manifest's "precision", which is what `bsm predict` chooses a precision by.
+
+Every ONNX graph gets one session, with the options `bsm predict` uses (scoring.sessions.Scorer).
 """
 
 from __future__ import annotations
@@ -19,21 +29,27 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-import onnxruntime as ort
 import torch
 import torch.nn.functional as F
 
 from raytune_bsm.data.dataset import Collate, EncodedDataset
 from raytune_bsm.errors import ExportError
-from raytune_bsm.layout import INT8_ONNX_FILE, ONNX_FILE, OUTPUT_NAME, PACKED_INT8_ONNX_FILE, PACKED_ONNX_FILE
-from raytune_bsm.layout import TORCHSCRIPT_FILE
+from raytune_bsm.layout import (CHUNKS_INT8_ONNX_FILE, CHUNKS_ONNX_FILE, HEAD_ONNX_FILE, INT8_ONNX_FILE, ONNX_FILE,
+                                PACKED_INT8_ONNX_FILE, PACKED_ONNX_FILE, TORCHSCRIPT_FILE)  # fmt: skip
 from raytune_bsm.model.onnx_graphs import quiet
+from raytune_bsm.scoring.batching import plan_block, run_plan
+from raytune_bsm.scoring.sessions import Scorer
 
 log = logging.getLogger(__name__)
 
-MAX_VAL_BATCHES = 8  # validation batches used (the first ones given)
-FP32_FILES = (ONNX_FILE, PACKED_ONNX_FILE, TORCHSCRIPT_FILE)
-INT8_FILES = (INT8_ONNX_FILE, PACKED_INT8_ONNX_FILE)
+MAX_VAL_BATCHES = 8  # validation batches looked at (the first ones given)
+MAX_LABELLED = 32  # labelled validation records the int8 metric is measured on
+PARITY_RECORDS = 2  # validation records (as given, full length) in every graph's shape batches
+CALL_CHUNKS = 32  # chunks per chunk-graph call, as `bsm predict` calls it by default
+FP32_FILES = (ONNX_FILE, PACKED_ONNX_FILE, CHUNKS_ONNX_FILE, TORCHSCRIPT_FILE)
+INT8_FILES = (INT8_ONNX_FILE, PACKED_INT8_ONNX_FILE, CHUNKS_INT8_ONNX_FILE)
+NAMES = {ONNX_FILE: "onnxruntime", PACKED_ONNX_FILE: "packed", CHUNKS_ONNX_FILE: "chunks",
+         TORCHSCRIPT_FILE: "torchscript"}  # the manifest's "parity" keys  # fmt: skip
 
 # Synthetic dialogues when no validation batches are given: different lengths, so the batches have different
 # chunk counts and chunk lengths, and one empty dialogue (a record with no chunks).
@@ -58,36 +74,42 @@ class Batch:
     ids: torch.Tensor  # [B, C, T] int64
     mask: torch.Tensor  # [B, C, T] int64
     source: str
-    labels: np.ndarray | None = None  # [B] true labels: only for the validation batches as given
+    labels: np.ndarray | None = None  # [B] true labels: only for the labelled validation batches
 
 
-def parity_batches(model: Any, processor: Any, val_batches: list[dict] | None, example_shape: tuple[int, ...]) -> list[Batch]:
+def parity_batches(model: Any, processor: Any, val_batches: list[dict] | None,
+                   example_shape: tuple[int, ...]) -> tuple[list[Batch], list[Batch]]:  # fmt: skip
+    """(shape batches every graph runs, labelled batches for the metrics); see the module's doc."""
     max_pos = int(model.bert.config.max_position_embeddings)
     label = model.config["label_name"]
-    out = []
+    val, labelled, left = [], [], MAX_LABELLED
     for i, b in enumerate((val_batches or [])[:MAX_VAL_BATCHES]):
-        labels = np.asarray(torch.as_tensor(b[label]).cpu()) if label in b else None
-        out.append(Batch(torch.as_tensor(b[model.ids_key]).cpu().long(), torch.as_tensor(b[model.mask_key]).cpu().long(),
-                         f"val[{i}]", labels))  # fmt: skip
+        ids, mask = torch.as_tensor(b[model.ids_key]).cpu().long(), torch.as_tensor(b[model.mask_key]).cpu().long()
+        val.append(Batch(ids, mask, f"val[{i}]"))
+        if label in b and left > 0:
+            y = np.asarray(torch.as_tensor(b[label]).cpu())[:left]
+            labelled.append(Batch(ids[:left], mask[:left], f"val[{i}]", y))
+            left -= len(y)
     synthetic = _synthetic(processor)
-    out = out or list(synthetic)
-    for b in list(out[:2]):  # (at most 4 records of each: the point is the shape, not the volume)
-        extra_tokens = 3 if b.ids.shape[2] + 3 <= max_pos else 0
-        pad = (0, extra_tokens, 0, 2)  # 2 all-padding chunks, `extra_tokens` padding columns
-        out.append(Batch(F.pad(b.ids[:4], pad), F.pad(b.mask[:4], pad), f"{b.source}[:4]+2 empty chunks+{extra_tokens} pad tokens"))
-    first = out[0]
+    first = val[0] if val else synthetic[0]
+    first = Batch(first.ids[:PARITY_RECORDS], first.mask[:PARITY_RECORDS], f"{first.source}[:{PARITY_RECORDS}]")
+    extra_tokens = 3 if first.ids.shape[2] + 3 <= max_pos else 0
+    pad = (0, extra_tokens, 0, 2)  # 2 all-padding chunks, `extra_tokens` padding columns
+    shapes = [first, Batch(F.pad(first.ids, pad), F.pad(first.mask, pad),
+                           f"{first.source}+2 empty chunks+{extra_tokens} pad tokens")]  # fmt: skip
     if first.ids.shape[0] > 1:  # a record with no chunk beside others: the model gives it the head's bias
-        mask = first.mask[:3].clone()
+        mask = first.mask.clone()
         mask[-1] = 0
-        out.append(Batch(first.ids[:3], mask, f"{first.source}[:3] with its last record emptied"))
-    shapes = {tuple(b.ids.shape) for b in out} - {tuple(example_shape)}
+        shapes.append(Batch(first.ids, mask, f"{first.source} with its last record emptied"))
+    seen = {tuple(b.ids.shape) for b in shapes} - {tuple(example_shape)}
     for b in synthetic:
-        if len(shapes) >= 3:
+        if len(seen) >= 3:
             break
-        if tuple(b.ids.shape) not in shapes | {tuple(example_shape)}:
-            out.append(b)
-            shapes.add(tuple(b.ids.shape))
-    return [b for b in out if bool(b.mask.any())]  # the sparse reference path needs one non-empty chunk
+        if tuple(b.ids.shape) not in seen | {tuple(example_shape)}:
+            shapes.append(b)
+            seen.add(tuple(b.ids.shape))
+    keep = lambda bs: [b for b in bs if bool(b.mask.any())]  # noqa: E731 - the sparse reference needs a chunk
+    return keep(shapes), keep(labelled)
 
 
 def _synthetic(processor: Any) -> list[Batch]:
@@ -98,87 +120,99 @@ def _synthetic(processor: Any) -> list[Batch]:
     return [Batch(b[collate.ids_key], b[collate.mask_key], f"synthetic{i}") for i, b in enumerate(batches)]
 
 
-def pack(ids: np.ndarray, mask: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """[B, C, T] -> the packed graph's feed (non-empty chunks only, padded to the longest) and the records it
-    holds (those with >= 1 chunk)."""
-    B, C, T = ids.shape
-    flat_ids, flat_mask = ids.reshape(B * C, T), mask.reshape(B * C, T)
-    keep = flat_mask.any(axis=1)  # [B*C]
-    owner = np.repeat(np.arange(B), C)[keep]  # [N]: each kept chunk's record
-    rows = np.unique(owner)  # records with >= 1 chunk
-    n = np.bincount(owner, minlength=B)  # [B] chunks per record
-    pool = np.zeros((len(rows), len(owner)), dtype=np.float32)  # [R, N]
-    pool[np.searchsorted(rows, owner), np.arange(len(owner))] = 1.0 / n[owner]
-    used = int(flat_mask[keep].any(axis=0).nonzero()[0].max()) + 1  # longest chunk
-    feed = {"input_ids": flat_ids[keep, :used], "attention_mask": flat_mask[keep, :used], "pool": pool}
-    return feed, rows
+def records(ids: np.ndarray, mask: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """[B, C, T] -> the processor's records: per record its non-empty chunks' tokens back to back, and their
+    lengths (a chunk's mask is a prefix of ones, as the processor pads)."""
+    out_ids, out_lens = [], []
+    for b in range(ids.shape[0]):
+        lens = mask[b].sum(axis=1)  # [C]
+        kept = [c for c in range(ids.shape[1]) if lens[c] > 0]
+        out_ids.append(np.concatenate([ids[b, c, : lens[c]] for c in kept]) if kept else np.zeros(0, np.int64))
+        out_lens.append(lens[kept].astype(np.int64))
+    return out_ids, out_lens
 
 
-def _runners(out: Path) -> dict[str, Callable[[Batch], np.ndarray]]:
-    """file -> batch -> logits [B, classes] for the records the graph scores (all, or those with chunks)."""
-    sessions = {f: ort.InferenceSession(str(out / f), providers=["CPUExecutionProvider"])
-                for f in (ONNX_FILE, PACKED_ONNX_FILE, *INT8_FILES)}  # fmt: skip
+def _runners(out: Path, pad_id: int) -> dict[str, Callable[[Batch], np.ndarray]]:
+    """file -> batch -> logits [B, classes] for every record of the batch, each graph called as predict calls
+    it (packed: whole records; chunks: the chunks of the batch sorted by length, then the head)."""
+    head = Scorer(str(out / HEAD_ONNX_FILE))
     with quiet():  # torch.jit.load's deprecation note
         scripted = torch.jit.load(str(out / TORCHSCRIPT_FILE), map_location="cpu").eval()
 
-    def bct(f: str) -> Callable[[Batch], np.ndarray]:
-        return lambda b: sessions[f].run([OUTPUT_NAME], {"input_ids": b.ids.numpy(), "attention_mask": b.mask.numpy()})[0]
+    def run(f: str, layout: str) -> Callable[[Batch], np.ndarray]:
+        scorer = Scorer(str(out / f))
 
-    def packed(f: str) -> Callable[[Batch], np.ndarray]:
-        return lambda b: sessions[f].run([OUTPUT_NAME], pack(b.ids.numpy(), b.mask.numpy())[0])[0]
+        def logits(b: Batch) -> np.ndarray:
+            ids, lens = records(b.ids.numpy(), b.mask.numpy())
+            batch_size = CALL_CHUNKS if layout == "chunks" else len(ids)
+            return run_plan(plan_block(ids, lens, pad_id, batch_size, layout), scorer, head)
 
-    return {ONNX_FILE: bct(ONNX_FILE), PACKED_ONNX_FILE: packed(PACKED_ONNX_FILE),
-            TORCHSCRIPT_FILE: lambda b: scripted(b.ids, b.mask).float().numpy(),
-            INT8_ONNX_FILE: bct(INT8_ONNX_FILE), PACKED_INT8_ONNX_FILE: packed(PACKED_INT8_ONNX_FILE)}  # fmt: skip
+        if layout == "bct":  # as given: the [B, C, T] graph must take empty chunks and padding columns
+            return lambda b: scorer({"input_ids": b.ids.numpy(), "attention_mask": b.mask.numpy()})
+        return logits
+
+    layouts = {ONNX_FILE: "bct", INT8_ONNX_FILE: "bct", PACKED_ONNX_FILE: "packed", PACKED_INT8_ONNX_FILE: "packed",
+               CHUNKS_ONNX_FILE: "chunks", CHUNKS_INT8_ONNX_FILE: "chunks"}  # fmt: skip
+    runners = {f: run(f, k) for f, k in layouts.items()}
+    runners[TORCHSCRIPT_FILE] = lambda b: scripted(b.ids, b.mask).float().numpy()
+    return runners
 
 
-def check(model: Any, out: Path, batches: list[Batch], tolerance: float) -> tuple[dict[str, Any], dict[str, Any]]:
+def check(model: Any, out: Path, pad_id: int, shapes: list[Batch], labelled: list[Batch],
+          tolerance: float) -> tuple[dict[str, Any], dict[str, Any]]:  # fmt: skip
     """(parity, precision) for the manifest; an ExportError if an fp32 graph differs from PyTorch."""
-    runners = _runners(out)
+    runners = _runners(out, pad_id)
     figures = {f: {"max_abs_diff": 0.0, "label_mismatches": 0, "records": 0} for f in runners}
-    scores: dict[str, list[np.ndarray]] = {f: [] for f in ("pytorch", *runners)}
-    truth: list[np.ndarray] = []
+
+    def compare(f: str, got: np.ndarray, want: np.ndarray) -> None:
+        if got.shape != want.shape:
+            raise ExportError(f"parity: {f} gave logits of shape {got.shape}, PyTorch {want.shape}")
+        diff = float(np.max(np.abs(got - want)))
+        fig = figures[f]
+        fig["max_abs_diff"] = max(fig["max_abs_diff"], diff if np.isfinite(diff) else float("inf"))
+        fig["label_mismatches"] += int((got.argmax(-1) != want.argmax(-1)).sum())
+        fig["records"] += len(want)
+
     with torch.no_grad():
-        for b in batches:
+        for b in shapes:
             ref = model.logits(b.ids, b.mask).float().numpy()  # [B, classes]
-            rows = pack(b.ids.numpy(), b.mask.numpy())[1]
             for f, run in runners.items():
-                got = run(b)
-                want = ref[rows] if f in (PACKED_ONNX_FILE, PACKED_INT8_ONNX_FILE) else ref
-                if got.shape != want.shape:
-                    raise ExportError(f"parity: {f} gave logits of shape {got.shape}, PyTorch {want.shape}")
-                diff = float(np.max(np.abs(got - want)))
-                fig = figures[f]
-                fig["max_abs_diff"] = max(fig["max_abs_diff"], diff if np.isfinite(diff) else float("inf"))
-                fig["label_mismatches"] += int((got.argmax(-1) != want.argmax(-1)).sum())
-                fig["records"] += len(want)
-                if b.labels is not None:
-                    full = np.full_like(ref, np.nan)
-                    full[rows if f in (PACKED_ONNX_FILE, PACKED_INT8_ONNX_FILE) else slice(None)] = got
-                    scores[f].append(full)
-            if b.labels is not None:
-                scores["pytorch"].append(ref)
-                truth.append(b.labels)
+                compare(f, run(b), ref)
+    scores: dict[str, list[np.ndarray]] = {CHUNKS_ONNX_FILE: [], CHUNKS_INT8_ONNX_FILE: []}
+    failed = [f for f in FP32_FILES if not (figures[f]["max_abs_diff"] <= tolerance
+                                            and figures[f]["label_mismatches"] == 0)]  # fmt: skip
+    for b in labelled if not failed else []:
+        ref = runners[CHUNKS_ONNX_FILE](b)  # [B, classes]: PyTorch's within tolerance (checked above)
+        got = runners[CHUNKS_INT8_ONNX_FILE](b)
+        compare(CHUNKS_INT8_ONNX_FILE, got, ref)
+        scores[CHUNKS_ONNX_FILE].append(ref)
+        scores[CHUNKS_INT8_ONNX_FILE].append(got)
     for fig in figures.values():
         fig["labels_agree"] = fig["label_mismatches"] == 0
         fig["label_agreement"] = round(1 - fig["label_mismatches"] / max(1, fig["records"]), 6)
     parity = {
-        "onnxruntime": figures[ONNX_FILE], "packed": figures[PACKED_ONNX_FILE], "torchscript": figures[TORCHSCRIPT_FILE],
+        **{name: figures[f] for f, name in NAMES.items()},
         "tolerance": tolerance, "reference": "PyTorch eval, logits(dense=False)",
-        "records": sum(len(b.ids) for b in batches), "shapes": [list(b.ids.shape) for b in batches],
-        "sources": [b.source for b in batches],
-        "with_padding_chunks": any(bool((~b.mask.bool().any(-1)).any()) for b in batches),
+        "records": sum(len(b.ids) for b in shapes), "shapes": [list(b.ids.shape) for b in shapes],
+        "sources": [b.source for b in shapes],
+        "with_padding_chunks": any(bool((~b.mask.bool().any(-1)).any()) for b in shapes),
     }  # fmt: skip
-    failed = [f for f in FP32_FILES if not (figures[f]["max_abs_diff"] <= tolerance and figures[f]["labels_agree"])]
     if failed:
         detail = "; ".join(f"{f}: max |Δ logits| {figures[f]['max_abs_diff']:.3g}, "
                            f"{figures[f]['label_mismatches']} predicted label(s) differ" for f in failed)  # fmt: skip
         raise ExportError(f"parity check failed (tolerance {tolerance:g}) against PyTorch on {parity['records']} "
                           f"records in shapes {parity['shapes']}: {detail}; nothing was published")  # fmt: skip
-    y = np.concatenate(truth) if truth else np.zeros(0, dtype=np.int64)
-    metric = {f: _metrics(np.concatenate(s) if s else np.zeros((0, 0)), y) for f, s in scores.items()}
-    precision = {"labelled_records": int(len(y)), "pytorch": metric["pytorch"],
-                 "fp32": _worst(FP32_FILES[:2], figures, metric), "int8": _worst(INT8_FILES, figures, metric)}  # fmt: skip
+    y = np.concatenate([b.labels for b in labelled]) if labelled else np.zeros(0, dtype=np.int64)
+    metric = {k: _metrics(np.concatenate(v) if v else np.zeros((0, 0)), y) for k, v in scores.items()}
+    per_file = lambda fs: {f: {k: figures[f][k] for k in ("label_agreement", "max_abs_diff")} for f in fs}  # noqa: E731
+    precision = {
+        "labelled_records": int(len(y)),
+        "fp32": {**metric[CHUNKS_ONNX_FILE], "measured_on": CHUNKS_ONNX_FILE, "label_agreement": min(figures[f]["label_agreement"] for f in FP32_FILES),
+                 "max_abs_diff": max(figures[f]["max_abs_diff"] for f in FP32_FILES), "files": per_file(FP32_FILES)},
+        "int8": {**metric[CHUNKS_INT8_ONNX_FILE], "measured_on": CHUNKS_INT8_ONNX_FILE,
+                 "label_agreement": figures[CHUNKS_INT8_ONNX_FILE]["label_agreement"],
+                 "max_abs_diff": figures[CHUNKS_INT8_ONNX_FILE]["max_abs_diff"], "files": per_file(INT8_FILES)},
+    }  # fmt: skip
     log.info("parity on %d records: %s; int8 label agreement %s", parity["records"],
              {f: figures[f]["max_abs_diff"] for f in FP32_FILES}, precision["int8"]["label_agreement"])  # fmt: skip
     return parity, precision
@@ -186,8 +220,6 @@ def check(model: Any, out: Path, batches: list[Batch], tolerance: float) -> tupl
 
 def _metrics(logits: np.ndarray, y: np.ndarray) -> dict[str, float | None]:
     """accuracy (and AUROC for two classes) on the labelled records; None where there are none (or one class)."""
-    ok = ~np.isnan(logits).any(axis=1) if logits.size else np.zeros(0, dtype=bool)
-    logits, y = logits[ok], y[ok] if len(y) == len(ok) else y[:0]
     out: dict[str, float | None] = {"accuracy": float((logits.argmax(1) == y).mean()) if len(y) else None}
     if logits.ndim == 2 and logits.shape[1] == 2:
         from torchmetrics.functional.classification import binary_auroc
@@ -195,19 +227,4 @@ def _metrics(logits: np.ndarray, y: np.ndarray) -> dict[str, float | None]:
         both = len(np.unique(y)) == 2
         probs = torch.softmax(torch.from_numpy(logits), dim=1)[:, 1]
         out["auroc"] = float(binary_auroc(probs, torch.from_numpy(y).long())) if both else None
-    return out
-
-
-def _worst(files: tuple[str, ...], figures: dict[str, dict], metric: dict[str, dict]) -> dict[str, Any]:
-    """One precision's figures: the worst over its graphs, and each graph's own."""
-    def low(key: str) -> float | None:
-        vals = [metric[f][key] for f in files if metric[f].get(key) is not None]
-        return min(vals) if vals else None
-
-    out: dict[str, Any] = {"accuracy": low("accuracy"), "label_agreement": min(figures[f]["label_agreement"] for f in files),
-                           "max_abs_diff": max(figures[f]["max_abs_diff"] for f in files)}  # fmt: skip
-    if any("auroc" in metric[f] for f in files):
-        out["auroc"] = low("auroc")
-    out["files"] = {f: {**metric[f], "label_agreement": figures[f]["label_agreement"],
-                        "max_abs_diff": figures[f]["max_abs_diff"]} for f in files}  # fmt: skip
     return out

@@ -1,9 +1,10 @@
 """Which of an export's graphs to run, and ONNX Runtime sessions that run it (CPU, or CUDA with IO binding).
 
-An export holds up to four graphs (names in layout.py): the [B, C, T] `model.onnx` (every export has it), its
-dynamic-int8 twin `model.int8.onnx`, and the packed pair `model.packed.onnx` / `model.packed.int8.onnx` that
-take only the non-empty chunks. The manifest's "precision" records each precision's validation metrics,
-measured at export time:
+An export holds graphs of up to three layouts, each in fp32 and int8 (names in layout.py, shapes in
+scoring/batching.py): the chunk graph `model.chunks.onnx` with its head `model.head.onnx` (the newest: chunks of
+many records per call, grouped by length), the packed graph `model.packed.onnx` (exports since issue 10.2), and
+the [B, C, T] `model.onnx` (every export has it). `bsm predict` takes the newest layout the export has. The
+manifest's "precision" records each precision's validation metrics, measured at export time:
 
     "precision": {"fp32": {"accuracy": 0.968, "auroc": 0.99}, "int8": {"accuracy": 0.970, "auroc": 0.99}}
 
@@ -27,20 +28,39 @@ log = logging.getLogger(__name__)
 PRECISIONS = ("auto", "fp32", "int8")
 MAX_LOSS = 0.005  # int8 may lose at most 0.5 point of any recorded metric
 NOT_METRICS = ("agreement", "max_abs", "diff", "n_", "records")  # recorded next to metrics, not quality
-GRAPHS = {  # (packed, precision) -> file
-    (True, "fp32"): getattr(layout, "PACKED_ONNX_FILE", "model.packed.onnx"),
-    (True, "int8"): getattr(layout, "PACKED_INT8_ONNX_FILE", "model.packed.int8.onnx"),
-    (False, "fp32"): layout.ONNX_FILE,
-    (False, "int8"): getattr(layout, "INT8_ONNX_FILE", "model.int8.onnx"),
+GRAPHS = {  # (layout, precision) -> file; layouts newest first
+    ("chunks", "fp32"): layout.CHUNKS_ONNX_FILE,
+    ("chunks", "int8"): layout.CHUNKS_INT8_ONNX_FILE,
+    ("packed", "fp32"): layout.PACKED_ONNX_FILE,
+    ("packed", "int8"): layout.PACKED_INT8_ONNX_FILE,
+    ("bct", "fp32"): layout.ONNX_FILE,
+    ("bct", "int8"): layout.INT8_ONNX_FILE,
 }
+INPUTS = {"chunks": ["input_ids", "attention_mask"], "packed": list(layout.PACKED_INPUT_NAMES),
+          "bct": list(layout.INPUT_NAMES)}  # fmt: skip
 
 
 @dataclass(frozen=True)
 class Choice:
     file: str  # the graph's path inside the export
-    packed: bool
+    layout: str  # "chunks", "packed" or "bct" (scoring/batching.py)
     precision: str  # "fp32" or "int8"
     why: str
+
+    @property
+    def packed(self) -> bool:
+        """[N, T] inputs of whole records and a pool (model.packed*.onnx)."""
+        return self.layout == "packed"
+
+    @property
+    def head(self) -> str | None:
+        """The head graph the chunk graph's features go through."""
+        return layout.HEAD_ONNX_FILE if self.layout == "chunks" else None
+
+    @property
+    def files(self) -> list[str]:
+        """The graph files scoring reads."""
+        return [self.file] + ([self.head] if self.head else [])
 
 
 def default_threads() -> int:
@@ -67,27 +87,28 @@ def int8_within_tolerance(precision: dict[str, Any] | None) -> tuple[bool, str]:
 
 
 def choose_graph(manifest: dict[str, Any], precision: str = "auto") -> Choice:
-    """The graph `bsm predict` runs: packed when the export has it, int8 per `precision` (see module doc)."""
+    """The graph `bsm predict` runs: the newest layout the export has, int8 per `precision` (see module doc)."""
     if precision not in PRECISIONS:
         raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     files = {f["path"] for f in manifest.get("files", [])}
-    packed = GRAPHS[(True, "fp32")] in files
-    has_int8 = GRAPHS[(packed, "int8")] in files
+    kind = next((k for k in ("chunks", "packed") if GRAPHS[(k, "fp32")] in files
+                 and (k != "chunks" or layout.HEAD_ONNX_FILE in files)), "bct")  # fmt: skip
+    has_int8 = GRAPHS[(kind, "int8")] in files
     if precision == "int8":
         if not has_int8:
-            raise ConfigError(f"--precision int8: this export has no {GRAPHS[(packed, 'int8')]} (an older export?); "
+            raise ConfigError(f"--precision int8: this export has no {GRAPHS[(kind, 'int8')]} (an older export?); "
                               "use --precision fp32 or re-export the model")  # fmt: skip
-        return Choice(GRAPHS[(packed, "int8")], packed, "int8", "--precision int8")
+        return Choice(GRAPHS[(kind, "int8")], kind, "int8", "--precision int8")
     if precision == "fp32":
-        return Choice(GRAPHS[(packed, "fp32")], packed, "fp32", "--precision fp32")
+        return Choice(GRAPHS[(kind, "fp32")], kind, "fp32", "--precision fp32")
     ok, why = int8_within_tolerance(manifest.get("precision"))
     if has_int8 and ok:
-        return Choice(GRAPHS[(packed, "int8")], packed, "int8", f"auto: {why}, within 0.5 point")
+        return Choice(GRAPHS[(kind, "int8")], kind, "int8", f"auto: {why}, within 0.5 point")
     if not has_int8:
         why = "the export has no int8 graph"
     elif " vs " in why:
         why += ", more than 0.5 point apart"
-    return Choice(GRAPHS[(packed, "fp32")], packed, "fp32", f"auto: {why}")
+    return Choice(GRAPHS[(kind, "fp32")], kind, "fp32", f"auto: {why}")
 
 
 def available_providers() -> list[str]:
@@ -97,7 +118,8 @@ def available_providers() -> list[str]:
 
 
 class Scorer:
-    """One ONNX Runtime session over one graph, created once; `__call__(feeds) -> logits float32 [R, K]`.
+    """One ONNX Runtime session over one graph, created once; `__call__(feeds)` -> its one output (logits float32
+    [R, K], or features [N, H] for the chunk graph); `__call__(array)` feeds a one-input graph (the head).
 
     CPU: intra-op threads = `threads`, all graph optimizations on. CUDA: inputs copied to the GPU once per call
     and the output bound on the device (IO binding), so ORT does no hidden host<->device copies."""
@@ -125,13 +147,18 @@ class Scorer:
             self.session = ort.InferenceSession(path, sess_options=opts, providers=providers)
         except Exception as e:  # noqa: BLE001 - ORT raises its own untyped errors for a bad graph
             raise ExportError(f"{path}: ONNX Runtime cannot load this graph: {str(e).splitlines()[0]}") from None
-        self.input_names = [i.name for i in self.session.get_inputs()]
+        inputs = self.session.get_inputs()
+        self.input_names = [i.name for i in inputs]
+        self.output = self.session.get_outputs()[0].name
+        self.width = inputs[0].shape[-1] if isinstance(inputs[0].shape[-1], int) else None  # the head's H
         self.cuda = provider == "CUDAExecutionProvider"
 
-    def __call__(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    def __call__(self, feeds: dict[str, np.ndarray] | np.ndarray) -> np.ndarray:
+        if isinstance(feeds, np.ndarray):
+            feeds = {self.input_names[0]: feeds}
         if self.cuda:
             return self._run_bound(feeds, "cuda")
-        return self.session.run([layout.OUTPUT_NAME], feeds)[0]
+        return self.session.run([self.output], feeds)[0]
 
     def _run_bound(self, feeds: dict[str, np.ndarray], device: str) -> np.ndarray:
         """One call through IO binding: inputs placed on `device` once, the output allocated there by ORT."""
@@ -141,6 +168,6 @@ class Scorer:
         for name, array in feeds.items():  # one host->device copy per input
             value = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), device, 0)
             binding.bind_ortvalue_input(name, value)
-        binding.bind_output(layout.OUTPUT_NAME, device, 0)  # the [R, K] logits stay on the device until copied
+        binding.bind_output(self.output, device, 0)  # the output stays on the device until copied
         self.session.run_with_iobinding(binding)
         return binding.copy_outputs_to_cpu()[0]  # one device->host copy
