@@ -68,7 +68,7 @@ def export(checkpoint: str, to: str, *, progress: Any = None) -> dict[str, Any]:
         check_storage(to, "--to")
     from raytune_bsm.model.export import export_checkpoint  # torch: only once the arguments are right
 
-    return export_checkpoint(checkpoint, to)
+    return export_checkpoint(checkpoint, to, progress=progress)
 
 
 def predict(export_dir: str, data: str, out: str | None = None, *, provider: str = "CPUExecutionProvider",

@@ -159,3 +159,26 @@ def test_demo_data_without_a_terminal_writes_a_few_plain_lines(tmp_path):
     assert 2 <= len(lines) <= 11, lines
     assert lines[0].startswith("generating: 500/2000 dialogues (25%)")
     assert lines[-1].startswith("generating: 2000/2000 dialogues (100%) in ")
+
+
+EXPORT = "import sys; from raytune_bsm.cli import main; sys.argv = ['bsm', 'export', {ckpt!r}, '--to', {to!r}]; main()"
+
+
+def test_export_shows_its_steps(tmp_path, tiny_encoder):
+    import torch
+
+    from raytune_bsm.model.text_bert import TextBertClassifier
+
+    torch.manual_seed(0)
+    model = TextBertClassifier({"text_name": "dialogue", "label_name": "reversal_flag", "encoder_config": tiny_encoder,
+                                "tokenizer": "all-MiniLM-L6-v2",
+                                "class_names": ["0", "1"], "max_tokens": 64, "max_chunks": 4})  # fmt: skip
+    ckpt = tmp_path / "model.ckpt"
+    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}, ckpt)
+    text = _run_on_pty(EXPORT.format(ckpt=str(ckpt), to=str(tmp_path / "a"))).decode(errors="replace")
+    assert "\x1b[" in text and "exporting" in text and "parity" in text
+    lines = _run_piped(EXPORT.format(ckpt=str(ckpt), to=str(tmp_path / "b"))).splitlines()
+    steps = [line for line in lines if line.startswith("exporting: ")]
+    assert "\r" not in "".join(lines) and steps, lines
+    assert steps[-1].startswith("exporting: ") and "(100%) in " in steps[-1], steps
+    assert (tmp_path / "b" / "manifest.json").is_file()
