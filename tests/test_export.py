@@ -102,10 +102,10 @@ def fresh_inputs(pad_id: int, seed: int) -> list[tuple[torch.Tensor, torch.Tenso
 
 def test_export_writes_every_file_and_a_correct_manifest(trained):
     dest, man = trained.dest, trained.manifest
-    for name in ("model.onnx", "model.int8.onnx", "model.packed.onnx", "model.packed.int8.onnx", "model.chunks.onnx",
-                 "model.chunks.int8.onnx", "model.head.onnx", "model.torchscript.pt", "tokenizer/tokenizer.json",
-                 "bsm_model.json", "manifest.json"):  # fmt: skip
+    for name in ("model.onnx", "model.int8.onnx", "model.chunks.onnx", "model.chunks.int8.onnx", "model.head.onnx",
+                 "model.torchscript.pt", "tokenizer/tokenizer.json", "bsm_model.json", "manifest.json"):  # fmt: skip
         assert (dest / name).is_file(), name
+    assert not (dest / "model.packed.onnx").exists()  # replaced by the chunk graph
     on_disk = json.loads((dest / "manifest.json").read_text())
     assert on_disk == man == parse_manifest((dest / "manifest.json").read_bytes(), str(dest))
     assert man["format"] == "bsm-export"
@@ -119,7 +119,7 @@ def test_export_writes_every_file_and_a_correct_manifest(trained):
     assert man["versions"]["torch"] == torch.__version__
     assert man["created"] and man["exporter"]["opset"] >= 17
     par = man["parity"]
-    for runtime in ("onnxruntime", "packed", "chunks", "torchscript"):
+    for runtime in ("onnxruntime", "chunks", "torchscript"):
         assert par[runtime]["max_abs_diff"] <= 1e-4 and par[runtime]["labels_agree"] is True
     assert par["with_padding_chunks"] and par["distinct_shapes_besides_example"] >= 3
     assert any(s.startswith("val[") for s in par["sources"])  # the given validation batches were used
@@ -334,7 +334,7 @@ def test_falls_back_to_the_dynamo_onnx_exporter(trained, tmp_path, monkeypatch):
     monkeypatch.setattr(torch.onnx, "export", no_legacy)
     manifest = export_checkpoint(str(trained.ckpt_dir), str(tmp_path / "export"))
     assert manifest["exporter"]["onnx"] == "torch.onnx.export(dynamo=True)"
-    for graph in ("onnxruntime", "packed", "chunks"):
+    for graph in ("onnxruntime", "chunks"):
         assert manifest["parity"][graph]["max_abs_diff"] <= 1e-4
 
 
@@ -352,57 +352,17 @@ def test_a_file_that_is_not_a_checkpoint_is_an_export_error(tmp_path):
 # ------------------------------------------------------------------------- packed and int8 graphs (issue 10)
 
 
-def _packed_inputs(ids: torch.Tensor, mask: torch.Tensor) -> tuple[dict, list[int]]:
-    """The packed graph's feed, built independently of bsm's code: each record's non-empty chunks in order,
-    padded to the longest, and pool[r, c] = 1/n_r."""
-    chunks, owners = [], []
-    for b in range(ids.shape[0]):
-        for c in range(ids.shape[1]):
-            if mask[b, c].any():
-                chunks.append(c + b * ids.shape[1])
-                owners.append(b)
-    records = sorted(set(owners))
-    flat_ids, flat_mask = ids.reshape(-1, ids.shape[2])[chunks], mask.reshape(-1, ids.shape[2])[chunks]
-    T = int(flat_mask.any(0).nonzero().max()) + 1
-    pool = np.zeros((len(records), len(chunks)), dtype=np.float32)
-    for j, b in enumerate(owners):
-        pool[records.index(b), j] = 1.0 / owners.count(b)
-    return {"input_ids": flat_ids[:, :T].numpy(), "attention_mask": flat_mask[:, :T].numpy(), "pool": pool}, records
-
-
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_packed_graph_matches_the_bct_model_on_random_shapes(trained, seed):
-    """Records with one chunk and with all C chunks, random lengths: same labels, logits within 1e-4."""
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(trained.dest / "model.packed.onnx"), providers=["CPUExecutionProvider"])
-    g = torch.Generator().manual_seed(seed)
-    B, C, T = int(torch.randint(2, 7, (1,), generator=g)), int(torch.randint(2, 6, (1,), generator=g)), 37
-    ids = torch.randint(1000, 29000, (B, C, T), generator=g)
-    mask = torch.zeros(B, C, T, dtype=torch.long)
-    n_chunks = [1, C] + [int(torch.randint(1, C + 1, (1,), generator=g)) for _ in range(B - 2)]
-    for b, n in enumerate(n_chunks):
-        for c in range(n):
-            mask[b, c, : int(torch.randint(2, T + 1, (1,), generator=g))] = 1
-    ids = torch.where(mask.bool(), ids, torch.full_like(ids, trained.processor.pad_id))
-    feed, records = _packed_inputs(ids, mask)
-    assert records == list(range(B))
-    got = session.run(["logits"], feed)[0]
-    with torch.no_grad():
-        ref = trained.model.logits(ids, mask).numpy()
-    assert got.shape == ref.shape and got.dtype == np.float32
-    assert np.abs(got - ref).max() <= 1e-4
-    assert (got.argmax(1) == ref.argmax(1)).all()
-
-
-def test_packed_graph_interface_has_dynamic_chunks_tokens_records(trained):
+def test_chunk_and_head_graphs_have_dynamic_chunks_tokens_records(trained):
     import onnx
 
-    graph = onnx.load(str(trained.dest / "model.packed.onnx")).graph
+    graph = onnx.load(str(trained.dest / "model.chunks.onnx")).graph
     dims = {i.name: [d.dim_param for d in i.type.tensor_type.shape.dim] for i in graph.input}
-    assert dims == {"input_ids": ["chunks", "tokens"], "attention_mask": ["chunks", "tokens"], "pool": ["records", "chunks"]}
-    assert graph.input[2].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
-    assert [o.name for o in graph.output] == ["logits"]
+    assert dims == {"input_ids": ["chunks", "tokens"], "attention_mask": ["chunks", "tokens"]}
+    out = graph.output[0]
+    assert out.name == "features" and [d.dim_param or d.dim_value for d in out.type.tensor_type.shape.dim] == ["chunks", 32]
+    head = onnx.load(str(trained.dest / "model.head.onnx")).graph
+    assert [i.name for i in head.input] == ["features"] and [o.name for o in head.output] == ["logits"]
+    assert head.input[0].type.tensor_type.shape.dim[0].dim_param == "records"
 
 
 def _chunk_logits(dest: Path, graph: str, ids: torch.Tensor, mask: torch.Tensor, pad_id: int) -> np.ndarray:
@@ -443,7 +403,7 @@ def test_chunk_graph_and_head_match_the_bct_model_on_random_shapes(trained, seed
 def test_int8_models_are_quantized_checked_and_recorded_per_precision(trained):
     import onnx
 
-    int8 = ("model.int8.onnx", "model.packed.int8.onnx", "model.chunks.int8.onnx")
+    int8 = ("model.int8.onnx", "model.chunks.int8.onnx")
     for name in int8:
         ops = {n.op_type for n in onnx.load(str(trained.dest / name)).graph.node}
         assert ops & {"MatMulInteger", "DynamicQuantizeLinear", "DynamicQuantizeMatMul"}, (name, ops)

@@ -8,9 +8,6 @@
                               [chunks, hidden]; what `bsm predict` runs, chunks of many records grouped by length
       model.chunks.int8.onnx  the same, int8
       model.head.onnx         features float32 [records, hidden] (a record's mean chunk features) -> logits
-      model.packed.onnx       real chunks of whole records: input_ids, attention_mask int64 [chunks, tokens], pool
-                              float32 [records, chunks] -> logits float32 [records, classes]
-      model.packed.int8.onnx  the same, int8
       model.torchscript.pt    torch.jit.trace of forward(input_ids, attention_mask) -> logits; loads with
                               torch.jit.load alone (no raytune_bsm needed)
       tokenizer/              the tokenizer's files (tokenizer.json is all a serving process needs)
@@ -43,8 +40,7 @@ from raytune_bsm.data.processor import ChunkProcessor, ProcessorConfig
 from raytune_bsm.errors import ConfigError, ExportError
 from raytune_bsm.layout import (CHUNKS_INT8_ONNX_FILE, CHUNKS_ONNX_FILE, EXPORT_FORMAT, FEATURES_NAME, FORMAT_VERSION,
                                 HEAD_ONNX_FILE, INPUT_NAMES, INT8_ONNX_FILE, MODEL_JSON, ONNX_FILE, OUTPUT_NAME,
-                                PACKED_INT8_ONNX_FILE, PACKED_ONNX_FILE, TOKENIZER_DIR, TORCHSCRIPT_FILE,
-                                write_manifest)  # fmt: skip
+                                TOKENIZER_DIR, TORCHSCRIPT_FILE, write_manifest)  # fmt: skip
 from raytune_bsm.model import onnx_graphs, parity, publish, quantize
 from raytune_bsm.model.checkpoint import locate
 from raytune_bsm.model.text_bert import TextBertClassifier, load_checkpoint
@@ -52,8 +48,10 @@ from raytune_bsm.storage import filesystem, is_uri
 
 log = logging.getLogger(__name__)
 
-FP32 = {"chunks": CHUNKS_ONNX_FILE, "head": HEAD_ONNX_FILE, "packed": PACKED_ONNX_FILE, "bct": ONNX_FILE}
-INT8 = {"chunks": CHUNKS_INT8_ONNX_FILE, "head": HEAD_ONNX_FILE, "packed": PACKED_INT8_ONNX_FILE, "bct": INT8_ONNX_FILE}
+# The graphs (model.packed*.onnx of earlier exports: replaced by the chunk graph, faster in bench/; predict still
+# reads them in an export that has no chunk graph)
+FP32 = {"chunks": CHUNKS_ONNX_FILE, "head": HEAD_ONNX_FILE, "bct": ONNX_FILE}
+INT8 = {"chunks": CHUNKS_INT8_ONNX_FILE, "head": HEAD_ONNX_FILE, "bct": INT8_ONNX_FILE}
 STEPS = ("load", "onnx", "int8", "onnx_checker", "torchscript", "tokenizer", "parity", "manifest")
 Progress = Callable[[str, int, int], None]
 VERSIONED_PACKAGES = ("torch", "transformers", "onnx", "onnxruntime", "onnxscript", "tokenizers", "lightning", "ray",
@@ -125,15 +123,13 @@ def _build(model: TextBertClassifier, out: Path, val_batches: list[dict] | None,
         exporter = onnx_graphs.export_graphs(model, example, out, FP32)
     with steps("int8"):
         quantized = quantize.quantize_chunks(out / FP32["chunks"], out / INT8["chunks"])
-        onnx_graphs.compose(*(out / INT8[k] for k in ("chunks", "head", "packed", "bct")))
+        onnx_graphs.compose(*(out / INT8[k] for k in ("chunks", "head", "bct")))
     with steps("onnx_checker"):  # shape inference (full) once per kind of graph; int8 shares their structure
         bct = {n: onnx_graphs.BCT_DIMS for n in INPUT_NAMES}
         onnx_graphs.check_interface(out / ONNX_FILE, bct, num_classes, full=True)
         onnx_graphs.check_interface(out / CHUNKS_ONNX_FILE, onnx_graphs.CHUNK_DIMS, hidden, full=True, output=FEATURES_NAME)
         onnx_graphs.check_interface(out / CHUNKS_INT8_ONNX_FILE, onnx_graphs.CHUNK_DIMS, hidden, output=FEATURES_NAME)
-        for f, dims in ((PACKED_ONNX_FILE, onnx_graphs.PACKED_DIMS), (INT8_ONNX_FILE, bct),
-                        (PACKED_INT8_ONNX_FILE, onnx_graphs.PACKED_DIMS)):  # fmt: skip
-            onnx_graphs.check_interface(out / f, dims, num_classes)
+        onnx_graphs.check_interface(out / INT8_ONNX_FILE, bct, num_classes)
     with steps("torchscript"):
         onnx_graphs.export_torchscript(model, example, out / TORCHSCRIPT_FILE)
     with steps("tokenizer"):
@@ -151,9 +147,8 @@ def _build(model: TextBertClassifier, out: Path, val_batches: list[dict] | None,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "versions": _versions(),
         "exporter": {"onnx": exporter, "opset": onnx_graphs.OPSET, "torchscript": "torch.jit.trace", "int8": quantized,
-                     "graphs": "BERT traced once (model.chunks.onnx); model.head.onnx traced; model.packed*.onnx = "
-                               "chunks + pool @ features + head; model*.onnx [B, C, T] = a hand-written prefix graph "
-                               "+ packed"},  # fmt: skip
+                     "graphs": "BERT traced once (model.chunks.onnx); model.head.onnx traced; model*.onnx [B, C, T] "
+                               "= a hand-written prefix graph + chunks + pool @ features + head"},  # fmt: skip
         "example_input_shape": list(example[0].shape),
         "parity": checked,
         "precision": precision,

@@ -4,9 +4,10 @@
                chunk pooling only, so a call can hold the chunks of many records grouped by length
     head       features float32 [records, hidden] (a record's mean over its chunks) -> logits [records, classes]:
                the dropout-free head and classifier
-    packed     input_ids, attention_mask int64 [chunks, tokens], pool float32 [records, chunks] -> logits
-               float32 [records, classes]: chunks + `pool @ features` + head, one call per group of whole records;
-               pool[r, c] = 1/n_r when chunk c is one of record r's n_r chunks, else 0
+    packed     (in memory only) input_ids, attention_mask int64 [chunks, tokens], pool float32 [records, chunks]
+               -> logits float32 [records, classes]: chunks + `pool @ features` + head; pool[r, c] = 1/n_r when
+               chunk c is one of record r's n_r chunks, else 0. Exports before the chunk graph shipped it as
+               model.packed.onnx; the chunk graph replaced it (faster: calls of chunks sorted by length, bench/)
     [B, C, T]  input_ids, attention_mask int64 [batch, chunks, tokens] -> logits float32 [batch, classes]: the
                seed-compatible interface: a small hand-written "prefix" graph turns the [B, C, T] inputs into the
                packed ones (every chunk, an empty one attending to its first position and weighted 0) in front of
@@ -191,11 +192,9 @@ def with_head(chunks: onnx.ModelProto, head: onnx.ModelProto) -> onnx.ModelProto
     return chunks
 
 
-def compose(chunks: Path, head: Path, packed: Path, bct: Path) -> None:
-    """Write the packed and [B, C, T] graphs made from the chunk graph and the head graph files."""
-    graph = with_head(onnx.load(str(chunks)), onnx.load(str(head)))
-    onnx.save(graph, str(packed))
-    onnx.save(with_bct_inputs(graph), str(bct))
+def compose(chunks: Path, head: Path, bct: Path) -> None:
+    """Write the [B, C, T] graph made from the chunk graph and the head graph files."""
+    onnx.save(with_bct_inputs(with_head(onnx.load(str(chunks)), onnx.load(str(head)))), str(bct))
 
 
 def prefix_graph(ir_version: int, opsets: list[Any]) -> onnx.ModelProto:
@@ -270,11 +269,11 @@ def with_bct_inputs(packed: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def export_graphs(model: Any, example: tuple[torch.Tensor, torch.Tensor], out: Path, files: dict[str, str]) -> str:
-    """The fp32 graphs in `out` (BERT traced once; `files` maps chunks/head/packed/bct to file names). Returns the
+    """The fp32 graphs in `out` (BERT traced once; `files` maps chunks/head/bct to file names). Returns the
     exporter that traced BERT."""
     exporter = export_chunks(model, example, out / files["chunks"])
     export_head(model, out / files["head"])
-    compose(out / files["chunks"], out / files["head"], out / files["packed"], out / files["bct"])
+    compose(out / files["chunks"], out / files["head"], out / files["bct"])
     return exporter
 
 

@@ -9,11 +9,11 @@ Two sets of batches, chosen so that the check covers every case and costs second
   graphs `bsm predict` runs, called the way it calls them) score for the validation metric. The fp32 chunk graph
   stands in for PyTorch there: it matched PyTorch within `tolerance` on the shape batches, and runs 3x faster.
 
-- fp32 (`model.onnx`, `model.packed.onnx`, `model.chunks.onnx` + `model.head.onnx`, `model.torchscript.pt`):
+- fp32 (`model.onnx`, `model.chunks.onnx` + `model.head.onnx`, `model.torchscript.pt`):
   logits within `tolerance` of PyTorch and the same predicted labels on the shape batches, or an ExportError and
   nothing is published. Their metric is that of `model.chunks.onnx` (within 1e-4 of each other, they rank the
   same).
-- int8 (`model.int8.onnx`, `model.packed.int8.onnx`, `model.chunks.int8.onnx`): not held to the fp32 bound; label
+- int8 (`model.int8.onnx`, `model.chunks.int8.onnx`): not held to the fp32 bound; label
   agreement with PyTorch (on the labelled records: with `model.chunks.onnx`) and the largest logit difference
   recorded per graph, and the metric (accuracy, and AUROC for two classes) of `model.chunks.int8.onnx` beside
   fp32's under the manifest's "precision", which is what `bsm predict` chooses a precision by.
@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from raytune_bsm.data.dataset import Collate, EncodedDataset
 from raytune_bsm.errors import ExportError
 from raytune_bsm.layout import (CHUNKS_INT8_ONNX_FILE, CHUNKS_ONNX_FILE, HEAD_ONNX_FILE, INT8_ONNX_FILE, ONNX_FILE,
-                                PACKED_INT8_ONNX_FILE, PACKED_ONNX_FILE, TORCHSCRIPT_FILE)  # fmt: skip
+                                TORCHSCRIPT_FILE)  # fmt: skip
 from raytune_bsm.model.onnx_graphs import quiet
 from raytune_bsm.scoring.batching import plan_block, run_plan
 from raytune_bsm.scoring.sessions import Scorer
@@ -46,10 +46,9 @@ MAX_VAL_BATCHES = 8  # validation batches looked at (the first ones given)
 MAX_LABELLED = 32  # labelled validation records the int8 metric is measured on
 PARITY_RECORDS = 2  # validation records (as given, full length) in every graph's shape batches
 CALL_CHUNKS = 32  # chunks per chunk-graph call, as `bsm predict` calls it by default
-FP32_FILES = (ONNX_FILE, PACKED_ONNX_FILE, CHUNKS_ONNX_FILE, TORCHSCRIPT_FILE)
-INT8_FILES = (INT8_ONNX_FILE, PACKED_INT8_ONNX_FILE, CHUNKS_INT8_ONNX_FILE)
-NAMES = {ONNX_FILE: "onnxruntime", PACKED_ONNX_FILE: "packed", CHUNKS_ONNX_FILE: "chunks",
-         TORCHSCRIPT_FILE: "torchscript"}  # the manifest's "parity" keys  # fmt: skip
+FP32_FILES = (ONNX_FILE, CHUNKS_ONNX_FILE, TORCHSCRIPT_FILE)
+INT8_FILES = (INT8_ONNX_FILE, CHUNKS_INT8_ONNX_FILE)
+NAMES = {ONNX_FILE: "onnxruntime", CHUNKS_ONNX_FILE: "chunks", TORCHSCRIPT_FILE: "torchscript"}  # "parity" keys
 
 # Synthetic dialogues when no validation batches are given: different lengths, so the batches have different
 # chunk counts and chunk lengths, and one empty dialogue (a record with no chunks).
@@ -134,7 +133,7 @@ def records(ids: np.ndarray, mask: np.ndarray) -> tuple[list[np.ndarray], list[n
 
 def _runners(out: Path, pad_id: int) -> dict[str, Callable[[Batch], np.ndarray]]:
     """file -> batch -> logits [B, classes] for every record of the batch, each graph called as predict calls
-    it (packed: whole records; chunks: the chunks of the batch sorted by length, then the head)."""
+    it (chunks: the chunks of the batch sorted by length, then the head; [B, C, T]: the batch as given)."""
     head = Scorer(str(out / HEAD_ONNX_FILE))
     with quiet():  # torch.jit.load's deprecation note
         scripted = torch.jit.load(str(out / TORCHSCRIPT_FILE), map_location="cpu").eval()
@@ -142,17 +141,15 @@ def _runners(out: Path, pad_id: int) -> dict[str, Callable[[Batch], np.ndarray]]
     def run(f: str, layout: str) -> Callable[[Batch], np.ndarray]:
         scorer = Scorer(str(out / f))
 
-        def logits(b: Batch) -> np.ndarray:
+        def chunks(b: Batch) -> np.ndarray:
             ids, lens = records(b.ids.numpy(), b.mask.numpy())
-            batch_size = CALL_CHUNKS if layout == "chunks" else len(ids)
-            return run_plan(plan_block(ids, lens, pad_id, batch_size, layout), scorer, head)
+            return run_plan(plan_block(ids, lens, pad_id, CALL_CHUNKS, "chunks"), scorer, head)
 
         if layout == "bct":  # as given: the [B, C, T] graph must take empty chunks and padding columns
             return lambda b: scorer({"input_ids": b.ids.numpy(), "attention_mask": b.mask.numpy()})
-        return logits
+        return chunks
 
-    layouts = {ONNX_FILE: "bct", INT8_ONNX_FILE: "bct", PACKED_ONNX_FILE: "packed", PACKED_INT8_ONNX_FILE: "packed",
-               CHUNKS_ONNX_FILE: "chunks", CHUNKS_INT8_ONNX_FILE: "chunks"}  # fmt: skip
+    layouts = {ONNX_FILE: "bct", INT8_ONNX_FILE: "bct", CHUNKS_ONNX_FILE: "chunks", CHUNKS_INT8_ONNX_FILE: "chunks"}
     runners = {f: run(f, k) for f, k in layouts.items()}
     runners[TORCHSCRIPT_FILE] = lambda b: scripted(b.ids, b.mask).float().numpy()
     return runners
