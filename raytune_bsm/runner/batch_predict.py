@@ -2,9 +2,9 @@
 
     input files (listed and schema-checked on the driver: metadata only; a file, a directory or a glob)
       -> ray.data.read_parquet / read_csv / read_json on their pyarrow filesystem (the text and id columns only)
-      -> map_batches(Score) in an actor pool: each actor holds ONE ONNX Runtime session (`predict.Predictor`:
-         the export's tokenizer and processor settings, the packed graph, the precision `bsm predict` picks, every
-         file verified against the manifest), on CPU, or one GPU per actor with CUDAExecutionProvider
+      -> map_batches(Score) in an actor pool: each actor holds the ONNX Runtime sessions of `predict.Predictor`
+         (the export's tokenizer and processor settings, the graph and precision `bsm predict` picks, every
+         file verified against the manifest), created once, on CPU, or one GPU per actor with CUDAExecutionProvider
       -> write_parquet into a temporary sibling of `out`, published when every block is written
 
 The output directory's Parquet files hold the columns of local `bsm predict` (`id`, `predicted`, `prob_<class>`,
