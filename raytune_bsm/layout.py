@@ -37,6 +37,7 @@ def default_storage() -> str:
 
 # ------------------------------------------------------------------------------------------- run directories
 
+FIRST_STEP_JSON = "bsm_first_step.json"  # rank 0's wall-clock time of the first training step
 CONFIG_JSON = "bsm_config.json"
 RESULT_JSON = "bsm_result.json"
 EXPORT_DIR = "export"

@@ -18,8 +18,10 @@ import numpy as np
 class EncodedDataset:
     """Processed records of one split; indexable, so it works as a torch map-style dataset."""
 
-    def __init__(self, ids: list[np.ndarray], lens: list[np.ndarray], labels: np.ndarray, record_ids: list[Any]):
+    def __init__(self, ids: list[np.ndarray], lens: list[np.ndarray], labels: np.ndarray, record_ids: list[Any],
+                 truncated: list[bool] | None = None):  # fmt: skip
         self.ids, self.lens, self.labels, self.record_ids = ids, lens, labels, record_ids
+        self.truncated = truncated  # per record: it had more than max_chunks chunks (None: not known)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -50,6 +52,7 @@ class Collate:
             self.mask_key: torch.from_numpy(mask),  # [B, C, T]
             self.label_name: torch.from_numpy(self.ds.labels[list(indices)]),  # [B]
             self.id_name: [self.ds.record_ids[i] for i in indices],
+            **({"truncated": [self.ds.truncated[i] for i in indices]} if self.ds.truncated is not None else {}),
         }
 
 

@@ -12,7 +12,7 @@ and `lens` (each chunk's length). The collate function in `batching.py` turns a 
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Literal, Sequence
 
 import numpy as np
@@ -55,6 +55,7 @@ class Processed:
     lens: list[np.ndarray]  # per record: int32 [n_chunks] (0 chunks for an empty dialogue)
     truncated: int  # records that had more than max_chunks chunks
     tokens: int  # tokens produced by the tokenizer, before truncation
+    cut: list[bool] = field(default_factory=list)  # per record: it had more than max_chunks chunks
 
 
 def split_messages(dialogue: Any) -> list[str]:
@@ -134,6 +135,7 @@ class ChunkProcessor:
             chunks = self._pack([e.ids for e in encodings[pos : pos + n]])
             pos += n
             out.tokens += sum(len(c) for c in chunks)
+            out.cut.append(len(chunks) > self.config.max_chunks)
             if len(chunks) > self.config.max_chunks:
                 out.truncated += 1
                 c = self.config.max_chunks

@@ -10,9 +10,8 @@ The driver never holds the data: it reads the files' schemas (`check_schema`) an
 per batch. When a summary shows a problem in a file, the driver checks that one file with the same code as the
 local path (`splits.load_files`), so the error is the same line, naming the file and the row.
 
-Not yet used by the runner. There: `TorchTrainer(datasets={"train": split.dataset, ...})`, in the worker
-`ray.train.get_dataset_shard("train").iter_batches(...)` padded by the collate of `batching.py`, and the step
-count from `split.rows`.
+The runner (`runner/prepare.prepare_ray`) materializes the tokenized splits once per run or sweep and hands them
+to `TorchTrainer(datasets=...)`; each worker streams its shard through `data/streaming.ShardBatches`.
 """
 
 from __future__ import annotations
@@ -37,7 +36,8 @@ TOKENIZE_BATCH = 256  # records per tokenizer call
 @dataclass
 class RaySplit:
     """A checked, tokenized split on the cluster: records with `input_ids` and `chunk_lens` (int32 lists, as the
-    processor gives them), `label` (class index), `id`, and `cost` (chunks x longest chunk, for length grouping)."""
+    processor gives them), `truncated` (more than max_chunks chunks), `label` (class index), `id`, and `cost`
+    (chunks x longest chunk, for length grouping)."""
 
     dataset: Any  # ray.data.Dataset
     rows: int  # records in `dataset` (empty dialogues skipped)
@@ -91,6 +91,8 @@ def prepare_split(
 ) -> RaySplit:
     """Read, check and tokenize one split on the cluster. `processor`: a ProcessorConfig's fields;
     `labels=None` infers the classes (the training split). Checks finish before anything is tokenized."""
+    from ray.data import ActorPoolStrategy
+
     ds, files, id_field = read_split(uri, cfg, format)
     labels, rows, skipped = check_split(ds, files, uri, cfg, labels, num_classes)
     tokenized = ds.map_batches(
@@ -99,7 +101,7 @@ def prepare_split(
                                    label_field=cfg.label_field, id_field=id_field),  # fmt: skip
         batch_size=TOKENIZE_BATCH,
         batch_format="pyarrow",
-        concurrency=(1, max(1, actors)),  # an actor pool: each actor loads the tokenizer once
+        compute=ActorPoolStrategy(min_size=1, max_size=max(1, actors)),  # each actor loads the tokenizer once
     )
     return RaySplit(dataset=tokenized, rows=rows, labels=labels, skipped_empty=skipped, files=files)
 
@@ -191,12 +193,18 @@ class Tokenize:
             batch = batch.take(pa.array(keep, pa.int64()))
             texts = [texts[i] for i in keep]
         out = self.processor(texts)
+        tokened = [i for i, lens in enumerate(out.lens) if len(lens)]  # text that tokenizes to nothing is skipped
+        if len(tokened) < len(out.lens):
+            batch = batch.take(pa.array(tokened, pa.int64()))
+            out.ids, out.lens = [out.ids[i] for i in tokened], [out.lens[i] for i in tokened]
+            out.cut = [out.cut[i] for i in tokened]
         y = self.labels.encode(batch.column(self.label_field), "a batch", self.label_field)
         ids = batch.column(self.id_field) if self.id_field else pa.nulls(batch.num_rows)
         cost = np.fromiter((len(l) * (int(l.max()) if len(l) else 0) for l in out.lens), np.int64, len(out.lens))
         return pa.table({
             "input_ids": pa.array(out.ids, pa.list_(pa.int32())),  # per record: every kept chunk, back to back
             "chunk_lens": pa.array(out.lens, pa.list_(pa.int32())),  # per record: [n_chunks]
+            "truncated": pa.array(out.cut, pa.bool_()),  # per record: it had more than max_chunks chunks
             "label": pa.array(y, pa.int64()),
             "id": ids,
             "cost": pa.array(cost, pa.int64()),

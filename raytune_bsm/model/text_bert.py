@@ -193,10 +193,11 @@ class TextBertClassifier(TextBertBase):
         self.log("test_loss", loss, on_epoch=True, sync_dist=True, batch_size=len(labels))
         probs = logits.softmax(dim=-1).cpu()
         ids = batch[self.config["id_name"] or "id"]
+        chunks = batch[self.mask_key].bool().any(dim=-1).sum(dim=-1).tolist()  # [B]: chunks kept per record
+        cut = batch.get("truncated") or [None] * len(labels)  # more than max_chunks chunks (None: not known)
         for i in range(len(labels)):
-            self.test_rows.append(
-                {"id": ids[i], "label": int(labels[i]), "pred": int(probs[i].argmax()), "probs": probs[i].tolist()}
-            )
+            self.test_rows.append({"id": ids[i], "label": int(labels[i]), "pred": int(probs[i].argmax()),
+                                   "probs": probs[i].tolist(), "num_chunks": chunks[i], "truncated": cut[i]})  # fmt: skip
 
     def on_test_epoch_end(self) -> None:
         self.log_dict(self.test_metrics.compute())

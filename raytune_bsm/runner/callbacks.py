@@ -10,6 +10,7 @@ from typing import Any
 
 from raytune_bsm.storage import exists, join, read_bytes, write_bytes
 from raytune_bsm.layout import EPOCHS_JSON as EPOCHS_FILE
+from raytune_bsm.layout import FIRST_STEP_JSON
 from raytune_bsm.sweep import PG_FILE, _plain
 
 log = logging.getLogger("raytune_bsm")
@@ -22,6 +23,14 @@ def read_reports(run_dir: str) -> list[dict[str, Any]]:
         return json.loads(read_bytes(path)) if exists(path) else []
     except (OSError, ValueError):
         return []
+
+
+def read_first_step(run_dir: str) -> float | None:
+    """The wall-clock time of the run's first training step (rank 0 writes it), if it got that far."""
+    try:
+        return float(json.loads(read_bytes(join(run_dir, FIRST_STEP_JSON)))["time"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def read_epochs(run_dir: str) -> list[dict[str, Any]]:

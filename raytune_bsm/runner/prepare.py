@@ -20,6 +20,8 @@ from raytune_bsm.layout import bsm_home
 
 log = logging.getLogger("raytune_bsm")
 
+DATA_KEY = "_bsm_data"  # in a Train worker's loop config: the prepared datasets' metadata (model config, rows)
+
 
 @dataclass
 class Prepared:
@@ -88,7 +90,8 @@ def prepare(run: RunConfig) -> Prepared:
             if not keep:
                 raise DataError(f"{split.path}: no dialogue in column {run.data.text_field!r} has any tokens")
         return EncodedDataset(
-            [p.ids[i] for i in keep], [p.lens[i] for i in keep], split.labels[keep], [split.ids[i] for i in keep]
+            [p.ids[i] for i in keep], [p.lens[i] for i in keep], split.labels[keep], [split.ids[i] for i in keep],
+            truncated=[p.cut[i] for i in keep],
         )
 
     return Prepared(
@@ -99,6 +102,78 @@ def prepare(run: RunConfig) -> Prepared:
         val=encode(val_split, "val"),
         test=encode(test_split, "test") if test_split is not None else None,
     )
+
+
+@dataclass
+class RayPrepared:
+    """The splits of a run on Ray: checked, tokenized once and materialized in the object store (the driver holds
+    references and row counts, never the records), ready for `TorchTrainer(datasets=...)`."""
+
+    model_config: dict[str, Any]
+    labels: Labels
+    datasets: dict[str, Any]  # "train", "val" and maybe "test" -> a materialized ray.data.Dataset
+    rows: dict[str, int]
+    pad_id: int
+
+
+def prepare_ray(run: RunConfig) -> RayPrepared:
+    """Read, check and tokenize every split on the cluster (Ray Data, an actor pool over its CPUs), once. Any bad
+    input raises here, before a Train worker starts; the errors are the in-memory path's own lines."""
+    import ray
+
+    from raytune_bsm.data.ray_data import prepare_split
+
+    paths = data_paths(run)
+    ray.data.DataContext.get_current().execution_options.preserve_order = True  # the same split-off every time
+    processor_cfg = ProcessorConfig.of_model(run.model_config())
+    processor = processor_cfg.to_dict()
+    actors = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    num_classes = run.model.get("num_classes")
+    t = time.perf_counter()
+    train = prepare_split(paths["train"], run.data, processor, None, num_classes, actors=actors)
+    labels = train.labels
+    datasets = {"train": train.dataset.materialize()}
+    if paths["val"]:
+        datasets["val"] = prepare_split(paths["val"], run.data, processor, labels, actors=actors).dataset.materialize()
+    else:
+        n = datasets["train"].count()
+        n_val = max(1, int(round(n * run.data.val_fraction)))
+        if n - n_val < 1:
+            raise DataError(f"{paths['train']}: {n} row(s) are too few to split off a validation set")
+        datasets["train"], datasets["val"] = datasets["train"].train_test_split(n_val, shuffle=True, seed=run.data.split_seed)
+    if paths["test"]:
+        datasets["test"] = prepare_split(paths["test"], run.data, processor, labels, actors=actors).dataset.materialize()
+    rows = {name: ds.count() for name, ds in datasets.items()}
+    for name, n in rows.items():
+        if n == 0:
+            raise DataError(f"{paths.get(name) or paths['train']}: no dialogue in column {run.data.text_field!r} has any tokens")
+    log.info("tokenized once on the cluster in %.1fs: %s records", time.perf_counter() - t,
+             ", ".join(f"{k} {v}" for k, v in rows.items()))  # fmt: skip
+    n = len(labels.names)
+    model_config = run.model_config(
+        is_binary=n == 2, num_classes=n, class_names=labels.names, id_name=run.data.id_field or "id"
+    )
+    return RayPrepared(model_config, labels, datasets, rows, ChunkProcessor(processor_cfg).pad_id)
+
+
+def shard_loaders(run: RunConfig, model_config: dict[str, Any], rows: dict[str, int], pad_id: int,
+                  world: int) -> tuple[Any, Any, Any]:  # fmt: skip
+    """This Train worker's loaders over its shards of the run's datasets (`TorchTrainer(datasets=...)`)."""
+    import ray.train
+
+    from raytune_bsm.data.streaming import ShardBatches
+
+    cfg = model_config
+
+    def make(name: str, train: bool) -> ShardBatches:
+        return ShardBatches(
+            ray.train.get_dataset_shard(name), rows[name] // world,
+            run.data.batch_size if train else run.data.eval_batch_size, train=train,
+            group_by_length=run.data.group_by_length, seed=run.train.seed, text_name=cfg["text_name"],
+            label_name=cfg["label_name"], id_name=cfg["id_name"], pad_id=pad_id,
+        )  # fmt: skip
+
+    return make("train", True), make("val", False), (make("test", False) if "test" in rows else None)
 
 
 def loaders(run: RunConfig, prep: Prepared, rank: int = 0, world: int = 1) -> tuple[Any, Any, Any]:

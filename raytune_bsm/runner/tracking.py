@@ -21,7 +21,8 @@ from typing import Any
 
 from raytune_bsm.config import RunConfig
 from raytune_bsm.errors import ConfigError
-from raytune_bsm.storage import filesystem, is_uri, join
+from raytune_bsm.layout import FIRST_STEP_JSON
+from raytune_bsm.storage import filesystem, is_uri, join, write_bytes
 
 log = logging.getLogger("raytune_bsm")
 
@@ -110,7 +111,9 @@ class Tracking:
     def callbacks(self) -> list[Any]:
         from lightning.pytorch.callbacks import LearningRateMonitor
 
-        return [progress_log()] + ([LearningRateMonitor(logging_interval="epoch")] if self.rank == 0 else [])
+        if self.rank != 0:
+            return [progress_log()]
+        return [progress_log(join(self.run_dir, FIRST_STEP_JSON)), LearningRateMonitor(logging_interval="epoch")]
 
     def finish(self) -> None:
         """Upload the local copy of the event files (remote run storage) and remove it."""
@@ -125,12 +128,19 @@ class Tracking:
             shutil.rmtree(self.local_dir, ignore_errors=True)
 
 
-def progress_log() -> Any:
+def progress_log(first_step: str | None = None) -> Any:
     """A Lightning callback: a progress line on stderr every ~10% of an epoch (readable in job logs), and at each
-    epoch's end the mean training loss and records/s into the loggers."""
+    epoch's end the mean training loss and records/s into the loggers. With `first_step` (a path or URI), the
+    wall-clock time of the first training step is written there (the run's start-up figure)."""
     import lightning.pytorch as pl
 
     class ProgressLog(pl.Callback):
+        def on_train_batch_start(self, trainer: Any, module: Any, batch: Any, i: int) -> None:
+            nonlocal first_step
+            if first_step is not None:
+                write_bytes(json.dumps({"time": time.time()}).encode(), first_step)
+                first_step = None
+
         def on_train_epoch_start(self, trainer: Any, module: Any) -> None:
             self.t0, self.seen, self.loss_sum, self.steps = time.perf_counter(), 0, 0.0, 0
             self.every = max(1, int(trainer.num_training_batches) // 10)

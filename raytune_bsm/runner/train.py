@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import sys
+import time
 from typing import Any
 
 import pyarrow.fs as pafs
@@ -24,9 +25,9 @@ import pyarrow.fs as pafs
 from raytune_bsm.config import RunConfig, dumps
 from raytune_bsm.errors import BsmError, ConfigError
 from raytune_bsm.logs import quiet_libraries, setup_logging, verbose
-from raytune_bsm.runner.callbacks import best_kept, epoch_record, kept_checkpoints, read_reports
+from raytune_bsm.runner.callbacks import best_kept, checkpoint_uri, epoch_record, kept_checkpoints, read_first_step, read_reports
 from raytune_bsm.runner.export_task import export_best
-from raytune_bsm.runner.prepare import prepare
+from raytune_bsm.runner.prepare import DATA_KEY, RayPrepared, prepare_ray
 from raytune_bsm.runner.tracking import TRACKING_KEY, end_mlflow, start_mlflow, tensorboard_logdir
 from raytune_bsm.storage import exists, filesystem, join, read_bytes, write_bytes
 
@@ -36,8 +37,9 @@ CONFIG_JSON = "bsm_config.json"
 
 
 def trainer_for(run: RunConfig, monitor: str, *, storage: str, callbacks: list[Any] | None = None,
-                tracking: dict[str, Any] | None = None) -> Any:  # fmt: skip
-    """The TorchTrainer for one run (also the trainer each Tune trial starts). Every run keeps its epoch record."""
+                tracking: dict[str, Any] | None = None, data: RayPrepared | None = None) -> Any:  # fmt: skip
+    """The TorchTrainer for one run (also the trainer each Tune trial starts). Every run keeps its epoch record.
+    `data`: the splits prepared once (`prepare_ray`); each worker streams its equal shard of every one."""
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -51,7 +53,12 @@ def trainer_for(run: RunConfig, monitor: str, *, storage: str, callbacks: list[A
     loop_config["storage"] = storage
     if tracking:
         loop_config[TRACKING_KEY] = tracking
+    if data is not None:
+        loop_config[DATA_KEY] = {"model_config": data.model_config, "rows": data.rows, "pad_id": data.pad_id}
     return TorchTrainer(
+        datasets=data.datasets if data is not None else None,
+        # every split cut into equal shards (streaming_split(equal=True)): the same batch count on every rank
+        dataset_config=ray.train.DataConfig(datasets_to_split="all"),
         train_loop_per_worker=train_loop,
         train_loop_config=loop_config,
         torch_config=TorchConfig(backend="nccl" if run.scaling.use_gpu else "gloo"),
@@ -90,11 +97,12 @@ def fit(run: RunConfig, *, storage: str, resume: bool = False) -> dict[str, Any]
     if not resume and exists(join(run_dir, CONFIG_JSON)):
         raise ConfigError(f"a run named {run.name} already exists in {run_dir}; continue it with --resume "
                           f"{run.name} or choose another --name")  # fmt: skip
-    # Check the data in the driver first: a bad file fails here in seconds, not on every worker. Only the
-    # model's config is kept; the prepared splits are dropped before training.
-    prep = prepare(run)
-    model_config, num_classes = prep.model_config, len(prep.labels.names)
-    del prep
+    # Read, check and tokenize every split once, on the cluster, before any worker starts: a bad file fails here.
+    # The driver holds references to the tokenized datasets (in the object store) and their row counts.
+    started = time.time()
+    data = prepare_ray(run)
+    timings = {"prepare_s": round(time.time() - started, 2)}
+    model_config, num_classes = data.model_config, len(data.labels.names)
     monitor = run.monitor(num_classes)
     if resume:
         log.info("resuming run %s from its latest checkpoint in %s", run.name, run_dir)
@@ -102,12 +110,19 @@ def fit(run: RunConfig, *, storage: str, resume: bool = False) -> dict[str, Any]
         write_bytes(dumps({**run.to_dict(), "storage": storage, "model": model_config}).encode(), join(run_dir, CONFIG_JSON))
     tracking = start_mlflow(run, {**run.to_dict(), "model": model_config})
 
-    result = trainer_for(run, monitor, storage=storage, tracking=tracking).fit()
+    t = time.time()
+    result = trainer_for(run, monitor, storage=storage, tracking=tracking, data=data).fit()
+    timings["fit_s"] = round(time.time() - t, 2)
+    first = read_first_step(run_dir)
+    if first is not None:
+        timings["first_step_s"] = round(first - started, 2)  # from the driver's start, data preparation included
     kept = kept_checkpoints(result)
     best = best_kept(kept, monitor, run.train.mode)  # what retention left on disk; ties: the earliest epoch
     export = None
     if best is not None and run.train.export and result.error is None:
+        t = time.time()
         export = export_best(best[0], run_dir, run, model_config, metrics=best[1], hyperparameters=model_config)
+        timings["export_s"] = round(time.time() - t, 2)
     end_mlflow(tracking, export, failed=result.error is not None)
     summary = {
         "name": run.name,
@@ -116,13 +131,15 @@ def fit(run: RunConfig, *, storage: str, resume: bool = False) -> dict[str, Any]
         "metrics": {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))},
         "best_checkpoint": best[0] if best else None,
         "checkpoints": [{"path": p, **{k: m.get(k) for k in (monitor, "epoch")}} for p, m in kept.items()],
-        "latest_checkpoint": result.checkpoint.path if result.checkpoint else None,
+        "latest_checkpoint": checkpoint_uri(result.checkpoint) if result.checkpoint else None,
         "epochs_trained": [r["epoch"] for r in read_reports(run_dir)],
         "error": repr(result.error) if result.error else None,
         "restarts": _restarts(run_dir),
         "export": export,
         "tensorboard_logdir": tensorboard_logdir(run_dir),
         "mlflow_run_id": tracking.get("mlflow_run_id"),
+        "data": {name: {"rows": n} for name, n in data.rows.items()},
+        "timings": timings,
     }
     write_bytes(dumps(summary).encode(), join(run_dir, "bsm_result.json"))
     log.info("validation metrics: %s", json.dumps({k: round(v, 4) for k, v in summary["metrics"].items() if k.startswith("val")}))

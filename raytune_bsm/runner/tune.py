@@ -39,7 +39,7 @@ from raytune_bsm.logs import quiet_libraries, setup_logging, verbose
 from raytune_bsm.resources import ClusterResources, NodeResources
 from raytune_bsm.runner.callbacks import placement_group_log, read_epochs
 from raytune_bsm.runner.export_task import export_best
-from raytune_bsm.runner.prepare import data_paths
+from raytune_bsm.runner.prepare import RayPrepared, data_paths, prepare_ray
 from raytune_bsm.runner.train import connect, trainer_for
 from raytune_bsm.runner.trials import _Spec, recorder
 from raytune_bsm.storage import exists, join, read_bytes, storage_path, write_bytes
@@ -56,6 +56,8 @@ from raytune_bsm.sweep import (
 )
 
 log = logging.getLogger("raytune_bsm")
+
+PROCESSOR_KEYS = {"tokenizer", "max_tokens", "max_chunks", "keep_chunks"}  # a trial with its own: its own tokens
 
 
 def bsm_trial(config: dict[str, Any], spec: dict[str, Any] | None = None) -> None:
@@ -82,7 +84,18 @@ def bsm_trial(config: dict[str, Any], spec: dict[str, Any] | None = None) -> Non
     log.info("trial %s: %s", trial_id, json.dumps({k: _plain(v) for k, v in config.items()}, default=str))
     # trainer_for puts the epoch record first; TuneReportCallback then forwards each report to Tune (ASHA)
     callbacks = [TuneReportCallback(), placement_group_log(run_dir)]
-    trainer_for(run, spec["monitor"], storage=runs_dir, callbacks=[c for c in callbacks if c is not None]).fit()
+    trainer_for(run, spec["monitor"], storage=runs_dir, callbacks=[c for c in callbacks if c is not None],
+                data=_for_trial(spec.get("data"), run)).fit()
+
+
+def _for_trial(data: RayPrepared | None, run: RunConfig) -> RayPrepared | None:
+    """The sweep's prepared datasets with this trial's model config (its lr, warmup, reinit_layers...)."""
+    if data is None:
+        return None
+    n = len(data.labels.names)
+    model_config = run.model_config(is_binary=n == 2, num_classes=n, class_names=data.labels.names,
+                                    id_name=run.data.id_field or "id")  # fmt: skip
+    return replace(data, model_config=model_config)
 
 
 def _trial_dirname(trial: Any) -> str:
@@ -125,14 +138,23 @@ def run_sweep(run: RunConfig, sweep: SweepConfig, *, storage: str) -> dict[str, 
 
     space = resolve_space(run, sweep)
     sweep = replace(sweep, search_space=space)
+    check_search_space(sweep.apply(run), space)
+    connect()
+    # Tokenized once for every trial (materialized in the object store), unless the search space changes how
+    # dialogues are tokenized: then each trial prepares its own.
+    data = None
+    tokenizing = PROCESSOR_KEYS & {k.rsplit(".", 1)[-1] for k in space}
+    if tokenizing:
+        log.info("the search space sets %s: each trial tokenizes its own data", sorted(tokenizing))
+    else:
+        data = prepare_ray(run)
     trial_run = sweep.apply(run)
     if trial_run.train.monitor is None:  # the default metric depends on the class count
-        trial_run = sweep.apply(run, num_classes=_num_classes(run))
+        trial_run = sweep.apply(run, num_classes=len(data.labels.names) if data else _num_classes(run))
     check_search_space(trial_run, space)
     monitor, mode = trial_run.train.monitor, trial_run.train.mode
     check_monitor_computed(monitor, trial_run.model_config()["metric_choices"])
 
-    connect()
     concurrent = max_concurrent_trials(resources_from_ray(), sweep, trial_run)
     base = trial_run.to_dict()
     spec = _Spec(name=run.name, sweep_dir=sweep_dir, monitor=monitor, mode=mode,
@@ -146,7 +168,7 @@ def run_sweep(run: RunConfig, sweep: SweepConfig, *, storage: str) -> dict[str, 
     # Experiment state is saved at most this often; the trials' own epoch records cover the gap on --resume.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")
     trainable = tune.with_resources(
-        tune.with_parameters(bsm_trial, spec={"base": base, "runs_dir": join(sweep_dir, "runs"),
+        tune.with_parameters(bsm_trial, spec={"base": base, "runs_dir": join(sweep_dir, "runs"), "data": data,
                                               "monitor": monitor, "max_epochs": trial_run.train.max_epochs}),
         TRIAL_RESOURCES,
     )  # fmt: skip

@@ -21,7 +21,7 @@ from typing import Any
 
 from raytune_bsm.config import RunConfig, check_monitor_computed, dumps
 from raytune_bsm.logs import quiet_libraries, setup_logging
-from raytune_bsm.runner.prepare import Prepared, data_paths, demo_data_dir, loaders, prepare  # noqa: F401 (re-exported)
+from raytune_bsm.runner.prepare import DATA_KEY, Prepared, data_paths, demo_data_dir, loaders, prepare, shard_loaders  # noqa: F401 (re-exported)
 from raytune_bsm.runner.tracking import TRACKING_KEY, Tracking
 from raytune_bsm.storage import join, write_bytes, write_table
 
@@ -53,6 +53,7 @@ def train_loop(config: dict[str, Any]) -> dict[str, float]:
     warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")  # inside Lightning, for torch 2.13
     config = dict(config)
     tracking = config.pop(TRACKING_KEY, None)
+    data = config.pop(DATA_KEY, None)  # on Ray: the prepared datasets' metadata (the records come as shards)
     run = RunConfig.from_dict(config)
     on_ray = run.train.runtime == "ray"
     rank, world = 0, 1
@@ -64,11 +65,17 @@ def train_loop(config: dict[str, Any]) -> dict[str, float]:
     pl.seed_everything(run.train.seed, workers=True, verbose=False)
     torch.set_num_threads(max(1, run.scaling.cpus_per_worker))
 
-    prep = prepare(run)
-    monitor = run.monitor(len(prep.labels.names))
-    check_monitor_computed(monitor, prep.model_config["metric_choices"])
-    train_dl, val_dl, test_dl = loaders(run, prep, rank, world)
-    model = TextBertClassifier(prep.model_config)
+    if data is not None:  # tokenized once by the driver; this rank streams its equal share
+        model_config = data["model_config"]
+        train_dl, val_dl, test_dl = shard_loaders(run, model_config, data["rows"], data["pad_id"], world)
+    else:  # in-process (runtime: local): the splits in memory
+        prep = prepare(run)
+        model_config = prep.model_config
+        train_dl, val_dl, test_dl = loaders(run, prep, rank, world)
+    class_names = model_config["class_names"]
+    monitor = run.monitor(len(class_names))
+    check_monitor_computed(monitor, model_config["metric_choices"])
+    model = TextBertClassifier(model_config)
     quiet_libraries()  # transformers is imported by now: its own switch
 
     out_dir = None if on_ray else Path(run.train.output_dir or Path("runs") / run.name)
@@ -122,7 +129,7 @@ def train_loop(config: dict[str, Any]) -> dict[str, float]:
             from lightning.pytorch.callbacks import ModelCheckpoint
 
             out_dir.mkdir(parents=True, exist_ok=True)
-            (out_dir / "config.json").write_text(dumps({**run.to_dict(), "model": prep.model_config}))
+            (out_dir / "config.json").write_text(dumps({**run.to_dict(), "model": model_config}))
             best = ModelCheckpoint(
                 dirpath=out_dir / "checkpoints",
                 filename="epoch{epoch}-" + monitor + "{" + monitor + ":.4f}",
@@ -146,7 +153,7 @@ def train_loop(config: dict[str, Any]) -> dict[str, float]:
     if test_dl is not None:
         trainer.test(model, test_dl, verbose=False)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test")})
-        write_predictions(model, prep.labels.names, run, out_dir, rank)
+        write_predictions(model, class_names, run, out_dir, rank)
     track.finish()
     if out_dir is not None:
         metrics["best_checkpoint"] = best.best_model_path  # type: ignore[assignment]
@@ -183,7 +190,8 @@ def _worker_record(run: RunConfig, rank: int, record: dict[str, Any]) -> None:
 
 
 def write_predictions(model: Any, class_names: list[str], run: RunConfig, out_dir: Path | None, rank: int) -> str:
-    """The test step's rows -> Parquet: id, label, predicted label and one probability column per class."""
+    """The test step's rows -> Parquet: id, label, predicted label, one probability column per class, and the
+    chunks kept and whether the dialogue was truncated (bsm report's accuracy by length)."""
     import pyarrow as pa
 
     rows = model.test_rows
@@ -193,6 +201,8 @@ def write_predictions(model: Any, class_names: list[str], run: RunConfig, out_di
             "label": [class_names[r["label"]] for r in rows],
             "predicted": [class_names[r["pred"]] for r in rows],
             **{f"prob_{c}": [r["probs"][i] for r in rows] for i, c in enumerate(class_names)},
+            "num_chunks": pa.array([r["num_chunks"] for r in rows], pa.int32()),  # chunks the model read
+            "truncated": pa.array([r["truncated"] for r in rows], pa.bool_()),  # it had more than max_chunks
         }
     )
     if out_dir is not None:

@@ -1,0 +1,79 @@
+"""A Train worker's shard of a tokenized Ray Dataset -> padded [B, C, T] batches, length-grouped.
+
+    ray.train.get_dataset_shard("train")        (Ray splits each dataset equally: every rank gets rows // world)
+      -> iter_batches(WINDOW records, locally shuffled for training)
+      -> within a window: sort by cost (chunks x longest chunk), cut into batches, shuffle the batches' order
+      -> pad_records (the one [B, C, T] padding, shared with the in-memory path and predict)
+
+Every rank holds the same number of rows, cut into windows of the same sizes, so every rank yields the same
+number of batches (DDP would hang otherwise), and `len()` knows it before the first batch: Lightning's learning-
+rate schedule takes its step count from there. Torch is imported only when iterating.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterator
+
+import numpy as np
+import pyarrow as pa
+
+from raytune_bsm.data.batching import pad_records
+
+WINDOW = 4096  # records sorted by length together: big enough to group well, small enough to stay random
+
+
+class ShardBatches:
+    """An iterable of batch dicts over one rank's shard; each `iter()` is one epoch (a new shuffle)."""
+
+    def __init__(self, shard: Any, rows: int, batch_size: int, *, train: bool, group_by_length: bool, seed: int,
+                 text_name: str, label_name: str, id_name: str | None, pad_id: int, window: int = WINDOW) -> None:  # fmt: skip
+        self.shard, self.rows, self.batch_size, self.window = shard, rows, batch_size, max(window, batch_size)
+        self.train, self.group, self.seed, self.pad_id = train, group_by_length or not train, seed, pad_id
+        self.ids_key = f"{text_name}_processed_input_ids"
+        self.mask_key = f"{text_name}_processed_attention_mask"
+        self.label_name, self.id_name = label_name, id_name or "id"
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        full, rest = divmod(self.rows, self.window)
+        return full * math.ceil(self.window / self.batch_size) + math.ceil(rest / self.batch_size)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        shuffle = {"local_shuffle_buffer_size": self.window, "local_shuffle_seed": self.seed + self.epoch} if self.train else {}
+        self.epoch += 1
+        seen = 0
+        for window in self.shard.iter_batches(batch_size=self.window, batch_format="pyarrow", **shuffle):
+            seen += window.num_rows
+            cost = window.column("cost").to_numpy()
+            order = np.argsort(cost, kind="stable") if self.group else rng.permutation(window.num_rows)
+            batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+            if self.train:
+                rng.shuffle(batches)  # length-grouped batches, in random order
+            for rows in batches:
+                yield self.collate(window.take(pa.array(rows, pa.int64())))
+        if seen != self.rows:  # would give this rank another batch count than the others: DDP would hang
+            raise RuntimeError(f"this rank's shard held {seen} records, {self.rows} expected")
+
+    def collate(self, t: pa.Table) -> dict[str, Any]:
+        import torch
+
+        ids = _lists(t.column("input_ids"))  # per record: int32 [tokens]
+        lens = _lists(t.column("chunk_lens"))  # per record: int32 [chunks]
+        padded, mask = pad_records(ids, lens, self.pad_id)
+        return {
+            self.ids_key: torch.from_numpy(padded),  # [B, C, T]
+            self.mask_key: torch.from_numpy(mask),  # [B, C, T]
+            self.label_name: torch.from_numpy(t.column("label").to_numpy().astype(np.int64)),  # [B]
+            self.id_name: t.column("id").to_pylist(),
+            "truncated": t.column("truncated").to_pylist(),
+        }
+
+
+def _lists(column: pa.ChunkedArray) -> list[np.ndarray]:
+    """A list<int32> column -> one numpy array per row, without a Python list per token."""
+    arr = column.combine_chunks()
+    offsets = arr.offsets.to_numpy()
+    values = arr.values.to_numpy(zero_copy_only=False)
+    return [values[offsets[i] : offsets[i + 1]] for i in range(len(arr))]
