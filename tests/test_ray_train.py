@@ -86,3 +86,85 @@ def test_killed_worker_resumes_from_latest_checkpoint(two_nodes, tmp_path):
     assert len(summary["restarts"]) == 1  # the failure it survived, reported
     assert summary["restarts"][0]["resumed_from"].startswith(str(run_dir))
     assert summary["metrics"]["epoch"] == 3  # all four epochs done (0-based)
+
+
+def _parts(root: Path, rows: int, files: int) -> Path:
+    """Demo dialogues as a directory of several Parquet files."""
+    import pyarrow.parquet as pq
+
+    from raytune_bsm.demo.generator import make_dialogues
+
+    table = make_dialogues(rows, seed=3)
+    root.mkdir(parents=True)
+    step = rows // files
+    for k in range(files):
+        pq.write_table(table.slice(k * step, step), root / f"part-{k}.parquet")
+    return root
+
+
+def test_every_training_row_is_seen_once_per_epoch_across_two_workers(two_nodes, tmp_path):
+    """The datasets prepared once (a directory of 5 Parquet files), split by Ray Train across a worker on each
+    node and batched by the very loaders the training loop uses: each epoch, each row exactly once, and both
+    ranks the same number of batches, the number len() announced (the LR schedule's)."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from raytune_bsm.runner.prepare import prepare_ray, shard_loaders
+
+    run = RunConfig.from_dict({**_run("rows").to_dict(), "data": {"train": str(_parts(tmp_path / "train", 200, 5)),
+                                                                  "val_fraction": 0.2, "batch_size": 16}})  # fmt: skip
+    data = prepare_ray(run)
+    assert data.rows == {"train": 160, "val": 40}
+
+    def loop(config: dict) -> None:
+        ctx = ray.train.get_context()
+        train_dl, _, _ = shard_loaders(run, data.model_config, data.rows, data.pad_id, ctx.get_world_size())
+        epochs = []
+        for _ in range(2):
+            batches = list(train_dl)
+            epochs.append({"ids": [i for b in batches for i in b["id"]], "batches": len(batches), "len": len(train_dl)})
+        out = Path(config["out"]) / f"rank-{ctx.get_world_rank()}.json"
+        out.write_text(json.dumps({"node": ray.get_runtime_context().get_node_id(), "epochs": epochs}))
+
+    TorchTrainer(loop, train_loop_config={"out": str(tmp_path)}, datasets=data.datasets,
+                 dataset_config=ray.train.DataConfig(datasets_to_split="all"),
+                 scaling_config=ray.train.ScalingConfig(num_workers=2, placement_strategy="STRICT_SPREAD"),
+                 run_config=ray.train.RunConfig(storage_path=str(tmp_path / "ray"))).fit()  # fmt: skip
+    ranks = [json.loads((tmp_path / f"rank-{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["node"] != ranks[1]["node"]
+    train_ids = set(data.datasets["train"].to_pandas()["id"])
+    for epoch in (0, 1):
+        seen = ranks[0]["epochs"][epoch]["ids"] + ranks[1]["epochs"][epoch]["ids"]
+        assert sorted(seen) == sorted(train_ids) and len(seen) == 160  # each row once, across the two ranks
+        counts = {(r["epochs"][epoch]["batches"], r["epochs"][epoch]["len"]) for r in ranks}
+        assert counts == {(5, 5)}  # 80 rows a rank in batches of 16, on both ranks, as announced
+    assert ranks[0]["epochs"][0]["ids"] != ranks[0]["epochs"][1]["ids"]  # a new order each epoch
+
+
+def test_a_bad_row_in_the_fifth_file_stops_the_run_before_any_worker(two_nodes, tmp_path, capsys):
+    """The job's entrypoint on a directory of 6 files, a null label in row 7 of the fifth: exit code 1, one
+    `bsm: error:` line naming that file and row (rows count from 0, as the local path's errors do), and no
+    Train worker ever started."""
+    import pyarrow.parquet as pq
+
+    from raytune_bsm.runner.train import main
+
+    train = _parts(tmp_path / "train", 300, 6)
+    bad = pq.read_table(train / "part-4.parquet").to_pylist()
+    bad[7]["reversal_flag"] = None
+    pq.write_table(pa_table(bad), train / "part-4.parquet")
+    job = {**_run("bad").to_dict(), "storage": str(tmp_path / "runs")}
+    job["data"] = {**job["data"], "train": str(train)}
+    (tmp_path / "bsm_job.json").write_text(json.dumps(job))
+    assert main(str(tmp_path / "bsm_job.json")) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert [ln for ln in err.splitlines() if "error" in ln.lower()] == [f"bsm: error: {train / 'part-4.parquet'}: column 'reversal_flag' has 1 null label(s), row 7"]
+    assert not (tmp_path / "runs" / "bad" / "bsm_workers").exists()  # no worker started
+    assert not (tmp_path / "runs" / "bad" / "bsm_config.json").exists()  # nor was the run recorded
+
+
+def pa_table(rows: list[dict]):
+    import pyarrow as pa
+
+    return pa.Table.from_pylist(rows)

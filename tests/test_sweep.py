@@ -272,10 +272,14 @@ def _wait_for_free_cpus(n: float, timeout: float = 90) -> None:
 
 
 @pytest.mark.slow
-def test_asha_sweep_stops_weak_trials_and_records_the_best(ray_local, tmp_path):
+def test_asha_sweep_stops_weak_trials_and_records_the_best(ray_local, tmp_path, monkeypatch):
     """4 trials, 2 at a time: two sane learning rates, then two that diverge (lr 0.9: val_loss in the hundreds
     after one epoch). ASHA (reduction factor 2, rungs at epochs 1 and 2) must stop the diverging ones after
-    their first epoch, whichever good trial reported first."""
+    their first epoch, whichever good trial reported first. The data are tokenized once, in the sweep's driver,
+    and every trial's workers stream shards of those datasets."""
+    prepared = []
+    real_prepare = sr.prepare_ray
+    monkeypatch.setattr(sr, "prepare_ray", lambda run: prepared.append(real_prepare(run)) or prepared[-1])
     storage = str(tmp_path / "runs")
     run = tiny_run("asha", max_epochs=3)
     space = {"lr": {"grid": [1e-3, 1e-3, 0.9, 0.9]}}
@@ -291,6 +295,10 @@ def test_asha_sweep_stops_weak_trials_and_records_the_best(ray_local, tmp_path):
     rows = table.to_pylist()
     assert len(rows) == 4 and len({r["trial_id"] for r in rows}) == 4
     assert {r["status"] for r in rows} <= {"completed", "early_stopped"}
+    assert len(prepared) == 1  # one tokenization for the sweep
+    for r in rows:  # every worker of every trial read its shard of those datasets, none tokenized its own
+        workers = [json.loads(w.read_text()) for w in (sweep_dir / "runs" / r["trial_id"] / "bsm_workers").glob("rank-*.json")]
+        assert workers and all(w["data"] == "shard" for w in workers), r["trial_id"]
     by_lr = {}
     for r in rows:
         assert len(r["metric_per_epoch"]) == r["iterations"] >= 1

@@ -114,6 +114,7 @@ class RayPrepared:
     datasets: dict[str, Any]  # "train", "val" and maybe "test" -> a materialized ray.data.Dataset
     rows: dict[str, int]
     pad_id: int
+    sources: dict[str, dict[str, int]]  # per split: {"skipped_empty": k, "files": m}, for bsm_result.json
 
 
 def prepare_ray(run: RunConfig) -> RayPrepared:
@@ -133,16 +134,22 @@ def prepare_ray(run: RunConfig) -> RayPrepared:
     train = prepare_split(paths["train"], run.data, processor, None, num_classes, actors=actors)
     labels = train.labels
     datasets = {"train": train.dataset.materialize()}
+    sources = {"train": {"skipped_empty": train.skipped_empty, "files": len(train.files)}}
     if paths["val"]:
-        datasets["val"] = prepare_split(paths["val"], run.data, processor, labels, actors=actors).dataset.materialize()
+        val = prepare_split(paths["val"], run.data, processor, labels, actors=actors)
+        datasets["val"] = val.dataset.materialize()
+        sources["val"] = {"skipped_empty": val.skipped_empty, "files": len(val.files)}
     else:
         n = datasets["train"].count()
         n_val = max(1, int(round(n * run.data.val_fraction)))
         if n - n_val < 1:
             raise DataError(f"{paths['train']}: {n} row(s) are too few to split off a validation set")
         datasets["train"], datasets["val"] = datasets["train"].train_test_split(n_val, shuffle=True, seed=run.data.split_seed)
+        sources["val"] = {"skipped_empty": 0, "files": 0}  # split off the training files (counted there)
     if paths["test"]:
-        datasets["test"] = prepare_split(paths["test"], run.data, processor, labels, actors=actors).dataset.materialize()
+        test = prepare_split(paths["test"], run.data, processor, labels, actors=actors)
+        datasets["test"] = test.dataset.materialize()
+        sources["test"] = {"skipped_empty": test.skipped_empty, "files": len(test.files)}
     rows = {name: ds.count() for name, ds in datasets.items()}
     for name, n in rows.items():
         if n == 0:
@@ -153,7 +160,7 @@ def prepare_ray(run: RunConfig) -> RayPrepared:
     model_config = run.model_config(
         is_binary=n == 2, num_classes=n, class_names=labels.names, id_name=run.data.id_field or "id"
     )
-    return RayPrepared(model_config, labels, datasets, rows, ChunkProcessor(processor_cfg).pad_id)
+    return RayPrepared(model_config, labels, datasets, rows, ChunkProcessor(processor_cfg).pad_id, sources)
 
 
 def shard_loaders(run: RunConfig, model_config: dict[str, Any], rows: dict[str, int], pad_id: int,

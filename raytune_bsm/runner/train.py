@@ -138,7 +138,7 @@ def fit(run: RunConfig, *, storage: str, resume: bool = False) -> dict[str, Any]
         "export": export,
         "tensorboard_logdir": tensorboard_logdir(run_dir),
         "mlflow_run_id": tracking.get("mlflow_run_id"),
-        "data": {name: {"rows": n} for name, n in data.rows.items()},
+        "data": {name: {"rows": n, **data.sources.get(name, {})} for name, n in data.rows.items()},
         "timings": timings,
     }
     write_bytes(dumps(summary).encode(), join(run_dir, "bsm_result.json"))

@@ -124,7 +124,8 @@ def train_loop(config: dict[str, Any]) -> dict[str, float]:
                 if rank == 0:  # a record the run's summary counts
                     note = {"resumed_from": checkpoint.path, "time": time.time()}
                     write_bytes(dumps(note).encode(), join(run.storage or ".", run.name, "bsm_restarts", f"{time.time_ns()}.json"))
-            _worker_record(run, rank, {"pid": os.getpid(), "node_id": _node_id()})
+            # where it ran, and how its data came: its shard of the datasets prepared once, or read by itself
+            _worker_record(run, rank, {"pid": os.getpid(), "node_id": _node_id(), "data": "shard" if data else "own"})
         else:
             from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -148,7 +149,8 @@ def train_loop(config: dict[str, Any]) -> dict[str, float]:
             if report is not None:  # Ray's callback removes each epoch's copy but leaves their (empty) parent
                 shutil.rmtree(report.tmpdir_prefix, ignore_errors=True)
     if on_ray:  # DDP keeps replicas identical; this record lets anyone check it
-        _worker_record(run, rank, {"pid": os.getpid(), "node_id": _node_id(), "weights_sha256": weights_digest(model)})
+        _worker_record(run, rank, {"pid": os.getpid(), "node_id": _node_id(), "data": "shard" if data else "own",
+                                   "weights_sha256": weights_digest(model)})  # fmt: skip
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     if test_dl is not None:
         trainer.test(model, test_dl, verbose=False)
