@@ -319,6 +319,9 @@ def test_report_of_a_real_sweep(ray_runs, tmp_path):
     assert len(rows) == 3
     for r in rows:  # every trial in the table, with the epochs it reached
         assert f'<td>{r["trial_id"]}</td><td>{r["status"]}</td><td class="num">{r["iterations"]}</td>' in html
+    # every trial's workers streamed shards of the one copy the sweep tokenized; none read the files itself
+    workers = [json.loads(p.read_text()) for p in (sweep_dir / "runs").glob("*/bsm_workers/rank-*.json")]
+    assert len(workers) >= 3 and {w["data"] for w in workers} == {"shard"}
     best = json.loads((sweep_dir / "bsm_result.json").read_text())["best_trial"]["trial_id"]
     expected = _torchmetrics_on(sweep_dir / "runs" / best / "test_predictions", ["0", "1"])
     assert _shown(html)["auroc"] == pytest.approx(expected["auroc"], abs=1e-6)

@@ -16,6 +16,7 @@ to `TorchTrainer(datasets=...)`; each worker streams its shard through `data/str
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,19 +92,29 @@ def prepare_split(
 ) -> RaySplit:
     """Read, check and tokenize one split on the cluster. `processor`: a ProcessorConfig's fields;
     `labels=None` infers the classes (the training split). Checks finish before anything is tokenized."""
-    from ray.data import ActorPoolStrategy
-
     ds, files, id_field = read_split(uri, cfg, format)
     labels, rows, skipped = check_split(ds, files, uri, cfg, labels, num_classes)
-    tokenized = ds.map_batches(
+    with warnings.catch_warnings():  # Ray's own advice for max_restarts=0 is this deprecated keyword (Ray 2.60)
+        warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
+        tokenized = _tokenize(ds, processor, labels, cfg, id_field, actors)
+    return RaySplit(dataset=tokenized, rows=rows, labels=labels, skipped_empty=skipped, files=files)
+
+
+def _tokenize(ds: Any, processor: dict[str, Any], labels: Labels, cfg: DataConfig, id_field: str | None,
+              actors: int) -> Any:  # fmt: skip
+    from ray.data import ActorPoolStrategy
+
+    return ds.map_batches(
         Tokenize,
         fn_constructor_kwargs=dict(processor=processor, labels=labels, text_field=cfg.text_field,
                                    label_field=cfg.label_field, id_field=id_field),  # fmt: skip
         batch_size=TOKENIZE_BATCH,
         batch_format="pyarrow",
         compute=ActorPoolStrategy(min_size=1, max_size=max(1, actors)),  # each actor loads the tokenizer once
+        # No actor restarts: Ray logs an "E" line for restartable actors whose arguments sit in the object store,
+        # and this one pass runs before any training, so a lost actor fails the preparation with nothing lost.
+        max_restarts=0,
     )
-    return RaySplit(dataset=tokenized, rows=rows, labels=labels, skipped_empty=skipped, files=files)
 
 
 def check_split(

@@ -17,6 +17,7 @@ from raytune_bsm.demo import generator as demo
 from raytune_bsm.demo import phrases as demo_phrases
 from raytune_bsm.errors import ConfigError, DataError
 from raytune_bsm.layout import bsm_home
+from raytune_bsm.logs import quiet_libraries
 
 log = logging.getLogger("raytune_bsm")
 
@@ -122,10 +123,14 @@ def prepare_ray(run: RunConfig) -> RayPrepared:
     input raises here, before a Train worker starts; the errors are the in-memory path's own lines."""
     import ray
 
+    import ray.data
+
     from raytune_bsm.data.ray_data import prepare_split
 
+    quiet_libraries()  # importing ray.data set its loggers to INFO
+    context = ray.data.DataContext.get_current()
+    context.execution_options.preserve_order = True  # the same split-off every time
     paths = data_paths(run)
-    ray.data.DataContext.get_current().execution_options.preserve_order = True  # the same split-off every time
     processor_cfg = ProcessorConfig.of_model(run.model_config())
     processor = processor_cfg.to_dict()
     actors = max(1, int(ray.cluster_resources().get("CPU", 1)))

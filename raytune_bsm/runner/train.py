@@ -151,14 +151,24 @@ def fit(run: RunConfig, *, storage: str, resume: bool = False) -> dict[str, Any]
 def connect() -> None:
     """Connect this job driver to its cluster (RAY_ADDRESS) without the connection chatter. Every task and actor
     of the job gets RAY_ADDRESS too: Ray Train's placement-group cleaner finds the cluster's State API by
-    auto-detection, which fails (a traceback in the job log) on a machine running more than one Ray instance."""
+    auto-detection, which fails (a traceback in the job log) on a machine running more than one Ray instance.
+    Without --verbose they also get Ray Data's own switches for its INFO lines and progress bars."""
     import ray
 
     if ray.is_initialized():
         return
     address = os.environ.get("RAY_ADDRESS")
+    env = {"RAY_ADDRESS": address} if address else {}
+    if not verbose():  # for every process of the job (Ray Data sets up its loggers itself, in each process):
+        env.update(
+            RAY_DATA_LOG_LEVEL="ERROR",  # no execution plans, "execution finished", progress tables
+            RAY_DATA_DISABLE_PROGRESS_BARS="1",  # no tqdm bars in a log file
+            # a deprecation inside Ray Train's own DatasetManager actor (Ray 2.60), nothing a user can change
+            PYTHONWARNINGS="ignore:`ExecutionOptions.exclude_resources` is deprecated",
+        )  # fmt: skip
+        os.environ.update({k: v for k, v in env.items() if k.startswith("RAY_DATA")})
     ray.init(logging_level=logging.INFO if verbose() else logging.WARNING,
-             runtime_env={"env_vars": {"RAY_ADDRESS": address}} if address else None)  # fmt: skip
+             runtime_env={"env_vars": env} if env else None)  # fmt: skip
 
 
 def _restarts(run_dir: str) -> list[dict[str, Any]]:
