@@ -90,7 +90,7 @@ def _check_report(result: dict, expect: set[str]) -> str:
 
 def test_report_of_a_real_local_run(local_run, tmp_path):
     result = build_report(str(local_run), str(tmp_path / "report"))
-    html = _check_report(result, {"learning_curves.png", "roc_pr.png", "confusion.png", "calibration.png"})
+    html = _check_report(result, {"learning_curves.png", "roc_pr.png", "confusion.png", "calibration.png", "accuracy_by_length.png"})
     expected = _torchmetrics_on(local_run / "test_predictions.parquet", ["0", "1"])
     shown = _shown(html)
     assert shown["auroc"] == pytest.approx(expected["auroc"], abs=1e-6)
@@ -99,27 +99,25 @@ def test_report_of_a_real_local_run(local_run, tmp_path):
     stored = json.loads((local_run / "metrics.json").read_text())
     assert shown["auroc"] == pytest.approx(stored["test_auroc"], abs=1e-5)
     assert shown["accuracy"] == pytest.approx(stored["test_accuracy"], abs=1e-6)
-    assert "no &#x27;num_chunks&#x27; column" in html  # what is missing is said, not silently dropped
     assert result["metrics"]["auroc"] == shown["auroc"]
 
 
-def test_accuracy_by_length_when_predictions_say_how_many_chunks(local_run, tmp_path):
-    """The runner may add num_chunks/truncated to its predictions; computed here with the run's own processor."""
+def test_accuracy_by_length_from_the_chunks_the_runner_recorded(local_run, tmp_path):
+    """The runner stores each test record's chunks kept and whether it was truncated; they are what the run's own
+    processor gives for that record's text, and the report's bucket table is computed from them."""
     from raytune_bsm.data.processor import ChunkProcessor, ProcessorConfig
     from raytune_bsm.runner.worker import demo_data_dir
 
-    run = tmp_path / "run"
-    shutil.copytree(local_run, run)
+    run = local_run
     config = json.loads((run / "config.json").read_text())
-    proc = ChunkProcessor(ProcessorConfig.of_model({**config["model"], "max_chunks": 2}))  # 2: some are cut
+    proc = ChunkProcessor(ProcessorConfig.of_model(config["model"]))
     test = pq.read_table(demo_data_dir(300) / "test.parquet").to_pylist()
     by_id = {r["order_id"]: r["dialogue"] for r in test}
     preds = pq.read_table(run / "test_predictions.parquet")
     texts = [by_id[i] for i in preds.column("id").to_pylist()]
     chunks = [len(proc([t]).lens[0]) for t in texts]
     cut = [proc([t]).truncated > 0 for t in texts]
-    pq.write_table(preds.append_column("num_chunks", pa.array(chunks)).append_column("truncated", pa.array(cut)),
-                   run / "test_predictions.parquet")  # fmt: skip
+    assert preds.column("num_chunks").to_pylist() == chunks and preds.column("truncated").to_pylist() == cut
     result = build_report(str(run), str(tmp_path / "report"))
     html = _check_report(result, {"learning_curves.png", "roc_pr.png", "confusion.png", "calibration.png",
                                   "accuracy_by_length.png"})  # fmt: skip
@@ -151,7 +149,7 @@ def multiclass_run(tmp_path_factory) -> Path:
 
 def test_report_of_a_real_three_class_run(multiclass_run, tmp_path):
     result = build_report(str(multiclass_run), str(tmp_path / "r"))
-    html = _check_report(result, {"learning_curves.png", "roc_pr.png", "confusion.png", "calibration.png"})
+    html = _check_report(result, {"learning_curves.png", "roc_pr.png", "confusion.png", "calibration.png", "accuracy_by_length.png"})
     classes = json.loads((multiclass_run / "config.json").read_text())["model"]["class_names"]
     assert len(classes) == 3
     expected = _torchmetrics_on(multiclass_run / "test_predictions.parquet", classes)
@@ -225,7 +223,7 @@ def test_out_dir_rules(local_run, tmp_path, monkeypatch):
 
 def test_report_opens_in_a_real_headless_browser(local_run, tmp_path):
     html = Path(build_report(str(local_run), str(tmp_path / "r"))["html"])
-    _open_in_chromium(html, expect_images=4)
+    _open_in_chromium(html, expect_images=5)
 
 
 def _open_in_chromium(html: Path, expect_images: int) -> None:
@@ -290,7 +288,7 @@ def ray_runs(tmp_path_factory):
 def test_report_of_a_real_ray_run_and_its_export(ray_runs, tmp_path):
     run_dir, _ = ray_runs
     by_run = build_report(str(run_dir), str(tmp_path / "a"))
-    html = _check_report(by_run, {"learning_curves.png", "roc_pr.png", "confusion.png", "calibration.png"})
+    html = _check_report(by_run, {"learning_curves.png", "roc_pr.png", "confusion.png", "calibration.png", "accuracy_by_length.png"})
     parts = sorted((run_dir / "test_predictions").glob("*.parquet"))
     expected = _torchmetrics_on(run_dir / "test_predictions", ["0", "1"]) if parts else {}
     assert _shown(html)["auroc"] == pytest.approx(expected["auroc"], abs=1e-6)
@@ -306,7 +304,7 @@ def test_report_of_a_real_ray_run_and_its_export(ray_runs, tmp_path):
     alone = build_report(str(fetched), str(tmp_path / "c"))
     text = _check_report(alone, set())
     assert "parity against PyTorch" in text and "an export alone holds no predictions" in text
-    _open_in_chromium(Path(by_run["html"]), expect_images=4)
+    _open_in_chromium(Path(by_run["html"]), expect_images=5)
 
 
 @pytest.mark.slow
@@ -314,7 +312,7 @@ def test_report_of_a_real_sweep(ray_runs, tmp_path):
     _, sweep_dir = ray_runs
     result = build_report(str(sweep_dir), str(tmp_path / "s"))
     html = _check_report(result, {"learning_curves.png", "roc_pr.png", "confusion.png", "calibration.png",
-                                  "sweep_parallel.png", "sweep_lr.png", "sweep_trials.png"})  # fmt: skip
+                                  "accuracy_by_length.png", "sweep_parallel.png", "sweep_lr.png", "sweep_trials.png"})  # fmt: skip
     rows = pq.read_table(sweep_dir / "trials.parquet").to_pylist()
     assert len(rows) == 3
     for r in rows:  # every trial in the table, with the epochs it reached
@@ -325,7 +323,7 @@ def test_report_of_a_real_sweep(ray_runs, tmp_path):
     best = json.loads((sweep_dir / "bsm_result.json").read_text())["best_trial"]["trial_id"]
     expected = _torchmetrics_on(sweep_dir / "runs" / best / "test_predictions", ["0", "1"])
     assert _shown(html)["auroc"] == pytest.approx(expected["auroc"], abs=1e-6)
-    _open_in_chromium(Path(result["html"]), expect_images=7)
+    _open_in_chromium(Path(result["html"]), expect_images=8)
 
 
 if __name__ == "__main__":  # pragma: no cover
