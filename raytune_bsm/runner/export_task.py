@@ -29,8 +29,9 @@ EXPORT_MEMORY = 2 * 2**30
 
 
 def parity_texts(run: RunConfig, limit: int = PARITY_ROWS) -> list[Any]:
-    """At most `limit` validation dialogues: the first rows of --val, or of the rows split off --train for
-    validation (the same seeded draw as `data.dataset.split_off`)."""
+    """At most `limit` real dialogues for the parity check: the first rows of --val, or, without one, a seeded draw
+    from --train (the in-memory path's split-off; a Ray run's validation rows may differ, and parity only needs
+    real texts: the metrics in the manifest come from the run, not from these rows)."""
     import numpy as np
 
     paths = data_paths(run)
