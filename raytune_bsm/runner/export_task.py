@@ -28,28 +28,32 @@ EXPORT_CPUS = 2
 EXPORT_MEMORY = 2 * 2**30
 
 
-def parity_texts(run: RunConfig, limit: int = PARITY_ROWS) -> list[Any]:
-    """At most `limit` real dialogues for the parity check: the first rows of --val, or, without one, a seeded draw
-    from --train (the in-memory path's split-off; a Ray run's validation rows may differ, and parity only needs
-    real texts: the metrics in the manifest come from the run, not from these rows)."""
+def parity_rows(run: RunConfig, class_names: list[str], limit: int = PARITY_ROWS) -> tuple[list[Any], list[int]]:
+    """At most `limit` labelled dialogues for the export's checks (texts, class indices): the first rows of --val,
+    or, without one, a seeded draw from --train (the in-memory path's split-off; a Ray run's validation rows may
+    differ: any real, labelled rows serve). The int8 metric in the manifest is measured on these labels."""
     import numpy as np
 
     paths = data_paths(run)
-    column = {run.data.text_field: "--text-field"}
+    columns = {run.data.text_field: "--text-field", run.data.label_field: "--label-field"}
     if paths["val"]:
-        texts = read_table(paths["val"], column).column(0)
-        rows = np.arange(min(limit, len(texts)))
+        table = read_table(paths["val"], columns)
+        rows = np.arange(min(limit, table.num_rows))
     else:
-        texts = read_table(paths["train"], column).column(0)
-        n = len(texts)
+        table = read_table(paths["train"], columns)
+        n = table.num_rows
         n_val = max(1, int(round(n * run.data.val_fraction)))
         rows = np.sort(np.random.default_rng(run.data.split_seed).permutation(n)[:n_val])[:limit]
-    return [t for t in texts.take(rows).to_pylist() if t is not None]
+    index = {name: i for i, name in enumerate(class_names)}  # class names are the labels' own text
+    picked = table.take(rows)
+    pairs = [(t, index[str(y)]) for t, y in zip(picked.column(0).to_pylist(), picked.column(1).to_pylist())
+             if t is not None and y is not None and str(y) in index]  # fmt: skip
+    return [t for t, _ in pairs], [y for _, y in pairs]
 
 
-def parity_batches(model_config: dict[str, Any], texts: list[Any]) -> list[dict[str, Any]]:
-    """Real batches of three shapes: the longest record alone, four middling records, and sixteen records spread
-    over every length (short ones padded with empty chunks)."""
+def parity_batches(model_config: dict[str, Any], texts: list[Any], labels: list[int]) -> list[dict[str, Any]]:
+    """Real labelled batches of three shapes: the longest record alone, four middling records, and sixteen records
+    spread over every length (short ones padded with empty chunks)."""
     import numpy as np
 
     processor = ChunkProcessor(ProcessorConfig.of_model(model_config))
@@ -57,7 +61,8 @@ def parity_batches(model_config: dict[str, Any], texts: list[Any]) -> list[dict[
     keep = [i for i, lens in enumerate(p.lens) if len(lens)]
     if not keep:
         raise ExportError("no validation record has any tokens: nothing to check the export's parity on")
-    ds = EncodedDataset([p.ids[i] for i in keep], [p.lens[i] for i in keep], np.zeros(len(keep), np.int64), keep)
+    y = np.asarray([labels[i] for i in keep], np.int64)
+    ds = EncodedDataset([p.ids[i] for i in keep], [p.lens[i] for i in keep], y, keep)
     cfg = model_config
     collate = Collate(ds, cfg["text_name"], cfg["label_name"], cfg["id_name"], processor.pad_id)
     order = np.argsort(ds.padded_cost(), kind="stable")
@@ -77,7 +82,7 @@ def _export(checkpoint_path: str, dest: str, run_dict: dict[str, Any], model_con
     setup_logging()
     quiet_libraries()
     torch.set_num_threads(max(1, threads))
-    batches = parity_batches(model_config, parity_texts(RunConfig.from_dict(run_dict)))
+    batches = parity_batches(model_config, *parity_rows(RunConfig.from_dict(run_dict), model_config["class_names"]))
     with Checkpoint(checkpoint_path).as_directory() as local:
         return export_checkpoint(local, dest, val_batches=batches, metrics=metrics, hyperparameters=hyperparameters)
 
