@@ -50,16 +50,8 @@ def _workers(run_dir: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted((run_dir / "bsm_workers").glob("rank-*.json"))]
 
 
-def test_two_workers_one_per_node_end_with_identical_weights(two_nodes, tmp_path):
-    from raytune_bsm.runner.train import fit
-
-    summary = fit(_run("two-nodes"), storage=str(tmp_path))
-    assert summary["error"] is None
-    workers = _workers(tmp_path / "two-nodes")
-    assert len(workers) == 2
-    assert workers[0]["node_id"] != workers[1]["node_id"]  # one worker on each node
-    assert {n["NodeID"] for n in __import__("ray").nodes()} >= {w["node_id"] for w in workers}
-    assert workers[0]["weights_sha256"] == workers[1]["weights_sha256"]  # DDP kept the replicas identical
+# One worker per node ending with identical weights (DDP) is asserted by tests/test_multinode_readme.py, which
+# trains through the real CLI on two nodes.
 
 
 def test_killed_worker_resumes_from_latest_checkpoint(two_nodes, tmp_path):
