@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from typing import Any
 
 from raytune_bsm.config import RunConfig
@@ -82,9 +83,21 @@ def _export(checkpoint_path: str, dest: str, run_dict: dict[str, Any], model_con
     setup_logging()
     quiet_libraries()
     torch.set_num_threads(max(1, threads))
-    batches = parity_batches(model_config, *parity_rows(RunConfig.from_dict(run_dict), model_config["class_names"]))
     with Checkpoint(checkpoint_path).as_directory() as local:
+        names = model_config.get("class_names") or _class_names(local)  # a sweep's export: the checkpoint knows
+        batches = parity_batches(model_config, *parity_rows(RunConfig.from_dict(run_dict), names))
         return export_checkpoint(local, dest, val_batches=batches, metrics=metrics, hyperparameters=hyperparameters)
+
+
+def _class_names(checkpoint_dir: str) -> list[str]:
+    """The class names a checkpoint was trained with (its config travels inside it; read without running code)."""
+    from raytune_bsm.model.checkpoint import safe_load
+
+    ckpt = safe_load(os.path.join(checkpoint_dir, "checkpoint.ckpt"), "cpu")
+    try:
+        return list(ckpt["hyper_parameters"]["config"]["class_names"])
+    except (KeyError, TypeError):
+        raise ExportError(f"{checkpoint_dir}: the checkpoint does not say its class names; it was not written by bsm") from None
 
 
 def export_resources() -> tuple[int, int]:
