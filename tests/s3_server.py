@@ -15,7 +15,9 @@ pyarrow reports INTERNAL_FAILURE (getmoto/moto#10055, fixed by #10056). Reads wo
 from __future__ import annotations
 
 import logging
+import os
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -75,6 +77,17 @@ class S3:
             rel = key if f == local else f"{key.rstrip('/')}/{f.relative_to(local).as_posix()}"
             self.put(rel, f.read_bytes())
         return self.uri(key)
+
+    @contextmanager
+    def environment(self) -> Iterator[None]:
+        """These AWS_* variables in os.environ while the block runs (a cluster started there inherits them)."""
+        saved = {k: os.environ.get(k) for k in self.env}
+        os.environ.update(self.env)
+        try:
+            yield
+        finally:
+            for k, v in saved.items():
+                os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
 
     def read(self, key: str) -> bytes:
         """One object's bytes (key relative to the prefix)."""

@@ -40,14 +40,9 @@ def ray_dashboard(s3_server):
     as a real cluster's nodes hold their storage credentials. Stopped at the end of the module."""
     import ray
 
-    saved = {k: os.environ.get(k) for k in s3_server.env}
-    os.environ.update(s3_server.env)
-    try:
+    with s3_server.environment():
         ctx = ray.init(address="local", num_cpus=3, include_dashboard=True, dashboard_host="127.0.0.1",
                        logging_level="ERROR")  # fmt: skip
-    finally:
-        for k, v in saved.items():
-            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
     try:
         yield f"http://{ctx.dashboard_url}"
     finally:

@@ -40,19 +40,14 @@ def two_node_head(s3_server):
     environment, as a real cluster's nodes hold theirs. Stopped at the end of the module."""
     from ray.cluster_utils import Cluster
 
-    saved = {k: os.environ.get(k) for k in s3_server.env}
-    os.environ.update(s3_server.env)
     port = _free_port()
-    try:
+    with s3_server.environment():
         cluster = Cluster(initialize_head=True, head_node_args={
             "num_cpus": 3, "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": port})  # fmt: skip
         # Its own runtime-env directory, as a second machine has its own disk: on one machine both nodes would
         # unpack the job's packages into one place, and the second unpacking deletes the driver's working dir.
         cluster.add_node(num_cpus=3, runtime_env_dir_name="runtime_resources_node2")
         cluster.wait_for_nodes()
-    finally:
-        for k, v in saved.items():
-            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
