@@ -3,10 +3,9 @@
     python bench/bench_tokenize_nodes.py [--rows 20000] [--cpus-per-node 2] [--rounds 2]
 
 The same split (demo dialogues, a directory of Parquet files) goes through `data.ray_data.prepare_split` (read,
-distributed checks, `map_batches(Tokenize)` in an actor pool of one tokenizer actor per node, the node's other
-CPUs left to the read tasks) and is materialized; the time is that pass, start to finish, with the cluster
+distributed checks, `map_batches(tokenize)` as Ray tasks over every node's CPUs) and is materialized; the time is that pass, start to finish, with the cluster
 already up and warm. On one machine the nodes share its cores, so the ratio can only grow with nodes up to the
-cores this machine has free (2 tokenizer actors here: at most 2x). The two sizes run in alternating rounds (1, 2, 1, 2)
+cores this machine has free (at most 2x here). The two sizes run in alternating rounds (1, 2, 1, 2)
 and each keeps its best, so a change in the machine's load hits both.
 """
 
@@ -38,7 +37,7 @@ def write_split(rows: int, out: Path) -> Path:
     return out
 
 
-def tokenize_once(data: Path, actors: int) -> tuple[float, int]:
+def tokenize_once(data: Path) -> tuple[float, int]:
     """Seconds for one read-check-tokenize pass over `data` on the connected cluster, and the records out."""
     from raytune_bsm.config import DataConfig
     from raytune_bsm.data.ray_data import prepare_split
@@ -46,7 +45,7 @@ def tokenize_once(data: Path, actors: int) -> tuple[float, int]:
     cfg = DataConfig(text_field="dialogue", label_field="reversal_flag")
     processor = {"tokenizer": "all-MiniLM-L6-v2", "max_tokens": 128, "max_chunks": 8}
     t = time.perf_counter()
-    split = prepare_split(str(data), cfg, processor, actors=actors)
+    split = prepare_split(str(data), cfg, processor)
     rows = split.dataset.materialize().count()
     return time.perf_counter() - t, rows
 
@@ -62,8 +61,8 @@ def on_cluster(nodes: int, cpus: int, data: Path) -> tuple[float, int]:
     ray.init(address=cluster.address, logging_level="ERROR")
     try:
         ray.data.DataContext.get_current().enable_progress_bars = False
-        tokenize_once(data, nodes)  # warm-up: actors load the tokenizer, files are cached
-        return tokenize_once(data, nodes)
+        tokenize_once(data)  # warm-up: worker processes build the tokenizer, files are cached
+        return tokenize_once(data)
     finally:
         ray.shutdown()
         cluster.shutdown()

@@ -130,7 +130,7 @@ def nodes(a: argparse.Namespace, say: Say, ctx: dict) -> None:
     say("## Tokenization on 1 and 2 nodes (Ray Data)")
     r = bench_tokenize_nodes.run(rows=4000 if a.quick else 20000, rounds=1 if a.quick else 2, log=lambda *_: None)
     say(f"{r['rows']} demo dialogues read, checked and tokenized by `data.ray_data.prepare_split` on a "
-        f"`ray.cluster_utils.Cluster` of nodes with {r['cpus_per_node']} CPUs, one tokenizer actor per node, best of "
+        f"`ray.cluster_utils.Cluster` of nodes with {r['cpus_per_node']} CPUs, tokenizing tasks on every node's CPUs, best of "
         f"alternating rounds: 1 node {r['records_per_s'][1]:,.0f} records/s, 2 nodes {r['records_per_s'][2]:,.0f} "
         f"records/s: **2 nodes ÷ 1 node = {r['ratio']:.2f}** (the nodes share this machine's {THREADS} cores).")  # fmt: skip
 

@@ -124,7 +124,7 @@ def test_shell_completion_is_on():
     from raytune_bsm.cli import app
 
     r = CliRunner().invoke(app, ["--show-completion", "bash"], prog_name="bsm")
-    assert r.exit_code == 0 and "complete -o default -F _bsm_completion bsm" in r.stdout
+    assert r.exit_code == 0 and "complete -o default -F _bsm_completion bsm" in r.stdout, (r.output, r.exception)
     assert "--install-completion" in CliRunner().invoke(app, ["--help"]).stdout
 
 

@@ -178,3 +178,27 @@ def test_checkpoint_alone_rebuilds_model_and_processor_settings(tiny_encoder, tm
     b = batch()
     with torch.no_grad():
         assert torch.equal(m.logits(b[IDS], b[MASK]), again.logits(b[IDS], b[MASK]))
+
+
+def test_padding_copies_count_in_no_metric_and_no_prediction(tiny_encoder):
+    """An evaluated split is padded to equal shares per rank with copies marked `pad` (runner/prepare.py): the
+    model runs them (every rank runs the same batches) but counts them in no metric and writes no prediction."""
+    m = make(tiny_encoder, cls=TextBertClassifier, class_names=["no", "yes"])
+    m.log = lambda *a, **k: None  # no Trainer here: Lightning's logging needs one
+    b = {**batch(), "y": torch.tensor([1, 0, 1]), "id": ["a", "b", "a-copy"], "pad": torch.tensor([False, False, True])}
+    with torch.no_grad():
+        m.test_step(b, 0)
+        m.validation_step(b, 0)
+        logits = m.logits(b[IDS], b[MASK])
+    assert [r["id"] for r in m.test_rows] == ["a", "b"]
+    assert [r["pred"] for r in m.test_rows] == logits[:2].argmax(-1).tolist()
+    assert seen(m.test_metrics["test_accuracy"]) == seen(m.val_metrics["val_accuracy"]) == 2  # the 2 real rows
+    only_pad = {**b, "pad": torch.tensor([True, True, True])}
+    with torch.no_grad():
+        m.test_step(only_pad, 1)
+    assert len(m.test_rows) == 2 and seen(m.test_metrics["test_accuracy"]) == 2
+
+
+def seen(metric) -> int:
+    """Records a binary torchmetrics stat-scores metric has counted."""
+    return int(metric.tp + metric.fp + metric.tn + metric.fn)

@@ -1,10 +1,12 @@
-"""A split through Ray Data: read on the cluster, checked by distributed aggregation, tokenized once.
+"""A run's splits through Ray Data: read on the cluster, checked by distributed aggregation, tokenized once.
 
-    files (listed on the driver: metadata only)
+    files of every split (listed on the driver: metadata only)
       -> ray.data.read_parquet / read_csv / read_json on the files' pyarrow filesystem
-      -> per-batch summaries (rows, null labels, empty dialogues, the distinct labels), reduced on the driver
-      -> map_batches(Tokenize) in an actor pool: each actor builds its ChunkProcessor once
-      -> a ray.data.Dataset of processed records, and its row count (for the learning-rate schedule)
+      -> per-batch summaries (rows, null labels, empty dialogues, the distinct labels) of every split in one
+         pass, reduced on the driver: the class set from the training split, then every split checked
+      -> map_batches(tokenize) as plain tasks over the cluster's CPUs: a worker process builds its ChunkProcessor
+         once, from the tokenizer's JSON (no transformers, no torch in a data task), and keeps it
+      -> per split a ray.data.Dataset of processed records, and its row count (for the learning-rate schedule)
 
 The driver never holds the data: it reads the files' schemas (`check_schema`) and the summaries, one small row
 per batch. When a summary shows a problem in a file, the driver checks that one file with the same code as the
@@ -16,7 +18,6 @@ to `TorchTrainer(datasets=...)`; each worker streams its shard through `data/str
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,6 +81,18 @@ def read_files(files: list[DataFile], columns: list[str], *, include_paths: bool
     return parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
 
 
+@dataclass
+class RaySplits:
+    """Every split of a run, checked together and tokenized: what `prepare_splits` returns."""
+
+    datasets: dict[str, Any]  # split name -> its tokenized ray.data.Dataset (lazy: the caller materializes)
+    rows: dict[str, int]  # records per split (empty dialogues skipped)
+    labels: Labels
+    skipped_empty: dict[str, int]
+    files: dict[str, list[DataFile]]
+    pad_id: int  # the tokenizer's padding id (batches are padded with it)
+
+
 def prepare_split(
     uri: str,
     cfg: DataConfig,
@@ -88,46 +101,69 @@ def prepare_split(
     num_classes: int | None = None,
     *,
     format: str | None = None,
-    actors: int = 2,
 ) -> RaySplit:
-    """Read, check and tokenize one split on the cluster. `processor`: a ProcessorConfig's fields;
-    `labels=None` infers the classes (the training split). Checks finish before anything is tokenized."""
-    ds, files, id_field = read_split(uri, cfg, format)
-    labels, rows, skipped = check_split(ds, files, uri, cfg, labels, num_classes)
-    with warnings.catch_warnings():  # Ray's own advice for max_restarts=0 is this deprecated keyword (Ray 2.60)
-        warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
-        tokenized = _tokenize(ds, processor, labels, cfg, id_field, actors)
-    return RaySplit(dataset=tokenized, rows=rows, labels=labels, skipped_empty=skipped, files=files)
+    """One split through `prepare_splits`: read, checked and tokenized on the cluster."""
+    out = prepare_splits({"train": uri}, cfg, processor, labels, num_classes, format=format)
+    return RaySplit(dataset=out.datasets["train"], rows=out.rows["train"], labels=out.labels,
+                    skipped_empty=out.skipped_empty["train"], files=out.files["train"])  # fmt: skip
 
 
-def _tokenize(ds: Any, processor: dict[str, Any], labels: Labels, cfg: DataConfig, id_field: str | None,
-              actors: int) -> Any:  # fmt: skip
-    from ray.data import ActorPoolStrategy
+def prepare_splits(
+    uris: dict[str, str],
+    cfg: DataConfig,
+    processor: dict[str, Any],
+    labels: Labels | None = None,
+    num_classes: int | None = None,
+    *,
+    format: str | None = None,
+) -> RaySplits:
+    """Read, check and tokenize a run's splits on the cluster. `uris`: split name -> file, directory or glob, the
+    training split first (with `labels=None` its labels give the class set); `processor`: a ProcessorConfig's
+    fields. Every split is checked in one distributed pass, which finishes before anything is tokenized; then
+    each split is tokenized by plain Ray tasks over the cluster's CPUs (no actor to start: a worker process
+    builds its tokenizer once, from JSON the driver sends, without transformers or torch)."""
+    reads = {name: read_split(uri, cfg, format) for name, uri in uris.items()}
+    summaries = _summaries([f for _, files, _ in reads.values() for f in files], cfg)
+    rows, skipped = {}, {}
+    for name, (_, files, _) in reads.items():
+        labels, rows[name], skipped[name] = judge(summaries, files, uris[name], cfg, labels, num_classes)
+    assert labels is not None
+    chunker = ChunkProcessor(ProcessorConfig(**processor))
+    stage = dict(processor=processor, tokenizer_json=chunker.tokenizer_json(), pad_id=chunker.pad_id,
+                 labels=labels, text_field=cfg.text_field, label_field=cfg.label_field)  # fmt: skip
+    datasets = {
+        name: ds.map_batches(tokenize, fn_kwargs={**stage, "id_field": id_field}, batch_size=TOKENIZE_BATCH,
+                             batch_format="pyarrow")  # fmt: skip
+        for name, (ds, _, id_field) in reads.items()
+    }
+    return RaySplits(datasets, rows, labels, skipped, {name: files for name, (_, files, _) in reads.items()},
+                     chunker.pad_id)
 
-    return ds.map_batches(
-        Tokenize,
-        fn_constructor_kwargs=dict(processor=processor, labels=labels, text_field=cfg.text_field,
-                                   label_field=cfg.label_field, id_field=id_field),  # fmt: skip
-        batch_size=TOKENIZE_BATCH,
-        batch_format="pyarrow",
-        compute=ActorPoolStrategy(min_size=1, max_size=max(1, actors)),  # each actor loads the tokenizer once
-        # No actor restarts: Ray logs an "E" line for restartable actors whose arguments sit in the object store,
-        # and this one pass runs before any training, so a lost actor fails the preparation with nothing lost.
-        max_restarts=0,
-    )
+
+def _summaries(files: list[DataFile], cfg: DataConfig) -> list[dict[str, Any]]:
+    """Per-batch summaries of every listed file (each read once, even where two splits name it), one Ray Data
+    pass over all of them: one read of many files starts its tasks together, where a pass per split (or a
+    union of reads) pays Ray Data's start-up once per split."""
+    unique = list({f.path: f for f in files}.values())
+    ds = read_files(unique, [cfg.text_field, cfg.label_field], include_paths=True)
+    return ds.map_batches(_summary, fn_kwargs=dict(text_field=cfg.text_field, label_field=cfg.label_field),
+                          batch_format="pyarrow").take_all()  # fmt: skip
 
 
-def check_split(
-    ds: Any, files: list[DataFile], uri: str, cfg: DataConfig, labels: Labels | None, num_classes: int | None
-) -> tuple[Labels, int, int]:
-    """The checks of `load_split` as one distributed pass: (labels, records kept, empty dialogues skipped)."""
-    summaries = ds.map_batches(
-        _summary, fn_kwargs=dict(text_field=cfg.text_field, label_field=cfg.label_field), batch_format="pyarrow"
-    ).take_all()
+def judge(
+    summaries: list[dict[str, Any]], files: list[DataFile], uri: str, cfg: DataConfig, labels: Labels | None,
+    num_classes: int | None,
+) -> tuple[Labels, int, int]:  # fmt: skip
+    """The checks of `load_split` for one split, from the batch summaries of its `files` (summaries of other
+    files are passed over): (labels, records kept, empty dialogues skipped). A file the summaries show a problem
+    in is read alone by the local path's code, for its own error."""
     by_path = {f.path: f for f in files}
     per_file: dict[str, dict[str, Any]] = {f.path: {"rows": 0, "nulls": 0, "empty": 0, "labels": set()} for f in files}
     for s in summaries:
-        acc = per_file[_file_of(s[PATH], by_path).path]
+        f = _file_of(s[PATH], by_path)
+        if f is None:  # another split's file
+            continue
+        acc = per_file[f.path]
         acc["rows"] += s["rows"]
         acc["nulls"] += s["nulls"]
         acc["empty"] += s["empty"]
@@ -165,10 +201,10 @@ def check_split(
     return labels, total - empty, empty
 
 
-def _file_of(path: str, by_path: dict[str, DataFile]) -> DataFile:
+def _file_of(path: str, by_path: dict[str, DataFile]) -> DataFile | None:
     if path in by_path:
         return by_path[path]
-    return next(f for p, f in by_path.items() if p.endswith(path) or path.endswith(p))
+    return next((f for p, f in by_path.items() if p.endswith(path) or path.endswith(p)), None)
 
 
 def _summary(batch: pa.Table, text_field: str, label_field: str) -> pa.Table:
@@ -189,12 +225,24 @@ def _summary(batch: pa.Table, text_field: str, label_field: str) -> pa.Table:
     return pa.table(out)
 
 
-class Tokenize:
-    """The map_batches stage: raw records -> processed records. Built once per actor (loads the tokenizer)."""
+_PROCESSORS: dict[tuple[str, int], ChunkProcessor] = {}  # per worker process: built once, reused by every task
 
-    def __init__(self, processor: dict[str, Any], labels: Labels, text_field: str, label_field: str,
+
+def tokenize(batch: pa.Table, *, processor: dict[str, Any], tokenizer_json: str, pad_id: int, labels: Labels,
+             text_field: str, label_field: str, id_field: str | None) -> pa.Table:  # fmt: skip
+    """The map_batches stage: raw records -> processed records (empty dialogues, and text that tokenizes to
+    nothing, skipped). A Ray worker process builds its processor on its first batch and keeps it."""
+    key = (repr(sorted(processor.items())), hash(tokenizer_json))
+    if key not in _PROCESSORS:
+        _PROCESSORS.clear()  # one run's processor at a time
+        _PROCESSORS[key] = ChunkProcessor.from_tokenizer_json(ProcessorConfig(**processor), tokenizer_json, pad_id)
+    return _Tokenize(_PROCESSORS[key], labels, text_field, label_field, id_field)(batch)
+
+
+class _Tokenize:
+    def __init__(self, processor: ChunkProcessor, labels: Labels, text_field: str, label_field: str,
                  id_field: str | None) -> None:  # fmt: skip
-        self.processor = ChunkProcessor(ProcessorConfig(**processor))
+        self.processor = processor
         self.labels, self.text_field, self.label_field, self.id_field = labels, text_field, label_field, id_field
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -219,4 +267,5 @@ class Tokenize:
             "label": pa.array(y, pa.int64()),
             "id": ids,
             "cost": pa.array(cost, pa.int64()),
+            "pad": pa.array(np.zeros(len(y), np.bool_)),  # a real record (runner/prepare.py adds padding copies)
         })  # fmt: skip

@@ -5,6 +5,9 @@
       -> within a window: sort by cost (chunks x longest chunk), cut into batches, shuffle the batches' order
       -> pad_records (the one [B, C, T] padding, shared with the in-memory path and predict)
 
+Validation and test splits come padded to a multiple of the world size with copies of a record marked `pad`
+(runner/prepare.py), so equal shares drop none of their rows; the model counts padded copies nowhere.
+
 Every rank holds the same number of rows, cut into windows of the same sizes, so every rank yields the same
 number of batches (DDP would hang otherwise), and `len()` knows it before the first batch: Lightning's learning-
 rate schedule takes its step count from there. Torch is imported only when iterating.
@@ -68,6 +71,8 @@ class ShardBatches:
             self.label_name: torch.from_numpy(t.column("label").to_numpy().astype(np.int64)),  # [B]
             self.id_name: t.column("id").to_pylist(),
             "truncated": t.column("truncated").to_pylist(),
+            # copies that make an evaluated split's shares equal (runner/prepare.py): run, but never counted
+            **({"pad": torch.from_numpy(t.column("pad").to_numpy(zero_copy_only=False))} if "pad" in t.column_names else {}),  # [B]
         }
 
 

@@ -178,8 +178,26 @@ class TextBertClassifier(TextBertBase):
         self.log("train_loss", loss, prog_bar=True, batch_size=len(labels))
         return loss
 
+    def _eval_step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]] | None:
+        """(loss, logits, labels, kept row indices) over the batch's real records. A split evaluated on several
+        ranks is padded to an equal share per rank with copies marked `pad` (data/streaming.py): they run, so
+        every rank runs the same batches, but count in no metric and no prediction. None: only padding."""
+        logits = self.logits(batch[self.ids_key], batch[self.mask_key]).float()  # [B, num_classes]
+        labels = batch[self.config["label_name"]]  # [B]
+        keep = list(range(len(labels)))
+        pad = batch.get("pad")
+        if pad is not None and bool(pad.any()):
+            keep = [i for i, p in enumerate(pad.tolist()) if not p]
+            if not keep:
+                return None
+            logits, labels = logits[keep], labels[keep]  # [K, num_classes], [K]
+        return F.cross_entropy(logits, labels), logits, labels, keep
+
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        loss, logits, labels = self._step(batch)
+        step = self._eval_step(batch)
+        if step is None:
+            return
+        loss, logits, labels, _ = step
         self.val_metrics.update(self._scores(logits), labels)
         self.log("val_loss", loss, on_epoch=True, sync_dist=True, batch_size=len(labels))
 
@@ -188,16 +206,19 @@ class TextBertClassifier(TextBertBase):
         self.val_metrics.reset()
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        loss, logits, labels = self._step(batch)
+        step = self._eval_step(batch)
+        if step is None:
+            return
+        loss, logits, labels, keep = step
         self.test_metrics.update(self._scores(logits), labels)
         self.log("test_loss", loss, on_epoch=True, sync_dist=True, batch_size=len(labels))
-        probs = logits.softmax(dim=-1).cpu()
+        probs = logits.softmax(dim=-1).cpu()  # [K, num_classes]
         ids = batch[self.config["id_name"] or "id"]
         chunks = batch[self.mask_key].bool().any(dim=-1).sum(dim=-1).tolist()  # [B]: chunks kept per record
-        cut = batch.get("truncated") or [None] * len(labels)  # more than max_chunks chunks (None: not known)
-        for i in range(len(labels)):
-            self.test_rows.append({"id": ids[i], "label": int(labels[i]), "pred": int(probs[i].argmax()),
-                                   "probs": probs[i].tolist(), "num_chunks": chunks[i], "truncated": cut[i]})  # fmt: skip
+        cut = batch.get("truncated") or [None] * len(ids)  # more than max_chunks chunks (None: not known)
+        for k, i in enumerate(keep):
+            self.test_rows.append({"id": ids[i], "label": int(labels[k]), "pred": int(probs[k].argmax()),
+                                   "probs": probs[k].tolist(), "num_chunks": chunks[i], "truncated": cut[i]})  # fmt: skip
 
     def on_test_epoch_end(self) -> None:
         self.log_dict(self.test_metrics.compute())

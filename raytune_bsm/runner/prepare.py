@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -116,61 +117,73 @@ class RayPrepared:
     rows: dict[str, int]
     pad_id: int
     sources: dict[str, dict[str, int]]  # per split: {"skipped_empty": k, "files": m}, for bsm_result.json
+    pads: dict[str, int]  # per evaluated split: padding copies appended to make equal shares (`pad_to_multiple`)
 
 
 def prepare_ray(run: RunConfig) -> RayPrepared:
-    """Read, check and tokenize every split on the cluster (Ray Data, an actor pool over its CPUs), once. Any bad
-    input raises here, before a Train worker starts; the errors are the in-memory path's own lines."""
-    import ray
-
+    """Read, check and tokenize every split on the cluster (Ray Data, tasks over its CPUs), once. Any bad input
+    raises here, before a Train worker starts; the errors are the in-memory path's own lines."""
     import ray.data
 
-    from raytune_bsm.data.ray_data import prepare_split
+    from raytune_bsm.data.ray_data import prepare_splits
 
     quiet_libraries()  # importing ray.data set its loggers to INFO
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True  # the same split-off every time
     paths = data_paths(run)
-    processor_cfg = ProcessorConfig.of_model(run.model_config())
-    processor = processor_cfg.to_dict()
-    actors = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    num_classes = run.model.get("num_classes")
     t = time.perf_counter()
-    train = prepare_split(paths["train"], run.data, processor, None, num_classes, actors=actors)
-    labels = train.labels
-    datasets = {"train": train.dataset.materialize()}
-    sources = {"train": {"skipped_empty": train.skipped_empty, "files": len(train.files)}}
-    if paths["val"]:
-        val = prepare_split(paths["val"], run.data, processor, labels, actors=actors)
-        datasets["val"] = val.dataset.materialize()
-        sources["val"] = {"skipped_empty": val.skipped_empty, "files": len(val.files)}
-    else:
+    uris = {name: uri for name, uri in paths.items() if uri}
+    splits = prepare_splits(uris, run.data, ProcessorConfig.of_model(run.model_config()).to_dict(), None,
+                            run.model.get("num_classes"))  # fmt: skip
+    # The splits' tokenization passes run at once: on small data each is mostly Ray Data's start-up
+    with ThreadPoolExecutor(len(splits.datasets)) as pool:
+        done = {name: pool.submit(ds.materialize) for name, ds in splits.datasets.items()}
+        datasets = {name: f.result() for name, f in done.items()}
+    sources = {name: {"skipped_empty": splits.skipped_empty[name], "files": len(splits.files[name])} for name in datasets}
+    if "val" not in datasets:
         n = datasets["train"].count()
         n_val = max(1, int(round(n * run.data.val_fraction)))
         if n - n_val < 1:
             raise DataError(f"{paths['train']}: {n} row(s) are too few to split off a validation set")
         datasets["train"], datasets["val"] = datasets["train"].train_test_split(n_val, shuffle=True, seed=run.data.split_seed)
         sources["val"] = {"skipped_empty": 0, "files": 0}  # split off the training files (counted there)
-    if paths["test"]:
-        test = prepare_split(paths["test"], run.data, processor, labels, actors=actors)
-        datasets["test"] = test.dataset.materialize()
-        sources["test"] = {"skipped_empty": test.skipped_empty, "files": len(test.files)}
     rows = {name: ds.count() for name, ds in datasets.items()}
     for name, n in rows.items():
         if n == 0:
             raise DataError(f"{paths.get(name) or paths['train']}: no dialogue in column {run.data.text_field!r} has any tokens")
+    pads = {}
+    for name in ("val", "test"):  # evaluated in full: padded to equal shares rather than cut to them
+        if name in datasets:
+            datasets[name], pads[name] = pad_to_multiple(datasets[name], rows[name], run.scaling.num_workers)
     log.info("tokenized once on the cluster in %.1fs: %s records", time.perf_counter() - t,
              ", ".join(f"{k} {v}" for k, v in rows.items()))  # fmt: skip
+    labels = splits.labels
     n = len(labels.names)
     model_config = run.model_config(
         is_binary=n == 2, num_classes=n, class_names=labels.names, id_name=run.data.id_field or "id"
     )
-    return RayPrepared(model_config, labels, datasets, rows, ChunkProcessor(processor_cfg).pad_id, sources)
+    return RayPrepared(model_config, labels, datasets, rows, splits.pad_id, sources, pads)
+
+
+def pad_to_multiple(ds: Any, rows: int, world: int) -> tuple[Any, int]:
+    """(`ds` with copies of its first record marked `pad` appended up to a multiple of `world` rows, how many).
+    Ray Train cuts every split into equal shares (the same batch count on every rank, or DDP hangs), dropping
+    up to world-1 rows; a validation or test split must lose none, so it gets copies the model counts nowhere."""
+    import pyarrow as pa
+    import ray.data
+
+    k = -rows % max(1, world)
+    if k == 0:
+        return ds, 0
+    first = pa.Table.from_pylist(ds.take(1))
+    copies = first.take(pa.array([0] * k)).set_column(first.schema.get_field_index("pad"), "pad", pa.array([True] * k))
+    return ds.union(ray.data.from_arrow(copies.cast(ds.schema().base_schema))).materialize(), k
 
 
 def shard_loaders(run: RunConfig, model_config: dict[str, Any], rows: dict[str, int], pad_id: int,
-                  world: int) -> tuple[Any, Any, Any]:  # fmt: skip
-    """This Train worker's loaders over its shards of the run's datasets (`TorchTrainer(datasets=...)`)."""
+                  world: int, pads: dict[str, int] | None = None) -> tuple[Any, Any, Any]:  # fmt: skip
+    """This Train worker's loaders over its shards of the run's datasets (`TorchTrainer(datasets=...)`): each
+    rank gets (rows + padding copies) // world records of every split."""
     import ray.train
 
     from raytune_bsm.data.streaming import ShardBatches
@@ -179,7 +192,7 @@ def shard_loaders(run: RunConfig, model_config: dict[str, Any], rows: dict[str, 
 
     def make(name: str, train: bool) -> ShardBatches:
         return ShardBatches(
-            ray.train.get_dataset_shard(name), rows[name] // world,
+            ray.train.get_dataset_shard(name), (rows[name] + (pads or {}).get(name, 0)) // world,
             run.data.batch_size if train else run.data.eval_batch_size, train=train,
             group_by_length=run.data.group_by_length, seed=run.train.seed, text_name=cfg["text_name"],
             label_name=cfg["label_name"], id_name=cfg["id_name"], pad_id=pad_id,

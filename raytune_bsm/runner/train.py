@@ -54,7 +54,8 @@ def trainer_for(run: RunConfig, monitor: str, *, storage: str, callbacks: list[A
     if tracking:
         loop_config[TRACKING_KEY] = tracking
     if data is not None:
-        loop_config[DATA_KEY] = {"model_config": data.model_config, "rows": data.rows, "pad_id": data.pad_id}
+        loop_config[DATA_KEY] = {"model_config": data.model_config, "rows": data.rows, "pad_id": data.pad_id,
+                                 "pads": data.pads}  # fmt: skip
     return TorchTrainer(
         datasets=data.datasets if data is not None else None,
         # every split cut into equal shards (streaming_split(equal=True)): the same batch count on every rank
