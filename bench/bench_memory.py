@@ -2,7 +2,8 @@
 
     python bench/bench_memory.py [--rows 20000 200000] [--batches 3]
 
-For each size: demo dialogues (`raytune_bsm.demo`) written as Parquet, a local Ray cluster this script starts
+For each size: demo dialogues (`raytune_bsm.demo`) written as Parquet (the training split as a directory of files
+of 10,000 rows, the way a large dataset on s3 comes; one file is read as one block), a local Ray cluster this script starts
 (`ray.cluster_utils.Cluster`, one node, 2 CPUs) and stops, and the real job entrypoint
 (`python -m raytune_bsm.runner.train bsm_job.json`) as a subprocess: a tiny BERT, 2 CPU workers, a few training
 batches, no export. A sampler reads the RSS (psutil) of the driver and of every process under this one every
@@ -74,6 +75,21 @@ class Sampler(threading.Thread):
             time.sleep(0.2)
 
 
+ROWS_PER_FILE = 10_000  # the training split as a directory of files of this many rows, as a dataset on s3 comes
+
+
+def split_into_files(src: Path, out: Path, rows_per_file: int) -> Path:
+    """`src` rewritten as `out/part-K.parquet` files of at most `rows_per_file` rows (`src` removed)."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(src)
+    out.mkdir()
+    for k, start in enumerate(range(0, table.num_rows, rows_per_file)):
+        pq.write_table(table.slice(start, rows_per_file), out / f"part-{k:04d}.parquet")
+    src.unlink()
+    return out
+
+
 def job(rows: int, root: Path, batches: int) -> tuple[dict[tuple[str, int], int], float, dict]:
     """One short training job on `rows` demo dialogues: (peak RSS per (role, pid), seconds, the run's summary)."""
     from ray.cluster_utils import Cluster
@@ -82,12 +98,13 @@ def job(rows: int, root: Path, batches: int) -> tuple[dict[tuple[str, int], int]
 
     data = root / f"data-{rows}"
     write_demo_data(data, rows=rows, seed=0)
+    train = split_into_files(data / "train.parquet", data / "train", ROWS_PER_FILE)
     storage = root / f"runs-{rows}"
     spec = {
         "name": f"mem-{rows}",
         "storage": str(storage),
         "model": {"encoder_config": TINY, "max_tokens": 64, "max_chunks": 2},
-        "data": {"train": str(data / "train.parquet"), "val": str(data / "val.parquet"), "batch_size": 8},
+        "data": {"train": str(train), "val": str(data / "val.parquet"), "batch_size": 8},
         "train": {"max_epochs": 1, "limit_train_batches": batches, "limit_val_batches": batches, "export": False},
         "scaling": {"num_workers": 2, "cpus_per_worker": 1},
     }

@@ -149,6 +149,10 @@ class DataConfig:
     empty_dialogues: Literal["skip", "error"] = "skip"
     num_workers: int = 0
     demo_rows: int = 2000  # with no --train: the size of the generated demo data (train/val/test 80/10/10)
+    # On Ray, splits whose files come to at most this many MiB in all are read and tokenized by the job driver
+    # itself, then handed to Ray as blocks: below it, starting Ray Data's tasks costs more than it saves. 0: always
+    # through Ray Data on the cluster.
+    driver_prepare_mib: float = 64.0
 
     def __post_init__(self) -> None:
         if not 0.0 < self.val_fraction < 1.0:
@@ -158,6 +162,8 @@ class DataConfig:
                 raise ConfigError(f"--{key.replace('_', '-')} must be at least 1, got {getattr(self, key)}")
         if self.num_workers < 0:
             raise ConfigError(f"data.num_workers must be >= 0, got {self.num_workers}")
+        if self.driver_prepare_mib < 0:
+            raise ConfigError(f"data.driver_prepare_mib must be >= 0, got {self.driver_prepare_mib}")
         for name in ("text_field", "label_field"):
             if not getattr(self, name):
                 raise ConfigError(f"--{name.replace('_', '-')} must not be empty")

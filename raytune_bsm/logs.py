@@ -34,11 +34,27 @@ def setup_logging(level: int = logging.INFO) -> None:
     """bsm's log lines go to stderr, once."""
     root = logging.getLogger("raytune_bsm")
     if not root.handlers:
-        h = logging.StreamHandler(sys.stderr)
+        h = _Stderr()
         h.setFormatter(logging.Formatter("%(asctime)s bsm %(levelname)s %(message)s", "%H:%M:%S"))
         root.addHandler(h)
         root.setLevel(logging.DEBUG if verbose() else level)
         root.propagate = False
+
+
+class _Stderr(logging.StreamHandler):
+    """A handler on whatever `sys.stderr` is when a line is written (a caller that swaps stderr, such as a test
+    capturing output or an embedding application, gets the lines; a stream closed since is never written to)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property  # type: ignore[override]
+    def stream(self):  # noqa: ANN201
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # noqa: ANN001
+        pass
 
 
 def quiet_libraries() -> None:

@@ -108,7 +108,8 @@ def test_every_row_is_seen_once_per_epoch_across_two_workers(two_nodes, tmp_path
 
     run = RunConfig.from_dict({**_run("rows").to_dict(), "data": {
         "train": str(_parts(tmp_path / "train", 200, 5)), "val": str(_parts(tmp_path / "val", 45, 3)),
-        "test": str(_parts(tmp_path / "test", 21, 3)), "batch_size": 16, "eval_batch_size": 4}})  # fmt: skip
+        "test": str(_parts(tmp_path / "test", 21, 3)), "batch_size": 16, "eval_batch_size": 4,
+        "driver_prepare_mib": 0}})  # fmt: skip  (0: through Ray Data, however small the files)
     data = prepare_ray(run)
     assert data.rows == {"train": 200, "val": 45, "test": 21} and data.pads == {"val": 1, "test": 1}
 
@@ -149,10 +150,28 @@ def test_every_row_is_seen_once_per_epoch_across_two_workers(two_nodes, tmp_path
         assert {(r["evals"][name]["batches"], r["evals"][name]["len"]) for r in ranks} == {(-(-per_rank // 4),) * 2}
 
 
-def test_a_bad_row_in_the_fifth_file_stops_the_run_before_any_worker(two_nodes, tmp_path, capsys):
+def test_small_inputs_prepared_by_the_driver_are_the_records_ray_data_prepares(two_nodes, tmp_path):
+    """Below data.driver_prepare_mib the job driver reads and tokenizes the files itself: the same records (ids,
+    tokens, chunks, labels, cost), the same row counts and padding as the Ray Data path gives for those files."""
+    from raytune_bsm.runner.prepare import prepare_ray
+
+    data = {"train": str(_parts(tmp_path / "train", 60, 3)), "val": str(_parts(tmp_path / "val", 15, 3))}
+    base = _run("same").to_dict()
+    driver, cluster = (prepare_ray(RunConfig.from_dict({**base, "data": {**data, "driver_prepare_mib": mib}}))
+                       for mib in (64, 0))  # fmt: skip
+    assert driver.rows == cluster.rows == {"train": 60, "val": 15} and driver.pads == cluster.pads == {"val": 1}
+    assert driver.labels.names == cluster.labels.names and driver.pad_id == cluster.pad_id
+    for name in ("train", "val"):
+        a, b = (sorted(p.datasets[name].take_all(), key=lambda r: (r["pad"], r["id"])) for p in (driver, cluster))
+        assert [{k: list(v) if hasattr(v, "__len__") and not isinstance(v, str) else v for k, v in r.items()} for r in a] \
+            == [{k: list(v) if hasattr(v, "__len__") and not isinstance(v, str) else v for k, v in r.items()} for r in b]
+
+
+@pytest.mark.parametrize("driver_prepare_mib", [0, 64], ids=["ray-data", "driver"])
+def test_a_bad_row_in_the_fifth_file_stops_the_run_before_any_worker(two_nodes, tmp_path, capsys, driver_prepare_mib):
     """The job's entrypoint on a directory of 6 files, a null label in row 7 of the fifth: exit code 1, one
     `bsm: error:` line naming that file and row (rows count from 0, as the local path's errors do), and no
-    Train worker ever started."""
+    Train worker ever started; the same whether Ray Data or the driver (small inputs) reads the files."""
     import pyarrow.parquet as pq
 
     from raytune_bsm.runner.train import main
@@ -162,7 +181,7 @@ def test_a_bad_row_in_the_fifth_file_stops_the_run_before_any_worker(two_nodes, 
     bad[7]["reversal_flag"] = None
     pq.write_table(pa_table(bad), train / "part-4.parquet")
     job = {**_run("bad").to_dict(), "storage": str(tmp_path / "runs")}
-    job["data"] = {**job["data"], "train": str(train)}
+    job["data"] = {**job["data"], "train": str(train), "driver_prepare_mib": driver_prepare_mib}
     (tmp_path / "bsm_job.json").write_text(json.dumps(job))
     assert main(str(tmp_path / "bsm_job.json")) == 1
     # bsm's own output; lines Ray forwards from other processes (`(TrainController pid=...)`, some left from the

@@ -12,15 +12,19 @@ shape inference), so it is not done.
 from __future__ import annotations
 
 import logging
+import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from raytune_bsm.model.onnx_graphs import quiet
 
 OP_TYPES = ("MatMul", "Gemm", "Gather")  # Gather: the embedding tables in int8 (a 59 MB graph becomes 23 MB)
 PER_CHANNEL = True
+MASK_FILL = -60.0  # a masked key's score offset in the int8 graph (module doc): exp(-60) is 0 next to 1 in float32
 
 
 def quantize_chunks(src: Path, dst: Path) -> dict[str, Any]:
@@ -30,14 +34,60 @@ def quantize_chunks(src: Path, dst: Path) -> dict[str, Any]:
     root.setLevel(logging.ERROR)  # the quantizer logs "consider pre-processing" on the root logger
     try:
         with quiet():
-            _quantize(src, dst)
+            model = _quantize(src)
     finally:
         root.setLevel(level)
+    masks = soften_attention_mask(model)
+    onnx.save(model, str(dst))
     return {"method": "onnxruntime.quantization dynamic (IntegerOps)", "weight_type": "int8", "activations": "uint8",
-            "per_channel": PER_CHANNEL, "op_types": list(OP_TYPES), "from": src.name}  # fmt: skip
+            "per_channel": PER_CHANNEL, "op_types": list(OP_TYPES), "from": src.name,
+            "attention_mask_fill": MASK_FILL if masks else None}  # fmt: skip
 
 
-def _quantize(src: Path, dst: Path) -> None:
+def soften_attention_mask(model: onnx.ModelProto, fill: float = MASK_FILL) -> int:
+    """In place: the additive attention mask's fill for a masked key (float32's lowest value, or -10000) becomes
+    `fill`. Returns how many mask nodes were changed (0 when the pattern is not found: the graph stays as it was).
+
+    The mask is found from each Softmax: its input is an Add of the scores and a mask made by a Where (or a Mul)
+    with a constant scalar <= -1e4, possibly behind Expand/Reshape/Unsqueeze/Cast; that scalar input is rewired to
+    a new initializer, so nothing else sharing the constant changes."""
+    graph = model.graph
+    producer = {o: n for n in graph.node for o in n.output}
+    initializers = {i.name: i for i in graph.initializer}
+    name = "bsm/attention_mask_fill"
+    changed: set[str] = set()
+    for softmax in (n for n in graph.node if n.op_type == "Softmax"):
+        add = producer.get(softmax.input[0])
+        if add is None or add.op_type != "Add":
+            continue
+        for operand in add.input:
+            node, hops = producer.get(operand), 0
+            while node is not None and node.op_type in ("Expand", "Reshape", "Unsqueeze", "Cast") and hops < 4:
+                node, hops = producer.get(node.input[0]), hops + 1
+            if node is None or node.op_type not in ("Where", "Mul") or (key := node.name or str(id(node))) in changed:
+                continue
+            for k in range(1, 3) if node.op_type == "Where" else range(2):
+                value = _scalar(node.input[k], producer, initializers)
+                if value is not None and value <= -1e4:
+                    node.input[k] = name
+                    changed.add(key)
+    if changed:
+        graph.initializer.append(numpy_helper.from_array(np.array(fill, dtype=np.float32), name))
+    return len(changed)
+
+
+def _scalar(name: str, producer: dict[str, onnx.NodeProto], initializers: dict[str, onnx.TensorProto]) -> float | None:
+    """The value of a one-element float32 constant (an initializer or a Constant node's value), else None."""
+    tensor = initializers.get(name)
+    if tensor is None and name in producer and producer[name].op_type == "Constant":
+        tensor = next((a.t for a in producer[name].attribute if a.name == "value"), None)
+    if tensor is None or tensor.data_type != onnx.TensorProto.FLOAT:
+        return None
+    array = numpy_helper.to_array(tensor)
+    return float(array.reshape(-1)[0]) if array.size == 1 else None
+
+
+def _quantize(src: Path) -> onnx.ModelProto:
     """quantize_dynamic without its shape-inference pass (a copy of the whole model through onnx's shape inference,
     0.3 s for MiniLM): the graph is marked as inferred and float is the default type of an untyped tensor."""
     options = {"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT}
@@ -48,12 +98,14 @@ def _quantize(src: Path, dst: Path) -> None:
     except ImportError:  # the internal API moved: the public entry point, shape inference included
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        quantize_dynamic(src, dst, op_types_to_quantize=list(OP_TYPES), per_channel=PER_CHANNEL,
-                         weight_type=QuantType.QInt8, extra_options=options)  # fmt: skip
-        return
+        with tempfile.TemporaryDirectory(prefix="bsm-int8-") as tmp:
+            out = Path(tmp) / "int8.onnx"
+            quantize_dynamic(src, out, op_types_to_quantize=list(OP_TYPES), per_channel=PER_CHANNEL,
+                             weight_type=QuantType.QInt8, extra_options=options)  # fmt: skip
+            return onnx.load(str(out))
     model = onnx.load(str(src))
     add_infer_metadata(model)
     q = ONNXQuantizer(model, PER_CHANNEL, False, QuantizationMode.IntegerOps, False, QuantType.QInt8,
                       QuantType.QUInt8, None, [], [], list(OP_TYPES), options)  # fmt: skip
     q.quantize_model()
-    onnx.save(q.model.model, str(dst))
+    return q.model.model

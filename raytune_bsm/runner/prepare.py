@@ -7,13 +7,14 @@ import hashlib
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from raytune_bsm.config import RunConfig
 from raytune_bsm.data.dataset import Collate, EncodedDataset, LengthGroupedBatchSampler, Labels, load_split, split_off
 from raytune_bsm.data.processor import ChunkProcessor, ProcessorConfig
+from raytune_bsm.data.readers import list_files
 from raytune_bsm.demo import generator as demo
 from raytune_bsm.demo import phrases as demo_phrases
 from raytune_bsm.errors import ConfigError, DataError
@@ -35,6 +36,8 @@ class Prepared:
     train: EncodedDataset
     val: EncodedDataset
     test: EncodedDataset | None
+    skipped_empty: dict[str, int] = field(default_factory=dict)  # per split: empty dialogues skipped
+    files: dict[str, int] = field(default_factory=dict)  # per split read from files: how many files
 
 
 def demo_data_dir(rows: int = 1000, seed: int = 0) -> Path:
@@ -103,6 +106,10 @@ def prepare(run: RunConfig) -> Prepared:
         train=encode(train_split, "train"),
         val=encode(val_split, "val"),
         test=encode(test_split, "test") if test_split is not None else None,
+        skipped_empty={name: sp.skipped_empty for name, sp in (("train", train_split), ("val", val_split),
+                                                                ("test", test_split)) if sp is not None},  # fmt: skip
+        files={name: len(list_files(uri, getattr(run.data, "format", None))) for name, uri in
+               (("train", paths["train"]), ("val", paths["val"] or ""), ("test", paths["test"] or "")) if uri},  # fmt: skip
     )
 
 
@@ -121,11 +128,10 @@ class RayPrepared:
 
 
 def prepare_ray(run: RunConfig) -> RayPrepared:
-    """Read, check and tokenize every split on the cluster (Ray Data, tasks over its CPUs), once. Any bad input
-    raises here, before a Train worker starts; the errors are the in-memory path's own lines."""
+    """Read, check and tokenize every split once, for `TorchTrainer(datasets=...)`: on the cluster (Ray Data, tasks
+    over its CPUs), or, for inputs of at most `data.driver_prepare_mib` MiB in all, in this driver (`prepare`),
+    handed to Ray as blocks. Any bad input raises here, before a Train worker starts, with the same lines both ways."""
     import ray.data
-
-    from raytune_bsm.data.ray_data import prepare_splits
 
     quiet_libraries()  # importing ray.data set its loggers to INFO
     context = ray.data.DataContext.get_current()
@@ -133,6 +139,18 @@ def prepare_ray(run: RunConfig) -> RayPrepared:
     paths = data_paths(run)
     t = time.perf_counter()
     uris = {name: uri for name, uri in paths.items() if uri}
+    size = _input_bytes(uris, run)
+    if size is not None and size <= run.data.driver_prepare_mib * 2**20:
+        log.info("%.1f MiB of input (at most data.driver_prepare_mib=%g): read and tokenized by this driver",
+                 size / 2**20, run.data.driver_prepare_mib)  # fmt: skip
+        prep = prepare(run)
+        parts = {"train": prep.train, "val": prep.val, "test": prep.test}
+        datasets = {name: _blocks(ds) for name, ds in parts.items() if ds is not None}
+        sources = {name: {"skipped_empty": prep.skipped_empty.get(name, 0), "files": prep.files.get(name, 0)}
+                   for name in datasets}  # fmt: skip
+        return _finish(run, paths, datasets, sources, prep.labels, prep.processor.pad_id, t)
+    from raytune_bsm.data.ray_data import prepare_splits
+
     splits = prepare_splits(uris, run.data, ProcessorConfig.of_model(run.model_config()).to_dict(), None,
                             run.model.get("num_classes"))  # fmt: skip
     # The splits' tokenization passes run at once: on small data each is mostly Ray Data's start-up
@@ -151,18 +169,52 @@ def prepare_ray(run: RunConfig) -> RayPrepared:
     for name, n in rows.items():
         if n == 0:
             raise DataError(f"{paths.get(name) or paths['train']}: no dialogue in column {run.data.text_field!r} has any tokens")
+    return _finish(run, paths, datasets, sources, splits.labels, splits.pad_id, t)
+
+
+def _finish(run: RunConfig, paths: dict[str, str | None], datasets: dict[str, Any], sources: dict[str, dict[str, int]],
+            labels: Labels, pad_id: int, started: float) -> RayPrepared:  # fmt: skip
+    rows = {name: ds.count() for name, ds in datasets.items()}
     pads = {}
     for name in ("val", "test"):  # evaluated in full: padded to equal shares rather than cut to them
         if name in datasets:
             datasets[name], pads[name] = pad_to_multiple(datasets[name], rows[name], run.scaling.num_workers)
-    log.info("tokenized once on the cluster in %.1fs: %s records", time.perf_counter() - t,
+    log.info("tokenized once in %.1fs: %s records", time.perf_counter() - started,
              ", ".join(f"{k} {v}" for k, v in rows.items()))  # fmt: skip
-    labels = splits.labels
     n = len(labels.names)
     model_config = run.model_config(
         is_binary=n == 2, num_classes=n, class_names=labels.names, id_name=run.data.id_field or "id"
     )
-    return RayPrepared(model_config, labels, datasets, rows, splits.pad_id, sources, pads)
+    return RayPrepared(model_config, labels, datasets, rows, pad_id, sources, pads)
+
+
+def _input_bytes(uris: dict[str, str], run: RunConfig) -> int | None:
+    """The splits' files' total size (listing only); None if a filesystem does not say."""
+    if run.data.driver_prepare_mib <= 0:
+        return None
+    sizes = [f.size for uri in set(uris.values()) for f in list_files(uri, getattr(run.data, "format", None))]
+    return None if any(s is None for s in sizes) else sum(sizes)  # type: ignore[arg-type]
+
+
+BLOCK_ROWS = 4096  # records per block of a split prepared by the driver
+
+
+def _blocks(ds: EncodedDataset) -> Any:
+    """A split the driver prepared -> a materialized Ray Dataset of the records `data.ray_data.tokenize` gives."""
+    import numpy as np
+    import pyarrow as pa
+    import ray.data
+
+    table = pa.table({
+        "input_ids": pa.array(ds.ids, pa.list_(pa.int32())),  # per record: every kept chunk, back to back
+        "chunk_lens": pa.array(ds.lens, pa.list_(pa.int32())),  # per record: [n_chunks]
+        "truncated": pa.array(ds.truncated if ds.truncated is not None else [False] * len(ds), pa.bool_()),
+        "label": pa.array(np.asarray(ds.labels, np.int64)),
+        "id": pa.array(ds.record_ids) if any(i is not None for i in ds.record_ids) else pa.nulls(len(ds)),
+        "cost": pa.array(ds.padded_cost(), pa.int64()),
+        "pad": pa.array(np.zeros(len(ds), np.bool_)),
+    })  # fmt: skip
+    return ray.data.from_arrow([table.slice(i, BLOCK_ROWS) for i in range(0, max(1, table.num_rows), BLOCK_ROWS)]).materialize()
 
 
 def pad_to_multiple(ds: Any, rows: int, world: int) -> tuple[Any, int]:
