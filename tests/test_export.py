@@ -430,6 +430,36 @@ def test_int8_models_are_quantized_checked_and_recorded_per_precision(trained):
     assert prec["fp32"]["accuracy"] == pytest.approx(torch_right / 12)
 
 
+def test_int8_graphs_fill_masked_attention_keys_with_a_moderate_value(trained):
+    """quantize.soften_attention_mask: the int8 graphs' attention mask fills a masked key with MASK_FILL (exp of
+    float32's lowest value takes MLAS's slow path); the fp32 graphs keep the trace's mask."""
+    import onnx
+    from onnx import numpy_helper
+
+    from raytune_bsm.model import quantize
+
+    assert trained.manifest["exporter"]["int8"]["attention_mask_fill"] == quantize.MASK_FILL
+    for name in ("model.chunks.int8.onnx", "model.int8.onnx", "model.chunks.onnx"):
+        graph = onnx.load(str(trained.dest / name)).graph
+        fills = {i.name: float(numpy_helper.to_array(i)) for i in graph.initializer if i.name.endswith("attention_mask_fill")}
+        where = [list(n.input) for n in graph.node if n.op_type == "Where" and any(i in fills for i in n.input)]
+        if "int8" in name:
+            assert list(fills.values()) == [quantize.MASK_FILL] and len(where) == 1, name
+        else:
+            assert not fills and not where, name
+    # the same function: the fp32 chunk graph with and without the change, on chunks with padding
+    import onnxruntime as ort
+
+    fp32 = onnx.load(str(trained.dest / "model.chunks.onnx"))
+    softened = onnx.load(str(trained.dest / "model.chunks.onnx"))
+    assert quantize.soften_attention_mask(softened) == 1
+    ids = np.array([[101, 2023, 2003, 1037, 3231, 102, 0, 0], [101, 2023, 102, 0, 0, 0, 0, 0]], dtype=np.int64)
+    feeds = {"input_ids": ids, "attention_mask": (ids != 0).astype(np.int64)}
+    before, after = (ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+                     for m in (fp32, softened))  # fmt: skip
+    assert np.abs(before - after).max() <= 1e-6
+
+
 def test_export_records_the_time_of_each_step(trained):
     t = trained.manifest["timings"]
     assert set(t) >= {"load", "onnx", "int8", "torchscript", "parity", "total"}

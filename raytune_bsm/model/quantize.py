@@ -3,10 +3,32 @@ the quantized chunk graph with the (fp32, tiny) head and the prefix put around i
 
 Weights become int8 with one scale per output channel (per-channel halves the logits' error against per-tensor on
 MiniLM at the same speed); activations are quantized on the fly, per call. The MatMul/Gemm (and embedding Gather)
-of the eager-attention trace are quantized as they are: ONNX Runtime's session-level fusions then fuse the rest. Fusing first with
-`onnxruntime.transformers.optimizer` (Attention -> QAttention, SkipLayerNorm, BiasGelu) measured 1.1-1.2x slower
-on this graph (bench/, 8-32 chunks of 48-128 tokens) and cost 2.4 s of export (six copies of the model for its
-shape inference), so it is not done.
+of the eager-attention trace are quantized as they are: ONNX Runtime's session-level fusions then fuse the rest.
+
+One change after quantizing: the additive attention mask fills a masked key with MASK_FILL (-60) instead of
+float32's lowest value. Softmax's exp of a score 87 or more below the row's maximum takes a slow underflow path in
+MLAS (a [8, 12, 128, 128] Softmax with a fifth of its keys masked: 2.3 ms against 0.5 ms), so the few padded keys
+of a call cost half the Softmax time; exp(-60) next to the unmasked keys is 0 in float32, and the features came out
+bit-identical on 159 long-text chunks. Scoring sessions also run without ORT's SkipLayerNorm fusion
+(scoring.sessions.CPU_DISABLED_FUSIONS). Issue 10 measurements, MiniLM, long texts (4 x 128 tokens) in calls of
+8 x 128, the variants side by side in one process on 1 thread (2 shared cores are too noisy to rank 5% steps):
+
+    profile of the int8 chunk graph (2 threads): int8 GEMMs 36%, SkipLayerNormalization 14%, Softmax 11%,
+    Gelu 7%, Add 7%, Transpose 6%, fp32 attention MatMuls 10%; AMX-INT8 is used (838 GMAC/s on one core)
+    no SkipLayerNorm fusion                              1.15x   (its CPU kernel: a scalar loop, 5x Add + LayerNorm)
+    mask fill -60 (on top)                               1.08x   (-30: the same)
+    bench_scoring --long 400 on 2 threads: 3.33x TorchScript (bench/RESULTS.md before: 3.03x on 60 records);
+    runs on the 2 shared cores vary by 10-20%, labels as before
+    tried, slower: transformers optimizer -> MultiHeadAttention (separate quantized Q/K/V MatMuls) 0.91x, with
+    its raw-mask format 0.92x, with mask_filter_value -30 still slower; fused Attention (fp32 QKV) 0.62x;
+    FastGelu 0.94x; BiasGelu split from the MatMul 0.83x; attention MatMuls quantized too (MatMulConstBOnly
+    off) 0.90x; calls of 2048/4096 token slots 0.85x, 512 and 768 within noise; allow_spinning off 0.73x
+    (2 threads); the optimizer itself costs 1-4 s of export
+    accuracy, 400 long texts: int8 labels agree with fp32 on 94% (-1.5 point); the error is the activations'
+    per-tensor range: a few outlier channels (28 against a median channel max of 1.7 after LayerNorm, 24 against
+    1.1 after Gelu). Moving the FFN output MatMul's outlier channels (amax > 4x median, 15 in all) to an fp32 side
+    path: agreement 96%, logit-margin error -35%, still -1.5 point, 5% slower: not done. SmoothQuant-style
+    scaling made it worse (per-output-channel weight scales absorb the outlier rows); clipping worse still.
 """
 
 from __future__ import annotations
