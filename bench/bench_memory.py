@@ -104,7 +104,8 @@ def job(rows: int, root: Path, batches: int) -> tuple[dict[tuple[str, int], int]
         "name": f"mem-{rows}",
         "storage": str(storage),
         "model": {"encoder_config": TINY, "max_tokens": 64, "max_chunks": 2},
-        "data": {"train": str(train), "val": str(data / "val.parquet"), "batch_size": 8},
+        "data": {"train": str(train), "val": str(data / "val.parquet"), "batch_size": 8,
+                 "driver_prepare_mib": 0},  # through Ray Data at every size: the path that must stay flat
         "train": {"max_epochs": 1, "limit_train_batches": batches, "limit_val_batches": batches, "export": False},
         "scaling": {"num_workers": 2, "cpus_per_worker": 1},
     }

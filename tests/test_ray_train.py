@@ -105,6 +105,7 @@ def test_every_row_is_seen_once_per_epoch_across_two_workers(two_nodes, tmp_path
     from ray.train.torch import TorchTrainer
 
     from raytune_bsm.runner.prepare import prepare_ray, shard_loaders
+    from raytune_bsm.runner.shards import EqualShards
 
     run = RunConfig.from_dict({**_run("rows").to_dict(), "data": {
         "train": str(_parts(tmp_path / "train", 200, 5)), "val": str(_parts(tmp_path / "val", 45, 3)),
@@ -130,7 +131,7 @@ def test_every_row_is_seen_once_per_epoch_across_two_workers(two_nodes, tmp_path
         out.write_text(json.dumps({"node": ray.get_runtime_context().get_node_id(), "epochs": epochs, "evals": evals}))
 
     TorchTrainer(loop, train_loop_config={"out": str(tmp_path)}, datasets=data.datasets,
-                 dataset_config=ray.train.DataConfig(datasets_to_split="all"),
+                 dataset_config=EqualShards(data.shares),
                  scaling_config=ray.train.ScalingConfig(num_workers=2, placement_strategy="STRICT_SPREAD"),
                  run_config=ray.train.RunConfig(storage_path=str(tmp_path / "ray"))).fit()  # fmt: skip
     ranks = [json.loads((tmp_path / f"rank-{r}.json").read_text()) for r in (0, 1)]
@@ -158,7 +159,7 @@ def test_small_inputs_prepared_by_the_driver_are_the_records_ray_data_prepares(t
     data = {"train": str(_parts(tmp_path / "train", 60, 3)), "val": str(_parts(tmp_path / "val", 15, 3))}
     base = _run("same").to_dict()
     driver, cluster = (prepare_ray(RunConfig.from_dict({**base, "data": {**data, "driver_prepare_mib": mib}}))
-                       for mib in (64, 0))  # fmt: skip
+                       for mib in (8, 0))  # fmt: skip
     assert driver.rows == cluster.rows == {"train": 60, "val": 15} and driver.pads == cluster.pads == {"val": 1}
     assert driver.labels.names == cluster.labels.names and driver.pad_id == cluster.pad_id
     for name in ("train", "val"):
@@ -167,7 +168,7 @@ def test_small_inputs_prepared_by_the_driver_are_the_records_ray_data_prepares(t
             == [{k: list(v) if hasattr(v, "__len__") and not isinstance(v, str) else v for k, v in r.items()} for r in b]
 
 
-@pytest.mark.parametrize("driver_prepare_mib", [0, 64], ids=["ray-data", "driver"])
+@pytest.mark.parametrize("driver_prepare_mib", [0, 8], ids=["ray-data", "driver"])
 def test_a_bad_row_in_the_fifth_file_stops_the_run_before_any_worker(two_nodes, tmp_path, capsys, driver_prepare_mib):
     """The job's entrypoint on a directory of 6 files, a null label in row 7 of the fifth: exit code 1, one
     `bsm: error:` line naming that file and row (rows count from 0, as the local path's errors do), and no

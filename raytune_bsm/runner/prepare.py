@@ -125,6 +125,7 @@ class RayPrepared:
     pad_id: int
     sources: dict[str, dict[str, int]]  # per split: {"skipped_empty": k, "files": m}, for bsm_result.json
     pads: dict[str, int]  # per evaluated split: padding copies appended to make equal shares (`pad_to_multiple`)
+    shares: dict[str, list[Any]]  # per split: its equal shares for run.scaling.num_workers ranks (runner/shards.py)
 
 
 def prepare_ray(run: RunConfig) -> RayPrepared:
@@ -148,7 +149,7 @@ def prepare_ray(run: RunConfig) -> RayPrepared:
         datasets = {name: _blocks(ds) for name, ds in parts.items() if ds is not None}
         sources = {name: {"skipped_empty": prep.skipped_empty.get(name, 0), "files": prep.files.get(name, 0)}
                    for name in datasets}  # fmt: skip
-        return _finish(run, paths, datasets, sources, prep.labels, prep.processor.pad_id, t)
+        return _finish(run, datasets, sources, prep.labels, prep.processor.pad_id, t)
     from raytune_bsm.data.ray_data import prepare_splits
 
     splits = prepare_splits(uris, run.data, ProcessorConfig.of_model(run.model_config()).to_dict(), None,
@@ -169,11 +170,13 @@ def prepare_ray(run: RunConfig) -> RayPrepared:
     for name, n in rows.items():
         if n == 0:
             raise DataError(f"{paths.get(name) or paths['train']}: no dialogue in column {run.data.text_field!r} has any tokens")
-    return _finish(run, paths, datasets, sources, splits.labels, splits.pad_id, t)
+    return _finish(run, datasets, sources, splits.labels, splits.pad_id, t)
 
 
-def _finish(run: RunConfig, paths: dict[str, str | None], datasets: dict[str, Any], sources: dict[str, dict[str, int]],
-            labels: Labels, pad_id: int, started: float) -> RayPrepared:  # fmt: skip
+def _finish(run: RunConfig, datasets: dict[str, Any], sources: dict[str, dict[str, int]], labels: Labels, pad_id: int,
+            started: float) -> RayPrepared:  # fmt: skip
+    """Row counts, evaluated splits padded to equal shares, the model config: the end of either way."""
+    from raytune_bsm.runner.shards import shares  # ray.train: imported where Ray runs
     rows = {name: ds.count() for name, ds in datasets.items()}
     pads = {}
     for name in ("val", "test"):  # evaluated in full: padded to equal shares rather than cut to them
@@ -185,7 +188,8 @@ def _finish(run: RunConfig, paths: dict[str, str | None], datasets: dict[str, An
     model_config = run.model_config(
         is_binary=n == 2, num_classes=n, class_names=labels.names, id_name=run.data.id_field or "id"
     )
-    return RayPrepared(model_config, labels, datasets, rows, pad_id, sources, pads)
+    return RayPrepared(model_config, labels, datasets, rows, pad_id, sources, pads,
+                       shares(datasets, run.scaling.num_workers))
 
 
 def _input_bytes(uris: dict[str, str], run: RunConfig) -> int | None:

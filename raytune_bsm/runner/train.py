@@ -43,6 +43,7 @@ def trainer_for(run: RunConfig, monitor: str, *, storage: str, callbacks: list[A
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    from raytune_bsm.runner.shards import EqualShards
     from raytune_bsm.runner.worker import train_loop
 
     # Ray Train's preemption watcher logs a core_worker "E" line (ray-project/ray#53727) on every start; it only
@@ -58,8 +59,8 @@ def trainer_for(run: RunConfig, monitor: str, *, storage: str, callbacks: list[A
                                  "pads": data.pads}  # fmt: skip
     return TorchTrainer(
         datasets=data.datasets if data is not None else None,
-        # every split cut into equal shards (streaming_split(equal=True)): the same batch count on every rank
-        dataset_config=ray.train.DataConfig(datasets_to_split="all"),
+        # every split cut into equal shares, in place (runner/shards.py): the same batch count on every rank
+        dataset_config=EqualShards(data.shares if data is not None else None),
         train_loop_per_worker=train_loop,
         train_loop_config=loop_config,
         torch_config=TorchConfig(backend="nccl" if run.scaling.use_gpu else "gloo"),
