@@ -259,13 +259,20 @@ class _Tokenize:
             out.cut = [out.cut[i] for i in tokened]
         y = self.labels.encode(batch.column(self.label_field), "a batch", self.label_field)
         ids = batch.column(self.id_field) if self.id_field else pa.nulls(batch.num_rows)
-        cost = np.fromiter((len(l) * (int(l.max()) if len(l) else 0) for l in out.lens), np.int64, len(out.lens))
-        return pa.table({
-            "input_ids": pa.array(out.ids, pa.list_(pa.int32())),  # per record: every kept chunk, back to back
-            "chunk_lens": pa.array(out.lens, pa.list_(pa.int32())),  # per record: [n_chunks]
-            "truncated": pa.array(out.cut, pa.bool_()),  # per record: it had more than max_chunks chunks
-            "label": pa.array(y, pa.int64()),
-            "id": ids,
-            "cost": pa.array(cost, pa.int64()),
-            "pad": pa.array(np.zeros(len(y), np.bool_)),  # a real record (runner/prepare.py adds padding copies)
-        })  # fmt: skip
+        return records_table(out.ids, out.lens, out.cut, y, ids)
+
+
+def records_table(ids: list[np.ndarray], lens: list[np.ndarray], truncated: list[bool], labels: Any,
+                  record_ids: Any) -> pa.Table:  # fmt: skip
+    """Processed records as the table a prepared split holds (the tokenizing tasks' output, and what the driver
+    hands to Ray for a small input): one row per record."""
+    cost = np.fromiter((len(l) * (int(l.max()) if len(l) else 0) for l in lens), np.int64, len(lens))
+    return pa.table({
+        "input_ids": pa.array(ids, pa.list_(pa.int32())),  # per record: every kept chunk, back to back
+        "chunk_lens": pa.array(lens, pa.list_(pa.int32())),  # per record: [n_chunks]
+        "truncated": pa.array(truncated, pa.bool_()),  # per record: it had more than max_chunks chunks
+        "label": pa.array(np.asarray(labels, np.int64)),  # class index
+        "id": record_ids,
+        "cost": pa.array(cost, pa.int64()),  # chunks x longest chunk: the [C, T] area it pads to (length grouping)
+        "pad": pa.array(np.zeros(len(lens), np.bool_)),  # a real record (runner/prepare.py adds padding copies)
+    })  # fmt: skip

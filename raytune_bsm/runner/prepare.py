@@ -205,19 +205,13 @@ BLOCK_ROWS = 4096  # records per block of a split prepared by the driver
 
 def _blocks(ds: EncodedDataset) -> Any:
     """A split the driver prepared -> a materialized Ray Dataset of the records `data.ray_data.tokenize` gives."""
-    import numpy as np
     import pyarrow as pa
     import ray.data
 
-    table = pa.table({
-        "input_ids": pa.array(ds.ids, pa.list_(pa.int32())),  # per record: every kept chunk, back to back
-        "chunk_lens": pa.array(ds.lens, pa.list_(pa.int32())),  # per record: [n_chunks]
-        "truncated": pa.array(ds.truncated if ds.truncated is not None else [False] * len(ds), pa.bool_()),
-        "label": pa.array(np.asarray(ds.labels, np.int64)),
-        "id": pa.array(ds.record_ids) if any(i is not None for i in ds.record_ids) else pa.nulls(len(ds)),
-        "cost": pa.array(ds.padded_cost(), pa.int64()),
-        "pad": pa.array(np.zeros(len(ds), np.bool_)),
-    })  # fmt: skip
+    from raytune_bsm.data.ray_data import records_table
+
+    ids = pa.array(ds.record_ids) if any(i is not None for i in ds.record_ids) else pa.nulls(len(ds))
+    table = records_table(ds.ids, ds.lens, ds.truncated if ds.truncated is not None else [False] * len(ds), ds.labels, ids)
     return ray.data.from_arrow([table.slice(i, BLOCK_ROWS) for i in range(0, max(1, table.num_rows), BLOCK_ROWS)]).materialize()
 
 
