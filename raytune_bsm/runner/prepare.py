@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -154,10 +153,9 @@ def prepare_ray(run: RunConfig) -> RayPrepared:
 
     splits = prepare_splits(uris, run.data, ProcessorConfig.of_model(run.model_config()).to_dict(), None,
                             run.model.get("num_classes"))  # fmt: skip
-    # The splits' tokenization passes run at once: on small data each is mostly Ray Data's start-up
-    with ThreadPoolExecutor(len(splits.datasets)) as pool:
-        done = {name: pool.submit(ds.materialize) for name, ds in splits.datasets.items()}
-        datasets = {name: f.result() for name, f in done.items()}
+    # One split after another: each pass has the cluster's CPUs to itself (passes run at once would each see
+    # the others' tasks holding every CPU, and Ray Data warns that it may hang)
+    datasets = {name: ds.materialize() for name, ds in splits.datasets.items()}
     sources = {name: {"skipped_empty": splits.skipped_empty[name], "files": len(splits.files[name])} for name in datasets}
     if "val" not in datasets:
         n = datasets["train"].count()
