@@ -2,8 +2,8 @@
 
     python bench/bench_memory.py [--rows 20000 200000] [--batches 3]
 
-For each size: demo dialogues (`raytune_bsm.demo`) written as Parquet (the training split as a directory of files
-of 10,000 rows, the way a large dataset on s3 comes; one file is read as one block), a local Ray cluster this script starts
+For each size: demo dialogues (`raytune_bsm.demo`) written as Parquet (the training and validation splits as directories of
+files of 10,000 rows, the way a large dataset on s3 comes; one file is read as one block), a local Ray cluster this script starts
 (`ray.cluster_utils.Cluster`, one node, 2 CPUs) and stops, and the real job entrypoint
 (`python -m raytune_bsm.runner.train bsm_job.json`) as a subprocess: a tiny BERT, 2 CPU workers, a few training
 batches, no export. A sampler reads the RSS (psutil) of the driver and of every process under this one every
@@ -67,11 +67,12 @@ class Sampler(threading.Thread):
                 if r is None:
                     continue
                 try:
-                    rss = p.memory_info().rss
+                    m = p.memory_info()
                 except (psutil.NoSuchProcess, psutil.AccessDenied):
                     continue
-                key = (r, p.pid)
-                self.peaks[key] = max(self.peaks.get(key, 0), rss)
+                for kind, value in (("rss", m.rss), ("private", m.rss - m.shared)):
+                    key = (kind, r, p.pid)
+                    self.peaks[key] = max(self.peaks.get(key, 0), value)
             time.sleep(0.2)
 
 
@@ -99,12 +100,13 @@ def job(rows: int, root: Path, batches: int) -> tuple[dict[tuple[str, int], int]
     data = root / f"data-{rows}"
     write_demo_data(data, rows=rows, seed=0)
     train = split_into_files(data / "train.parquet", data / "train", ROWS_PER_FILE)
+    val = split_into_files(data / "val.parquet", data / "val", ROWS_PER_FILE)
     storage = root / f"runs-{rows}"
     spec = {
         "name": f"mem-{rows}",
         "storage": str(storage),
         "model": {"encoder_config": TINY, "max_tokens": 64, "max_chunks": 2},
-        "data": {"train": str(train), "val": str(data / "val.parquet"), "batch_size": 8,
+        "data": {"train": str(train), "val": str(val), "batch_size": 8,
                  "driver_prepare_mib": 0},  # through Ray Data at every size: the path that must stay flat
         "train": {"max_epochs": 1, "limit_train_batches": batches, "limit_val_batches": batches, "export": False},
         "scaling": {"num_workers": 2, "cpus_per_worker": 1},
@@ -136,27 +138,28 @@ def main() -> None:
     args = ap.parse_args()
     mib = 1 << 20
     roles = ["job driver", "train worker", "data task/actor", "train controller"]
-    table: dict[int, dict[str, list[int]]] = {}
+    table: dict[int, dict[tuple[str, str, int], int]] = {}
     with tempfile.TemporaryDirectory(prefix="bsm-bench-memory-") as tmp:
         for rows in args.rows:
             peaks, seconds, summary = job(rows, Path(tmp), args.batches)
-            table[rows] = {r: sorted((v for (k, _), v in peaks.items() if k == r), reverse=True) for r in roles}
+            table[rows] = peaks
             print(f"{rows:>8} dialogues: {seconds:.0f}s, data {json.dumps(summary.get('data'))}, "
                   f"timings {json.dumps(summary.get('timings'))}", file=sys.stderr)  # fmt: skip
-    print(f"{'process':<18}" + "".join(f"{f'{r:,} rows':>22}" for r in args.rows) + f"{'growth':>12}")
-    for r in roles:
-        cells = []
-        for rows in args.rows:
-            v = table[rows][r]
-            cells.append(f"{v[0] / mib:.0f} MiB (x{len(v)})" if v else "-")
-        first, last = table[args.rows[0]][r], table[args.rows[-1]][r]
-        growth = f"{(last[0] - first[0]) / mib:+.0f} MiB" if first and last else "-"
-        print(f"{r:<18}" + "".join(f"{c:>22}" for c in cells) + f"{growth:>12}")
-    hungriest = [max(v[0] for v in table[rows].values() if v) for rows in args.rows]
-    print(f"hungriest process: {' -> '.join(f'{h / mib:.0f} MiB' for h in hungriest)} "
-          f"({(hungriest[-1] - hungriest[0]) / mib:+.0f} MiB, x{hungriest[-1] / hungriest[0]:.2f}) "
-          f"for x{args.rows[-1] / args.rows[0]:.0f} the data")  # fmt: skip
-
+    for kind, what in (("rss", "peak RSS"), ("private", "peak RSS less shared pages (Ray's object store is shared memory: "
+                                                     "blocks a process maps count in its RSS)")):  # fmt: skip
+        print(f"\n{what}")
+        sizes = {rows: {r: sorted((v for (k, rr, _), v in table[rows].items() if k == kind and rr == r), reverse=True)
+                        for r in roles} for rows in args.rows}  # fmt: skip
+        print(f"{'process':<18}" + "".join(f"{f'{r:,} rows':>22}" for r in args.rows) + f"{'growth':>12}")
+        for r in roles:
+            cells = [f"{sizes[rows][r][0] / mib:.0f} MiB (x{len(sizes[rows][r])})" if sizes[rows][r] else "-" for rows in args.rows]
+            first, last = sizes[args.rows[0]][r], sizes[args.rows[-1]][r]
+            growth = f"{(last[0] - first[0]) / mib:+.0f} MiB" if first and last else "-"
+            print(f"{r:<18}" + "".join(f"{c:>22}" for c in cells) + f"{growth:>12}")
+        hungriest = [max(v[0] for v in sizes[rows].values() if v) for rows in args.rows]
+        print(f"hungriest process: {' -> '.join(f'{h / mib:.0f} MiB' for h in hungriest)} "
+              f"({(hungriest[-1] - hungriest[0]) / mib:+.0f} MiB, x{hungriest[-1] / hungriest[0]:.2f}) "
+              f"for x{args.rows[-1] / args.rows[0]:.0f} the data")  # fmt: skip
 
 if __name__ == "__main__":
     main()

@@ -56,7 +56,7 @@ def scoring(a: argparse.Namespace, say: Say, ctx: dict) -> None:
         f"records, pre-tokenized, {THREADS} threads, one process; 'real tokens' is the share of the token slots "
         "computed that hold a real token.")  # fmt: skip
     say()
-    sc = bench_scoring.run(Path(a.work), demo=60 if a.quick else 120, long=30 if a.quick else 60, log=print)
+    sc = bench_scoring.run(Path(a.work), demo=60 if a.quick else 120, long=30 if a.quick else 200, log=print)
     ctx["fitted"] = fitted = sc["fitted"]
     for data in sc["sets"]:
         for line in bench_scoring.table(sc["results"][data.name], data):
