@@ -145,7 +145,8 @@ def nodes(a: argparse.Namespace, say: Say, ctx: dict) -> None:
     say(f"{r['rows']} demo dialogues read, checked and tokenized by `data.ray_data.prepare_split` on a "
         f"`ray.cluster_utils.Cluster` of nodes with {r['cpus_per_node']} CPUs, tokenizing tasks on every node's CPUs, best of "
         f"alternating rounds: 1 node {r['records_per_s'][1]:,.0f} records/s, 2 nodes {r['records_per_s'][2]:,.0f} "
-        f"records/s: **2 nodes ÷ 1 node = {r['ratio']:.2f}** (the nodes share this machine's {THREADS} cores).")  # fmt: skip
+        f"records/s: **2 nodes ÷ 1 node = {r['ratio']:.2f}** (a node of {r['cpus_per_node']} CPU on this machine's {THREADS} "
+        "cores: two such nodes have twice the cores one has).")  # fmt: skip
 
 
 def gpu(a: argparse.Namespace, say: Say, ctx: dict) -> None:
