@@ -32,7 +32,6 @@ from raytune_bsm.data.splits import check_schema, is_empty, load_files
 from raytune_bsm.errors import DataError
 
 PATH = "path"  # the column Ray Data adds with include_paths=True
-TOKENIZE_BATCH = 256  # records per tokenizer call
 
 
 @dataclass
@@ -132,7 +131,9 @@ def prepare_splits(
     stage = dict(processor=processor, tokenizer_json=chunker.tokenizer_json(), pad_id=chunker.pad_id,
                  labels=labels, text_field=cfg.text_field, label_field=cfg.label_field)  # fmt: skip
     datasets = {
-        name: ds.map_batches(tokenize, fn_kwargs={**stage, "id_field": id_field}, batch_size=TOKENIZE_BATCH,
+        # batch_size=None: a block at a time (the processor batches inside), so Ray Data fuses the read and the
+        # tokenizing into one task per block, and no raw text crosses between processes
+        name: ds.map_batches(tokenize, fn_kwargs={**stage, "id_field": id_field}, batch_size=None,
                              batch_format="pyarrow")  # fmt: skip
         for name, (ds, _, id_field) in reads.items()
     }
