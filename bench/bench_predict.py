@@ -7,6 +7,7 @@ same session running the same calls on records tokenized beforehand, the two alt
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -19,6 +20,17 @@ from common import THREADS, Texts, fit_and_export, demo_texts, long_texts
 def run(export: Path, data: Texts, batch_size: int = 32, rounds: int = 3) -> dict[str, Any]:
     """End to end and pure scoring, alternated `rounds` times (medians), so a change in the machine's load falls
     on both alike."""
+    # As `bsm predict` runs in a user's shell: TOKENIZERS_PARALLELISM unset, so the Rust tokenizer uses its own
+    # threads (bench/common.py turns them off for the training benchmarks in this process).
+    saved = os.environ.pop("TOKENIZERS_PARALLELISM", None)
+    try:
+        return _run(export, data, batch_size, rounds)
+    finally:
+        if saved is not None:
+            os.environ["TOKENIZERS_PARALLELISM"] = saved
+
+
+def _run(export: Path, data: Texts, batch_size: int, rounds: int) -> dict[str, Any]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
