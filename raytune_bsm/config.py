@@ -149,9 +149,8 @@ class DataConfig:
     empty_dialogues: Literal["skip", "error"] = "skip"
     num_workers: int = 0
     demo_rows: int = 2000  # with no --train: the size of the generated demo data (train/val/test 80/10/10)
-    # On Ray, splits whose files come to at most this many MiB in all are read and tokenized by the job driver
-    # itself, then handed to Ray as blocks: below it, starting Ray Data's tasks costs more than it saves (8 MiB:
-    # ~17,000 demo dialogues, ~10 s of one core, ~150 MB held by the driver at its peak). 0: always Ray Data.
+    # On Ray, inputs up to this many MiB of files are tokenized by the job driver (Ray Data's start-up costs more
+    # there; 8 MiB: ~17,000 demo dialogues, ~150 MB held by the driver at its peak). 0: always Ray Data.
     driver_prepare_mib: float = 8.0
 
     def __post_init__(self) -> None:

@@ -237,30 +237,21 @@ def tokenize(batch: pa.Table, *, processor: dict[str, Any], tokenizer_json: str,
     if key not in _PROCESSORS:
         _PROCESSORS.clear()  # one run's processor at a time
         _PROCESSORS[key] = ChunkProcessor.from_tokenizer_json(ProcessorConfig(**processor), tokenizer_json, pad_id)
-    return _Tokenize(_PROCESSORS[key], labels, text_field, label_field, id_field)(batch)
-
-
-class _Tokenize:
-    def __init__(self, processor: ChunkProcessor, labels: Labels, text_field: str, label_field: str,
-                 id_field: str | None) -> None:  # fmt: skip
-        self.processor = processor
-        self.labels, self.text_field, self.label_field, self.id_field = labels, text_field, label_field, id_field
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        texts = batch.column(self.text_field).to_pylist()
-        keep = [i for i, t in enumerate(texts) if not is_empty(t)]
-        if len(keep) < len(texts):
-            batch = batch.take(pa.array(keep, pa.int64()))
-            texts = [texts[i] for i in keep]
-        out = self.processor(texts)
-        tokened = [i for i, lens in enumerate(out.lens) if len(lens)]  # text that tokenizes to nothing is skipped
-        if len(tokened) < len(out.lens):
-            batch = batch.take(pa.array(tokened, pa.int64()))
-            out.ids, out.lens = [out.ids[i] for i in tokened], [out.lens[i] for i in tokened]
-            out.cut = [out.cut[i] for i in tokened]
-        y = self.labels.encode(batch.column(self.label_field), "a batch", self.label_field)
-        ids = batch.column(self.id_field) if self.id_field else pa.nulls(batch.num_rows)
-        return records_table(out.ids, out.lens, out.cut, y, ids)
+    chunker = _PROCESSORS[key]
+    texts = batch.column(text_field).to_pylist()
+    keep = [i for i, t in enumerate(texts) if not is_empty(t)]
+    if len(keep) < len(texts):
+        batch = batch.take(pa.array(keep, pa.int64()))
+        texts = [texts[i] for i in keep]
+    out = chunker(texts)
+    tokened = [i for i, lens in enumerate(out.lens) if len(lens)]  # text that tokenizes to nothing is skipped
+    if len(tokened) < len(out.lens):
+        batch = batch.take(pa.array(tokened, pa.int64()))
+        out.ids, out.lens = [out.ids[i] for i in tokened], [out.lens[i] for i in tokened]
+        out.cut = [out.cut[i] for i in tokened]
+    y = labels.encode(batch.column(label_field), "a batch", label_field)
+    ids = batch.column(id_field) if id_field else pa.nulls(batch.num_rows)
+    return records_table(out.ids, out.lens, out.cut, y, ids)
 
 
 def records_table(ids: list[np.ndarray], lens: list[np.ndarray], truncated: list[bool], labels: Any,

@@ -72,7 +72,7 @@ class ShardBatches:
             self.id_name: t.column("id").to_pylist(),
             "truncated": t.column("truncated").to_pylist(),
             # copies that make an evaluated split's shares equal (runner/prepare.py): run, but never counted
-            **({"pad": torch.from_numpy(t.column("pad").to_numpy(zero_copy_only=False))} if "pad" in t.column_names else {}),  # [B]
+            "pad": torch.from_numpy(t.column("pad").to_numpy(zero_copy_only=False)),  # [B] bool
         }
 
 

@@ -36,7 +36,6 @@ class Prepared:
     val: EncodedDataset
     test: EncodedDataset | None
     skipped_empty: dict[str, int] = field(default_factory=dict)  # per split: empty dialogues skipped
-    files: dict[str, int] = field(default_factory=dict)  # per split read from files: how many files
 
 
 def demo_data_dir(rows: int = 1000, seed: int = 0) -> Path:
@@ -107,8 +106,6 @@ def prepare(run: RunConfig) -> Prepared:
         test=encode(test_split, "test") if test_split is not None else None,
         skipped_empty={name: sp.skipped_empty for name, sp in (("train", train_split), ("val", val_split),
                                                                 ("test", test_split)) if sp is not None},  # fmt: skip
-        files={name: len(list_files(uri, getattr(run.data, "format", None))) for name, uri in
-               (("train", paths["train"]), ("val", paths["val"] or ""), ("test", paths["test"] or "")) if uri},  # fmt: skip
     )
 
 
@@ -139,16 +136,18 @@ def prepare_ray(run: RunConfig) -> RayPrepared:
     paths = data_paths(run)
     t = time.perf_counter()
     uris = {name: uri for name, uri in paths.items() if uri}
-    size = _input_bytes(uris, run)
-    if size is not None and size <= run.data.driver_prepare_mib * 2**20:
+    listed = {name: list_files(uri, getattr(run.data, "format", None)) for name, uri in uris.items()} \
+        if run.data.driver_prepare_mib > 0 else {}  # fmt: skip
+    sizes = [f.size for files in listed.values() for f in files]
+    if listed and None not in sizes and sum(sizes) <= run.data.driver_prepare_mib * 2**20:  # type: ignore[operator]
         log.info("%.1f MiB of input (at most data.driver_prepare_mib=%g): read and tokenized by this driver",
-                 size / 2**20, run.data.driver_prepare_mib)  # fmt: skip
+                 sum(sizes) / 2**20, run.data.driver_prepare_mib)  # type: ignore[arg-type]
         prep = prepare(run)
         parts = {"train": prep.train, "val": prep.val, "test": prep.test}
         datasets = {name: _blocks(ds) for name, ds in parts.items() if ds is not None}
-        sources = {name: {"skipped_empty": prep.skipped_empty.get(name, 0), "files": prep.files.get(name, 0)}
+        sources = {name: {"skipped_empty": prep.skipped_empty.get(name, 0), "files": len(listed.get(name, []))}
                    for name in datasets}  # fmt: skip
-        return _finish(run, datasets, sources, prep.labels, prep.processor.pad_id, t)
+        return _finish(run, paths, datasets, sources, prep.labels, prep.processor.pad_id, t)
     from raytune_bsm.data.ray_data import prepare_splits
 
     splits = prepare_splits(uris, run.data, ProcessorConfig.of_model(run.model_config()).to_dict(), None,
@@ -164,18 +163,18 @@ def prepare_ray(run: RunConfig) -> RayPrepared:
             raise DataError(f"{paths['train']}: {n} row(s) are too few to split off a validation set")
         datasets["train"], datasets["val"] = datasets["train"].train_test_split(n_val, shuffle=True, seed=run.data.split_seed)
         sources["val"] = {"skipped_empty": 0, "files": 0}  # split off the training files (counted there)
+    return _finish(run, paths, datasets, sources, splits.labels, splits.pad_id, t)
+
+
+def _finish(run: RunConfig, paths: dict[str, str | None], datasets: dict[str, Any], sources: dict[str, dict[str, int]],
+            labels: Labels, pad_id: int, started: float) -> RayPrepared:  # fmt: skip
+    """Row counts, evaluated splits padded to equal shares, the model config: the end of either way."""
+    from raytune_bsm.runner.shards import shares  # ray.train: imported where Ray runs
+
     rows = {name: ds.count() for name, ds in datasets.items()}
     for name, n in rows.items():
         if n == 0:
             raise DataError(f"{paths.get(name) or paths['train']}: no dialogue in column {run.data.text_field!r} has any tokens")
-    return _finish(run, datasets, sources, splits.labels, splits.pad_id, t)
-
-
-def _finish(run: RunConfig, datasets: dict[str, Any], sources: dict[str, dict[str, int]], labels: Labels, pad_id: int,
-            started: float) -> RayPrepared:  # fmt: skip
-    """Row counts, evaluated splits padded to equal shares, the model config: the end of either way."""
-    from raytune_bsm.runner.shards import shares  # ray.train: imported where Ray runs
-    rows = {name: ds.count() for name, ds in datasets.items()}
     pads = {}
     for name in ("val", "test"):  # evaluated in full: padded to equal shares rather than cut to them
         if name in datasets:
@@ -188,14 +187,6 @@ def _finish(run: RunConfig, datasets: dict[str, Any], sources: dict[str, dict[st
     )
     return RayPrepared(model_config, labels, datasets, rows, pad_id, sources, pads,
                        shares(datasets, run.scaling.num_workers))
-
-
-def _input_bytes(uris: dict[str, str], run: RunConfig) -> int | None:
-    """The splits' files' total size (listing only); None if a filesystem does not say."""
-    if run.data.driver_prepare_mib <= 0:
-        return None
-    sizes = [f.size for uri in set(uris.values()) for f in list_files(uri, getattr(run.data, "format", None))]
-    return None if any(s is None for s in sizes) else sum(sizes)  # type: ignore[arg-type]
 
 
 BLOCK_ROWS = 4096  # records per block of a split prepared by the driver
@@ -229,7 +220,7 @@ def pad_to_multiple(ds: Any, rows: int, world: int) -> tuple[Any, int]:
 
 
 def shard_loaders(run: RunConfig, model_config: dict[str, Any], rows: dict[str, int], pad_id: int,
-                  world: int, pads: dict[str, int] | None = None) -> tuple[Any, Any, Any]:  # fmt: skip
+                  world: int, pads: dict[str, int]) -> tuple[Any, Any, Any]:  # fmt: skip
     """This Train worker's loaders over its shards of the run's datasets (`TorchTrainer(datasets=...)`): each
     rank gets (rows + padding copies) // world records of every split."""
     import ray.train
@@ -240,7 +231,7 @@ def shard_loaders(run: RunConfig, model_config: dict[str, Any], rows: dict[str, 
 
     def make(name: str, train: bool) -> ShardBatches:
         return ShardBatches(
-            ray.train.get_dataset_shard(name), (rows[name] + (pads or {}).get(name, 0)) // world,
+            ray.train.get_dataset_shard(name), (rows[name] + pads.get(name, 0)) // world,
             run.data.batch_size if train else run.data.eval_batch_size, train=train,
             group_by_length=run.data.group_by_length, seed=run.train.seed, text_name=cfg["text_name"],
             label_name=cfg["label_name"], id_name=cfg["id_name"], pad_id=pad_id,

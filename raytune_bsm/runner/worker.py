@@ -67,7 +67,7 @@ def train_loop(config: dict[str, Any]) -> dict[str, float]:
 
     if data is not None:  # tokenized once by the driver; this rank streams its equal share
         model_config = data["model_config"]
-        train_dl, val_dl, test_dl = shard_loaders(run, model_config, data["rows"], data["pad_id"], world, data.get("pads"))
+        train_dl, val_dl, test_dl = shard_loaders(run, model_config, data["rows"], data["pad_id"], world, data["pads"])
     else:  # in-process (runtime: local): the splits in memory
         prep = prepare(run)
         model_config = prep.model_config
