@@ -79,3 +79,20 @@ def test_errors_are_the_local_paths_own_naming_the_file_and_row(ray_cluster, tmp
         prepare_split(str(d), CFG, PROC, labels)
     assert str(remote.value) == str(local.value)
     assert str(remote.value).startswith(f"{d / 'part-4.parquet'}: column 'label'")
+
+
+def test_a_csv_row_that_breaks_past_the_schema_check_is_one_line_naming_file_and_row(ray_cluster, tmp_path):
+    """The client's schema check reads a CSV file's first block only; a broken row further on is found by the read
+    task on the cluster, and the user gets the local reader's own line, not a remote traceback."""
+    d = write_parts(tmp_path / "train", "csv")
+    n = 40_000  # about 2 MB: well past the first block that the schema check reads
+    lines = ["order_id,dialogue,label"] + [f"{i},buyer: where is order {i}?,{i % 2}" for i in range(n)]
+    lines[30_001] = "30000,buyer: a, b and c,1"  # row 30000: an unquoted comma, one field too many
+    (d / "part-3.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError) as local:
+        load_split(str(d), CFG, None)
+    with pytest.raises(DataError) as remote:
+        prepare_split(str(d), CFG, PROC)
+    assert type(remote.value) is DataError and str(remote.value) == str(local.value)
+    assert str(remote.value) == (f"{d / 'part-3.csv'}: row 30000 (line 30002) has 4 fields, the header has 3; "
+                                 "quote values that hold a ','")  # fmt: skip

@@ -1,7 +1,7 @@
 """A run's splits through Ray Data: read on the cluster, checked by distributed aggregation, tokenized once.
 
     files of every split (listed on the driver: metadata only)
-      -> ray.data.read_parquet / read_csv / read_json on the files' pyarrow filesystem
+      -> one Ray task per file, reading it with the local path's readers on the files' pyarrow filesystem
       -> per-batch summaries (rows, null labels, empty dialogues, the distinct labels) of every split in one
          pass, reduced on the driver: the class set from the training split, then every split checked
       -> map_batches(tokenize) as plain tasks over the cluster's CPUs: a worker process builds its ChunkProcessor
@@ -19,7 +19,7 @@ to `TorchTrainer(datasets=...)`; each worker streams its shard through `data/str
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -27,11 +27,11 @@ import pyarrow as pa
 from raytune_bsm.config import DataConfig
 from raytune_bsm.data.labels import MAX_CLASSES, Labels
 from raytune_bsm.data.processor import ChunkProcessor, ProcessorConfig
-from raytune_bsm.data.readers import ID_CANDIDATES, DataFile, read_schema
+from raytune_bsm.data.readers import ID_CANDIDATES, DataFile, iter_file, read_schema
 from raytune_bsm.data.splits import check_schema, is_empty, load_files
-from raytune_bsm.errors import DataError
+from raytune_bsm.errors import DataError, raised_in_ray
 
-PATH = "path"  # the column Ray Data adds with include_paths=True
+PATH = "path"  # the column read_files adds with include_paths=True: the file's path in its filesystem
 
 
 @dataclass
@@ -57,27 +57,27 @@ def read_split(uri: str, cfg: DataConfig, format: str | None = None) -> tuple[An
 
 
 def read_files(files: list[DataFile], columns: list[str], *, include_paths: bool = False) -> Any:
-    """The listed files as one Ray Dataset of `columns` (plus `path` with include_paths): a reader per format, with
-    the training readers' parse options. Files are listed already, so no extension filter applies."""
+    """The listed files as one Ray Dataset of `columns` (plus `path` with include_paths): one Ray task per file,
+    reading it with the local path's readers (`readers.iter_file`) in blocks of BLOCK_ROWS rows. A stage after
+    this one (tokenizing, checking, scoring) fuses into the same task, so a file is read and processed where it
+    lands, and a split of n files keeps min(n, the cluster's CPUs) tasks busy on every node. (Ray Data's own
+    readers pack small files together: eight 1 MB Parquet files made one read task, so a second node never got
+    any work.)"""
     import ray.data
 
-    parts = []
-    for fmt in sorted({f.format for f in files}):
-        group = [f for f in files if f.format == fmt]
-        common = dict(filesystem=group[0].fs, include_paths=include_paths, partitioning=None, file_extensions=None)
-        paths = [f.path for f in group]
-        if fmt == "parquet":
-            ds = ray.data.read_parquet(paths, **common)  # select_columns below: only those are read
-        elif fmt == "jsonl":
-            ds = ray.data.read_json(paths, **common)
-        else:
-            import pyarrow.csv as pcsv
+    units = ray.data.from_items([{"file": k} for k in range(len(files))], override_num_blocks=len(files))
+    return units.map_batches(_read_unit, fn_kwargs=dict(files=files, columns=columns, include_paths=include_paths),
+                             batch_size=1, batch_format="pyarrow")  # fmt: skip
 
-            parse = pcsv.ParseOptions(delimiter="\t" if fmt == "tsv" else ",", newlines_in_values=True)
-            ds = ray.data.read_csv(paths, parse_options=parse,
-                                   convert_options=pcsv.ConvertOptions(strings_can_be_null=True), **common)  # fmt: skip
-        parts.append(ds.select_columns(columns + ([PATH] if include_paths else [])))
-    return parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
+
+BLOCK_ROWS = 4096  # rows a read task hands on at a time: a batch of the tokenizing stage
+
+
+def _read_unit(unit: pa.Table, *, files: list[DataFile], columns: list[str], include_paths: bool) -> Iterator[pa.Table]:
+    """The map_batches stage of `read_files`: a one-row table naming a file -> that file's blocks."""
+    f = files[unit.column("file")[0].as_py()]
+    for block in iter_file(f, columns, BLOCK_ROWS):
+        yield block.append_column(PATH, pa.array([f.path] * block.num_rows, pa.string())) if include_paths else block
 
 
 @dataclass
@@ -147,8 +147,9 @@ def _summaries(files: list[DataFile], cfg: DataConfig) -> list[dict[str, Any]]:
     union of reads) pays Ray Data's start-up once per split."""
     unique = list({f.path: f for f in files}.values())
     ds = read_files(unique, [cfg.text_field, cfg.label_field], include_paths=True)
-    return ds.map_batches(_summary, fn_kwargs=dict(text_field=cfg.text_field, label_field=cfg.label_field),
-                          batch_format="pyarrow").take_all()  # fmt: skip
+    with raised_in_ray():  # a file that fails to parse midway: the reader's own error, naming the file and row
+        return ds.map_batches(_summary, fn_kwargs=dict(text_field=cfg.text_field, label_field=cfg.label_field),
+                              batch_format="pyarrow").take_all()  # fmt: skip
 
 
 def judge(
@@ -161,7 +162,7 @@ def judge(
     by_path = {f.path: f for f in files}
     per_file: dict[str, dict[str, Any]] = {f.path: {"rows": 0, "nulls": 0, "empty": 0, "labels": set()} for f in files}
     for s in summaries:
-        f = _file_of(s[PATH], by_path)
+        f = by_path.get(s[PATH])
         if f is None:  # another split's file
             continue
         acc = per_file[f.path]
@@ -200,12 +201,6 @@ def judge(
     if total == empty:
         raise DataError(f"{uri}: every dialogue in column {cfg.text_field!r} is empty")
     return labels, total - empty, empty
-
-
-def _file_of(path: str, by_path: dict[str, DataFile]) -> DataFile | None:
-    if path in by_path:
-        return by_path[path]
-    return next((f for p, f in by_path.items() if p.endswith(path) or path.endswith(p)), None)
 
 
 def _summary(batch: pa.Table, text_field: str, label_field: str) -> pa.Table:

@@ -18,7 +18,7 @@ import posixpath
 import re
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
-from typing import Any
+from typing import Any, Iterator
 
 import pyarrow as pa
 
@@ -125,6 +125,26 @@ def read_file(file: DataFile | str, format: str | None = None, columns: list[str
         raise DataError(f"{f.name}: cannot read this file as {f.format}: {_first_line(e)}") from None
     check_columns(table, f)
     return table
+
+
+def iter_file(f: DataFile, columns: list[str], rows: int) -> Iterator[pa.Table]:
+    """One data file as tables of at most `rows` rows of `columns`, in file order, with the errors of `read_file`.
+    A Parquet file streams a batch at a time (its footer first, then the column chunks of a batch's row groups); a
+    CSV or JSONL file is read whole (its parse errors count rows from the file's start) and handed out in slices."""
+    import pyarrow.parquet as pq
+
+    if f.format != "parquet":
+        table = read_file(f, columns=columns).select(columns)
+        yield from (table.slice(k, rows) for k in range(0, table.num_rows, rows))
+        return
+    if f.size == 0:
+        raise DataError(f"{f.name}: the file is empty (0 bytes, no rows)")
+    try:
+        with f.fs.open_input_file(f.path) as src:
+            for batch in pq.ParquetFile(src).iter_batches(batch_size=rows, columns=columns):
+                yield pa.Table.from_batches([batch])
+    except (pa.ArrowException, OSError) as e:
+        raise DataError(f"{f.name}: cannot read this file as parquet: {_first_line(e)}") from None
 
 
 def read_schema(file: DataFile) -> pa.Schema:

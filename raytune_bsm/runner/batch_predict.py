@@ -37,7 +37,7 @@ from raytune_bsm import layout, storage
 from raytune_bsm.data.ray_data import read_files
 from raytune_bsm.data.readers import ID_CANDIDATES, DataFile, list_files, read_schema
 from raytune_bsm.data.splits import check_text_type
-from raytune_bsm.errors import BsmError, ConfigError, DataError, ExportError
+from raytune_bsm.errors import ConfigError, DataError, ExportError, raised_in_ray, raised_inside
 from raytune_bsm.logs import setup_logging, verbose
 from raytune_bsm.predict import Predictor
 from raytune_bsm.scoring.sessions import choose_graph
@@ -155,7 +155,8 @@ def run(job: PredictJob) -> dict[str, Any]:
     tmp = posixpath.join(posixpath.dirname(out_path.rstrip("/")), f".{posixpath.basename(out_path.rstrip('/'))}"
                          f".tmp-{uuid.uuid4().hex[:8]}")  # fmt: skip
     try:
-        scored.write_parquet(tmp, filesystem=fs)
+        with raised_in_ray():  # a file that fails to parse midway: the reader's error, naming the file and row
+            scored.write_parquet(tmp, filesystem=fs)
         parts = written(fs, tmp)
         if not parts:  # no rows at all: one file with the columns and no rows, as local predict writes
             empty = predictions(pa.array([], id_type), np.zeros((0, len(class_names))), class_names)
@@ -279,23 +280,13 @@ def _delete_dir_quietly(fs: Any, path: str) -> None:
         pass
 
 
-def _bsm_error(e: BaseException) -> BsmError | None:
-    """The project's own error inside what Ray raised (an actor's constructor, a task), if any."""
-    seen = 0
-    while e is not None and seen < 10:
-        if isinstance(e, BsmError):
-            return e
-        e, seen = getattr(e, "cause", None) or e.__cause__ or e.__context__, seen + 1
-    return None
-
-
 def main(config_file: str) -> int:
     """`python -m raytune_bsm.runner.batch_predict bsm_job.json`: score, print the summary (JSON) to stdout."""
     setup_logging()
     try:
         summary = run(PredictJob.from_dict(json.loads(Path(config_file).read_text())))
     except Exception as e:  # the user's mistake: one line in the job's log, no traceback
-        err = _bsm_error(e)
+        err = raised_inside(e)
         if err is None:
             raise
         print(f"bsm: error: {err}", file=sys.stderr)

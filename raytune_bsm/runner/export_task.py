@@ -17,7 +17,7 @@ from typing import Any
 from raytune_bsm.config import RunConfig
 from raytune_bsm.data.dataset import Collate, EncodedDataset, read_table
 from raytune_bsm.data.processor import ChunkProcessor, ProcessorConfig
-from raytune_bsm.errors import BsmError, ExportError
+from raytune_bsm.errors import ExportError, raised_in_ray
 from raytune_bsm.logs import quiet_libraries, setup_logging
 from raytune_bsm.runner.prepare import data_paths
 from raytune_bsm.storage import join
@@ -123,12 +123,8 @@ def export_best(checkpoint_path: str, run_dir: str, run: RunConfig, model_config
              cpus, memory / 2**30)  # fmt: skip
     task = ray.remote(num_cpus=cpus, memory=memory or None, max_retries=0)(_export)
     numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
-    try:
+    with raised_in_ray():
         manifest = ray.get(task.remote(checkpoint_path, dest, run.to_dict(), model_config, numbers,
                                        hyperparameters, cpus))  # fmt: skip
-    except ray.exceptions.RayTaskError as e:
-        if isinstance(e.cause, BsmError):
-            raise e.cause from None
-        raise
     log.info("export parity: %s", json.dumps(manifest.get("parity"), default=str))
     return dest

@@ -16,7 +16,7 @@ from raytune_bsm.data.processor import ChunkProcessor, ProcessorConfig
 from raytune_bsm.data.readers import list_files
 from raytune_bsm.demo import generator as demo
 from raytune_bsm.demo import phrases as demo_phrases
-from raytune_bsm.errors import ConfigError, DataError
+from raytune_bsm.errors import ConfigError, DataError, raised_in_ray
 from raytune_bsm.layout import bsm_home
 from raytune_bsm.logs import quiet_libraries
 
@@ -154,7 +154,8 @@ def prepare_ray(run: RunConfig) -> RayPrepared:
                             run.model.get("num_classes"))  # fmt: skip
     # One split after another: each pass has the cluster's CPUs to itself (passes run at once would each see
     # the others' tasks holding every CPU, and Ray Data warns that it may hang)
-    datasets = {name: ds.materialize() for name, ds in splits.datasets.items()}
+    with raised_in_ray():  # a file that fails to parse midway is a DataError raised in a read task
+        datasets = {name: ds.materialize() for name, ds in splits.datasets.items()}
     sources = {name: {"skipped_empty": splits.skipped_empty[name], "files": len(splits.files[name])} for name in datasets}
     if "val" not in datasets:
         n = datasets["train"].count()
