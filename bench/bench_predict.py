@@ -63,7 +63,7 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=300)
     ap.add_argument("--work", default="/tmp/bsm-bench-work")
     a = ap.parse_args()
-    fitted = fit_and_export(Path(a.work), demo_texts(240, seed=11), demo_texts(64, seed=12))
+    fitted = fit_and_export(Path(a.work), demo_texts(1200, seed=11), demo_texts(64, seed=12))
     r = run(fitted["export"], long_texts(a.rows, seed=31))
     print(f"bsm predict {r['end_to_end_s']:.2f}s end to end, {r['pure_scoring_s']:.2f}s pure scoring "
           f"({r['graph']}): ratio {r['ratio']:.2f}")

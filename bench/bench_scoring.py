@@ -161,7 +161,7 @@ def table(rows: list[dict[str, Any]], data: Texts) -> list[str]:
 
 
 def run(work: Path, demo: int = 200, long: int = 120, batch: int = 8, log: Callable[[str], None] = print) -> dict[str, Any]:
-    fitted = fit_and_export(work, demo_texts(240, seed=11), demo_texts(64, seed=12), log=log)
+    fitted = fit_and_export(work, demo_texts(1200, seed=11), demo_texts(64, seed=12), log=log)
     sets = [demo_texts(demo, seed=21), long_texts(long, seed=22)]
     results = {}
     for data in sets:

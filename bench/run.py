@@ -51,8 +51,8 @@ def processor(a: argparse.Namespace, say: Say, ctx: dict) -> None:
 
 def scoring(a: argparse.Namespace, say: Say, ctx: dict) -> None:
     say("## Scoring: PyTorch against every ONNX Runtime graph bsm ships")
-    say("Real default model (all-MiniLM-L6-v2, 4 chunks x 128 tokens, mean pooling) with a head trained in-process on "
-        "frozen features of 240 demo dialogues; exported by bsm's exporter with validation batches. Calls of 8 "
+    say("Real default model (all-MiniLM-L6-v2, 4 chunks x 128 tokens, mean pooling) fine-tuned in-process on 1,200 "
+        "demo dialogues (2 epochs, the whole model); exported by bsm's exporter with validation batches. Calls of 8 "
         f"records, pre-tokenized, {THREADS} threads, one process; 'real tokens' is the share of the token slots "
         "computed that hold a real token.")  # fmt: skip
     say()

@@ -96,3 +96,19 @@ def test_a_csv_row_that_breaks_past_the_schema_check_is_one_line_naming_file_and
     assert type(remote.value) is DataError and str(remote.value) == str(local.value)
     assert str(remote.value) == (f"{d / 'part-3.csv'}: row 30000 (line 30002) has 4 fields, the header has 3; "
                                  "quote values that hold a ','")  # fmt: skip
+
+
+def test_a_big_parquet_file_is_read_by_several_tasks_each_row_once(ray_cluster, tmp_path, monkeypatch):
+    """A Parquet file past UNIT_BYTES is cut into runs of its row groups, one read task each (here the limit is
+    lowered so a small file of 4 row groups is 'big'): every row still comes out exactly once."""
+    from raytune_bsm.data import ray_data
+    from raytune_bsm.data.readers import list_files
+
+    d = write_parts(tmp_path / "train")
+    pq.write_table(pa.table(part(2)), d / "part-2.parquet", row_group_size=2)  # 7 rows: groups of 2, 2, 2, 1
+    files = list_files(str(d))
+    monkeypatch.setattr(ray_data, "UNIT_BYTES", 500)  # each row group is about 380 bytes compressed; files 3.4 kB
+    assert files[2].size > 500 and all(f.size > 500 for f in files)
+    units = ray_data.read_units(files)  # every other file is one row group: a big file that cannot be cut
+    assert units == [(0, [0]), (1, [0]), (2, [0, 1]), (2, [2, 3]), (3, [0]), (4, [0])]
+    check_every_row_tokenized_once(prepare_split(str(d), CFG, PROC))

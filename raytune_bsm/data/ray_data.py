@@ -27,7 +27,7 @@ import pyarrow as pa
 from raytune_bsm.config import DataConfig
 from raytune_bsm.data.labels import MAX_CLASSES, Labels
 from raytune_bsm.data.processor import ChunkProcessor, ProcessorConfig
-from raytune_bsm.data.readers import ID_CANDIDATES, DataFile, iter_file, read_schema
+from raytune_bsm.data.readers import ID_CANDIDATES, DataFile, iter_file, read_schema, row_group_bytes
 from raytune_bsm.data.splits import check_schema, is_empty, load_files
 from raytune_bsm.errors import DataError, raised_in_ray
 
@@ -57,26 +57,53 @@ def read_split(uri: str, cfg: DataConfig, format: str | None = None) -> tuple[An
 
 
 def read_files(files: list[DataFile], columns: list[str], *, include_paths: bool = False) -> Any:
-    """The listed files as one Ray Dataset of `columns` (plus `path` with include_paths): one Ray task per file,
-    reading it with the local path's readers (`readers.iter_file`) in blocks of BLOCK_ROWS rows. A stage after
-    this one (tokenizing, checking, scoring) fuses into the same task, so a file is read and processed where it
-    lands, and a split of n files keeps min(n, the cluster's CPUs) tasks busy on every node. (Ray Data's own
-    readers pack small files together: eight 1 MB Parquet files made one read task, so a second node never got
-    any work.)"""
+    """The listed files as one Ray Dataset of `columns` (plus `path` with include_paths): a Ray task per file (per
+    run of row groups of a big Parquet file, see `read_units`), reading it with the local path's readers
+    (`readers.iter_file`) in blocks of BLOCK_ROWS rows. A stage after this one (tokenizing, checking, scoring)
+    fuses into the same task, so a file is read and processed where it lands, and a split of n files keeps
+    min(n, the cluster's CPUs) tasks busy on every node. (Ray Data's own readers pack small files together: eight
+    1 MB Parquet files made one read task, so a second node never got any work.)"""
     import ray.data
 
-    units = ray.data.from_items([{"file": k} for k in range(len(files))], override_num_blocks=len(files))
-    return units.map_batches(_read_unit, fn_kwargs=dict(files=files, columns=columns, include_paths=include_paths),
+    units = read_units(files)
+    items = ray.data.from_items([{"unit": k} for k in range(len(units))], override_num_blocks=len(units))
+    return items.map_batches(_read_unit, fn_kwargs=dict(files=files, units=units, columns=columns,
+                                                        include_paths=include_paths),
                              batch_size=1, batch_format="pyarrow")  # fmt: skip
 
 
 BLOCK_ROWS = 4096  # rows a read task hands on at a time: a batch of the tokenizing stage
+UNIT_BYTES = 128 << 20  # a Parquet file bigger than this is read by several tasks, a run of its row groups each
 
 
-def _read_unit(unit: pa.Table, *, files: list[DataFile], columns: list[str], include_paths: bool) -> Iterator[pa.Table]:
-    """The map_batches stage of `read_files`: a one-row table naming a file -> that file's blocks."""
-    f = files[unit.column("file")[0].as_py()]
-    for block in iter_file(f, columns, BLOCK_ROWS):
+def read_units(files: list[DataFile]) -> list[tuple[int, list[int] | None]]:
+    """What one read task reads: (a file's index, None for all of it, or a run of its row groups). A Parquet file
+    of more than UNIT_BYTES is cut into runs of row groups of about UNIT_BYTES (its footer is read here, on the
+    driver: one small read per big file), so a single big file still spreads over the cluster."""
+    units: list[tuple[int, list[int] | None]] = []
+    for k, f in enumerate(files):
+        if f.format != "parquet" or f.size is None or f.size <= UNIT_BYTES:
+            units.append((k, None))
+            continue
+        run: list[int] = []
+        size = 0
+        for g, nbytes in enumerate(row_group_bytes(f)):
+            run.append(g)
+            size += nbytes
+            if size >= UNIT_BYTES:
+                units.append((k, run))
+                run, size = [], 0
+        if run or not units or units[-1][0] != k:
+            units.append((k, run or None))
+    return units
+
+
+def _read_unit(item: pa.Table, *, files: list[DataFile], units: list[tuple[int, list[int] | None]],
+               columns: list[str], include_paths: bool) -> Iterator[pa.Table]:  # fmt: skip
+    """The map_batches stage of `read_files`: a one-row table naming a unit -> the blocks of that file (part)."""
+    k, row_groups = units[item.column("unit")[0].as_py()]
+    f = files[k]
+    for block in iter_file(f, columns, BLOCK_ROWS, row_groups):
         yield block.append_column(PATH, pa.array([f.path] * block.num_rows, pa.string())) if include_paths else block
 
 

@@ -127,10 +127,11 @@ def read_file(file: DataFile | str, format: str | None = None, columns: list[str
     return table
 
 
-def iter_file(f: DataFile, columns: list[str], rows: int) -> Iterator[pa.Table]:
+def iter_file(f: DataFile, columns: list[str], rows: int, row_groups: list[int] | None = None) -> Iterator[pa.Table]:
     """One data file as tables of at most `rows` rows of `columns`, in file order, with the errors of `read_file`.
-    A Parquet file streams a batch at a time (its footer first, then the column chunks of a batch's row groups); a
-    CSV or JSONL file is read whole (its parse errors count rows from the file's start) and handed out in slices."""
+    A Parquet file streams a batch at a time (its footer first, then the column chunks of a batch's row groups;
+    only `row_groups` if given); a CSV or JSONL file is read whole (its parse errors count rows from the file's
+    start) and handed out in slices."""
     import pyarrow.parquet as pq
 
     if f.format != "parquet":
@@ -141,10 +142,23 @@ def iter_file(f: DataFile, columns: list[str], rows: int) -> Iterator[pa.Table]:
         raise DataError(f"{f.name}: the file is empty (0 bytes, no rows)")
     try:
         with f.fs.open_input_file(f.path) as src:
-            for batch in pq.ParquetFile(src).iter_batches(batch_size=rows, columns=columns):
+            for batch in pq.ParquetFile(src).iter_batches(batch_size=rows, row_groups=row_groups, columns=columns):
                 yield pa.Table.from_batches([batch])
     except (pa.ArrowException, OSError) as e:
         raise DataError(f"{f.name}: cannot read this file as parquet: {_first_line(e)}") from None
+
+
+def row_group_bytes(f: DataFile) -> list[int]:
+    """A Parquet file's row groups, as their compressed sizes in bytes, from its footer alone."""
+    import pyarrow.parquet as pq
+
+    try:
+        with f.fs.open_input_file(f.path) as src:
+            meta = pq.read_metadata(src)
+    except (pa.ArrowException, OSError) as e:
+        raise DataError(f"{f.name}: cannot read this file as parquet: {_first_line(e)}") from None
+    return [sum(meta.row_group(g).column(c).total_compressed_size for c in range(meta.num_columns))
+            for g in range(meta.num_row_groups)]  # fmt: skip
 
 
 def read_schema(file: DataFile) -> pa.Schema:
