@@ -112,6 +112,7 @@ def long_texts(rows: int, seed: int, per_record: int = 4) -> Texts:
 def model_config(**over: Any) -> dict[str, Any]:
     return {"text_name": "dialogue", "label_name": LABEL, "tokenizer": "all-MiniLM-L6-v2", "is_binary": True,
             "num_classes": 2, "class_names": ["0", "1"], "max_chunks": C, "max_tokens": T, "chunk_pooling": "mean",
+            "pack_from": "kept_end",
             "run_scheduler": False, **over}  # fmt: skip
 
 

@@ -63,6 +63,7 @@ class ModelConfig:
     max_chunks: int = 2  # C; processor settings travel with the model, so a checkpoint rebuilds its processor
     max_tokens: int = 128  # T, special tokens included
     keep_chunks: Literal["first", "last"] = "last"
+    pack_from: Literal["start", "kept_end"] = "start"  # a run's models: "kept_end" (RUN_MODEL_DEFAULTS)
 
     def __post_init__(self) -> None:
         for key in ("text_name", "label_name"):
@@ -91,7 +92,7 @@ class ModelConfig:
             raise ConfigError(f"--weight-decay must be >= 0 and adam_epsilon > 0, got {self.weight_decay}, {self.adam_epsilon}")
         from raytune_bsm.data.processor import ProcessorConfig  # checks max_chunks, max_tokens; names the flags
 
-        ProcessorConfig(self.tokenizer, self.max_chunks, self.max_tokens, self.keep_chunks)
+        ProcessorConfig(self.tokenizer, self.max_chunks, self.max_tokens, self.keep_chunks, self.pack_from)
 
 
 # The reference TextBertBase's constructor defaults where they differ from bsm's. They belong to the bare module
@@ -100,6 +101,12 @@ REFERENCE_DEFAULTS: dict[str, Any] = {"tokenizer": "bert-base-cased", "hidden_co
                                       "metric_choices": ["accuracy", "f1_score"], "weight_decay": 0.0,
                                       "warmup_ratio": 0.0, "chunk_pooling": "pooler", "freeze_layers": 0,
                                       "max_chunks": 8}  # fmt: skip
+
+
+# What a bsm run's model gets unless its config says otherwise, where the ModelConfig default keeps what a saved
+# config without the key meant: chunks packed from the kept end (data/processor.py: the same kept chunks' worth of
+# text, tokenized for a fraction of a long dialogue).
+RUN_MODEL_DEFAULTS: dict[str, Any] = {"pack_from": "kept_end"}
 
 
 def resolve_model_config(config: dict[str, Any], *, reference: bool = True) -> dict[str, Any]:
@@ -273,7 +280,7 @@ class RunConfig:
     def model_config(self, **extra: Any) -> dict[str, Any]:
         """The model's config: bsm's defaults, the data's column names, then the user's keys."""
         names = {"text_name": self.data.text_field, "label_name": self.data.label_field, "id_name": self.data.id_field}
-        return resolve_model_config({**names, **self.model, **extra}, reference=False)
+        return resolve_model_config({**RUN_MODEL_DEFAULTS, **names, **self.model, **extra}, reference=False)
 
     def monitor(self, num_classes: int) -> str:
         return self.train.monitor or default_metric(num_classes)

@@ -38,7 +38,9 @@ from raytune_bsm.scoring.sessions import INPUTS, Scorer, choose_graph
 
 log = logging.getLogger(__name__)
 
-BLOCK = 8192  # records read, tokenized and scored at a time
+BLOCK = 8192  # records read at a time
+PIECE = 1024  # records tokenized and scored at a time (grouped by length within)
+FIRST_PIECE = 32  # the first piece: scoring starts after tokenizing this many
 T = TypeVar("T")
 U = TypeVar("U")
 
@@ -185,9 +187,15 @@ def predict_file(
             progress(done[0], total)
 
     def blocks() -> Iterator[tuple[Any, pa.RecordBatch]]:
+        # Pieces of FIRST_PIECE records, doubling up to PIECE: the first call is scored after tokenizing a few
+        # records, and from then on the tokenizer works ahead of the session
+        size = FIRST_PIECE
         for inp in inputs:
             for batch in read_batches(inp, columns, BLOCK):
-                yield inp, batch
+                start = 0
+                while start < batch.num_rows:
+                    yield inp, batch.slice(start, size)
+                    start, size = start + size, min(2 * size, PIECE)
 
     def prepare(item: tuple[Any, pa.RecordBatch]) -> tuple[Any, pa.RecordBatch, Plan]:
         inp, batch = item

@@ -206,10 +206,57 @@ def test_settings_describe_the_processor(tok):
         "max_chunks": 5,
         "max_tokens": 32,
         "keep_chunks": "first",
+        "pack_from": "start",
         "pad_id": 0,
         "prefix": [CLS],
         "suffix": [SEP],
     }
+
+
+def packed_whole_from_the_end(p: ChunkProcessor, dialogue: str) -> list[list[int]]:
+    """The reference for pack_from=kept_end, keep_chunks=last: every message tokenized, messages and tokens
+    reversed, greedy packing, everything turned back, the last max_chunks chunks kept."""
+    msgs = [p._rust.encode(m, add_special_tokens=False).ids for m in split_messages(dialogue)]
+    chunks = [c[::-1] for c in reversed(p._pack([m[::-1] for m in reversed(msgs)]))]
+    return [p.prefix + c + p.suffix for c in chunks[-p.config.max_chunks :]]
+
+
+def test_packing_from_the_kept_end_fills_the_kept_chunks_and_tokenizes_only_their_text(tok):
+    # Twelve messages of 10 tokens, one of 30 (longer than a chunk: split), in chunks of 14 content tokens.
+    msgs = [message(i % len(WORDS), 10) for i in range(12)] + [message(3, 30)]
+    dialogue = "\n".join(msgs)
+    last = make(tok, max_chunks=3, max_tokens=16, pack_from="kept_end")
+    got = last([dialogue, "cat", msgs[0]])
+    assert chunks_of(got, 0) == packed_whole_from_the_end(last, dialogue)
+    # from the end: the 30-token message fills two chunks whole (14 + 14), its first 2 tokens start the next one
+    assert got.lens[0].tolist() == [2 + 10 + 2, 16, 16] and got.cut[0] and got.truncated == 1
+    assert chunks_of(got, 1) == [[CLS, tok.convert_tokens_to_ids("cat"), SEP]] and not got.cut[1]
+    # only the messages that reach the kept chunks were tokenized: 30 + 10 + 10 words overflow 3 x 14 tokens
+    assert got.tokens == 30 + 10 + 10 + 1 + 10
+    # keep first: the same as packing from the start, tokenizing the first messages only
+    first = make(tok, max_chunks=3, max_tokens=16, keep_chunks="first", pack_from="kept_end")([dialogue])
+    start = make(tok, max_chunks=3, max_tokens=16, keep_chunks="first")([dialogue])
+    assert chunks_of(first) == chunks_of(start) and first.cut == start.cut and first.tokens < start.tokens
+
+
+def test_packing_from_the_kept_end_tokenizes_a_record_whole_when_words_undercount_its_tokens(tok):
+    # Words that are fewer than their tokens never stop tokenizing early; a "word" of characters the normalizer
+    # drops (a zero-width format character) is no token at all: the record is tokenized whole, chunks exact.
+    p = make(tok, max_chunks=2, max_tokens=8, pack_from="kept_end")
+    ghost = " ".join(["\u200b"] * 20)  # 20 words, 0 tokens
+    dialogue = "\n".join([message(0, 5), message(1, 5), ghost, ghost])
+    got = p([dialogue])
+    assert chunks_of(got) == packed_whole_from_the_end(p, dialogue) and got.tokens == 10
+
+
+def test_a_run_packs_from_the_kept_end_and_older_configs_keep_packing_from_the_start():
+    from raytune_bsm.config import RunConfig, resolve_model_config
+
+    run = RunConfig.from_dict({})
+    assert ProcessorConfig.of_model(run.model_config()).pack_from == "kept_end"
+    old = {k: v for k, v in run.model_config().items() if k != "pack_from"}  # a checkpoint's hparams before it
+    assert ProcessorConfig.of_model(old).pack_from == "start"
+    assert resolve_model_config(old, reference=False)["pack_from"] == "start"
 
 
 @pytest.mark.parametrize(

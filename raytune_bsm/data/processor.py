@@ -5,6 +5,14 @@ in one batch call of the model's fast tokenizer, then packed whole into chunks o
 (special tokens included); a message is split only when it alone is longer than a chunk. At most `max_chunks`
 chunks are kept per record: the first ones or the last ones (claim dialogues often end with the decisive message).
 
+Packing starts at the dialogue's start (`pack_from: start`, what every model before issue 10 was trained with, and
+still what a config without the key means) or at the end whose chunks are kept (`kept_end`, what bsm's runs use
+now). From the kept end, the kept chunks are full and depend only on the messages nearest that end, so the
+processor tokenizes only those: messages from that end until their words (a lower bound on their tokens) overflow
+`max_chunks` chunks; a record whose tokens fall short after all is tokenized whole. The chunks are exactly those of
+packing the whole record, at a fraction of the tokenizing for long dialogues (4 x 128 tokens kept of ~1,800:
+2.5x less).
+
 A processed record is two int32 arrays: `ids` (every kept chunk's tokens, special tokens included, back to back)
 and `lens` (each chunk's length). The collate function in `batching.py` turns a list of them into [B, C, T] tensors.
 """
@@ -28,6 +36,7 @@ class ProcessorConfig:
     max_chunks: int = 8  # C
     max_tokens: int = 128  # T, special tokens included
     keep_chunks: Literal["first", "last"] = "last"
+    pack_from: Literal["start", "kept_end"] = "start"  # module doc; a run's models use "kept_end"
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_chunks <= 4096:
@@ -36,6 +45,8 @@ class ProcessorConfig:
             raise ConfigError(f"--max-tokens must be between 8 and 8192, got {self.max_tokens}")
         if self.keep_chunks not in ("first", "last"):
             raise ConfigError(f"keep_chunks must be 'first' or 'last', got {self.keep_chunks!r}")
+        if self.pack_from not in ("start", "kept_end"):
+            raise ConfigError(f"pack_from must be 'start' or 'kept_end', got {self.pack_from!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -44,7 +55,7 @@ class ProcessorConfig:
     def of_model(cls, model_config: dict[str, Any]) -> "ProcessorConfig":
         """The processor settings a model was trained with (they travel in its config)."""
         return cls(model_config["tokenizer"], model_config["max_chunks"], model_config["max_tokens"],
-                   model_config["keep_chunks"])  # fmt: skip
+                   model_config["keep_chunks"], model_config.get("pack_from", "start"))  # fmt: skip
 
 
 @dataclass
@@ -54,7 +65,7 @@ class Processed:
     ids: list[np.ndarray]  # per record: int32 [sum(lens)]
     lens: list[np.ndarray]  # per record: int32 [n_chunks] (0 chunks for an empty dialogue)
     truncated: int  # records that had more than max_chunks chunks
-    tokens: int  # tokens produced by the tokenizer, before truncation
+    tokens: int  # tokens produced by the tokenizer, before truncation (from the kept end: only what it tokenized)
     cut: list[bool] = field(default_factory=list)  # per record: it had more than max_chunks chunks
 
 
@@ -142,27 +153,65 @@ class ChunkProcessor:
 
     def _process_batch(self, dialogues: Sequence[Any], out: Processed) -> None:
         per_record = [split_messages(d) for d in dialogues]
-        flat = [m for msgs in per_record for m in msgs]
-        encodings = self._rust.encode_batch(flat, add_special_tokens=False) if flat else []
-        pos = 0
-        for msgs in per_record:
-            n = len(msgs)
-            chunks = self._pack([e.ids for e in encodings[pos : pos + n]])
-            pos += n
-            out.tokens += sum(len(c) for c in chunks)
-            out.cut.append(len(chunks) > self.config.max_chunks)
-            if len(chunks) > self.config.max_chunks:
+        if self.config.pack_from == "kept_end":
+            chunked = self._pack_from_kept_end(per_record)
+        else:
+            flat = [m for msgs in per_record for m in msgs]
+            # encode_batch_fast: the same ids without the character offsets (unused here): 1.2x faster
+            encodings = self._rust.encode_batch_fast(flat, add_special_tokens=False) if flat else []
+            chunked, pos = [], 0
+            for msgs in per_record:
+                chunked.append(self._pack([e.ids for e in encodings[pos : pos + len(msgs)]]))
+                pos += len(msgs)
+        c = self.config.max_chunks
+        for chunks in chunked:
+            out.tokens += sum(len(ch) for ch in chunks)
+            out.cut.append(len(chunks) > c)
+            if len(chunks) > c:
                 out.truncated += 1
-                c = self.config.max_chunks
                 chunks = chunks[:c] if self.config.keep_chunks == "first" else chunks[-c:]
-            lens = np.fromiter((len(c) + len(self.prefix) + len(self.suffix) for c in chunks), np.int32, len(chunks))
+            lens = np.fromiter((len(ch) + len(self.prefix) + len(self.suffix) for ch in chunks), np.int32, len(chunks))
             flat_ids: list[int] = []
-            for c in chunks:
+            for ch in chunks:
                 flat_ids += self.prefix
-                flat_ids += c
+                flat_ids += ch
                 flat_ids += self.suffix
             out.ids.append(np.asarray(flat_ids, dtype=np.int32))
             out.lens.append(lens)
+
+    def _pack_from_kept_end(self, per_record: list[list[str]]) -> list[list[list[int]]]:
+        """Per record, its chunks packed from the kept end (in reading order): every chunk that will be kept, plus
+        at least one more when there are more. Seen from the kept end (for "last": messages and their tokens
+        reversed), packing is the greedy `_pack`, whose first chunks depend only on the messages before them; so
+        tokens past `max_chunks` full chunks (> max_chunks x budget) prove the rest cannot change the kept ones."""
+        last = self.config.keep_chunks == "last"
+        enough = self.config.max_chunks * self.budget + 1  # tokens that overflow the kept chunks
+        seen = [list(reversed(msgs)) if last else msgs for msgs in per_record]  # from the kept end
+        take = []
+        for msgs in seen:  # messages until their words (each at least one token) reach `enough`
+            words = k = 0
+            while k < len(msgs) and words < enough:
+                words += len(msgs[k].split())
+                k += 1
+            take.append(k)
+        flat = [m for msgs, k in zip(seen, take) for m in msgs[:k]]
+        encodings = self._rust.encode_batch_fast(flat, add_special_tokens=False) if flat else []
+        ids, pos = [], 0
+        for k in take:
+            ids.append([e.ids for e in encodings[pos : pos + k]])
+            pos += k
+        short = [r for r, (msgs, k) in enumerate(zip(seen, take)) if k < len(msgs) and sum(map(len, ids[r])) < enough]
+        if short:  # fewer tokens than words (characters the normalizer drops): tokenize those records whole
+            rest = [m for r in short for m in seen[r][take[r]:]]
+            more = self._rust.encode_batch_fast(rest, add_special_tokens=False)
+            pos = 0
+            for r in short:
+                n = len(seen[r]) - take[r]
+                ids[r] += [e.ids for e in more[pos : pos + n]]
+                pos += n
+        if not last:
+            return [self._pack(m) for m in ids]
+        return [[c[::-1] for c in reversed(self._pack([i[::-1] for i in m]))] for m in ids]
 
     def _pack(self, messages: list[list[int]]) -> list[list[int]]:
         """Greedy packing of whole messages into chunks of at most `budget` content tokens."""

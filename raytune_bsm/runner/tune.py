@@ -57,7 +57,7 @@ from raytune_bsm.sweep import (
 
 log = logging.getLogger("raytune_bsm")
 
-PROCESSOR_KEYS = {"tokenizer", "max_tokens", "max_chunks", "keep_chunks"}  # a trial with its own: its own tokens
+PROCESSOR_KEYS = {"tokenizer", "max_tokens", "max_chunks", "keep_chunks", "pack_from"}  # a trial with its own: its own tokens
 
 
 def bsm_trial(config: dict[str, Any], spec: dict[str, Any] | None = None) -> None:

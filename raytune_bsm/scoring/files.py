@@ -120,6 +120,9 @@ def check_output(out: str, data: str, inputs: list[DataFile], overwrite: bool) -
         raise ConfigError(f"--out {out}: the file exists; pass --overwrite to replace it, or choose another --out")
 
 
+ROWS_PER_WRITE = 8192  # predictions written at a time: a Parquet row group (scoring goes in smaller pieces)
+
+
 class OutputFile:
     """Write blocks of predictions; the file appears at `out` only when `commit()` runs, never half-written.
 
@@ -141,13 +144,26 @@ class OutputFile:
         self._fh: Any = None
         self.schema: pa.Schema | None = None
         self.rows = 0
+        self._pending: list[pa.Table] = []
 
     def write(self, table: pa.Table) -> None:
+        """Add rows; they are written in runs of at least ROWS_PER_WRITE (a Parquet row group each)."""
+        if self.schema is None:
+            self.schema = table.schema
+        self._pending.append(table)
+        self.rows += table.num_rows
+        if sum(t.num_rows for t in self._pending) >= ROWS_PER_WRITE:
+            self._flush()
+
+    def _flush(self) -> None:
         import pyarrow.csv as pcsv
         import pyarrow.parquet as pq
 
-        if self.schema is None:
-            self.schema = table.schema
+        if not self._pending:
+            return
+        table = pa.concat_tables(self._pending)
+        self._pending = []
+        if self._writer is None and self._fh is None:
             if self.fmt == "parquet":
                 self._writer = pq.ParquetWriter(str(self.tmp), table.schema)
             elif self.fmt in ("csv", "tsv"):
@@ -159,7 +175,6 @@ class OutputFile:
             self._fh.writelines(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in table.to_pylist())
         else:
             self._writer.write_table(table)
-        self.rows += table.num_rows
 
     def _close(self) -> None:
         for h in (self._writer, self._fh):
@@ -170,6 +185,7 @@ class OutputFile:
     def commit(self, empty_schema: pa.Schema) -> None:
         if self.schema is None:  # no rows at all: a file with the columns and no rows
             self.write(empty_schema.empty_table())
+        self._flush()
         self._close()
         if self.final is not None:
             os.replace(self.tmp, self.final)
