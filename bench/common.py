@@ -148,8 +148,9 @@ def fit_and_export(work: Path, train: Texts, val: Texts, log: Callable[[str], No
     model = TextBertClassifier(cfg).eval()
     processor = ChunkProcessor(ProcessorConfig.of_model(model.config))
     export, ckpt = work / "export", work / "model.finetuned.ckpt"
-    if (export / "manifest.json").is_file() and ckpt.is_file():
-        model.load_state_dict(torch.load(ckpt, weights_only=True)["state_dict"])
+    saved = torch.load(ckpt, weights_only=True) if ckpt.is_file() else None
+    if (export / "manifest.json").is_file() and saved and saved["hyper_parameters"] == json.loads(json.dumps(dict(model.hparams))):
+        model.load_state_dict(saved["state_dict"])  # the same model config as now: its fine-tune and export reused
         return {"export": export, "model": model.eval(), "fit_seconds": None, "export_seconds": None}
     t0 = time.perf_counter()
     ds, collate = collate_for(processor, train, cfg)
