@@ -6,7 +6,9 @@ the same pre-tokenized records, with accuracy and label agreement beside each sp
 Tokenization is outside the timings (all backends get the same records); each backend runs the same records in
 calls of `--batch` records, grouped the way `bsm predict` groups them, on all usable cores, the backends' calls
 interleaved (in turns of consecutive calls, several turns each) so that the machine's changing load falls on all
-alike. The
+alike. ONNX Runtime runs as `bsm predict` runs it (scoring.sessions.Scorer; the chunk graphs a call per core side
+by side, one thread each); TorchScript as the issue's reference (one call at a time on every core), and once more side by side
+like ONNX Runtime, to show what that alone is worth. The
 chunk graphs take the chunks of all the records sorted by length, in calls of at most `bsm predict`'s default 32
 chunks and scoring.batching.CALL_TOKENS token slots, then the head over each record's mean (timed too).
 """
@@ -15,8 +17,9 @@ from __future__ import annotations
 
 import argparse
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
@@ -31,57 +34,68 @@ GRAPHS = [("ORT fp32 [B, C, T] (model.onnx)", "bct", "model.onnx"),
 CHUNK_CALL = 32  # chunks per chunk-graph call: `bsm predict`'s default --batch-size
 ROUNDS = 6  # turns each backend takes
 
-Backend = tuple[str, list[Callable[[], None]], Callable[[], np.ndarray]]  # name, its calls, its logits [n, 2] after
+Backend = tuple[str, Callable[[], None], list[Callable[[], None]], Callable[[], np.ndarray]]
+# name, a warm-up call, its `rounds` turns, its logits [n, 2] after them
+RunMany = Callable[[list[Any]], Iterable[np.ndarray]]  # inputs -> outputs in order: one after another, or side by side
 
 
-def _interleaved(backends: list[Backend], rounds: int = ROUNDS) -> dict[str, tuple[float, np.ndarray]]:
-    """Each backend's seconds and logits. The backends take turns, `rounds` turns each (a turn is a run of
+def _interleaved(backends: list[Backend]) -> dict[str, tuple[float, np.ndarray]]:
+    """Each backend's seconds and logits. The backends take turns, ROUNDS turns each (a turn is a run of
     consecutive calls of one backend, as in `bsm predict`, where one session runs alone and its weights stay in
     cache): a change in the machine's load falls on all of them alike, and no backend's calls run with another's
     weights just loaded into the caches. A warm-up call each first."""
-    for _, calls, _ in backends:
-        calls[0]()
+    for _, warm, _, _ in backends:
+        warm()
     secs = {name: 0.0 for name, *_ in backends}
-    for r in range(rounds):
-        for name, calls, _ in backends:
-            turn = calls[r * len(calls) // rounds : (r + 1) * len(calls) // rounds]
+    for r in range(ROUNDS):
+        for name, _, turns, _ in backends:
             t = time.perf_counter()
-            for call in turn:
-                call()
+            turns[r]()
             secs[name] += time.perf_counter() - t
-    return {name: (secs[name], result()) for name, _, result in backends}
+    return {name: (secs[name], result()) for name, _, _, result in backends}
 
 
-def _record_calls(run: Callable[[Any], np.ndarray], batches: list[Any], order: list[np.ndarray],
-                  n: int) -> tuple[list[Callable[[], None]], Callable[[], np.ndarray]]:  # fmt: skip
-    """Calls over whole records: each writes its logits into its records' rows."""
-    logits = np.zeros((n, 2), dtype=np.float64)
-
-    def call(b: Any, rows: np.ndarray) -> Callable[[], None]:
+def _turns(run_many: RunMany, inputs: list[Any], store: Callable[[int, np.ndarray], None]) -> list[Callable[[], None]]:
+    """ROUNDS turns over `inputs`, each running its share through `run_many` and handing output i to store(i, out)."""
+    def turn(lo: int, hi: int) -> Callable[[], None]:
         def go() -> None:
-            logits[rows] = run(b)
+            for i, out in zip(range(lo, hi), run_many(inputs[lo:hi])):
+                store(i, out)
         return go
 
-    return [call(b, r) for b, r in zip(batches, order)], lambda: logits
+    n = len(inputs)
+    return [turn(r * n // ROUNDS, (r + 1) * n // ROUNDS) for r in range(ROUNDS)]
 
 
-def _chunk_calls(plan: Any, scorer: Any, head: Any) -> tuple[list[Callable[[], None]], Callable[[], np.ndarray]]:
-    """The chunk graph's calls, then the mean over each record's chunks and the head, as one more timed call."""
+def _record_calls(run_many: RunMany, batches: list[Any], order: list[np.ndarray],
+                  n: int) -> tuple[Callable[[], None], list[Callable[[], None]], Callable[[], np.ndarray]]:  # fmt: skip
+    """Calls over whole records: each call's logits go to its records' rows."""
+    logits = np.zeros((n, 2), dtype=np.float64)
+
+    def store(i: int, out: np.ndarray) -> None:
+        logits[order[i]] = out
+
+    return lambda: list(run_many(batches[:1])), _turns(run_many, batches, store), lambda: logits
+
+
+def _chunk_calls(plan: Any, scorer: Any, head: Any) -> tuple[Callable[[], None], list[Callable[[], None]],
+                                                              Callable[[], np.ndarray]]:  # fmt: skip
+    """The chunk graph's calls (run as `bsm predict` runs them: Scorer.map), then the mean over each record's
+    chunks and the head, timed in the last turn."""
     from raytune_bsm.scoring.batching import Plan, run_plan
 
     features: dict[int, np.ndarray] = {}
     out: list[np.ndarray] = []
-
-    def call(i: int) -> Callable[[], None]:
-        def go() -> None:
-            features[i] = scorer(plan.calls[i].feeds)
-        return go
+    feeds = [c.feeds for c in plan.calls]
+    turns = _turns(scorer.map, feeds, features.__setitem__)
 
     def finish() -> None:  # the head over the features computed above (run_plan with the calls already made)
         replay = iter(features[i] for i in range(len(plan.calls)))
         out[:] = [run_plan(Plan(plan.n, plan.calls, plan.counts), lambda _f: next(replay), head).astype(np.float64)]
 
-    return [call(i) for i in range(len(plan.calls))] + [finish], lambda: out[0]
+    last = turns[-1]
+    turns[-1] = lambda: (last(), finish())
+    return lambda: list(scorer.map(feeds[:1])), turns, lambda: out[0]
 
 
 def score_all(model: Any, export: Path, data: Texts, batch: int) -> list[dict[str, Any]]:
@@ -103,23 +117,38 @@ def score_all(model: Any, export: Path, data: Texts, batch: int) -> list[dict[st
     tensors = [(b[collate.ids_key], b[collate.mask_key]) for b in tb]
     scripted = torch.jit.load(str(export / "model.torchscript.pt")).eval()
     real = sum(int(m.sum()) for _, m in tensors)
-    backends = [("PyTorch eager (sparse chunks)", *_record_calls(lambda b: model.logits(*b).double().numpy(), tensors, bct_order, n)),
-                ("TorchScript (model.torchscript.pt)", *_record_calls(lambda b: scripted(*b).double().numpy(), tensors, bct_order, n))]  # fmt: skip
+    pool = ThreadPoolExecutor(THREADS)
+
+    def one(b: Any) -> np.ndarray:
+        with torch.no_grad():  # per thread
+            return scripted(*b).double().numpy()
+
+    def side_by_side(bs: list[Any]) -> list[np.ndarray]:  # TorchScript as bsm runs ORT: a call per core at once
+        torch.set_num_threads(1)
+        try:
+            return list(pool.map(one, bs))
+        finally:
+            torch.set_num_threads(THREADS)
+
+    backends = [("PyTorch eager (sparse chunks)", *_record_calls(lambda bs: (model.logits(*b).double().numpy() for b in bs), tensors, bct_order, n)),
+                ("TorchScript (model.torchscript.pt)", *_record_calls(lambda bs: (scripted(*b).double().numpy() for b in bs), tensors, bct_order, n)),
+                (f"TorchScript, {THREADS} calls side by side", *_record_calls(side_by_side, tensors, bct_order, n))]  # fmt: skip
     share = {backends[0][0]: real / sum(_sparse_slots(m) for _, m in tensors),
              backends[1][0]: real / sum(int(m.numel()) for _, m in tensors)}  # fmt: skip
+    share[backends[2][0]] = share[backends[1][0]]
     missing = []
-    head = Scorer(str(export / "model.head.onnx"), threads=THREADS) if (export / "model.head.onnx").is_file() else None
+    head = Scorer(str(export / "model.head.onnx"), threads=THREADS, streams=1) if (export / "model.head.onnx").is_file() else None
     for name, kind, file in GRAPHS:
         if not (export / file).is_file() or (kind == "chunks" and head is None):
             missing.append(name)
             continue
-        scorer = Scorer(str(export / file), threads=THREADS)
+        scorer = Scorer(str(export / file), threads=THREADS, streams=None if kind == "chunks" else 1)  # as predict
         plan = plan_block(ds.ids, ds.lens, processor.pad_id, CHUNK_CALL if kind == "chunks" else batch, kind)
         if kind == "chunks":
             backends.append((name, *_chunk_calls(plan, scorer, head)))
         else:
             feeds = [c.feeds for c in plan.calls]
-            backends.append((name, *_record_calls(lambda f, s=scorer: s(f), feeds, [c.rows for c in plan.calls], n)))
+            backends.append((name, *_record_calls(scorer.map, feeds, [c.rows for c in plan.calls], n)))
         share[name] = real_share([plan])
     with torch.no_grad():
         timed = _interleaved(backends)

@@ -72,8 +72,11 @@ class Predictor:
                 f"{export_dir}: the tokenizer's special tokens {self.processor.prefix}/{self.processor.suffix} differ "
                 f"from the export's {settings['prefix']}/{settings['suffix']}"
             )
-        self.scorer = Scorer(str(root / self.choice.file), provider, threads)
-        self.head = Scorer(str(root / self.choice.head), provider, threads) if self.choice.head else None
+        # chunk-graph calls (1,024 token slots) run a call per core side by side; the older layouts' calls of whole
+        # records are big enough to spread over the cores, and measured slower side by side (bench/)
+        streams = None if self.choice.layout == "chunks" else 1
+        self.scorer = Scorer(str(root / self.choice.file), provider, threads, streams)
+        self.head = Scorer(str(root / self.choice.head), provider, threads, streams=1) if self.choice.head else None
         self.provider = provider
         want = INPUTS[self.choice.layout]
         if self.scorer.input_names != want:
@@ -81,7 +84,7 @@ class Predictor:
         self.real = self.slots = 0  # token slots scored so far: real tokens, all
         # Said once the first block scored (predict_file), so a bad data file is one error line, not two.
         self.summary = (f"scoring with {self.choice.file} ({self.choice.precision}; {self.choice.why}), "
-                        f"{self.scorer.threads} threads")  # fmt: skip
+                        f"{self.scorer.threads} threads, {self.scorer.streams} call(s) at a time")  # fmt: skip
 
     def _open(self, export_dir: str, precision: str) -> tuple[Path, dict[str, Any]]:
         """(a local directory holding the export, its manifest); of a remote export, what is read is copied to a

@@ -219,6 +219,21 @@ def test_io_binding_path_gives_the_plain_run_answer_cpu_device_stands_in_for_cud
     np.testing.assert_allclose(scorer._run_bound(call.feeds, "cpu"), scorer(call.feeds), atol=1e-6)
 
 
+def test_calls_side_by_side_give_each_call_its_own_output_in_order(packed_export):
+    """Scorer.map with two calls at a time (the CPU default on 2 or more cores): the same outputs as one call
+    after another, each in its call's place, whatever order the calls finish in."""
+    one, two = Scorer(str(packed_export / PACKED), threads=1), Scorer(str(packed_export / PACKED), threads=2)
+    assert (one.streams, two.streams) == (1, 2)
+    calls = []
+    for n in (1, 7, 2, 5, 3, 8):  # records of different lengths: calls of different sizes finish at different times
+        ids = [np.array([101, *range(2000, 2000 + n), 102], np.int32)] * n
+        calls.append(make_call(ids, [np.array([n + 2], np.int32)] * n, np.arange(n), 0, packed=True).feeds)
+    side_by_side = list(two.map(calls))
+    assert [o.shape[0] for o in side_by_side] == [1, 7, 2, 5, 3, 8]
+    for got, feeds in zip(side_by_side, calls):
+        np.testing.assert_allclose(got, one(feeds), atol=1e-5)
+
+
 @pytest.mark.skipif("CUDAExecutionProvider" not in __import__("onnxruntime").get_available_providers(),
                     reason="needs onnxruntime-gpu and a GPU")  # fmt: skip
 def test_cuda_provider_scores_like_the_cpu(exported, packed_export):  # noqa: F811

@@ -127,10 +127,11 @@ def run_plan(plan: Plan, score: Callable[[dict[str, np.ndarray]], np.ndarray],
     """Run a block's calls (`score(feeds)`; for the chunk graph then `head(features [R, H])`) -> logits float32
     [n, K] in the block's order. `on_records(k)` as k more records are done (for the chunk graph, in proportion
     to its chunks done)."""
+    # a Scorer runs several calls at once (Scorer.map); any other callable, one after another
+    outputs = getattr(score, "map", lambda f: map(score, f))(call.feeds for call in plan.calls)
     if plan.counts is None:
         out: np.ndarray | None = None
-        for call in plan.calls:
-            logits = score(call.feeds)  # [R, K]
+        for call, logits in zip(plan.calls, outputs):  # logits [R, K]
             out = np.zeros((plan.n, logits.shape[1]), np.float32) if out is None else out
             out[call.rows] = logits
             if on_records:
@@ -140,8 +141,7 @@ def run_plan(plan: Plan, score: Callable[[dict[str, np.ndarray]], np.ndarray],
         raise ValueError("the chunk graph needs its head graph")
     total, done, reported = int(plan.counts.sum()), 0, 0
     features: np.ndarray | None = None
-    for call in plan.calls:
-        f = score(call.feeds)  # [N, H]
+    for call, f in zip(plan.calls, outputs):  # f [N, H]
         features = np.zeros((total, f.shape[1]), np.float32) if features is None else features
         features[call.rows] = f
         done += len(call.rows)
