@@ -53,7 +53,8 @@ def scoring(a: argparse.Namespace, say: Say, ctx: dict) -> None:
     say("## Scoring: PyTorch against every ONNX Runtime graph bsm ships")
     say("Real default model (all-MiniLM-L6-v2, 4 chunks x 128 tokens, mean pooling) fine-tuned in-process on 1,200 "
         "demo dialogues (2 epochs, the whole model); exported by bsm's exporter with validation batches. Calls of 8 "
-        f"records, pre-tokenized, {THREADS} threads, one process; 'real tokens' is the share of the token slots "
+        f"records, pre-tokenized, {THREADS} threads (the ONNX Runtime chunk graphs as `bsm predict` runs them: {THREADS} "
+        f"calls side by side, one thread each), one process; 'real tokens' is the share of the token slots "
         "computed that hold a real token.")  # fmt: skip
     say()
     sc = bench_scoring.run(Path(a.work), demo=60 if a.quick else 120, long=30 if a.quick else 200, log=print)
