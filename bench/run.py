@@ -1,4 +1,4 @@
-"""Every benchmark of issue 10, one command; writes bench/RESULTS.md. Each figure is a ratio of two things run
+"""Every benchmark of issues 9 and 10, one command; writes bench/RESULTS.md. Each figure is a ratio of two things run
 side by side in the same process (or, for the CLIs, the same run), so it holds on a busy machine.
 
     python bench/run.py [--quick] [--work /tmp/bsm-bench-work] [--only SECTION ...]
@@ -152,6 +152,18 @@ def nodes(a: argparse.Namespace, say: Say, ctx: dict) -> None:
         "cores: two such nodes have twice the cores one has).")  # fmt: skip
 
 
+def memory(a: argparse.Namespace, say: Say, ctx: dict) -> None:
+    say("## Memory of a training job at two data sizes (Ray Data)")
+    rows = ["4000", "40000"] if a.quick else ["20000", "200000"]
+    out = subprocess.run([sys.executable, str(HERE / "bench_memory.py"), "--rows", *rows], capture_output=True,
+                         text=True, cwd=HERE, check=True)  # fmt: skip
+    say(f"`bench/bench_memory.py --rows {' '.join(rows)}`: the real job entrypoint on a local cluster (tiny BERT, 2 "
+        "workers, 3 training batches), splits as directories of 10,000-row Parquet files, always through Ray Data; "
+        "peak RSS per process role (goal: the hungriest process grows by under 100 MiB):")  # fmt: skip
+    for line in out.stdout.strip().splitlines():
+        say(f"    {line}")
+
+
 def gpu(a: argparse.Namespace, say: Say, ctx: dict) -> None:
     say("## GPU")
     g = bench_gpu.run(Path(a.work) / "export", records=256 if a.quick else 2048)
@@ -163,7 +175,7 @@ def gpu(a: argparse.Namespace, say: Say, ctx: dict) -> None:
     say(f"{g['gpu']}: {g['records_per_s']:.0f} records/s, {g['tflops']:.1f} TFLOP/s, {mfu}; real tokens {g['real_fraction']:.0%}.")
 
 
-SECTIONS = [cli, processor, scoring, predict, training, startup, before, nodes, gpu]
+SECTIONS = [cli, processor, scoring, predict, training, startup, before, nodes, memory, gpu]
 
 
 def main() -> None:

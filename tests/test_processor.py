@@ -278,3 +278,13 @@ def test_config_errors_name_the_flag(kw, flag, value):
 def test_smallest_max_tokens_still_works(tok):
     p = make(tok, max_chunks=2, max_tokens=8)([message(0, 6) + "\n" + message(1, 1)])
     assert p.lens[0].tolist() == [8, 3]
+
+
+def test_a_resumed_run_chunks_as_it_did_when_it_started():
+    from raytune_bsm.config import RunConfig
+    from raytune_bsm.runner.train import as_started
+
+    run = RunConfig.from_dict({})
+    before = {k: v for k, v in run.model_config().items() if k != "pack_from"}  # bsm_config.json of an older run
+    assert as_started(run, {"model": before}).model_config()["pack_from"] == "start"
+    assert as_started(run, {"model": run.model_config()}).model_config()["pack_from"] == "kept_end"

@@ -13,6 +13,7 @@ remaining epochs are trained. Without resume, a run directory that already holds
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -87,6 +88,15 @@ def trainer_for(run: RunConfig, monitor: str, *, storage: str, callbacks: list[A
     )
 
 
+def as_started(run: RunConfig, saved: dict[str, Any]) -> RunConfig:
+    """A resumed run chunks its dialogues as it did when it started (`saved`: its bsm_config.json): a run started
+    before `pack_from` existed packed from the dialogue's start, whatever a new run's default is now."""
+    started = (saved.get("model") or {}).get("pack_from", "start")
+    if run.model_config().get("pack_from") == started:
+        return run
+    return dataclasses.replace(run, model={**run.model, "pack_from": started})
+
+
 def fit(run: RunConfig, *, storage: str, resume: bool = False) -> dict[str, Any]:
     """Train `run` on the connected Ray cluster (or continue it, with resume); return and store a summary
     (metrics, checkpoints, failures, the export)."""
@@ -99,6 +109,8 @@ def fit(run: RunConfig, *, storage: str, resume: bool = False) -> dict[str, Any]
     if not resume and exists(join(run_dir, CONFIG_JSON)):
         raise ConfigError(f"a run named {run.name} already exists in {run_dir}; continue it with --resume "
                           f"{run.name} or choose another --name")  # fmt: skip
+    if resume:
+        run = as_started(run, json.loads(read_bytes(join(run_dir, CONFIG_JSON))))
     # Read, check and tokenize every split once, on the cluster, before any worker starts: a bad file fails here.
     # The driver holds references to the tokenized datasets (in the object store) and their row counts.
     started = time.time()
