@@ -104,7 +104,7 @@ def score_all(model: Any, export: Path, data: Texts, batch: int) -> list[dict[st
 
     from raytune_bsm.data.processor import ChunkProcessor, ProcessorConfig
     from raytune_bsm.scoring.batching import plan_block, plan_calls, real_share
-    from raytune_bsm.scoring.sessions import Scorer
+    from raytune_bsm.scoring.sessions import Scorer, streams_for
 
     torch.set_num_threads(THREADS)
     processor = ChunkProcessor(ProcessorConfig.of_model(model.config))
@@ -142,7 +142,7 @@ def score_all(model: Any, export: Path, data: Texts, batch: int) -> list[dict[st
         if not (export / file).is_file() or (kind == "chunks" and head is None):
             missing.append(name)
             continue
-        scorer = Scorer(str(export / file), threads=THREADS, streams=None if kind == "chunks" else 1)  # as predict
+        scorer = Scorer(str(export / file), threads=THREADS, streams=streams_for(kind))  # as `bsm predict` runs it
         plan = plan_block(ds.ids, ds.lens, processor.pad_id, CHUNK_CALL if kind == "chunks" else batch, kind)
         if kind == "chunks":
             backends.append((name, *_chunk_calls(plan, scorer, head)))

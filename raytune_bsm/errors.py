@@ -30,7 +30,6 @@ class ExportError(BsmError):
     """An export failed its checks (parity, manifest, checksums)."""
 
 
-
 def raised_inside(e: BaseException | None) -> BsmError | None:
     """The project's own error that a Ray task or actor raised, from what Ray raised here (a RayTaskError, an
     actor's failed constructor), as one line; None if there is none. Ray's wrapper of a BsmError is an instance of

@@ -34,7 +34,7 @@ from raytune_bsm.data.splits import check_text_type
 from raytune_bsm.errors import ConfigError, DataError, ExportError
 from raytune_bsm.scoring.batching import Plan, plan_block, run_plan
 from raytune_bsm.scoring.files import OutputFile, check_output, column_names, output_format, read_batches
-from raytune_bsm.scoring.sessions import INPUTS, Scorer, choose_graph
+from raytune_bsm.scoring.sessions import INPUTS, Scorer, choose_graph, streams_for
 
 log = logging.getLogger(__name__)
 
@@ -72,10 +72,7 @@ class Predictor:
                 f"{export_dir}: the tokenizer's special tokens {self.processor.prefix}/{self.processor.suffix} differ "
                 f"from the export's {settings['prefix']}/{settings['suffix']}"
             )
-        # chunk-graph calls (1,024 token slots) run a call per core side by side; the older layouts' calls of whole
-        # records are big enough to spread over the cores, and measured slower side by side (bench/)
-        streams = None if self.choice.layout == "chunks" else 1
-        self.scorer = Scorer(str(root / self.choice.file), provider, threads, streams)
+        self.scorer = Scorer(str(root / self.choice.file), provider, threads, streams_for(self.choice.layout))
         self.head = Scorer(str(root / self.choice.head), provider, threads, streams=1) if self.choice.head else None
         self.provider = provider
         want = INPUTS[self.choice.layout]

@@ -47,9 +47,11 @@ class RaySplit:
     files: list[DataFile]
 
 
-def read_split(uri: str, cfg: DataConfig, format: str | None = None) -> tuple[Any, list[DataFile], str | None]:
-    """(a Ray Dataset of the split's text, label and id columns plus `path`, its files, the id column)."""
-    files = check_schema(uri, cfg, format or getattr(cfg, "format", None))
+def read_split(uri: str, cfg: DataConfig, format: str | None = None,
+               files: list[DataFile] | None = None) -> tuple[Any, list[DataFile], str | None]:  # fmt: skip
+    """(a Ray Dataset of the split's text, label and id columns plus `path`, its files, the id column); `files`:
+    the split's listing, when the caller has it already."""
+    files = check_schema(uri, cfg, format or getattr(cfg, "format", None), files)
     names = read_schema(files[0]).names
     id_field = cfg.id_field or next((c for c in ID_CANDIDATES if c in names), None)
     columns = [cfg.text_field, cfg.label_field] + ([id_field] if id_field else [])
@@ -85,16 +87,15 @@ def read_units(files: list[DataFile]) -> list[tuple[int, list[int] | None]]:
         if f.format != "parquet" or f.size is None or f.size <= UNIT_BYTES:
             units.append((k, None))
             continue
-        run: list[int] = []
+        runs: list[list[int]] = [[]]
         size = 0
         for g, nbytes in enumerate(row_group_bytes(f)):
-            run.append(g)
-            size += nbytes
             if size >= UNIT_BYTES:
-                units.append((k, run))
-                run, size = [], 0
-        if run or not units or units[-1][0] != k:
-            units.append((k, run or None))
+                runs.append([])
+                size = 0
+            runs[-1].append(g)
+            size += nbytes
+        units += [(k, run) for run in runs if run] or [(k, None)]
     return units
 
 
@@ -142,13 +143,14 @@ def prepare_splits(
     num_classes: int | None = None,
     *,
     format: str | None = None,
+    listed: dict[str, list[DataFile]] | None = None,
 ) -> RaySplits:
     """Read, check and tokenize a run's splits on the cluster. `uris`: split name -> file, directory or glob, the
     training split first (with `labels=None` its labels give the class set); `processor`: a ProcessorConfig's
-    fields. Every split is checked in one distributed pass, which finishes before anything is tokenized; then
+    fields; `listed`: splits' file listings the caller has already (not listed again). Every split is checked in one distributed pass, which finishes before anything is tokenized; then
     each split is tokenized by plain Ray tasks over the cluster's CPUs (no actor to start: a worker process
     builds its tokenizer once, from JSON the driver sends, without transformers or torch)."""
-    reads = {name: read_split(uri, cfg, format) for name, uri in uris.items()}
+    reads = {name: read_split(uri, cfg, format, (listed or {}).get(name)) for name, uri in uris.items()}
     summaries = _summaries([f for _, files, _ in reads.values() for f in files], cfg)
     rows, skipped = {}, {}
     for name, (_, files, _) in reads.items():

@@ -69,11 +69,12 @@ def check_text_type(t: pa.DataType, path: str, text_field: str) -> None:
         )
 
 
-def check_schema(path: str, cfg: DataConfig, format: str | None = None) -> list[DataFile]:
-    """List a split's files and check each one's columns and their types from its schema alone (a Parquet footer,
-    the first block of a CSV/JSONL file), reading no file whole: the check a client can afford before submitting,
-    also for a remote directory of many files. Returns the files."""
-    files = list_files(path, format or getattr(cfg, "format", None))
+def check_schema(path: str, cfg: DataConfig, format: str | None = None,
+                 files: list[DataFile] | None = None) -> list[DataFile]:  # fmt: skip
+    """List a split's files (unless `files` is its listing already) and check each one's columns and their types
+    from its schema alone (a Parquet footer, the first block of a CSV/JSONL file), reading no file whole: the check
+    a client can afford before submitting, also for a remote directory of many files. Returns the files."""
+    files = files if files is not None else list_files(path, format or getattr(cfg, "format", None))
     first: tuple[DataFile, str] | None = None
     for f in files:
         schema = read_schema(f)

@@ -151,7 +151,7 @@ def prepare_ray(run: RunConfig) -> RayPrepared:
     from raytune_bsm.data.ray_data import prepare_splits
 
     splits = prepare_splits(uris, run.data, ProcessorConfig.of_model(run.model_config()).to_dict(), None,
-                            run.model.get("num_classes"))  # fmt: skip
+                            run.model.get("num_classes"), listed=listed)  # fmt: skip
     # One split after another: each pass has the cluster's CPUs to itself (passes run at once would each see
     # the others' tasks holding every CPU, and Ray Data warns that it may hang)
     with raised_in_ray():  # a file that fails to parse midway is a DataError raised in a read task

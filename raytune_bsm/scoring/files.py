@@ -144,15 +144,17 @@ class OutputFile:
         self._fh: Any = None
         self.schema: pa.Schema | None = None
         self.rows = 0
-        self._pending: list[pa.Table] = []
+        self._pending: list[pa.Table] = []  # rows written at the next flush
+        self._pending_rows = 0
 
     def write(self, table: pa.Table) -> None:
         """Add rows; they are written in runs of at least ROWS_PER_WRITE (a Parquet row group each)."""
         if self.schema is None:
             self.schema = table.schema
         self._pending.append(table)
+        self._pending_rows += table.num_rows
         self.rows += table.num_rows
-        if sum(t.num_rows for t in self._pending) >= ROWS_PER_WRITE:
+        if self._pending_rows >= ROWS_PER_WRITE:
             self._flush()
 
     def _flush(self) -> None:
@@ -162,7 +164,7 @@ class OutputFile:
         if not self._pending:
             return
         table = pa.concat_tables(self._pending)
-        self._pending = []
+        self._pending, self._pending_rows = [], 0
         if self._writer is None and self._fh is None:
             if self.fmt == "parquet":
                 self._writer = pq.ParquetWriter(str(self.tmp), table.schema)

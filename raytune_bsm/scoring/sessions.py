@@ -68,6 +68,13 @@ class Choice:
         return [self.file] + ([self.head] if self.head else [])
 
 
+def streams_for(layout: str) -> int | None:
+    """Calls a Scorer of this layout's graph runs side by side: one per core for the chunk graph (its calls of 1,024
+    token slots are too small to spread over the cores); one for whole-record graphs (calls of 4,096 slots,
+    measured slower side by side)."""
+    return None if layout == "chunks" else 1
+
+
 def default_threads() -> int:
     """The cores this process may run on."""
     try:
@@ -132,7 +139,7 @@ class Scorer:
     spread over every core: each op of a 1,024-token call is too small to split well, and the threads of one
     call wait for each other after every op (2 cores, int8 chunk graph, long texts: 2 calls of 1 thread each
     1.10-1.13x faster than 1 call of 2 threads; bench/ also runs TorchScript that way). Calls of whole records
-    ([B, C, T], 4,096 slots) measured slower side by side: `Predictor` runs those with streams=1. CUDA: one call at
+    ([B, C, T], 4,096 slots) measured slower side by side (`streams_for`). CUDA: one call at
     a time; inputs copied to the GPU once per call and the output bound on the device (IO binding), so ORT does
     no hidden host<->device copies."""
 
@@ -148,7 +155,10 @@ class Scorer:
         threads = default_threads() if threads is None else threads
         if threads < 1:
             raise ConfigError(f"--threads must be at least 1, got {threads}")
-        streams = 1 if provider != "CPUExecutionProvider" else threads if streams is None else max(1, min(streams, threads))
+        if provider != "CPUExecutionProvider":
+            streams = 1
+        else:
+            streams = threads if streams is None else max(1, min(streams, threads))
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
