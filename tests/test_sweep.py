@@ -393,6 +393,10 @@ def test_an_interrupted_sweep_resumes_without_rerunning_finished_trials(ray_loca
         log.close()
     before = {t: _trial_files(sweep_dir / "runs" / t) for t in finished}
     _wait_for_free_cpus(2)  # Ray ends the killed driver's trials
+    # Interrupted between epochs: still one epoch on record once they have ended. Ray ends a killed driver's trial
+    # controllers a moment after the driver, and a trial can finish its last epoch in that moment (the sweep then
+    # reports it as finished before the interruption, and there is no checkpoint to resume from).
+    partial = [t for t in partial if len(json.loads((sweep_dir / "runs" / t / "bsm_epochs.json").read_text())) == 1]
 
     summary = sr.run_sweep(RunConfig(name="resumable"), sw.SweepConfig(resume=True), storage=storage)
 
