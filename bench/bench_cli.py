@@ -1,6 +1,6 @@
 """`bsm --help` against `ray --help`: wall time of each as a fresh process, median of 5, interleaved.
 
-    python bench/bench_cli.py [--n 5]
+python bench/bench_cli.py [--n 5]
 """
 
 from __future__ import annotations
@@ -15,8 +15,16 @@ from common import run_cli
 
 
 def run(n: int = 5) -> dict[str, Any]:
-    bsm = [shutil.which("bsm") or sys.executable, "--help"] if shutil.which("bsm") else [sys.executable, "-m", "raytune_bsm.cli", "--help"]
-    ray = [shutil.which("ray"), "--help"] if shutil.which("ray") else [sys.executable, "-m", "ray.scripts.scripts", "--help"]
+    bsm = (
+        [shutil.which("bsm") or sys.executable, "--help"]
+        if shutil.which("bsm")
+        else [sys.executable, "-m", "raytune_bsm.cli", "--help"]
+    )
+    ray = (
+        [shutil.which("ray"), "--help"]
+        if shutil.which("ray")
+        else [sys.executable, "-m", "ray.scripts.scripts", "--help"]
+    )
     run_cli(bsm), run_cli(ray)  # warm the file cache
     times: dict[str, list[float]] = {"bsm": [], "ray": []}
     for _ in range(n):
@@ -30,7 +38,9 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--n", type=int, default=5)
     r = run(p.parse_args().n)
-    print(f"bsm --help {r['bsm_s']:.2f}s, ray --help {r['ray_s']:.2f}s (median of {r['n']}): bsm/ray = {r['ratio']:.2f}")
+    print(
+        f"bsm --help {r['bsm_s']:.2f}s, ray --help {r['ray_s']:.2f}s (median of {r['n']}): bsm/ray = {r['ratio']:.2f}"
+    )
 
 
 if __name__ == "__main__":

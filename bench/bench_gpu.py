@@ -17,10 +17,19 @@ from typing import Any
 
 # Dense peak FLOP/s by device name (vendor data sheets): fp32 (no tensor cores) and TF32 / bf16 tensor-core.
 PEAKS = {  # name fragment: (fp32, tf32, bf16) in TFLOP/s
-    "H200": (67, 495, 989), "H100 SXM": (67, 495, 989), "H100 PCIe": (51, 378, 756), "H100": (67, 495, 989),
-    "A100": (19.5, 156, 312), "A10G": (31.2, 62.5, 125), "A10": (31.2, 62.5, 125), "L40S": (91.6, 183, 362),
-    "L4": (30.3, 60, 121), "T4": (8.1, 8.1, 65), "V100": (15.7, 15.7, 125), "RTX 4090": (82.6, 82.6, 165),
-}  # fmt: skip
+    "H200": (67, 495, 989),
+    "H100 SXM": (67, 495, 989),
+    "H100 PCIe": (51, 378, 756),
+    "H100": (67, 495, 989),
+    "A100": (19.5, 156, 312),
+    "A10G": (31.2, 62.5, 125),
+    "A10": (31.2, 62.5, 125),
+    "L40S": (91.6, 183, 362),
+    "L4": (30.3, 60, 121),
+    "T4": (8.1, 8.1, 65),
+    "V100": (15.7, 15.7, 125),
+    "RTX 4090": (82.6, 82.6, 165),
+}
 
 
 def peak(name: str) -> tuple[float, float, float] | None:
@@ -38,10 +47,9 @@ def chunk_flops(tokens: int, hidden: int, layers: int, intermediate: int) -> flo
 def run(export: Path, records: int = 2048, batch: int = 256) -> dict[str, Any]:
     import json
 
-    import numpy as np
     import onnxruntime as ort
-
     from common import _gpu_name, long_texts
+
     from raytune_bsm.data.processor import ChunkProcessor, ProcessorConfig
     from raytune_bsm.scoring.batching import plan_block, run_plan
     from raytune_bsm.scoring.sessions import Scorer
@@ -51,10 +59,15 @@ def run(export: Path, records: int = 2048, batch: int = 256) -> dict[str, Any]:
         return {"skipped": "no GPU, or onnxruntime without the CUDA provider"}
     info = json.loads((export / "bsm_model.json").read_text())
     enc = info["hyperparameters"].get("encoder_config") or {}
-    hidden, layers, inter = enc.get("hidden_size", 384), enc.get("num_hidden_layers", 6), enc.get("intermediate_size", 1536)
+    hidden, layers, inter = (
+        enc.get("hidden_size", 384),
+        enc.get("num_hidden_layers", 6),
+        enc.get("intermediate_size", 1536),
+    )
     settings = info["processor"]
-    processor = ChunkProcessor.from_tokenizer_file(ProcessorConfig.of_model(settings), str(export / "tokenizer/tokenizer.json"),
-                                                   int(settings["pad_id"]))  # fmt: skip
+    processor = ChunkProcessor.from_tokenizer_file(
+        ProcessorConfig.of_model(settings), str(export / "tokenizer/tokenizer.json"), int(settings["pad_id"])
+    )
     p = processor(long_texts(records, seed=41).texts)
     plan = plan_block(p.ids, p.lens, processor.pad_id, batch, "chunks")  # length-sorted chunks, as predict does
     scorer = Scorer(str(export / "model.chunks.onnx"), "CUDAExecutionProvider")
@@ -64,13 +77,21 @@ def run(export: Path, records: int = 2048, batch: int = 256) -> dict[str, Any]:
     run_plan(plan, scorer, head)
     secs = time.perf_counter() - t
     calls = plan.calls
-    flops = sum(chunk_flops(int(c.feeds["input_ids"].shape[1]), hidden, layers, inter) * c.feeds["input_ids"].shape[0]
-                for c in calls)  # fmt: skip
+    flops = sum(
+        chunk_flops(int(c.feeds["input_ids"].shape[1]), hidden, layers, inter) * c.feeds["input_ids"].shape[0]
+        for c in calls
+    )
     achieved = flops / secs
     pk = peak(name)
-    return {"gpu": name, "records_per_s": records / secs, "tflops": achieved / 1e12,
-            "mfu_fp32": achieved / (pk[0] * 1e12) if pk else None, "mfu_tf32": achieved / (pk[1] * 1e12) if pk else None,
-            "peak_known": pk is not None, "real_fraction": sum(c.real for c in calls) / sum(c.slots for c in calls)}  # fmt: skip
+    return {
+        "gpu": name,
+        "records_per_s": records / secs,
+        "tflops": achieved / 1e12,
+        "mfu_fp32": achieved / (pk[0] * 1e12) if pk else None,
+        "mfu_tf32": achieved / (pk[1] * 1e12) if pk else None,
+        "peak_known": pk is not None,
+        "real_fraction": sum(c.real for c in calls) / sum(c.slots for c in calls),
+    }
 
 
 def main() -> None:

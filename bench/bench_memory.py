@@ -28,8 +28,14 @@ from pathlib import Path
 
 import psutil
 
-TINY = dict(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-            max_position_embeddings=128)  # fmt: skip
+TINY = dict(
+    vocab_size=30522,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=64,
+    max_position_embeddings=128,
+)
 DATA_MARKS = ("Read", "MapBatches", "MapWorker", "Tokenize", "SplitCoordinator", "split", "Materialize")
 
 
@@ -106,8 +112,12 @@ def job(rows: int, root: Path, batches: int) -> tuple[dict[tuple[str, int], int]
         "name": f"mem-{rows}",
         "storage": str(storage),
         "model": {"encoder_config": TINY, "max_tokens": 64, "max_chunks": 2},
-        "data": {"train": str(train), "val": str(val), "batch_size": 8,
-                 "driver_prepare_mib": 0},  # through Ray Data at every size: the path that must stay flat
+        "data": {
+            "train": str(train),
+            "val": str(val),
+            "batch_size": 8,
+            "driver_prepare_mib": 0,
+        },  # through Ray Data at every size: the path that must stay flat
         "train": {"max_epochs": 1, "limit_train_batches": batches, "limit_val_batches": batches, "export": False},
         "scaling": {"num_workers": 2, "cpus_per_worker": 1},
     }
@@ -143,23 +153,42 @@ def main() -> None:
         for rows in args.rows:
             peaks, seconds, summary = job(rows, Path(tmp), args.batches)
             table[rows] = peaks
-            print(f"{rows:>8} dialogues: {seconds:.0f}s, data {json.dumps(summary.get('data'))}, "
-                  f"timings {json.dumps(summary.get('timings'))}", file=sys.stderr)  # fmt: skip
-    for kind, what in (("rss", "peak RSS"), ("private", "peak RSS less shared pages (Ray's object store is shared memory: "
-                                                     "blocks a process maps count in its RSS)")):  # fmt: skip
+            print(
+                f"{rows:>8} dialogues: {seconds:.0f}s, data {json.dumps(summary.get('data'))}, "
+                f"timings {json.dumps(summary.get('timings'))}",
+                file=sys.stderr,
+            )
+    for kind, what in (
+        ("rss", "peak RSS"),
+        (
+            "private",
+            "peak RSS less shared pages (Ray's object store is shared memory: blocks a process maps count in its RSS)",
+        ),
+    ):
         print(f"\n{what}")
-        sizes = {rows: {r: sorted((v for (k, rr, _), v in table[rows].items() if k == kind and rr == r), reverse=True)
-                        for r in roles} for rows in args.rows}  # fmt: skip
+        sizes = {
+            rows: {
+                r: sorted((v for (k, rr, _), v in table[rows].items() if k == kind and rr == r), reverse=True)
+                for r in roles
+            }
+            for rows in args.rows
+        }
         print(f"{'process':<18}" + "".join(f"{f'{r:,} rows':>22}" for r in args.rows) + f"{'growth':>12}")
         for r in roles:
-            cells = [f"{sizes[rows][r][0] / mib:.0f} MiB (x{len(sizes[rows][r])})" if sizes[rows][r] else "-" for rows in args.rows]
+            cells = [
+                f"{sizes[rows][r][0] / mib:.0f} MiB (x{len(sizes[rows][r])})" if sizes[rows][r] else "-"
+                for rows in args.rows
+            ]
             first, last = sizes[args.rows[0]][r], sizes[args.rows[-1]][r]
             growth = f"{(last[0] - first[0]) / mib:+.0f} MiB" if first and last else "-"
             print(f"{r:<18}" + "".join(f"{c:>22}" for c in cells) + f"{growth:>12}")
         hungriest = [max(v[0] for v in sizes[rows].values() if v) for rows in args.rows]
-        print(f"hungriest process: {' -> '.join(f'{h / mib:.0f} MiB' for h in hungriest)} "
-              f"({(hungriest[-1] - hungriest[0]) / mib:+.0f} MiB, x{hungriest[-1] / hungriest[0]:.2f}) "
-              f"for x{args.rows[-1] / args.rows[0]:.0f} the data")  # fmt: skip
+        print(
+            f"hungriest process: {' -> '.join(f'{h / mib:.0f} MiB' for h in hungriest)} "
+            f"({(hungriest[-1] - hungriest[0]) / mib:+.0f} MiB, x{hungriest[-1] / hungriest[0]:.2f}) "
+            f"for x{args.rows[-1] / args.rows[0]:.0f} the data"
+        )
+
 
 if __name__ == "__main__":
     main()

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import THREADS, Texts, fit_and_export, demo_texts, long_texts
+from common import THREADS, Texts, demo_texts, fit_and_export, long_texts
 
 
 def run(export: Path, data: Texts, batch_size: int = 32, rounds: int = 3) -> dict[str, Any]:
@@ -44,8 +44,14 @@ def _run(export: Path, data: Texts, batch_size: int, rounds: int) -> dict[str, A
         plan = p.calls(data.texts, batch_size)
         for _ in range(rounds):
             t = time.perf_counter()
-            predict_file(str(export), str(src), str(Path(tmp) / "out.parquet"), batch_size=batch_size,
-                         threads=THREADS, overwrite=True)  # fmt: skip
+            predict_file(
+                str(export),
+                str(src),
+                str(Path(tmp) / "out.parquet"),
+                batch_size=batch_size,
+                threads=THREADS,
+                overwrite=True,
+            )
             e2e.append(time.perf_counter() - t)
             p.scorer(plan.calls[0].feeds)  # warm-up, as predict_file's first call had none: conservative
             p.real = p.slots = 0
@@ -53,9 +59,16 @@ def _run(export: Path, data: Texts, batch_size: int, rounds: int) -> dict[str, A
             p.score(len(data.texts), plan)
             pures.append(time.perf_counter() - t)
     end_to_end, pure = statistics.median(e2e), statistics.median(pures)
-    return {"rows": len(data.texts), "graph": p.choice.file, "precision": p.choice.precision, "why": p.choice.why,
-            "end_to_end_s": end_to_end, "pure_scoring_s": pure, "ratio": end_to_end / pure,
-            "real_fraction": p.real_fraction}  # fmt: skip
+    return {
+        "rows": len(data.texts),
+        "graph": p.choice.file,
+        "precision": p.choice.precision,
+        "why": p.choice.why,
+        "end_to_end_s": end_to_end,
+        "pure_scoring_s": pure,
+        "ratio": end_to_end / pure,
+        "real_fraction": p.real_fraction,
+    }
 
 
 def main() -> None:
@@ -65,8 +78,10 @@ def main() -> None:
     a = ap.parse_args()
     fitted = fit_and_export(Path(a.work), demo_texts(1200, seed=11), demo_texts(64, seed=12))
     r = run(fitted["export"], long_texts(a.rows, seed=31))
-    print(f"bsm predict {r['end_to_end_s']:.2f}s end to end, {r['pure_scoring_s']:.2f}s pure scoring "
-          f"({r['graph']}): ratio {r['ratio']:.2f}")
+    print(
+        f"bsm predict {r['end_to_end_s']:.2f}s end to end, {r['pure_scoring_s']:.2f}s pure scoring "
+        f"({r['graph']}): ratio {r['ratio']:.2f}"
+    )
 
 
 if __name__ == "__main__":

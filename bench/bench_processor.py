@@ -17,8 +17,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 def run(rows: int = 4000, model: str = "all-MiniLM-L6-v2", repeat: int = 3) -> dict:
     """Tokens per second of the processor and of the bare tokenizer, best of `repeat`, on the same dialogues."""
-    from raytune_bsm.demo.generator import make_dialogues
     from raytune_bsm.data.processor import ChunkProcessor, ProcessorConfig
+    from raytune_bsm.demo.generator import make_dialogues
 
     dialogues = make_dialogues(rows, seed=1).column("dialogue").to_pylist()
     proc = ChunkProcessor(ProcessorConfig(tokenizer=model))
@@ -34,9 +34,14 @@ def run(rows: int = 4000, model: str = "all-MiniLM-L6-v2", repeat: int = 3) -> d
         enc = rust.encode_batch(dialogues, add_special_tokens=False)
         best_tok = min(best_tok, time.perf_counter() - t)
     tokens, raw = out.tokens, sum(len(e.ids) for e in enc)
-    return {"records": len(dialogues), "tokens": tokens, "truncated": out.truncated,
-            "processor_tokens_per_s": tokens / best_proc, "tokenizer_tokens_per_s": raw / best_tok,
-            "ratio": (tokens / best_proc) / (raw / best_tok)}  # fmt: skip
+    return {
+        "records": len(dialogues),
+        "tokens": tokens,
+        "truncated": out.truncated,
+        "processor_tokens_per_s": tokens / best_proc,
+        "tokenizer_tokens_per_s": raw / best_tok,
+        "ratio": (tokens / best_proc) / (raw / best_tok),
+    }
 
 
 def main() -> None:

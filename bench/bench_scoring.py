@@ -22,15 +22,16 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import numpy as np
-
 from common import THREADS, Texts, collate_for, demo_texts, fit_and_export, long_texts, machine
 
-GRAPHS = [("ORT fp32 [B, C, T] (model.onnx)", "bct", "model.onnx"),
-          ("ORT int8 [B, C, T] (model.int8.onnx)", "bct", "model.int8.onnx"),
-          ("ORT packed fp32 (model.packed.onnx)", "packed", "model.packed.onnx"),
-          ("ORT packed int8 (model.packed.int8.onnx)", "packed", "model.packed.int8.onnx"),
-          ("ORT chunks fp32 (model.chunks.onnx + head)", "chunks", "model.chunks.onnx"),
-          ("ORT chunks int8 (model.chunks.int8.onnx + head)", "chunks", "model.chunks.int8.onnx")]  # fmt: skip
+GRAPHS = [
+    ("ORT fp32 [B, C, T] (model.onnx)", "bct", "model.onnx"),
+    ("ORT int8 [B, C, T] (model.int8.onnx)", "bct", "model.int8.onnx"),
+    ("ORT packed fp32 (model.packed.onnx)", "packed", "model.packed.onnx"),
+    ("ORT packed int8 (model.packed.int8.onnx)", "packed", "model.packed.int8.onnx"),
+    ("ORT chunks fp32 (model.chunks.onnx + head)", "chunks", "model.chunks.onnx"),
+    ("ORT chunks int8 (model.chunks.int8.onnx + head)", "chunks", "model.chunks.int8.onnx"),
+]
 CHUNK_CALL = 32  # chunks per chunk-graph call: `bsm predict`'s default --batch-size
 ROUNDS = 6  # turns each backend takes
 
@@ -57,18 +58,21 @@ def _interleaved(backends: list[Backend]) -> dict[str, tuple[float, np.ndarray]]
 
 def _turns(run_many: RunMany, inputs: list[Any], store: Callable[[int, np.ndarray], None]) -> list[Callable[[], None]]:
     """ROUNDS turns over `inputs`, each running its share through `run_many` and handing output i to store(i, out)."""
+
     def turn(lo: int, hi: int) -> Callable[[], None]:
         def go() -> None:
             for i, out in zip(range(lo, hi), run_many(inputs[lo:hi])):
                 store(i, out)
+
         return go
 
     n = len(inputs)
     return [turn(r * n // ROUNDS, (r + 1) * n // ROUNDS) for r in range(ROUNDS)]
 
 
-def _record_calls(run_many: RunMany, batches: list[Any], order: list[np.ndarray],
-                  n: int) -> tuple[Callable[[], None], list[Callable[[], None]], Callable[[], np.ndarray]]:  # fmt: skip
+def _record_calls(
+    run_many: RunMany, batches: list[Any], order: list[np.ndarray], n: int
+) -> tuple[Callable[[], None], list[Callable[[], None]], Callable[[], np.ndarray]]:
     """Calls over whole records: each call's logits go to its records' rows."""
     logits = np.zeros((n, 2), dtype=np.float64)
 
@@ -78,8 +82,9 @@ def _record_calls(run_many: RunMany, batches: list[Any], order: list[np.ndarray]
     return lambda: list(run_many(batches[:1])), _turns(run_many, batches, store), lambda: logits
 
 
-def _chunk_calls(plan: Any, scorer: Any, head: Any) -> tuple[Callable[[], None], list[Callable[[], None]],
-                                                              Callable[[], np.ndarray]]:  # fmt: skip
+def _chunk_calls(
+    plan: Any, scorer: Any, head: Any
+) -> tuple[Callable[[], None], list[Callable[[], None]], Callable[[], np.ndarray]]:
     """The chunk graph's calls (run as `bsm predict` runs them: Scorer.map), then the mean over each record's
     chunks and the head, timed in the last turn."""
     from raytune_bsm.scoring.batching import Plan, run_plan
@@ -130,14 +135,28 @@ def score_all(model: Any, export: Path, data: Texts, batch: int) -> list[dict[st
         finally:
             torch.set_num_threads(THREADS)
 
-    backends = [("PyTorch eager (sparse chunks)", *_record_calls(lambda bs: (model.logits(*b).double().numpy() for b in bs), tensors, bct_order, n)),
-                ("TorchScript (model.torchscript.pt)", *_record_calls(lambda bs: (scripted(*b).double().numpy() for b in bs), tensors, bct_order, n)),
-                (f"TorchScript, {THREADS} calls side by side", *_record_calls(side_by_side, tensors, bct_order, n))]  # fmt: skip
-    share = {backends[0][0]: real / sum(_sparse_slots(m) for _, m in tensors),
-             backends[1][0]: real / sum(int(m.numel()) for _, m in tensors)}  # fmt: skip
+    backends = [
+        (
+            "PyTorch eager (sparse chunks)",
+            *_record_calls(lambda bs: (model.logits(*b).double().numpy() for b in bs), tensors, bct_order, n),
+        ),
+        (
+            "TorchScript (model.torchscript.pt)",
+            *_record_calls(lambda bs: (scripted(*b).double().numpy() for b in bs), tensors, bct_order, n),
+        ),
+        (f"TorchScript, {THREADS} calls side by side", *_record_calls(side_by_side, tensors, bct_order, n)),
+    ]
+    share = {
+        backends[0][0]: real / sum(_sparse_slots(m) for _, m in tensors),
+        backends[1][0]: real / sum(int(m.numel()) for _, m in tensors),
+    }
     share[backends[2][0]] = share[backends[1][0]]
     missing = []
-    head = Scorer(str(export / "model.head.onnx"), threads=THREADS, streams=1) if (export / "model.head.onnx").is_file() else None
+    head = (
+        Scorer(str(export / "model.head.onnx"), threads=THREADS, streams=1)
+        if (export / "model.head.onnx").is_file()
+        else None
+    )
     for name, kind, file in GRAPHS:
         if not (export / file).is_file() or (kind == "chunks" and head is None):
             missing.append(name)
@@ -152,16 +171,22 @@ def score_all(model: Any, export: Path, data: Texts, batch: int) -> list[dict[st
         share[name] = real_share([plan])
     with torch.no_grad():
         timed = _interleaved(backends)
-    rows = [{"backend": name, "seconds": timed[name][0], "logits": timed[name][1], "real": share[name]}
-            for name, *_ in backends] + [{"backend": name, "missing": True} for name in missing]  # fmt: skip
+    rows = [
+        {"backend": name, "seconds": timed[name][0], "logits": timed[name][1], "real": share[name]}
+        for name, *_ in backends
+    ] + [{"backend": name, "missing": True} for name in missing]
     ref = next(r for r in rows if r["backend"].startswith("TorchScript"))
     torch_labels = rows[0]["logits"].argmax(1)
     for r in rows:
         if r.get("missing"):
             continue
         pred = r["logits"].argmax(1)
-        r.update(records_per_s=n / r["seconds"], speedup=ref["seconds"] / r["seconds"],
-                 accuracy=float((pred == y).mean()), agreement=float((pred == torch_labels).mean()))  # fmt: skip
+        r.update(
+            records_per_s=n / r["seconds"],
+            speedup=ref["seconds"] / r["seconds"],
+            accuracy=float((pred == y).mean()),
+            agreement=float((pred == torch_labels).mean()),
+        )
     return rows
 
 
@@ -177,19 +202,26 @@ def _sparse_slots(mask: Any) -> int:
 
 def table(rows: list[dict[str, Any]], data: Texts) -> list[str]:
     ref_acc = next(r for r in rows if r["backend"].startswith("TorchScript"))["accuracy"]
-    out = [f"**{data.name}**, {len(data.labels)} records:", "",
-           "| backend | records/s | speed ÷ TorchScript | accuracy | Δ accuracy (pt) | labels = PyTorch | real tokens |",
-           "|---|---|---|---|---|---|---|"]  # fmt: skip
+    out = [
+        f"**{data.name}**, {len(data.labels)} records:",
+        "",
+        "| backend | records/s | speed ÷ TorchScript | accuracy | Δ accuracy (pt) | labels = PyTorch | real tokens |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         if r.get("missing"):
             out.append(f"| {r['backend']} | not in this export | | | | | |")
             continue
-        out.append(f"| {r['backend']} | {r['records_per_s']:.1f} | {r['speedup']:.2f}× | {r['accuracy']:.4f} | "
-                   f"{100 * (r['accuracy'] - ref_acc):+.2f} | {r['agreement']:.4f} | {r['real']:.0%} |")  # fmt: skip
+        out.append(
+            f"| {r['backend']} | {r['records_per_s']:.1f} | {r['speedup']:.2f}× | {r['accuracy']:.4f} | "
+            f"{100 * (r['accuracy'] - ref_acc):+.2f} | {r['agreement']:.4f} | {r['real']:.0%} |"
+        )
     return out + [""]
 
 
-def run(work: Path, demo: int = 200, long: int = 120, batch: int = 8, log: Callable[[str], None] = print) -> dict[str, Any]:
+def run(
+    work: Path, demo: int = 200, long: int = 120, batch: int = 8, log: Callable[[str], None] = print
+) -> dict[str, Any]:
     fitted = fit_and_export(work, demo_texts(1200, seed=11), demo_texts(64, seed=12), log=log)
     sets = [demo_texts(demo, seed=21), long_texts(long, seed=22)]
     results = {}

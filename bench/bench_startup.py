@@ -24,23 +24,39 @@ import time
 from pathlib import Path
 from typing import Any
 
-TINY = ["encoder_config={vocab_size: 30522, hidden_size: 32, num_hidden_layers: 2, num_attention_heads: 2, "
-        "intermediate_size: 64, max_position_embeddings: 128}", "max_tokens=64", "max_chunks=4", "lr=0.001"]  # fmt: skip
+TINY = [
+    "encoder_config={vocab_size: 30522, hidden_size: 32, num_hidden_layers: 2, num_attention_heads: 2, "
+    "intermediate_size: 64, max_position_embeddings: 128}",
+    "max_tokens=64",
+    "max_chunks=4",
+    "lr=0.001",
+]
 FIRST_STEP = re.compile(r"epoch 1/\d+\s+step \d+/\d+")
 
 
 def _bsm(home: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "BSM_HOME": str(home)}
-    return subprocess.run([sys.executable, "-m", "raytune_bsm.cli", *args], env=env, capture_output=True, text=True,
-                          timeout=timeout, check=True)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "raytune_bsm.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=True,
+    )
 
 
 def follow(home: Path, *args: str, timeout: float = 1800) -> dict[str, Any]:
     """`bsm submit --follow ARGS`: seconds to the first training step line and to the end, and the job id."""
     env = {**os.environ, "BSM_HOME": str(home)}
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "raytune_bsm.cli", "submit", "--follow", *args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "raytune_bsm.cli", "submit", "--follow", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     first, tail = None, []
     assert proc.stderr is not None
     for line in proc.stderr:
@@ -64,18 +80,40 @@ def run(work: str | None = None, rows: int = 2000, log: Any = print) -> dict[str
         if not (data / "train.parquet").exists():
             _bsm(home, "demo-data", "--out", str(data), "--rows", str(rows))
         splits = ["--train", str(data / "train.parquet"), "--val", str(data / "val.parquet")]
-        default = follow(home, *splits, "--name", "startup-default", "--max-epochs", "1",
-                         "--set", "limit_train_batches=3", "--set", "limit_val_batches=2")  # fmt: skip
-        log(f"default model: first training step {default['first_step_s']:.1f}s after submission, "
-            f"run {default['total_s']:.1f}s")  # fmt: skip
+        default = follow(
+            home,
+            *splits,
+            "--name",
+            "startup-default",
+            "--max-epochs",
+            "1",
+            "--set",
+            "limit_train_batches=3",
+            "--set",
+            "limit_val_batches=2",
+        )
+        log(
+            f"default model: first training step {default['first_step_s']:.1f}s after submission, "
+            f"run {default['total_s']:.1f}s"
+        )
         manifest = json.loads((home / "runs" / "startup-default" / "export" / "manifest.json").read_text())
-        tiny = follow(home, *splits, "--name", "startup-tiny", "--max-epochs", "1", *[a for s in TINY for a in ("--set", s)])
-        log(f"tiny model, {rows} rows, one epoch: first step {tiny['first_step_s']:.1f}s, whole run {tiny['total_s']:.1f}s")
+        tiny = follow(
+            home, *splits, "--name", "startup-tiny", "--max-epochs", "1", *[a for s in TINY for a in ("--set", s)]
+        )
+        log(
+            f"tiny model, {rows} rows, one epoch: first step {tiny['first_step_s']:.1f}s, whole run {tiny['total_s']:.1f}s"
+        )
         result = json.loads((home / "runs" / "startup-tiny" / "bsm_result.json").read_text())
     finally:
         _bsm(home, "down")
-    return {"cluster_up_s": up_s, "default": default, "export_timings": manifest.get("timings"), "tiny": tiny,
-            "tiny_result_timings": result.get("timings"), "rows": rows}  # fmt: skip
+    return {
+        "cluster_up_s": up_s,
+        "default": default,
+        "export_timings": manifest.get("timings"),
+        "tiny": tiny,
+        "tiny_result_timings": result.get("timings"),
+        "rows": rows,
+    }
 
 
 def main() -> None:

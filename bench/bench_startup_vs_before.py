@@ -31,8 +31,14 @@ ROOT = HERE.parent
 
 
 def _bsm(env: dict[str, str], *args: str) -> None:
-    subprocess.run([sys.executable, "-m", "raytune_bsm.cli", *args], env=env, capture_output=True, text=True,
-                   check=True, timeout=600)  # fmt: skip
+    subprocess.run(
+        [sys.executable, "-m", "raytune_bsm.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=600,
+    )
 
 
 def run(rows: int = 2000, rounds: int = 2, before: str = "c8a782b", log: Any = print) -> dict[str, Any]:
@@ -46,9 +52,17 @@ def run(rows: int = 2000, rounds: int = 2, before: str = "c8a782b", log: Any = p
             _bsm(env, "up")
             data = root / "data"
             _bsm(env, "demo-data", "--out", str(data), "--rows", str(rows))
-            args = ["--train", str(data / "train.parquet"), "--val", str(data / "val.parquet"),
-                    "--test", str(data / "test.parquet"), "--max-epochs", "1",
-                    *[a for s in TINY for a in ("--set", s)]]  # fmt: skip
+            args = [
+                "--train",
+                str(data / "train.parquet"),
+                "--val",
+                str(data / "val.parquet"),
+                "--test",
+                str(data / "test.parquet"),
+                "--max-epochs",
+                "1",
+                *[a for s in TINY for a in ("--set", s)],
+            ]
             sides = {"before": str(old), "now": str(ROOT)}
             times: dict[str, list[dict[str, Any]]] = {s: [] for s in sides}
             for r in range(rounds):
@@ -60,14 +74,25 @@ def run(rows: int = 2000, rounds: int = 2, before: str = "c8a782b", log: Any = p
                     finally:
                         os.environ.pop("PYTHONPATH", None)
                     times[side].append(t)
-                    log(f"round {r + 1} {side}: first training step {t['first_step_s']:.1f} s, whole run {t['total_s']:.1f} s")
+                    log(
+                        f"round {r + 1} {side}: first training step {t['first_step_s']:.1f} s, whole run {t['total_s']:.1f} s"
+                    )
         finally:
             subprocess.run([sys.executable, "-m", "raytune_bsm.cli", "down"], env=env, capture_output=True)
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(old)], capture_output=True)
-    med = {side: {k: statistics.median(t[k] for t in ts) for k in ("first_step_s", "total_s")} for side, ts in times.items()}
-    return {"rows": rows, "rounds": rounds, "before": before, "runs": times, "median": med,
-            "first_step_ratio": med["now"]["first_step_s"] / med["before"]["first_step_s"],
-            "total_ratio": med["now"]["total_s"] / med["before"]["total_s"]}  # fmt: skip
+    med = {
+        side: {k: statistics.median(t[k] for t in ts) for k in ("first_step_s", "total_s")}
+        for side, ts in times.items()
+    }
+    return {
+        "rows": rows,
+        "rounds": rounds,
+        "before": before,
+        "runs": times,
+        "median": med,
+        "first_step_ratio": med["now"]["first_step_s"] / med["before"]["first_step_s"],
+        "total_ratio": med["now"]["total_s"] / med["before"]["total_s"],
+    }
 
 
 def main() -> None:

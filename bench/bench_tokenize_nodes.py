@@ -77,8 +77,10 @@ def run(rows: int = 20000, cpus_per_node: int = 1, rounds: int = 2, log: Any = p
             for nodes in (1, 2):
                 seconds, out = on_cluster(nodes, cpus_per_node, data)
                 best[nodes] = min(best.get(nodes, float("inf")), seconds)
-                log(f"round {r + 1}: {nodes} node(s) x {cpus_per_node} CPU: {out} records in {seconds:.1f}s "
-                    f"({out / seconds:,.0f} records/s)")  # fmt: skip
+                log(
+                    f"round {r + 1}: {nodes} node(s) x {cpus_per_node} CPU: {out} records in {seconds:.1f}s "
+                    f"({out / seconds:,.0f} records/s)"
+                )
     per_s = {n: rows / s for n, s in best.items()}
     return {"rows": rows, "cpus_per_node": cpus_per_node, "records_per_s": per_s, "ratio": per_s[2] / per_s[1]}
 
@@ -90,8 +92,10 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     a = ap.parse_args()
     r = run(a.rows, a.cpus_per_node, a.rounds)
-    print(f"1 node: {r['records_per_s'][1]:,.0f} records/s; 2 nodes: {r['records_per_s'][2]:,.0f} records/s; "
-          f"2 nodes / 1 node = {r['ratio']:.2f}")  # fmt: skip
+    print(
+        f"1 node: {r['records_per_s'][1]:,.0f} records/s; 2 nodes: {r['records_per_s'][2]:,.0f} records/s; "
+        f"2 nodes / 1 node = {r['ratio']:.2f}"
+    )
 
 
 if __name__ == "__main__":

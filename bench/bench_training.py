@@ -16,8 +16,7 @@ import time
 from typing import Any, Callable
 
 import numpy as np
-
-from common import C, T, THREADS, Texts, collate_for, demo_texts, long_texts, model_config
+from common import THREADS, C, T, Texts, collate_for, demo_texts, long_texts, model_config
 
 
 def _model(seed: int = 0) -> Any:
@@ -51,10 +50,9 @@ def batches_for(data: Texts, batch: int, steps: int, fixed: bool) -> tuple[list[
     fraction of the token slots BERT computes that hold a real token."""
     import torch
 
+    from raytune_bsm.config import resolve_model_config
     from raytune_bsm.data.batching import LengthGroupedBatchSampler
     from raytune_bsm.data.processor import ChunkProcessor, ProcessorConfig
-
-    from raytune_bsm.config import resolve_model_config
 
     cfg = resolve_model_config(model_config())
     processor = ChunkProcessor(ProcessorConfig.of_model(cfg))
@@ -87,8 +85,11 @@ def bsm_vs_fixed(data: Texts, batch: int, steps: int) -> dict[str, Any]:
     for name, fixed in (("bsm", False), ("fixed", True)):
         batches, real = batches_for(data, batch, steps, fixed)
         times = _step_times(_model(), batches, dense=fixed)[1:]  # the first step warms up
-        res[name] = {"step_s": statistics.median(times), "real_fraction": real,
-                     "records_per_s": batch / statistics.median(times)}  # fmt: skip
+        res[name] = {
+            "step_s": statistics.median(times),
+            "real_fraction": real,
+            "records_per_s": batch / statistics.median(times),
+        }
     res["speedup"] = res["fixed"]["step_s"] / res["bsm"]["step_s"]
     return res
 
@@ -112,11 +113,22 @@ def lightning_vs_plain(data: Texts, batch: int, steps: int, rounds: int = 3) -> 
 
     def lightning_round() -> list[float]:
         model = _model()
-        model.configure_optimizers = lambda: torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-4)
+        model.configure_optimizers = lambda: torch.optim.AdamW(
+            [p for p in model.parameters() if p.requires_grad], lr=2e-4
+        )
         clock = Clock()
-        trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=len(batches), logger=False, enable_checkpointing=False,
-                             enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                             limit_val_batches=0, callbacks=[clock])  # fmt: skip
+        trainer = pl.Trainer(
+            accelerator="cpu",
+            devices=1,
+            max_steps=len(batches),
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            limit_val_batches=0,
+            callbacks=[clock],
+        )
         trainer.fit(model, train_dataloaders=torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False))
         clock.starts.append(time.perf_counter())  # the end of the last step
         return list(np.diff(clock.starts)[2:])
@@ -127,16 +139,23 @@ def lightning_vs_plain(data: Texts, batch: int, steps: int, rounds: int = 3) -> 
         light += lightning_round()
         plain += _step_times(_model(), batches, dense=False)[2:]
     lightning, plain_s = statistics.median(light), statistics.median(plain)
-    return {"lightning_step_s": lightning, "plain_step_s": plain_s, "ratio": lightning / plain_s,
-            "steps_each": len(light), "rounds": rounds}  # fmt: skip
+    return {
+        "lightning_step_s": lightning,
+        "plain_step_s": plain_s,
+        "ratio": lightning / plain_s,
+        "steps_each": len(light),
+        "rounds": rounds,
+    }
 
 
 def run(batch: int = 8, steps: int = 6, log: Callable[[str], None] = print) -> dict[str, Any]:
     out = {}
     for data in (demo_texts(batch * (steps + 2) * 4, seed=51), long_texts(batch * (steps + 2) * 2, seed=52)):
         r = bsm_vs_fixed(data, batch, steps)
-        log(f"{data.name}: bsm {r['bsm']['step_s']:.2f}s/step ({r['bsm']['real_fraction']:.0%} real), fixed "
-            f"{r['fixed']['step_s']:.2f}s/step ({r['fixed']['real_fraction']:.0%} real): {r['speedup']:.2f}x")  # fmt: skip
+        log(
+            f"{data.name}: bsm {r['bsm']['step_s']:.2f}s/step ({r['bsm']['real_fraction']:.0%} real), fixed "
+            f"{r['fixed']['step_s']:.2f}s/step ({r['fixed']['real_fraction']:.0%} real): {r['speedup']:.2f}x"
+        )
         out[data.name] = r
     lp = lightning_vs_plain(demo_texts(batch * (steps + 4) * 2, seed=53), batch, steps)
     log(f"Lightning {lp['lightning_step_s']:.3f}s/step, plain loop {lp['plain_step_s']:.3f}s/step: {lp['ratio']:.3f}")

@@ -34,23 +34,41 @@ def machine() -> dict[str, Any]:
     import onnxruntime
     import torch
 
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())  # fmt: skip
-    versions = {"python": platform.python_version(), "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
-                "numpy": numpy.__version__}  # fmt: skip
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    versions = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "numpy": numpy.__version__,
+    }
     for mod in ("transformers", "lightning", "ray", "pyarrow", "tokenizers"):
         try:
             versions[mod] = __import__(mod).__version__
         except ImportError:
             versions[mod] = None
-    return {"cpu": cpu, "cores": os.cpu_count(), "usable_cores": THREADS, "load_average": os.getloadavg(),
-            "gpu": _gpu_name(), "platform": platform.platform(), "versions": versions}  # fmt: skip
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "usable_cores": THREADS,
+        "load_average": os.getloadavg(),
+        "gpu": _gpu_name(),
+        "platform": platform.platform(),
+        "versions": versions,
+    }
 
 
 def _gpu_name() -> str | None:
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
-                             text=True, timeout=10)  # fmt: skip
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True, timeout=10
+        )
         return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
     except (OSError, subprocess.TimeoutExpired):
         return None
@@ -110,10 +128,20 @@ def long_texts(rows: int, seed: int, per_record: int = 4) -> Texts:
 
 
 def model_config(**over: Any) -> dict[str, Any]:
-    return {"text_name": "dialogue", "label_name": LABEL, "tokenizer": "all-MiniLM-L6-v2", "is_binary": True,
-            "num_classes": 2, "class_names": ["0", "1"], "max_chunks": C, "max_tokens": T, "chunk_pooling": "mean",
-            "pack_from": "kept_end",
-            "run_scheduler": False, **over}  # fmt: skip
+    return {
+        "text_name": "dialogue",
+        "label_name": LABEL,
+        "tokenizer": "all-MiniLM-L6-v2",
+        "is_binary": True,
+        "num_classes": 2,
+        "class_names": ["0", "1"],
+        "max_chunks": C,
+        "max_tokens": T,
+        "chunk_pooling": "mean",
+        "pack_from": "kept_end",
+        "run_scheduler": False,
+        **over,
+    }
 
 
 def collate_for(processor: Any, texts: Texts, cfg: dict[str, Any]) -> tuple[Any, Any]:
@@ -127,8 +155,9 @@ def collate_for(processor: Any, texts: Texts, cfg: dict[str, Any]) -> tuple[Any,
     return ds, Collate(ds, cfg["text_name"], cfg["label_name"], None, processor.pad_id)
 
 
-def fit_and_export(work: Path, train: Texts, val: Texts, log: Callable[[str], None] = print,
-                   epochs: int = 2) -> dict[str, Any]:  # fmt: skip
+def fit_and_export(
+    work: Path, train: Texts, val: Texts, log: Callable[[str], None] = print, epochs: int = 2
+) -> dict[str, Any]:
     """Fine-tune the whole model on `train` (AdamW, lr 5e-5, batches of 16 records grouped by length, `epochs`
     epochs: a few minutes on 2 cores), save a checkpoint, export it with bsm (validation batches from `val`).
     Reuses a fine-tuned export already in `work`. Returns {"export", "model", "fit_seconds", "export_seconds"}.
@@ -149,7 +178,11 @@ def fit_and_export(work: Path, train: Texts, val: Texts, log: Callable[[str], No
     processor = ChunkProcessor(ProcessorConfig.of_model(model.config))
     export, ckpt = work / "export", work / "model.finetuned.ckpt"
     saved = torch.load(ckpt, weights_only=True) if ckpt.is_file() else None
-    if (export / "manifest.json").is_file() and saved and saved["hyper_parameters"] == json.loads(json.dumps(dict(model.hparams))):
+    if (
+        (export / "manifest.json").is_file()
+        and saved
+        and saved["hyper_parameters"] == json.loads(json.dumps(dict(model.hparams)))
+    ):
         model.load_state_dict(saved["state_dict"])  # the same model config as now: its fine-tune and export reused
         return {"export": export, "model": model.eval(), "fit_seconds": None, "export_seconds": None}
     t0 = time.perf_counter()
@@ -162,8 +195,9 @@ def fit_and_export(work: Path, train: Texts, val: Texts, log: Callable[[str], No
     for _ in range(epochs):
         for k in rng.permutation(len(batches)):
             b = collate(batches[k])
-            loss = torch.nn.functional.cross_entropy(model.logits(b[collate.ids_key], b[collate.mask_key]),
-                                                     b[cfg["label_name"]])  # fmt: skip
+            loss = torch.nn.functional.cross_entropy(
+                model.logits(b[collate.ids_key], b[collate.mask_key]), b[cfg["label_name"]]
+            )
             opt.zero_grad()
             loss.backward()
             opt.step()

@@ -19,15 +19,36 @@ from raytune_bsm.errors import ConfigError
 from raytune_bsm.layout import default_storage
 from raytune_bsm.storage import is_uri, join
 
-__all__ = ["SubmitOptions", "TERMINAL", "demo_data", "down", "export", "fetch", "latest_metrics", "list_jobs",
-           "logs", "plan", "predict", "predict_on_cluster", "report", "resolve_run", "status", "stop", "submit", "tune", "up", "wait"]  # fmt: skip
+__all__ = [
+    "SubmitOptions",
+    "TERMINAL",
+    "demo_data",
+    "down",
+    "export",
+    "fetch",
+    "latest_metrics",
+    "list_jobs",
+    "logs",
+    "plan",
+    "predict",
+    "predict_on_cluster",
+    "report",
+    "resolve_run",
+    "status",
+    "stop",
+    "submit",
+    "tune",
+    "up",
+    "wait",
+]
 
 
 # ----------------------------------------------------------------------------------------------- data
 
 
-def demo_data(out: str, rows: int = 2000, seed: int = 0, *, overwrite: bool = False,
-              progress: Any = None) -> dict[str, Path]:  # fmt: skip
+def demo_data(
+    out: str, rows: int = 2000, seed: int = 0, *, overwrite: bool = False, progress: Any = None
+) -> dict[str, Path]:
     """`bsm demo-data`: train/val/test.parquet in `out`; files already there are replaced only with `overwrite`.
     `progress(done, rows)` as dialogues are generated."""
     from raytune_bsm.demo.generator import write_demo_data
@@ -44,8 +65,9 @@ def demo_data(out: str, rows: int = 2000, seed: int = 0, *, overwrite: bool = Fa
 # ----------------------------------------------------------------------------------------------- artifacts
 
 
-def report(source: str, out: str | None = None, *, address: str | None = None,
-           threshold: float | None = None) -> dict[str, Any]:  # fmt: skip
+def report(
+    source: str, out: str | None = None, *, address: str | None = None, threshold: float | None = None
+) -> dict[str, Any]:
     """`bsm report`: report.html and PNGs of a run, sweep or export (a path/URI, a job id or a run name in the
     default storage). Returns {"dir", "html", "pngs", "metrics"}."""
     from raytune_bsm.report import build_report  # matplotlib: not on `bsm --help`'s path
@@ -71,15 +93,36 @@ def export(checkpoint: str, to: str, *, progress: Any = None) -> dict[str, Any]:
     return export_checkpoint(checkpoint, to, progress=progress)
 
 
-def predict(export_dir: str, data: str, out: str | None = None, *, provider: str = "CPUExecutionProvider",
-            batch_size: int = 32, precision: str = "auto", text_field: str | None = None, id_field: str | None = None,
-            threads: int | None = None, overwrite: bool = False, progress: Any = None) -> str:  # fmt: skip
+def predict(
+    export_dir: str,
+    data: str,
+    out: str | None = None,
+    *,
+    provider: str = "CPUExecutionProvider",
+    batch_size: int = 32,
+    precision: str = "auto",
+    text_field: str | None = None,
+    id_field: str | None = None,
+    threads: int | None = None,
+    overwrite: bool = False,
+    progress: Any = None,
+) -> str:
     """Score Parquet/CSV/JSONL data with ONNX Runtime using the export's own tokenizer and settings; the output
     path. (`predict_on_cluster` does it as a Ray job.)"""
     from raytune_bsm.predict import predict_file  # onnxruntime: not on `bsm --help`'s path
 
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
-    return predict_file(export_dir, data, out, provider=provider, batch_size=batch_size, precision=precision,
-                        text_field=text_field, id_field=id_field, threads=threads, overwrite=overwrite,
-                        progress=progress)  # fmt: skip
+    return predict_file(
+        export_dir,
+        data,
+        out,
+        provider=provider,
+        batch_size=batch_size,
+        precision=precision,
+        text_field=text_field,
+        id_field=id_field,
+        threads=threads,
+        overwrite=overwrite,
+        progress=progress,
+    )

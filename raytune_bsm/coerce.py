@@ -38,8 +38,16 @@ def describe(tp: Any) -> str:
         if origin is Literal:
             words.append("one of " + ", ".join(map(str, typing.get_args(k))))
         else:
-            words.append({int: "an integer", float: "a number", bool: "true or false", str: "a string",
-                          list: "a list", dict: "a mapping"}.get(origin, str(k)))  # fmt: skip
+            words.append(
+                {
+                    int: "an integer",
+                    float: "a number",
+                    bool: "true or false",
+                    str: "a string",
+                    list: "a list",
+                    dict: "a mapping",
+                }.get(origin, str(k))
+            )
     return " or ".join(words) + (" or null" if type(None) in _kinds(tp) else "")
 
 
@@ -74,5 +82,7 @@ def check_fields(cls: type, values: Any, where: str, skip: tuple[str, ...] = ())
     types = field_types(cls)
     unknown = sorted(map(str, set(values) - set(types)))
     if unknown:
-        raise ConfigError(f"{where.rstrip('. ')}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(types))})")
+        raise ConfigError(
+            f"{where.rstrip('. ')}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(types))})"
+        )
     return {k: v if k in skip else coerce(types[k], v, f"{where}{k}") for k, v in values.items()}

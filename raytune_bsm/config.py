@@ -89,7 +89,9 @@ class ModelConfig:
             if not 0.0 <= getattr(self, key) < 1.0 or (key == "lr" and self.lr <= 0):
                 raise ConfigError(f"--{key.replace('_', '-')} must be in [0, 1) (lr > 0), got {getattr(self, key)}")
         if self.weight_decay < 0 or self.adam_epsilon <= 0:
-            raise ConfigError(f"--weight-decay must be >= 0 and adam_epsilon > 0, got {self.weight_decay}, {self.adam_epsilon}")
+            raise ConfigError(
+                f"--weight-decay must be >= 0 and adam_epsilon > 0, got {self.weight_decay}, {self.adam_epsilon}"
+            )
         from raytune_bsm.data.processor import ProcessorConfig  # checks max_chunks, max_tokens; names the flags
 
         ProcessorConfig(self.tokenizer, self.max_chunks, self.max_tokens, self.keep_chunks, self.pack_from)
@@ -97,10 +99,17 @@ class ModelConfig:
 
 # The reference TextBertBase's constructor defaults where they differ from bsm's. They belong to the bare module
 # (`TextBertBase({"text_name": ..., "label_name": ...})`, tests/test_models.py), never to a bsm run.
-REFERENCE_DEFAULTS: dict[str, Any] = {"tokenizer": "bert-base-cased", "hidden_common_dim": 100, "lr": 2e-5,
-                                      "metric_choices": ["accuracy", "f1_score"], "weight_decay": 0.0,
-                                      "warmup_ratio": 0.0, "chunk_pooling": "pooler", "freeze_layers": 0,
-                                      "max_chunks": 8}  # fmt: skip
+REFERENCE_DEFAULTS: dict[str, Any] = {
+    "tokenizer": "bert-base-cased",
+    "hidden_common_dim": 100,
+    "lr": 2e-5,
+    "metric_choices": ["accuracy", "f1_score"],
+    "weight_decay": 0.0,
+    "warmup_ratio": 0.0,
+    "chunk_pooling": "pooler",
+    "freeze_layers": 0,
+    "max_chunks": 8,
+}
 
 
 # What a bsm run's model gets unless its config says otherwise, where the ModelConfig default keeps what a saved
@@ -201,7 +210,9 @@ class TrainConfig:
             if getattr(self, key) < 1:
                 raise ConfigError(f"--{key.replace('_', '-')} must be at least 1, got {getattr(self, key)}")
         if self.max_failures < 0 or self.gradient_clip_val < 0:
-            raise ConfigError(f"max_failures and gradient_clip_val must be >= 0, got {self.max_failures}, {self.gradient_clip_val}")
+            raise ConfigError(
+                f"max_failures and gradient_clip_val must be >= 0, got {self.max_failures}, {self.gradient_clip_val}"
+            )
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.monitor is not None:
@@ -235,11 +246,15 @@ TOP_LEVEL: dict[str, Any] = {"name": str, "storage": str | None, "resume": bool}
 def check_run_dict(d: Any, where: str = "") -> dict[str, Any]:
     """A run-config dict (a recipe, a record) with every value coerced to its type; errors name `where`."""
     if not isinstance(d, dict):
-        raise ConfigError(f"{where.rstrip(': ') or 'config'}: expected a mapping at the top level, got {type(d).__name__}")
+        raise ConfigError(
+            f"{where.rstrip(': ') or 'config'}: expected a mapping at the top level, got {type(d).__name__}"
+        )
     unknown = sorted(map(str, set(d) - set(TOP_LEVEL) - set(SECTIONS)))
     if unknown:
-        raise ConfigError(f"{where}unknown top-level config key(s): {', '.join(unknown)} "
-                          f"(known: {', '.join([*TOP_LEVEL, *SECTIONS])})")  # fmt: skip
+        raise ConfigError(
+            f"{where}unknown top-level config key(s): {', '.join(unknown)} "
+            f"(known: {', '.join([*TOP_LEVEL, *SECTIONS])})"
+        )
     out = {k: coerce(TOP_LEVEL[k], v, f"{where}{k}") for k, v in d.items() if k in TOP_LEVEL}
     for section, cls in SECTIONS.items():
         if d.get(section) is not None:
@@ -274,8 +289,15 @@ class RunConfig:
         return run
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "storage": self.storage, "resume": self.resume, "model": copy.deepcopy(self.model),
-                "data": asdict(self.data), "train": asdict(self.train), "scaling": asdict(self.scaling)}  # fmt: skip
+        return {
+            "name": self.name,
+            "storage": self.storage,
+            "resume": self.resume,
+            "model": copy.deepcopy(self.model),
+            "data": asdict(self.data),
+            "train": asdict(self.train),
+            "scaling": asdict(self.scaling),
+        }
 
     def model_config(self, **extra: Any) -> dict[str, Any]:
         """The model's config: bsm's defaults, the data's column names, then the user's keys."""

@@ -47,7 +47,6 @@ BEST_CONFIG_JSON = "best_config.json"
 EPOCHS_JSON = "bsm_epochs.json"  # per run (a trial's too): every report's metrics, in order, by its Train controller
 
 
-
 def read_record(path: str) -> dict[str, Any]:
     """A JSON record bsm wrote (bsm_config.json, bsm_sweep.json, ...), read back; a damaged one is one clear line."""
     try:
@@ -114,13 +113,18 @@ def parse_manifest(data: bytes, where: str) -> dict[str, Any]:
     try:
         manifest = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ExportError(f"{where}: {MANIFEST} is not valid JSON ({e.__class__.__name__}); re-export the model") from None
+        raise ExportError(
+            f"{where}: {MANIFEST} is not valid JSON ({e.__class__.__name__}); re-export the model"
+        ) from None
     files = manifest.get("files") if isinstance(manifest, dict) else None
     if not isinstance(files, list) or not all(
-        isinstance(f, dict) and isinstance(f.get("path"), str) and isinstance(f.get("sha256"), str)
-        and isinstance(f.get("size"), int) for f in files
-    ):  # fmt: skip
-        raise ExportError(f"{where}: {MANIFEST} has no valid \"files\" list (path, sha256, size); re-export the model")
+        isinstance(f, dict)
+        and isinstance(f.get("path"), str)
+        and isinstance(f.get("sha256"), str)
+        and isinstance(f.get("size"), int)
+        for f in files
+    ):
+        raise ExportError(f'{where}: {MANIFEST} has no valid "files" list (path, sha256, size); re-export the model')
     for f in files:
         safe_relpath(f["path"], where)
     return manifest
@@ -134,8 +138,9 @@ def safe_relpath(rel: str, where: str) -> str:
     return rel
 
 
-def copy_verified(src: BinaryIO, dest: BinaryIO, entry: dict[str, Any], where: str,
-                  on_block: Callable[[int], None] | None = None) -> None:  # fmt: skip
+def copy_verified(
+    src: BinaryIO, dest: BinaryIO, entry: dict[str, Any], where: str, on_block: Callable[[int], None] | None = None
+) -> None:
     """Stream `src` into `dest`, hashing as it goes; an ExportError if size or sha256 differ from `entry`.
     `on_block(n)` after each block of n bytes (a progress bar)."""
     h, size = hashlib.sha256(), 0
@@ -163,8 +168,9 @@ def _check(digest: str, size: int, entry: dict[str, Any], where: str) -> None:
         )
 
 
-def download_export(src: str, dest: Path, only: Collection[str] | None = None,
-                    progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:  # fmt: skip
+def download_export(
+    src: str, dest: Path, only: Collection[str] | None = None, progress: Callable[[int, int], None] | None = None
+) -> dict[str, Any]:
     """Copy the export at `src` (a local path or any URI pyarrow reads) into `dest`, every file verified against
     its manifest: all the files it lists, or those named in `only`. Written to a temporary sibling of `dest` and
     renamed into place, so `dest` appears whole or not at all (an existing `dest` must be an empty directory).
@@ -215,7 +221,9 @@ def download_export(src: str, dest: Path, only: Collection[str] | None = None,
         try:
             os.replace(tmp, dest)  # onto an empty directory too; never onto a file or a non-empty directory
         except OSError as e:
-            raise ExportError(f"{dest}: cannot put the export there ({e.strerror}); give a new or empty directory") from None
+            raise ExportError(
+                f"{dest}: cannot put the export there ({e.strerror}); give a new or empty directory"
+            ) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

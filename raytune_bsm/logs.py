@@ -19,10 +19,23 @@ import sys
 
 VERBOSE_ENV = "BSM_VERBOSE"
 # Loggers whose INFO lines are the libraries' bookkeeping, not the user's run. WARNING and above stay.
-CHATTY = ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning", "ray.train", "ray.tune",
-          "ray.data", "ray.air", "ray._private.runtime_env", "torch.distributed", "filelock", "urllib3",
-          # the client's Jobs SDK: "Uploading package ...", "WebSocket closed for job ..." when a followed job ends
-          "ray.dashboard.modules.dashboard_sdk", "ray.dashboard.modules.job.sdk")  # fmt: skip
+CHATTY = (
+    "lightning",
+    "lightning.pytorch",
+    "lightning.fabric",
+    "pytorch_lightning",
+    "ray.train",
+    "ray.tune",
+    "ray.data",
+    "ray.air",
+    "ray._private.runtime_env",
+    "torch.distributed",
+    "filelock",
+    "urllib3",
+    # the client's Jobs SDK: "Uploading package ...", "WebSocket closed for job ..." when a followed job ends
+    "ray.dashboard.modules.dashboard_sdk",
+    "ray.dashboard.modules.job.sdk",
+)
 
 
 def verbose() -> bool:

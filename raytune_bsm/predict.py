@@ -49,8 +49,14 @@ class Predictor:
     """An export loaded for scoring: its ONNX Runtime sessions (the graph, and the chunk graph's head; created
     once), the tokenizer and the processor."""
 
-    def __init__(self, export_dir: str, provider: str = "CPUExecutionProvider", *, precision: str = "auto",
-                 threads: int | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        export_dir: str,
+        provider: str = "CPUExecutionProvider",
+        *,
+        precision: str = "auto",
+        threads: int | None = None,
+    ) -> None:
         self.export_dir = export_dir
         root, self.manifest = self._open(export_dir, precision)
         self.choice = choose_graph(self.manifest, precision)
@@ -80,8 +86,10 @@ class Predictor:
             raise ExportError(f"{export_dir}: {self.choice.file} inputs are {self.scorer.input_names}, expected {want}")
         self.real = self.slots = 0  # token slots scored so far: real tokens, all
         # Said once the first block scored (predict_file), so a bad data file is one error line, not two.
-        self.summary = (f"scoring with {self.choice.file} ({self.choice.precision}; {self.choice.why}), "
-                        f"{self.scorer.threads} threads, {self.scorer.streams} call(s) at a time")  # fmt: skip
+        self.summary = (
+            f"scoring with {self.choice.file} ({self.choice.precision}; {self.choice.why}), "
+            f"{self.scorer.threads} threads, {self.scorer.streams} call(s) at a time"
+        )
 
     def _open(self, export_dir: str, precision: str) -> tuple[Path, dict[str, Any]]:
         """(a local directory holding the export, its manifest); of a remote export, what is read is copied to a
@@ -126,8 +134,9 @@ class Predictor:
             self.real, self.slots = self.real + call.real, self.slots + call.slots
         return _softmax(logits.astype(np.float64))
 
-    def predict_texts(self, dialogues: Sequence[Any], *, batch_size: int = 32,
-                      progress: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    def predict_texts(
+        self, dialogues: Sequence[Any], *, batch_size: int = 32, progress: Callable[[int, int], None] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Dialogues (strings, or lists of message strings; None or empty is fine) -> (predicted class index
         int64 [N], probabilities float64 [N, K]), in the order given."""
         _check_batch_size(batch_size)
@@ -143,8 +152,10 @@ class Predictor:
                 progress(done[0], n)
 
         blocks = (dialogues[s : s + BLOCK] for s in range(0, n, BLOCK))
-        parts = [self.score(len(b), calls, on_call) for b, calls in
-                 pipelined(blocks, lambda b: (b, self.calls(b, batch_size)))]  # fmt: skip
+        parts = [
+            self.score(len(b), calls, on_call)
+            for b, calls in pipelined(blocks, lambda b: (b, self.calls(b, batch_size)))
+        ]
         probs = np.concatenate(parts)
         return probs.argmax(axis=1).astype(np.int64), probs
 
@@ -212,8 +223,11 @@ def predict_file(
             if row == 0:
                 log.info("%s", predictor.summary)
             row += batch.num_rows
-        writer.commit(_table(pa.array([], pa.int64()), np.zeros((0, predictor.num_classes)),
-                             predictor.class_names, None, "", None).schema)  # fmt: skip
+        writer.commit(
+            _table(
+                pa.array([], pa.int64()), np.zeros((0, predictor.num_classes)), predictor.class_names, None, "", None
+            ).schema
+        )
     except BaseException:
         writer.abort()
         raise
@@ -274,8 +288,9 @@ def pipelined(items: Iterable[T], prepare: Callable[[T], U], depth: int = 2) -> 
 # ----------------------------------------------------------------------------------------------- helpers
 
 
-def _table(ids: Any, probs: np.ndarray, names: list[str], schema: pa.Schema | None, where: str,
-           id_col: str | None) -> pa.Table:  # fmt: skip
+def _table(
+    ids: Any, probs: np.ndarray, names: list[str], schema: pa.Schema | None, where: str, id_col: str | None
+) -> pa.Table:
     """A block of predictions; its id type must match the blocks written before (ints widen, nulls adopt)."""
     ids = pa.array(ids) if not isinstance(ids, (pa.Array, pa.ChunkedArray)) else ids
     if schema is not None and ids.type != schema.field("id").type:
@@ -283,14 +298,18 @@ def _table(ids: Any, probs: np.ndarray, names: list[str], schema: pa.Schema | No
         if pa.types.is_null(ids.type) or (pa.types.is_integer(ids.type) and pa.types.is_integer(first)):
             ids = ids.cast(first)
         else:
-            raise DataError(f"{where}: column {id_col!r} holds {ids.type} values, but the rows before hold {first} "
-                            "values; give every input file one id type (or name another column with --id-field)")  # fmt: skip
+            raise DataError(
+                f"{where}: column {id_col!r} holds {ids.type} values, but the rows before hold {first} "
+                "values; give every input file one id type (or name another column with --id-field)"
+            )
     pred = probs.argmax(axis=1)
-    return pa.table({
-        "id": ids,
-        "predicted": pa.array([names[i] for i in pred], pa.string()),
-        **{f"prob_{c}": pa.array(probs[:, k], pa.float64()) for k, c in enumerate(names)},
-    })  # fmt: skip
+    return pa.table(
+        {
+            "id": ids,
+            "predicted": pa.array([names[i] for i in pred], pa.string()),
+            **{f"prob_{c}": pa.array(probs[:, k], pa.float64()) for k, c in enumerate(names)},
+        }
+    )
 
 
 def _total_rows(inputs: list[DataFile]) -> int | None:

@@ -45,8 +45,9 @@ def is_terminal(stream: TextIO) -> bool:
 class PlainBar:
     """Progress as plain lines: `scoring: 300/1000 records (30%), 95.2 records/s, eta 7s`."""
 
-    def __init__(self, total: int | None, description: str, unit: str, stream: TextIO,
-                 every_s: float = PLAIN_EVERY_S) -> None:  # fmt: skip
+    def __init__(
+        self, total: int | None, description: str, unit: str, stream: TextIO, every_s: float = PLAIN_EVERY_S
+    ) -> None:
         self.total, self.description, self.unit, self.stream = total, safe_text(description), unit, stream
         self.every_s = every_s
         self.completed = 0
@@ -97,16 +98,30 @@ class RichBar:
     def __init__(self, total: int | None, description: str, unit: str, stream: TextIO) -> None:
         from rich.console import Console
         from rich.markup import escape
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         self.unit, self._escape = unit, escape
         self.description = escape(safe_text(description))
         self.console = Console(file=stream, force_terminal=True)
         self.progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn(unit),
-            TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
-            console=self.console, transient=False,
-        )  # fmt: skip
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn(unit),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[info]}"),
+            console=self.console,
+            transient=False,
+        )
         self.progress.start()
         self.task = self.progress.add_task(self.description, total=total or None, info="")
         self.completed = 0
@@ -135,13 +150,21 @@ class RichBar:
 
 
 @contextmanager
-def progress(total: int | None, description: str, *, unit: str = "items", stream: TextIO | None = None,
-             every_s: float = PLAIN_EVERY_S) -> Iterator[PlainBar | RichBar]:  # fmt: skip
+def progress(
+    total: int | None,
+    description: str,
+    *,
+    unit: str = "items",
+    stream: TextIO | None = None,
+    every_s: float = PLAIN_EVERY_S,
+) -> Iterator[PlainBar | RichBar]:
     """A progress bar on `stream` (stderr by default): rich on a terminal, plain lines otherwise.
     `total` may be None (unknown yet) and set later with `bar.update(done, total)`."""
     stream = stream if stream is not None else sys.stderr
-    bar: PlainBar | RichBar = RichBar(total, description, unit, stream) if is_terminal(stream) else PlainBar(
-        total, description, unit, stream, every_s
+    bar: PlainBar | RichBar = (
+        RichBar(total, description, unit, stream)
+        if is_terminal(stream)
+        else PlainBar(total, description, unit, stream, every_s)
     )
     try:
         yield bar
@@ -152,8 +175,9 @@ def progress(total: int | None, description: str, *, unit: str = "items", stream
 
 
 @contextmanager
-def bar_callback(description: str, *, unit: str = "items", scale: float = 1.0,
-                 stream: TextIO | None = None) -> Iterator[Callable[..., None]]:  # fmt: skip
+def bar_callback(
+    description: str, *, unit: str = "items", scale: float = 1.0, stream: TextIO | None = None
+) -> Iterator[Callable[..., None]]:
     """`update(done, total)` for an API function's `progress=` parameter: the bar appears at the first call (so
     checks that fail before the work starts print no bar) and closes with the block. `scale` divides both
     figures (bytes shown as MB: scale=1e6, unit="MB")."""
@@ -163,8 +187,11 @@ def bar_callback(description: str, *, unit: str = "items", scale: float = 1.0,
         def update(done: float, total: float | None = None, info: str = "") -> None:
             if not bars:
                 bars.append(stack.enter_context(progress(None, description, unit=unit, stream=stream)))
-            bars[0].update(round(done / scale, 1) if scale != 1 else done,
-                           (round(total / scale, 1) or None) if total and scale != 1 else total, info)  # fmt: skip
+            bars[0].update(
+                round(done / scale, 1) if scale != 1 else done,
+                (round(total / scale, 1) or None) if total and scale != 1 else total,
+                info,
+            )
 
         yield update
 
@@ -217,8 +244,15 @@ def parse_progress_line(line: str) -> EpochStep | EpochValidation | None:
             loss = float(m["loss"])
         except ValueError:
             loss = float("nan")
-        return EpochStep(int(m["epoch"]), int(m["epochs"]), int(m["step"]), int(m["steps"]), loss,
-                         float(m["rate"]) if m["rate"] else None, int(m["eta"]) if m["eta"] else None)  # fmt: skip
+        return EpochStep(
+            int(m["epoch"]),
+            int(m["epochs"]),
+            int(m["step"]),
+            int(m["steps"]),
+            loss,
+            float(m["rate"]) if m["rate"] else None,
+            int(m["eta"]) if m["eta"] else None,
+        )
     m = _VALIDATION.search(line)
     if m:
         try:
@@ -226,7 +260,9 @@ def parse_progress_line(line: str) -> EpochStep | EpochValidation | None:
         except ValueError:
             return None
         if isinstance(metrics, dict):
-            return EpochValidation(int(m["epoch"]), {str(k): v for k, v in metrics.items() if isinstance(v, (int, float))})
+            return EpochValidation(
+                int(m["epoch"]), {str(k): v for k, v in metrics.items() if isinstance(v, (int, float))}
+            )
     return None
 
 

@@ -72,6 +72,7 @@ def storage_path(storage: str) -> str:
 
 def check_apart(out: str, data: str) -> None:
     """An output directory that is neither the input, nor inside it, nor around it (a glob's directory counts)."""
+
     def norm(p: str) -> str:
         p = p.split("?")[0]
         return p.rstrip("/") if is_uri(p) else storage_path(p).rstrip("/")

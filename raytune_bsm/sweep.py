@@ -146,12 +146,14 @@ def default_search_space(num_layers: int | None = None) -> dict[str, Any]:
 
 
 def canonical_key(key: str, where: str) -> str:
-    """"lr" / "model.lr" -> "model.lr" (a bare key must belong to exactly one section)."""
+    """ "lr" / "model.lr" -> "model.lr" (a bare key must belong to exactly one section)."""
     section, name = resolve_key(key, where)
     full = f"{section}.{name}"
     if section == "scaling":
-        raise ConfigError(f"{where}: {full} cannot be tuned: every trial gets the same resources "
-                          "(use --workers-per-trial / --gpus-per-trial)")  # fmt: skip
+        raise ConfigError(
+            f"{where}: {full} cannot be tuned: every trial gets the same resources "
+            "(use --workers-per-trial / --gpus-per-trial)"
+        )
     if full in FIXED_KEYS:
         raise ConfigError(f"{where}: {full} cannot be tuned; it is a setting of the sweep itself")
     return full
@@ -168,8 +170,11 @@ def check_spec(spec: Any, where: str) -> Any:
         if not isinstance(args, list) or not args:
             raise ConfigError(f"{where}: {kind} needs a non-empty list of values, got {args!r}")
         return {kind: list(args)}
-    if (not isinstance(args, list) or len(args) != 2
-            or not all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in args)):  # fmt: skip
+    if (
+        not isinstance(args, list)
+        or len(args) != 2
+        or not all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in args)
+    ):
         raise ConfigError(f"{where}: {kind} needs [low, high], got {args!r}")
     lo, hi = args
     if not lo < hi:
@@ -248,7 +253,11 @@ def check_search_space(run: RunConfig, space: dict[str, Any]) -> None:
                 trial = RunConfig.from_dict(apply_params(base, {key: value}))
             except ConfigError as e:
                 raise ConfigError(f"--search-space {key}: {value!r} is not a valid value: {e}") from None
-            if key == "model.reinit_layers" and layers is not None and not 0 <= trial.model_config()["reinit_layers"] <= layers:
+            if (
+                key == "model.reinit_layers"
+                and layers is not None
+                and not 0 <= trial.model_config()["reinit_layers"] <= layers
+            ):
                 raise ConfigError(f"--search-space {key}: {value!r} is outside 0..{layers}, the model's encoder layers")
 
 
@@ -265,8 +274,13 @@ def param_space(space: dict[str, Any]) -> dict[str, Any]:
     """Our JSON-able search space -> Tune's domains."""
     from ray import tune
 
-    make = {"loguniform": tune.loguniform, "uniform": tune.uniform, "randint": tune.randint,
-            "choice": tune.choice, "grid": tune.grid_search}  # fmt: skip
+    make = {
+        "loguniform": tune.loguniform,
+        "uniform": tune.uniform,
+        "randint": tune.randint,
+        "choice": tune.choice,
+        "grid": tune.grid_search,
+    }
     out: dict[str, Any] = {}
     for key, spec in space.items():
         if isinstance(spec, dict):
@@ -315,8 +329,10 @@ def max_concurrent_trials(resources: Any, sweep: SweepConfig, run: RunConfig) ->
             biggest = max((n.cpus for n in resources.nodes), default=0)
             have = f"{resources.total_cpus:g} CPUs (largest node {biggest:g})"
             fix = "ask for fewer workers per trial or CPUs per worker (--workers-per-trial / --cpus-per-worker)"
-        msg = (f"a sweep that cannot fit even one trial: {flag} needs {need} per trial, but the Ray cluster at "
-               f"{resources.dashboard_url} has {have}")  # fmt: skip
+        msg = (
+            f"a sweep that cannot fit even one trial: {flag} needs {need} per trial, but the Ray cluster at "
+            f"{resources.dashboard_url} has {have}"
+        )
         if not resources.can_autoscale:
             raise ClusterError(f"{msg}; {fix}, or use a bigger cluster")
         log.warning("%s; the cluster can autoscale, so trials will wait for new nodes", msg)
@@ -324,8 +340,12 @@ def max_concurrent_trials(resources: Any, sweep: SweepConfig, run: RunConfig) ->
     if sweep.max_concurrent is not None and sweep.max_concurrent > fit:
         if resources.can_autoscale:
             return min(sweep.max_concurrent, total)
-        log.warning("--max-concurrent %d: the cluster fits only %d trial(s) at once; running %d",
-                    sweep.max_concurrent, fit, min(fit, total))  # fmt: skip
+        log.warning(
+            "--max-concurrent %d: the cluster fits only %d trial(s) at once; running %d",
+            sweep.max_concurrent,
+            fit,
+            min(fit, total),
+        )
     return max(1, min(fit, sweep.max_concurrent or fit, total))
 
 

@@ -60,9 +60,12 @@ class S3:
         import boto3
 
         return boto3.client(
-            "s3", endpoint_url=self.endpoint_url, aws_access_key_id=self.access_key,
-            aws_secret_access_key=self.secret_key, region_name=self.region,
-        )  # fmt: skip
+            "s3",
+            endpoint_url=self.endpoint_url,
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
+            region_name=self.region,
+        )
 
     def put(self, key: str, data: bytes) -> str:
         """One object from bytes; returns its URI."""
@@ -105,9 +108,12 @@ class S3:
 
         scheme, _, host = self.endpoint_url.partition("://")
         return pafs.S3FileSystem(
-            access_key=self.access_key, secret_key=self.secret_key, region=self.region,
-            endpoint_override=host, scheme=scheme,
-        )  # fmt: skip
+            access_key=self.access_key,
+            secret_key=self.secret_key,
+            region=self.region,
+            endpoint_override=host,
+            scheme=scheme,
+        )
 
 
 @pytest.fixture(scope="session")

@@ -20,9 +20,8 @@ from types import SimpleNamespace
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from typer.testing import CliRunner
-
 from conftest import TINY_ENCODER
+from typer.testing import CliRunner
 
 from raytune_bsm.cli import app
 from raytune_bsm.demo.generator import make_dialogues
@@ -47,8 +46,10 @@ def _damaged_copies(export: Path) -> None:
         shutil.copytree(export, export.parent / name)
     manifest = json.loads((export / "manifest.json").read_text())
     _write(export.parent / "notjson" / "manifest.json", "{not json")
-    _write(export.parent / "unsafe" / "manifest.json",
-           json.dumps({**manifest, "files": [{"path": "../../evil", "sha256": "0" * 64, "size": 1}]}))  # fmt: skip
+    _write(
+        export.parent / "unsafe" / "manifest.json",
+        json.dumps({**manifest, "files": [{"path": "../../evil", "sha256": "0" * 64, "size": 1}]}),
+    )
     _write(export.parent / "nofiles" / "manifest.json", json.dumps({**manifest, "files": "all of them"}))
     (export.parent / "nomanifest" / "manifest.json").unlink()
     for onnx in (export.parent / "tampered").glob("*.onnx"):  # every ONNX file predict may read
@@ -119,12 +120,23 @@ def ws(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
 
     # A real tiny checkpoint (its export, for predict, is the `exports` fixture), and damaged ones.
     torch.manual_seed(0)
-    model = TextBertClassifier({"text_name": "dialogue", "label_name": "reversal_flag", "tokenizer": "all-MiniLM-L6-v2",
-                                "encoder_config": TINY_ENCODER, "max_chunks": 2, "max_tokens": 24,
-                                "chunk_pooling": "mean", "class_names": ["False", "True"]}).eval()  # fmt: skip
+    model = TextBertClassifier(
+        {
+            "text_name": "dialogue",
+            "label_name": "reversal_flag",
+            "tokenizer": "all-MiniLM-L6-v2",
+            "encoder_config": TINY_ENCODER,
+            "max_chunks": 2,
+            "max_tokens": 24,
+            "chunk_pooling": "mean",
+            "class_names": ["False", "True"],
+        }
+    ).eval()
     ckpt = root / "ckpt" / "model.ckpt"
     ckpt.parent.mkdir()
-    torch.save({"state_dict": model.state_dict(), "hyper_parameters": json.loads(json.dumps(dict(model.hparams)))}, ckpt)
+    torch.save(
+        {"state_dict": model.state_dict(), "hyper_parameters": json.loads(json.dumps(dict(model.hparams)))}, ckpt
+    )
     _write(root / "ckpt" / "garbage.ckpt", b"not a checkpoint at all")
     (root / "ckpt" / "no_ckpt_dir").mkdir()
     # What fetch reads is files and a manifest: a small stand-in export with damaged copies.
@@ -161,8 +173,12 @@ LIBRARY_STATE = {".ses"}  # onnxruntime's native library keeps a session id in $
 
 
 def snapshot(roots: list[Path]) -> dict[str, tuple[int, int]]:
-    return {str(p): (p.stat().st_size if p.is_file() else -1, p.stat().st_mtime_ns if p.is_file() else 0)
-            for root in roots for p in [root, *root.rglob("*")] if p.name not in LIBRARY_STATE}  # fmt: skip
+    return {
+        str(p): (p.stat().st_size if p.is_file() else -1, p.stat().st_mtime_ns if p.is_file() else 0)
+        for root in roots
+        for p in [root, *root.rglob("*")]
+        if p.name not in LIBRARY_STATE
+    }
 
 
 X = "(see `bsm"  # a usage error's hint
@@ -186,13 +202,17 @@ CASES = [
     pytest.param(["submit", "--lr", "abc"], "'--lr'", id="lr-not-a-number"),
     pytest.param(["submit", "--max-chunks", "0"], "--max-chunks must be between 1", id="max-chunks-0"),
     pytest.param(["submit", "--max-tokens", "4"], "--max-tokens must be between 8", id="max-tokens-4"),
-    pytest.param(["submit", "--max-tokens", "1024"], "--max-tokens must be at most 512 for this model", id="max-tokens-too-many"),
+    pytest.param(
+        ["submit", "--max-tokens", "1024"], "--max-tokens must be at most 512 for this model", id="max-tokens-too-many"
+    ),
     pytest.param(["submit", "--name", "bad name!"], "--name must be letters", id="name-bad"),
     pytest.param(["submit", "--name", "-x"], "--name", id="name-dash"),
     pytest.param(["submit", "--text-field", ""], "--text-field must not be empty", id="text-field-empty"),
     pytest.param(["submit", "--model", "/nonexistent"], "--model /nonexistent", id="model-missing-path"),
     pytest.param(["submit", "--model", "a/b/c"], "--model a/b/c", id="model-not-a-hub-name"),
-    pytest.param(["submit", "--storage", "ftp://host/runs"], "--storage ftp://host/runs: unknown scheme", id="storage-scheme"),
+    pytest.param(
+        ["submit", "--storage", "ftp://host/runs"], "--storage ftp://host/runs: unknown scheme", id="storage-scheme"
+    ),
     pytest.param(["submit", "--storage", "s3://"], "--storage s3://: needs a bucket", id="storage-no-bucket"),
     pytest.param(["submit", "--bogus"], "No such option: --bogus", id="unknown-flag"),
     pytest.param(["submit", "--num-workers"], "--num-workers", id="flag-without-value"),
@@ -203,29 +223,67 @@ CASES = [
     pytest.param(["submit", "--set", "lr"], "--set takes key=value", id="set-no-equals"),
     pytest.param(["submit", "--set", "num_workers=2"], "ambiguous", id="set-ambiguous"),
     pytest.param(["submit", "--set", "reinit_layers=9"], "--reinit-layers must be between 0 and 6", id="set-reinit-9"),
-    pytest.param(["submit", "--set", "batch_size=1.5"], "--set batch_size: expected an integer, got 1.5", id="set-int-float"),
+    pytest.param(
+        ["submit", "--set", "batch_size=1.5"], "--set batch_size: expected an integer, got 1.5", id="set-int-float"
+    ),
     pytest.param(["submit", "--set", "use_gpu=maybe"], "--set use_gpu: expected true or false", id="set-bool"),
     pytest.param(["submit", "--set", "precision=64"], "precision must be one of", id="set-precision"),
     pytest.param(["submit", "--set", "monitor=val_bogus"], "--metric must be one of", id="set-monitor"),
-    pytest.param(["submit", "--set", "chunk_pooling=mean", "--set", "reinit_pooler=true"], "reinit_pooler needs", id="set-pooler"),
-    pytest.param(["submit", "--set", "encoder_config=5"], "--set encoder_config: expected a mapping", id="set-encoder-config"),
+    pytest.param(
+        ["submit", "--set", "chunk_pooling=mean", "--set", "reinit_pooler=true"], "reinit_pooler needs", id="set-pooler"
+    ),
+    pytest.param(
+        ["submit", "--set", "encoder_config=5"], "--set encoder_config: expected a mapping", id="set-encoder-config"
+    ),
     # ------------------------------------------------------------------ recipes (--config)
-    pytest.param(["submit", "--config", "{ws}/recipes/missing.yaml"], "recipes/missing.yaml: no such file", id="config-missing"),
+    pytest.param(
+        ["submit", "--config", "{ws}/recipes/missing.yaml"], "recipes/missing.yaml: no such file", id="config-missing"
+    ),
     pytest.param(["submit", "--config", "{ws}/recipes"], "is a directory", id="config-directory"),
-    pytest.param(["submit", "--config", "{ws}/recipes/invalid.yaml"], "invalid.yaml: not valid YAML", id="config-invalid-yaml"),
-    pytest.param(["submit", "--config", "{ws}/recipes/list.yaml"], "list.yaml: expected a mapping", id="config-not-a-mapping"),
+    pytest.param(
+        ["submit", "--config", "{ws}/recipes/invalid.yaml"], "invalid.yaml: not valid YAML", id="config-invalid-yaml"
+    ),
+    pytest.param(
+        ["submit", "--config", "{ws}/recipes/list.yaml"], "list.yaml: expected a mapping", id="config-not-a-mapping"
+    ),
     pytest.param(["submit", "--config", "{ws}/recipes/binary.yaml"], "binary.yaml: not valid YAML", id="config-binary"),
-    pytest.param(["submit", "--config", "{ws}/recipes/unknown_top.yaml"], "unknown top-level config key(s): bogus", id="config-unknown-key"),
-    pytest.param(["submit", "--config", "{ws}/recipes/unknown_model_key.yaml"], "learning_rate", id="config-unknown-model-key"),
-    pytest.param(["submit", "--config", "{ws}/recipes/bad_type.yaml"], "bad_type.yaml: model.lr: expected a number, got 'abc'", id="config-bad-type"),
-    pytest.param(["submit", "--config", "{ws}/recipes/bad_section.yaml"], "bad_section.yaml: data: expected a mapping", id="config-bad-section"),
-    pytest.param(["submit", "--config", "{ws}/recipes/bad_range.yaml"], "--max-epochs must be at least 1, got 0", id="config-bad-range"),
-    pytest.param(["tune", "--config", "{ws}/recipes/tune_bad.yaml"], "tune.num_samples: expected an integer", id="config-tune-bad-type"),
+    pytest.param(
+        ["submit", "--config", "{ws}/recipes/unknown_top.yaml"],
+        "unknown top-level config key(s): bogus",
+        id="config-unknown-key",
+    ),
+    pytest.param(
+        ["submit", "--config", "{ws}/recipes/unknown_model_key.yaml"], "learning_rate", id="config-unknown-model-key"
+    ),
+    pytest.param(
+        ["submit", "--config", "{ws}/recipes/bad_type.yaml"],
+        "bad_type.yaml: model.lr: expected a number, got 'abc'",
+        id="config-bad-type",
+    ),
+    pytest.param(
+        ["submit", "--config", "{ws}/recipes/bad_section.yaml"],
+        "bad_section.yaml: data: expected a mapping",
+        id="config-bad-section",
+    ),
+    pytest.param(
+        ["submit", "--config", "{ws}/recipes/bad_range.yaml"],
+        "--max-epochs must be at least 1, got 0",
+        id="config-bad-range",
+    ),
+    pytest.param(
+        ["tune", "--config", "{ws}/recipes/tune_bad.yaml"],
+        "tune.num_samples: expected an integer",
+        id="config-tune-bad-type",
+    ),
     pytest.param(["tune", "--config", "{ws}/recipes/tune_unknown.yaml"], "trials", id="config-tune-unknown"),
     # ------------------------------------------------------------------ data files (schema-checked before submission)
     pytest.param(["submit", "--train", "{ws}/data/missing.parquet"], "--train", id="train-missing"),
-    pytest.param(["submit", "--train", "{ws}/data/nocol.parquet"], "missing column 'dialogue'", id="train-no-text-column"),
-    pytest.param(["submit", "--train", "{ws}/data/good.parquet", "--label-field", "nope"], "'nope'", id="train-no-label-column"),
+    pytest.param(
+        ["submit", "--train", "{ws}/data/nocol.parquet"], "missing column 'dialogue'", id="train-no-text-column"
+    ),
+    pytest.param(
+        ["submit", "--train", "{ws}/data/good.parquet", "--label-field", "nope"], "'nope'", id="train-no-label-column"
+    ),
     pytest.param(["submit", "--train", "{ws}/data/oneclass_str.parquet"], "single class", id="train-one-class-str"),
     pytest.param(["submit", "--train", "{ws}/data/oneclass_int.parquet"], "single class", id="train-one-class-int"),
     pytest.param(["submit", "--train", "{ws}/data/garbage.parquet"], "garbage.parquet", id="train-not-parquet"),
@@ -234,8 +292,14 @@ CASES = [
     pytest.param(["submit", "--train", "{ws}/data/bad.jsonl"], "bad.jsonl", id="train-bad-jsonl"),
     pytest.param(["submit", "--train", "{ws}/data/notes.txt"], "notes.txt", id="train-unknown-type"),
     pytest.param(["submit", "--train", "{ws}/data/empty_dir"], "empty_dir", id="train-empty-dir"),
-    pytest.param(["submit", "--train", "{ws}/data/good.parquet", "--val", "{ws}/data/nocol.parquet"], "--val", id="val-no-column"),
-    pytest.param(["submit", "--train", "{ws}/data/good.parquet", "--test", "{ws}/data/garbage.parquet"], "--test", id="test-not-parquet"),
+    pytest.param(
+        ["submit", "--train", "{ws}/data/good.parquet", "--val", "{ws}/data/nocol.parquet"], "--val", id="val-no-column"
+    ),
+    pytest.param(
+        ["submit", "--train", "{ws}/data/good.parquet", "--test", "{ws}/data/garbage.parquet"],
+        "--test",
+        id="test-not-parquet",
+    ),
     # ------------------------------------------------------------------ tune
     pytest.param(["tune", "--num-samples", "0"], "--num-samples must be a positive integer", id="tune-num-samples-0"),
     pytest.param(["tune", "--scheduler", "hyperband"], "--scheduler must be one of", id="tune-scheduler"),
@@ -246,21 +310,55 @@ CASES = [
     pytest.param(["tune", "--num-workers", "0"], "--num-workers must be at least 1", id="tune-num-workers-0"),
     pytest.param(["tune", "--lr", "2"], "--lr must be in", id="tune-lr"),
     pytest.param(["tune", "--resume", "nosuchsweep"], "nosuchsweep", id="tune-resume-missing"),
-    pytest.param(["tune", "--resume", "notjson", "--storage", "{ws}/runs"], "bsm_sweep.json: not valid JSON", id="tune-resume-not-json"),
-    pytest.param(["tune", "--resume", "nosettings", "--storage", "{ws}/runs"], "expected a JSON object", id="tune-resume-not-object"),
-    pytest.param(["tune", "--resume", "emptysweep", "--storage", "{ws}/runs"], "no \"run\" and \"tune\"", id="tune-resume-no-settings"),
-    pytest.param(["submit", "--resume", "brokenrun", "--storage", "{ws}/runs"], "bsm_config.json: not valid JSON", id="resume-damaged-record"),
+    pytest.param(
+        ["tune", "--resume", "notjson", "--storage", "{ws}/runs"],
+        "bsm_sweep.json: not valid JSON",
+        id="tune-resume-not-json",
+    ),
+    pytest.param(
+        ["tune", "--resume", "nosettings", "--storage", "{ws}/runs"],
+        "expected a JSON object",
+        id="tune-resume-not-object",
+    ),
+    pytest.param(
+        ["tune", "--resume", "emptysweep", "--storage", "{ws}/runs"],
+        'no "run" and "tune"',
+        id="tune-resume-no-settings",
+    ),
+    pytest.param(
+        ["submit", "--resume", "brokenrun", "--storage", "{ws}/runs"],
+        "bsm_config.json: not valid JSON",
+        id="resume-damaged-record",
+    ),
     pytest.param(["tune", "--resume", "s", "--lr", "0.1"], "drop --lr", id="tune-resume-with-flags"),
-    pytest.param(["tune", "--resume", "s", "--num-samples", "3"], "drop --num-samples", id="tune-resume-with-sweep-flags"),
+    pytest.param(
+        ["tune", "--resume", "s", "--num-samples", "3"], "drop --num-samples", id="tune-resume-with-sweep-flags"
+    ),
     # ------------------------------------------------------------------ search spaces
-    pytest.param(["tune", "--search-space", "{ws}/spaces/missing.yaml"], "missing.yaml: no such file", id="space-missing"),
-    pytest.param(["tune", "--search-space", "{ws}/spaces/bad_dist.yaml"], "expected one of", id="space-bad-distribution"),
-    pytest.param(["tune", "--search-space", "{ws}/spaces/unknown_key.yaml"], "unknown key 'learning_rate'", id="space-unknown-key"),
+    pytest.param(
+        ["tune", "--search-space", "{ws}/spaces/missing.yaml"], "missing.yaml: no such file", id="space-missing"
+    ),
+    pytest.param(
+        ["tune", "--search-space", "{ws}/spaces/bad_dist.yaml"], "expected one of", id="space-bad-distribution"
+    ),
+    pytest.param(
+        ["tune", "--search-space", "{ws}/spaces/unknown_key.yaml"],
+        "unknown key 'learning_rate'",
+        id="space-unknown-key",
+    ),
     pytest.param(["tune", "--search-space", "{ws}/spaces/strings.yaml"], "'fast'", id="space-strings-for-lr"),
     pytest.param(["tune", "--search-space", "{ws}/spaces/list.yaml"], "expected a mapping", id="space-not-a-mapping"),
-    pytest.param(["tune", "--search-space", "{ws}/spaces/fixed.yaml"], "scaling.num_workers cannot be tuned", id="space-fixed-key"),
+    pytest.param(
+        ["tune", "--search-space", "{ws}/spaces/fixed.yaml"],
+        "scaling.num_workers cannot be tuned",
+        id="space-fixed-key",
+    ),
     pytest.param(["tune", "--search-space", "{ws}/spaces/low_high.yaml"], "low < high", id="space-low-high"),
-    pytest.param(["tune", "--search-space", "{ws}/spaces/bad_value.yaml"], "data.batch_size: 0 is not a valid value", id="space-bad-value"),
+    pytest.param(
+        ["tune", "--search-space", "{ws}/spaces/bad_value.yaml"],
+        "data.batch_size: 0 is not a valid value",
+        id="space-bad-value",
+    ),
     pytest.param(["tune", "--search-space", "{ws}/spaces"], "is a directory", id="space-directory"),
     # ------------------------------------------------------------------ resume
     pytest.param(["submit", "--resume", "nosuchrun"], "--resume nosuchrun: no run", id="resume-missing"),
@@ -282,15 +380,19 @@ CASES = [
     pytest.param(["demo-data"], "--out", id="demo-no-out"),
     # ------------------------------------------------------------------ export
     pytest.param(["export", "{ws}/ckpt/missing.ckpt", "--to", "x"], "missing.ckpt: no such file", id="export-missing"),
-    pytest.param(["export", "{ws}/ckpt/garbage.ckpt", "--to", "x"], "not a bsm Lightning checkpoint", id="export-garbage"),
+    pytest.param(
+        ["export", "{ws}/ckpt/garbage.ckpt", "--to", "x"], "not a bsm Lightning checkpoint", id="export-garbage"
+    ),
     pytest.param(["export", "{ws}/ckpt/no_ckpt_dir", "--to", "x"], "checkpoint.ckpt", id="export-dir-without-ckpt"),
     pytest.param(["export", "{ws}/ckpt/model.ckpt", "--to", "file.txt"], "file.txt", id="export-to-a-file"),
     pytest.param(["export", "{ws}/ckpt/model.ckpt", "--to", "notes"], "notes", id="export-to-users-dir"),
     pytest.param(["export", "{ws}/ckpt/model.ckpt", "--to", "ftp://host/x"], "ftp://host/x", id="export-to-bad-scheme"),
     # ------------------------------------------------------------------ fetch (manifests)
-    pytest.param(["fetch", "{ws}/fexports/notjson", "--to", "f"], "manifest.json is not valid JSON", id="fetch-manifest-not-json"),
+    pytest.param(
+        ["fetch", "{ws}/fexports/notjson", "--to", "f"], "manifest.json is not valid JSON", id="fetch-manifest-not-json"
+    ),
     pytest.param(["fetch", "{ws}/fexports/unsafe", "--to", "f"], "unsafe path", id="fetch-manifest-unsafe-path"),
-    pytest.param(["fetch", "{ws}/fexports/nofiles", "--to", "f"], "\"files\"", id="fetch-manifest-no-files"),
+    pytest.param(["fetch", "{ws}/fexports/nofiles", "--to", "f"], '"files"', id="fetch-manifest-no-files"),
     pytest.param(["fetch", "{ws}/fexports/nomanifest", "--to", "f"], "manifest", id="fetch-no-manifest"),
     pytest.param(["fetch", "{ws}/fexports/tampered", "--to", "f"], ".onnx: checksum mismatch", id="fetch-tampered"),
     pytest.param(["fetch", "{ws}/fexports/good", "--to", "file.txt"], "file.txt", id="fetch-to-a-file"),
@@ -300,27 +402,93 @@ CASES = [
     pytest.param(["report", "{ws}/runs/missing"], "runs/missing does not exist", id="report-missing"),
     pytest.param(["report", "{ws}/data"], "is not a run, sweep or export directory", id="report-not-a-run"),
     pytest.param(["report", "no-such-run"], "no-such-run", id="report-unknown-run"),
-    pytest.param(["report", "{ws}/data", "--threshold", "2"], "--threshold must be between 0 and 1", id="report-threshold"),
+    pytest.param(
+        ["report", "{ws}/data", "--threshold", "2"], "--threshold must be between 0 and 1", id="report-threshold"
+    ),
     pytest.param(["report", "bsm-nope", "--address", "ftp://host"], "ftp://host", id="report-bad-address"),
     # ------------------------------------------------------------------ predict
-    pytest.param(["predict", "{ws}/exports/missing", "{ws}/data/good.parquet"], "exports/missing", id="predict-no-export"),
-    pytest.param(["predict", "{ws}/exports/notjson", "{ws}/data/good.parquet", "--out", "p.parquet"], "not valid JSON", id="predict-manifest-not-json"),
-    pytest.param(["predict", "{ws}/exports/tampered", "{ws}/data/good.parquet", "--out", "p.parquet"], "checksum mismatch", id="predict-tampered"),
-    pytest.param(["predict", "{ws}/exports/good", "{ws}/data/missing.parquet", "--out", "p.parquet"], "missing.parquet", id="predict-no-data"),
-    pytest.param(["predict", "{ws}/exports/good", "{ws}/data/nocol.parquet", "--out", "p.parquet"], "'dialogue'", id="predict-no-column"),
-    pytest.param(["predict", "{ws}/exports/good", "{ws}/data/good.parquet", "--out", "{ws}/data/good.parquet"], "--out", id="predict-out-is-input"),
-    pytest.param(["predict", "{ws}/exports/good", "{ws}/data/good.parquet", "--out", "p.xlsx"], "p.xlsx", id="predict-out-type"),
-    pytest.param(["predict", "{ws}/exports/good", "{ws}/data/good.parquet", "--out", "file.txt"], "file.txt", id="predict-out-existing-file"),
-    pytest.param(["predict", "{ws}/exports/good", "{ws}/data/good.parquet", "--out", "p.parquet", "--batch-size", "0"], "--batch-size", id="predict-batch-0"),
-    pytest.param(["predict", "{ws}/exports/good", "{ws}/data/good.parquet", "--out", "p.parquet", "--provider", "Bogus"], "Bogus", id="predict-provider"),
-    pytest.param(["predict", "{ws}/exports/good", "{ws}/data/mixed_ids.jsonl", "--out", "p.parquet"], "order_id", id="predict-mixed-ids"),
-    pytest.param(["predict", "{ws}/exports/good", "{ws}/data/garbage.parquet", "--out", "p.parquet"], "garbage.parquet", id="predict-not-parquet"),
-    pytest.param(["predict", "{ws}/exports/good", "{ws}/data/good.parquet", "--out", "p.parquet", "--threads", "0"], "--threads", id="predict-threads-0"),
-    pytest.param(["predict", "{ws}/exports/good", "{ws}/data/good.parquet", "--num-actors", "2"], "--num-actors only apply with --on-cluster", id="predict-actors-locally"),
-    pytest.param(["predict", "{ws}/exports/good", "{ws}/data/good.parquet", "--on-cluster"], "--on-cluster needs --out", id="predict-cluster-no-out"),
-    pytest.param(["predict", "{ws}/exports/good", "{ws}/data/good.parquet", "--on-cluster", "--out", "p.csv", "--dry-run"], "directory", id="predict-cluster-out-csv"),
-    pytest.param(["predict", "{ws}/exports/good", "{ws}/data/good.parquet", "--on-cluster", "--out", "{ws}/data", "--dry-run"], "overlaps the input", id="predict-cluster-out-overlaps"),
-]  # fmt: skip
+    pytest.param(
+        ["predict", "{ws}/exports/missing", "{ws}/data/good.parquet"], "exports/missing", id="predict-no-export"
+    ),
+    pytest.param(
+        ["predict", "{ws}/exports/notjson", "{ws}/data/good.parquet", "--out", "p.parquet"],
+        "not valid JSON",
+        id="predict-manifest-not-json",
+    ),
+    pytest.param(
+        ["predict", "{ws}/exports/tampered", "{ws}/data/good.parquet", "--out", "p.parquet"],
+        "checksum mismatch",
+        id="predict-tampered",
+    ),
+    pytest.param(
+        ["predict", "{ws}/exports/good", "{ws}/data/missing.parquet", "--out", "p.parquet"],
+        "missing.parquet",
+        id="predict-no-data",
+    ),
+    pytest.param(
+        ["predict", "{ws}/exports/good", "{ws}/data/nocol.parquet", "--out", "p.parquet"],
+        "'dialogue'",
+        id="predict-no-column",
+    ),
+    pytest.param(
+        ["predict", "{ws}/exports/good", "{ws}/data/good.parquet", "--out", "{ws}/data/good.parquet"],
+        "--out",
+        id="predict-out-is-input",
+    ),
+    pytest.param(
+        ["predict", "{ws}/exports/good", "{ws}/data/good.parquet", "--out", "p.xlsx"], "p.xlsx", id="predict-out-type"
+    ),
+    pytest.param(
+        ["predict", "{ws}/exports/good", "{ws}/data/good.parquet", "--out", "file.txt"],
+        "file.txt",
+        id="predict-out-existing-file",
+    ),
+    pytest.param(
+        ["predict", "{ws}/exports/good", "{ws}/data/good.parquet", "--out", "p.parquet", "--batch-size", "0"],
+        "--batch-size",
+        id="predict-batch-0",
+    ),
+    pytest.param(
+        ["predict", "{ws}/exports/good", "{ws}/data/good.parquet", "--out", "p.parquet", "--provider", "Bogus"],
+        "Bogus",
+        id="predict-provider",
+    ),
+    pytest.param(
+        ["predict", "{ws}/exports/good", "{ws}/data/mixed_ids.jsonl", "--out", "p.parquet"],
+        "order_id",
+        id="predict-mixed-ids",
+    ),
+    pytest.param(
+        ["predict", "{ws}/exports/good", "{ws}/data/garbage.parquet", "--out", "p.parquet"],
+        "garbage.parquet",
+        id="predict-not-parquet",
+    ),
+    pytest.param(
+        ["predict", "{ws}/exports/good", "{ws}/data/good.parquet", "--out", "p.parquet", "--threads", "0"],
+        "--threads",
+        id="predict-threads-0",
+    ),
+    pytest.param(
+        ["predict", "{ws}/exports/good", "{ws}/data/good.parquet", "--num-actors", "2"],
+        "--num-actors only apply with --on-cluster",
+        id="predict-actors-locally",
+    ),
+    pytest.param(
+        ["predict", "{ws}/exports/good", "{ws}/data/good.parquet", "--on-cluster"],
+        "--on-cluster needs --out",
+        id="predict-cluster-no-out",
+    ),
+    pytest.param(
+        ["predict", "{ws}/exports/good", "{ws}/data/good.parquet", "--on-cluster", "--out", "p.csv", "--dry-run"],
+        "directory",
+        id="predict-cluster-out-csv",
+    ),
+    pytest.param(
+        ["predict", "{ws}/exports/good", "{ws}/data/good.parquet", "--on-cluster", "--out", "{ws}/data", "--dry-run"],
+        "overlaps the input",
+        id="predict-cluster-out-overlaps",
+    ),
+]
 RUN_COMMANDS = {"submit", "tune"}
 
 

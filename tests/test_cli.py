@@ -49,7 +49,10 @@ def test_dry_run_with_8_gpus_plans_8_workers_with_one_gpu_each(tmp_path):
 
 def test_user_mistake_is_one_line_on_stderr_and_exit_1(tmp_path):
     for args, needle in [
-        (["--set", "reinit_layers=9"], "--reinit-layers must be between 0 and 6 (the model has 6 encoder layers), got 9"),
+        (
+            ["--set", "reinit_layers=9"],
+            "--reinit-layers must be between 0 and 6 (the model has 6 encoder layers), got 9",
+        ),
         (["--max-chunks", "0"], "--max-chunks must be between 1"),
         (["--train", str(tmp_path / "missing.parquet")], "--train"),
         (["--num-gpus", "2", "--num-workers", "3"], "--num-gpus"),
@@ -114,7 +117,19 @@ def test_tune_takes_every_option_of_submit():
 
 
 def test_every_command_that_returns_data_can_print_json():
-    for command in ("submit", "tune", "status", "list", "stop", "fetch", "export", "predict", "demo-data", "up", "report"):
+    for command in (
+        "submit",
+        "tune",
+        "status",
+        "list",
+        "stop",
+        "fetch",
+        "export",
+        "predict",
+        "demo-data",
+        "up",
+        "report",
+    ):
         assert "--json" in _options(command), command
 
 
@@ -148,8 +163,13 @@ def test_status_prints_why_a_job_failed_escaped_with_api_status_stubbed(monkeypa
     from raytune_bsm import api
     from raytune_bsm.cli import app
 
-    info = {"job_id": "bsm-x", "status": "FAILED", "error": "DataError: bad row\x1b]0;pwned\x07 \x1b[2J",
-            "run_dir": "/runs/x\r", "metrics": None}  # fmt: skip
+    info = {
+        "job_id": "bsm-x",
+        "status": "FAILED",
+        "error": "DataError: bad row\x1b]0;pwned\x07 \x1b[2J",
+        "run_dir": "/runs/x\r",
+        "metrics": None,
+    }
     monkeypatch.setattr(api, "status", lambda job_id=None, **kw: info)
     r = CliRunner().invoke(app, ["status", "bsm-x"])
     assert r.exit_code == 0

@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from conftest import TINY_SETS
 
 pytestmark = pytest.mark.slow
@@ -23,15 +22,31 @@ BARE_PATH = "/usr/bin:/bin"
 
 
 def _env(home: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH",
-                        "VIRTUAL_ENV", "PYTHONPATH")}  # fmt: skip
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k
+        not in (
+            "RAY_ADDRESS",
+            "RAY_API_SERVER_ADDRESS",
+            "RAY_AUTH_TOKEN",
+            "RAY_AUTH_TOKEN_PATH",
+            "VIRTUAL_ENV",
+            "PYTHONPATH",
+        )
+    }
     return {**env, "BSM_HOME": str(home), "PATH": BARE_PATH}
 
 
 def _bsm(home: Path, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "raytune_bsm.cli", *args], env=_env(home), cwd=home.parent,
-                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "raytune_bsm.cli", *args],
+        env=_env(home),
+        cwd=home.parent,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture

@@ -244,7 +244,9 @@ def test_down_stops_only_its_own_cluster(shared: Shared, tmp_path: Path, monkeyp
     monkeypatch.setenv("BSM_HOME", str(home))
     core = ("ray.scripts.scripts", "gcs_server", "raylet", "dashboard.py", "monitor.py")
     shared_tree = {  # long-lived processes only (idle workers come and go on their own)
-        pid: st for pid, st in processes.descendants(shared.rec.pid).items() if any(k in processes.cmdline(pid) for k in core)
+        pid: st
+        for pid, st in processes.descendants(shared.rec.pid).items()
+        if any(k in processes.cmdline(pid) for k in core)
     }
     assert len(shared_tree) >= 5
     rec = cl.up(num_cpus=1)  # BSM_HOME from the environment
@@ -324,7 +326,9 @@ class _FakeDashboard(http.server.BaseHTTPRequestHandler):
 
 @contextlib.contextmanager
 def _serve_fake_dashboard() -> Iterator[tuple[str, type[_FakeDashboard]]]:
-    handler = type("Handler", (_FakeDashboard,), {"mode": "token", "token": None, "nodes": [], "cluster_status": None, "seen": []})
+    handler = type(
+        "Handler", (_FakeDashboard,), {"mode": "token", "token": None, "nodes": [], "cluster_status": None, "seen": []}
+    )
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -449,9 +453,17 @@ def test_precedence_start_when_nothing_else(tmp_path: Path, monkeypatch: pytest.
         token_file = tmp_path / "t"
         token_file.write_text("started-token")
         return cl.LocalCluster(
-            "127.0.0.1:1", "http://127.0.0.1:2", 1, 1, 0, "/t", str(tmp_path / "log"), "now",
-            str(tmp_path / "runs"), token_file=str(token_file),
-        )  # fmt: skip
+            "127.0.0.1:1",
+            "http://127.0.0.1:2",
+            1,
+            1,
+            0,
+            "/t",
+            str(tmp_path / "log"),
+            "now",
+            str(tmp_path / "runs"),
+            token_file=str(token_file),
+        )
 
     monkeypatch.setattr(cl, "up", fake_up)
     with pytest.raises(ClusterError, match="bsm up"):
@@ -599,9 +611,11 @@ def remote_name(monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 def test_token_never_sent_over_plain_http_to_remote_host_resolver_mocked(
-    fake_dashboard: tuple[str, type[_FakeDashboard]], remote_name: str, tmp_path: Path,
+    fake_dashboard: tuple[str, type[_FakeDashboard]],
+    remote_name: str,
+    tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
-) -> None:  # fmt: skip
+) -> None:
     url, handler = fake_dashboard
     handler.token = "remote-secret-token"
     monkeypatch.setenv("RAY_AUTH_TOKEN", "remote-secret-token")
@@ -609,8 +623,12 @@ def test_token_never_sent_over_plain_http_to_remote_host_resolver_mocked(
     conn = cn.resolve_connection(address, start=False, home=tmp_path)
     assert not conn.is_local and conn.token == "remote-secret-token"
     # Every way in refuses before the token leaves: connect (check first), a client or a resources query.
-    for call in (lambda: cn.connect(address, start=False, home=tmp_path), lambda: cn.job_client(conn),
-                 lambda: cn.cluster_resources(conn), lambda: cn.check_secure(conn, allow_insecure=False)):  # fmt: skip
+    for call in (
+        lambda: cn.connect(address, start=False, home=tmp_path),
+        lambda: cn.job_client(conn),
+        lambda: cn.cluster_resources(conn),
+        lambda: cn.check_secure(conn, allow_insecure=False),
+    ):
         with pytest.raises(ClusterError, match="over plain http.*--allow-insecure") as err:
             call()
         assert "remote-secret-token" not in str(err.value)
@@ -625,9 +643,11 @@ def test_token_never_sent_over_plain_http_to_remote_host_resolver_mocked(
 
 
 def test_ray_address_env_never_redirects_the_token_resolver_mocked(
-    fake_dashboard: tuple[str, type[_FakeDashboard]], remote_name: str, tmp_path: Path,
+    fake_dashboard: tuple[str, type[_FakeDashboard]],
+    remote_name: str,
+    tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
-) -> None:  # fmt: skip
+) -> None:
     """Ray's JobSubmissionClient lets RAY_ADDRESS override the address it is given; bsm's client does not."""
     url, handler = fake_dashboard
     handler.token = "cluster-a-token"
@@ -644,9 +664,11 @@ def test_ray_address_env_never_redirects_the_token_resolver_mocked(
 
 
 def test_insecure_remote_cluster_gets_no_token_resolver_mocked(
-    fake_dashboard: tuple[str, type[_FakeDashboard]], remote_name: str, tmp_path: Path,
+    fake_dashboard: tuple[str, type[_FakeDashboard]],
+    remote_name: str,
+    tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
-) -> None:  # fmt: skip
+) -> None:
     url, handler = fake_dashboard
     handler.mode = "disabled"
     monkeypatch.setenv("RAY_AUTH_TOKEN", "not-for-this-cluster")

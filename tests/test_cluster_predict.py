@@ -10,7 +10,6 @@ import os
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import write_parquet
 from test_predict import exported  # noqa: F401  (fixture: a tiny 3-class export, built once per session)
 
@@ -41,8 +40,9 @@ def ray_dashboard(s3_server):
     import ray
 
     with s3_server.environment():
-        ctx = ray.init(address="local", num_cpus=3, include_dashboard=True, dashboard_host="127.0.0.1",
-                       logging_level="ERROR")  # fmt: skip
+        ctx = ray.init(
+            address="local", num_cpus=3, include_dashboard=True, dashboard_host="127.0.0.1", logging_level="ERROR"
+        )
     try:
         yield f"http://{ctx.dashboard_url}"
     finally:
@@ -54,8 +54,9 @@ def test_on_cluster_predictions_on_s3_match_local_predict_row_for_row(exported, 
     export = s3.upload(exported.dest, "export")
     data = s3.upload(parts, "in")
     out = s3.uri("predictions")
-    job_id = predict_on_cluster(export, data, out, address=ray_dashboard, num_actors=2, batch_size=8,
-                                rows_per_batch=8)  # fmt: skip  (6 blocks over 2 actors)
+    job_id = predict_on_cluster(
+        export, data, out, address=ray_dashboard, num_actors=2, batch_size=8, rows_per_batch=8
+    )  # 6 blocks over 2 actors
     state = jobs.wait(job_id, address=ray_dashboard, timeout=900)
     log = io.StringIO()
     jobs.logs(job_id, address=ray_dashboard, out=log)
@@ -77,7 +78,9 @@ def test_on_cluster_predictions_on_s3_match_local_predict_row_for_row(exported, 
     for name in local.column_names[2:]:
         a, b = remote.column(name).to_numpy(), local.column(name).to_numpy()
         assert abs(a - b).max() < 1e-5, name
-    summary = json.loads(s3.client().get_object(Bucket=s3.bucket, Key=f"{s3.prefix}/predictions/_bsm_predict.json")["Body"].read())
+    summary = json.loads(
+        s3.client().get_object(Bucket=s3.bucket, Key=f"{s3.prefix}/predictions/_bsm_predict.json")["Body"].read()
+    )
     assert (summary["rows"], summary["inputs"], summary["files"]) == (45, FILES, len(files))
 
     # The same output again is refused by the client before anything is submitted; so are GPUs it lacks.
@@ -105,8 +108,16 @@ def parquet_bytes(table: pa.Table) -> bytes:
 
 
 def test_dry_run_plan_with_cuda_asks_one_gpu_per_actor_and_contacts_nothing(exported, parts, tmp_path):  # noqa: F811
-    plan = predict_on_cluster(str(exported.dest), str(parts), str(tmp_path / "preds"), address="http://127.0.0.1:9",
-                              provider="CUDAExecutionProvider", num_actors=4, dry_run=True, name="nightly")  # fmt: skip
+    plan = predict_on_cluster(
+        str(exported.dest),
+        str(parts),
+        str(tmp_path / "preds"),
+        address="http://127.0.0.1:9",
+        provider="CUDAExecutionProvider",
+        num_actors=4,
+        dry_run=True,
+        name="nightly",
+    )
     assert plan["kind"] == "predict" and plan["submission_id"] == "bsm-nightly"
     assert plan["entrypoint"] == ENTRYPOINT == "python -m raytune_bsm.runner.batch_predict bsm_job.json"
     assert plan["scaling"]["actors"] == 4

@@ -94,6 +94,7 @@ def test_cluster_installs_the_ray_version_the_client_pins(config: dict) -> None:
     """The Jobs API client and the cluster must run the same Ray: pyproject pins it, cluster.yaml installs it,
     and any container image it names is one that exists for that version (ray-ml images stopped after 2.49)."""
     import re
+
     import tomllib
 
     deps = tomllib.loads((CLUSTER_YAML.parent / "pyproject.toml").read_text())["project"]["dependencies"]

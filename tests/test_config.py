@@ -100,16 +100,42 @@ def test_search_space_file_is_what_the_tune_plan_samples():
 
 
 def test_tune_takes_the_submit_options_with_the_same_meaning_per_trial():
-    run = dry_run("tune", "--name", "t", "--num-workers", "2", "--cpus-per-worker", "1", "--lr", "1e-4",
-                  "--max-chunks", "3", "--batch-size", "4")["config"]  # fmt: skip
+    run = dry_run(
+        "tune",
+        "--name",
+        "t",
+        "--num-workers",
+        "2",
+        "--cpus-per-worker",
+        "1",
+        "--lr",
+        "1e-4",
+        "--max-chunks",
+        "3",
+        "--batch-size",
+        "4",
+    )["config"]
     assert run["scaling"]["num_workers"] == 2 and run["scaling"]["cpus_per_worker"] == 1
     assert run["model"]["lr"] == 1e-4 and run["model"]["max_chunks"] == 3 and run["data"]["batch_size"] == 4
     assert "model.lr" not in run["tune"]["search_space"]  # given as a flag: fixed in every trial, not sampled
     assert "model.warmup_ratio" in run["tune"]["search_space"]
     gpus = dry_run("tune", "--name", "g", "--num-gpus", "2")
     assert gpus["scaling"]["num_workers"] == 2 and gpus["scaling"]["resources_per_worker"]["GPU"] == 1
-    same = dry_run("submit", "--name", "t", "--num-workers", "2", "--cpus-per-worker", "1", "--lr", "1e-4",
-                   "--max-chunks", "3", "--batch-size", "4")["config"]  # fmt: skip
+    same = dry_run(
+        "submit",
+        "--name",
+        "t",
+        "--num-workers",
+        "2",
+        "--cpus-per-worker",
+        "1",
+        "--lr",
+        "1e-4",
+        "--max-chunks",
+        "3",
+        "--batch-size",
+        "4",
+    )["config"]
     for section in ("model", "data", "scaling"):
         assert run[section] == same[section], section
 
@@ -124,8 +150,10 @@ def test_numbers_without_a_dot_are_numbers_everywhere(tmp_path):
     config = dry_run("submit", "--name", "n", "--config", str(recipe))["config"]
     assert config["model"]["lr"] == 1e-5 and config["model"]["weight_decay"] == 1e-3
     assert config["train"]["precision"] == "32"
-    assert apply_overrides({}, ["data.batch_size=16", "use_gpu=false"]) == {"data": {"batch_size": 16},
-                                                                           "scaling": {"use_gpu": False}}  # fmt: skip
+    assert apply_overrides({}, ["data.batch_size=16", "use_gpu=false"]) == {
+        "data": {"batch_size": 16},
+        "scaling": {"use_gpu": False},
+    }
 
 
 @pytest.mark.parametrize(
@@ -148,12 +176,16 @@ def test_a_bad_set_value_names_the_key_and_the_value(sets, message):
 def test_a_bad_recipe_value_names_the_file_and_the_key(tmp_path):
     recipe = tmp_path / "train.yaml"
     recipe.write_text("model:\n  lr: abc\n")
-    assert fails("submit", "--dry-run", "--config", str(recipe)) == f"--config {recipe}: model.lr: expected a number, got 'abc'"
+    assert (
+        fails("submit", "--dry-run", "--config", str(recipe))
+        == f"--config {recipe}: model.lr: expected a number, got 'abc'"
+    )
     recipe.write_text("data: [1, 2]\n")
     assert "data: expected a mapping" in fails("submit", "--dry-run", "--config", str(recipe))
     recipe.write_text("tune:\n  num_samples: many\n")
     assert fails("tune", "--dry-run", "--config", str(recipe)) == (
-        f"--config {recipe}: tune.num_samples: expected an integer, got 'many'")
+        f"--config {recipe}: tune.num_samples: expected an integer, got 'many'"
+    )
 
 
 def test_stored_records_are_type_checked_too():
@@ -167,7 +199,8 @@ def test_stored_records_are_type_checked_too():
 
 def test_model_must_exist_or_look_like_a_hub_name(tmp_path):
     assert fails("submit", "--dry-run", "--model", "/nonexistent") == (
-        "--model /nonexistent: no such directory, and not a Hugging Face model name (org/name)")
+        "--model /nonexistent: no such directory, and not a Hugging Face model name (org/name)"
+    )
     assert "--model ./nope" in fails("submit", "--dry-run", "--model", "./nope")
     assert dry_run("submit", "--model", "someorg/somemodel")["config"]["model"]["tokenizer"] == "someorg/somemodel"
     assert dry_run("submit", "--model", "sentence-transformers/all-MiniLM-L6-v2")["config"]["model"]["tokenizer"]
@@ -179,7 +212,9 @@ def test_storage_is_made_absolute_and_unknown_schemes_are_refused(tmp_path, monk
     assert plan["config"]["storage"] == str(tmp_path / "runs")
     assert plan["metadata"]["bsm_run_dir"] == str(tmp_path / "runs" / "s")
     assert dry_run("submit", "--storage", "s3://bucket/runs")["config"]["storage"] == "s3://bucket/runs"
-    assert fails("submit", "--dry-run", "--storage", "ftp://host/runs").startswith("--storage ftp://host/runs: unknown scheme ftp://")
+    assert fails("submit", "--dry-run", "--storage", "ftp://host/runs").startswith(
+        "--storage ftp://host/runs: unknown scheme ftp://"
+    )
     assert "needs a bucket" in fails("submit", "--dry-run", "--storage", "s3://")
     assert not list(tmp_path.iterdir())  # a dry run writes nothing
 
@@ -203,7 +238,10 @@ def test_submit_resume_continues_the_stored_run_under_its_name_and_storage(tmp_p
     assert resumed["entrypoint"] == plan["entrypoint"]
 
     assert fails("submit", "--dry-run", "--resume", "r1", "--storage", str(storage), "--lr", "1") == (
-        "--resume r1 continues the run as it was submitted; drop --lr")
+        "--resume r1 continues the run as it was submitted; drop --lr"
+    )
     assert "no run 'r2'" in fails("submit", "--dry-run", "--resume", "r2", "--storage", str(storage))
     (storage / "r1" / "bsm_config.json").write_text("{not json")
-    assert "bsm_config.json: not valid JSON" in fails("submit", "--dry-run", "--resume", "r1", "--storage", str(storage))
+    assert "bsm_config.json: not valid JSON" in fails(
+        "submit", "--dry-run", "--resume", "r1", "--storage", str(storage)
+    )

@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from conftest import TINY_ENCODER, write_parquet
 
 from raytune_bsm.config import RunConfig
 from raytune_bsm.data.dataset import (
@@ -24,8 +25,6 @@ from raytune_bsm.data.dataset import (
 )
 from raytune_bsm.errors import DataError
 from raytune_bsm.runner.worker import prepare, train_loop
-
-from conftest import TINY_ENCODER, write_parquet
 
 CFG = DataConfig(label_field="label")
 
@@ -239,22 +238,42 @@ def bad_inputs(tmp: Path) -> dict[str, tuple[dict, list[str]]]:
 
     case("missing label column", write_parquet(tmp / "a.parquet", **no_label), ["'label'", "--label-field"])
     case("missing text column", write_parquet(tmp / "b.parquet", **no_text), ["'dialogue'", "--text-field"])
-    case("missing id column", write_parquet(tmp / "b2.parquet", **records(4)), ["'ticket'", "--id-field"],
-         id_field="ticket")  # fmt: skip
+    case(
+        "missing id column",
+        write_parquet(tmp / "b2.parquet", **records(4)),
+        ["'ticket'", "--id-field"],
+        id_field="ticket",
+    )
     case("float labels", write_parquet(tmp / "c.parquet", **{**r, "label": [0.0, 1.0] * 3}), ["'label'", "double"])
     case("int text", write_parquet(tmp / "d.parquet", **{**r, "dialogue": list(range(6))}), ["'dialogue'", "int64"])
-    case("null labels", write_parquet(tmp / "e.parquet", **{**r, "label": [0, None, 1, None, 0, 1]}),
-         ["'label'", "2 null label(s), rows 1, 3"])  # fmt: skip
+    case(
+        "null labels",
+        write_parquet(tmp / "e.parquet", **{**r, "label": [0, None, 1, None, 0, 1]}),
+        ["'label'", "2 null label(s), rows 1, 3"],
+    )
     csv_nulls = {**r, "label": ["a", "", "b", "a", "", "b"]}  # an empty CSV field is a null, not a class ""
     case("null labels in csv", write_csv(tmp / "e.csv", csv_nulls), ["'label'", "2 null label(s), rows 1, 4"])
-    case("int label outside num_classes", write_parquet(tmp / "n.parquet", **{**r, "label": [0, 1, -1, 0, 3, 0]}),
-         ["'label'", "2 label(s) outside 0..1 (num_classes)", "row 2 (-1), row 4 (3)"], model={"num_classes": 2})
-    case("single int class", write_parquet(tmp / "s1.parquet", **{**r, "label": [7] * 6}),
-         ["'label'", "single class '7'"])
-    case("single bool class", write_parquet(tmp / "s2.parquet", **{**r, "label": [True] * 6}),
-         ["'label'", "single class 'True'"])
-    case("too many int classes", write_parquet(tmp / "many.parquet", **records(10_050, labels=list(range(10_050)))),
-         ["'label'", "10,050 distinct labels", "more than the 10,000 classes", "--label-field"])
+    case(
+        "int label outside num_classes",
+        write_parquet(tmp / "n.parquet", **{**r, "label": [0, 1, -1, 0, 3, 0]}),
+        ["'label'", "2 label(s) outside 0..1 (num_classes)", "row 2 (-1), row 4 (3)"],
+        model={"num_classes": 2},
+    )
+    case(
+        "single int class",
+        write_parquet(tmp / "s1.parquet", **{**r, "label": [7] * 6}),
+        ["'label'", "single class '7'"],
+    )
+    case(
+        "single bool class",
+        write_parquet(tmp / "s2.parquet", **{**r, "label": [True] * 6}),
+        ["'label'", "single class 'True'"],
+    )
+    case(
+        "too many int classes",
+        write_parquet(tmp / "many.parquet", **records(10_050, labels=list(range(10_050)))),
+        ["'label'", "10,050 distinct labels", "more than the 10,000 classes", "--label-field"],
+    )
     case("duplicated csv column", tmp / "dup.csv", ["column 'label' appears 2 times (columns 3, 4)"])
     (tmp / "dup.csv").write_text("order_id,dialogue,label,label\n1,hi,0,1\n2,yo,1,0\n")
     (tmp / "latin1.csv").write_bytes("order_id,dialogue,label\n1,hi,0\n2,caf\u00e9 cr\u00e8me,1\n".encode("latin-1"))
@@ -263,8 +282,11 @@ def bad_inputs(tmp: Path) -> dict[str, tuple[dict, list[str]]]:
     case("csv row with an extra field", tmp / "ragged.csv", ["row 2 (line 4) has 4 fields, the header has 3"])
     (tmp / "empty.csv").write_bytes(b"")
     case("empty csv file", tmp / "empty.csv", ["the file is empty"])
-    case("csv mixing integer and text labels", write_csv(tmp / "mixed.csv", {**r, "label": [0, 1, "yes", 0, 1, 1]}),
-         ["'label'", "mixes integer and text labels", "row 2 ('yes')"])
+    case(
+        "csv mixing integer and text labels",
+        write_csv(tmp / "mixed.csv", {**r, "label": [0, 1, "yes", 0, 1, 1]}),
+        ["'label'", "mixes integer and text labels", "row 2 ('yes')"],
+    )
     (tmp / "mixed.jsonl").write_text('{"dialogue": "hi", "label": 0}\n{"dialogue": "yo", "label": "one"}\n')
     case("jsonl mixing integer and text labels", tmp / "mixed.jsonl", ["row 1 (line 2)", "column 'label'"])
     (tmp / "ids").mkdir()
@@ -290,17 +312,25 @@ def bad_inputs(tmp: Path) -> dict[str, tuple[dict, list[str]]]:
     case("no file matches the glob", tmp / "nothing-*.parquet", ["no file matches"])
     case("nonexistent path", tmp / "missing.parquet", ["no such file"])
     empties = {**r, "dialogue": ["hi", "", "there", None, " \n ", "ok"]}
-    case("empty dialogues with empty_dialogues=error", write_parquet(tmp / "j.parquet", **empties),
-         ["'dialogue'", "3 empty dialogue(s), rows 1, 3, 4"], empty_dialogues="error")  # fmt: skip
-    case("every dialogue empty", write_parquet(tmp / "k.parquet", **{**r, "dialogue": [""] * 6}),
-         ["'dialogue'", "every dialogue"])  # fmt: skip
+    case(
+        "empty dialogues with empty_dialogues=error",
+        write_parquet(tmp / "j.parquet", **empties),
+        ["'dialogue'", "3 empty dialogue(s), rows 1, 3, 4"],
+        empty_dialogues="error",
+    )
+    case(
+        "every dialogue empty",
+        write_parquet(tmp / "k.parquet", **{**r, "dialogue": [""] * 6}),
+        ["'dialogue'", "every dialogue"],
+    )
     # A directory: the error names the part file and the row within it, not the directory and a global row.
     d = tmp / "dir"
     write_parquet(d / "part-0.parquet", **records(5))
     write_parquet(d / "part-1.parquet", **{**records(5), "label": [0, 1, None, 0, 1]})
     cases["null label in the second file of a directory"] = (
-        {"train": str(d)}, [str(d / "part-1.parquet"), "'label'", "1 null label(s), row 2"]
-    )  # fmt: skip
+        {"train": str(d)},
+        [str(d / "part-1.parquet"), "'label'", "1 null label(s), row 2"],
+    )
     g = tmp / "glob"
     write_parquet(g / "part-0.parquet", **records(5))
     garbage(g / "part-1.parquet")
@@ -309,14 +339,38 @@ def bad_inputs(tmp: Path) -> dict[str, tuple[dict, list[str]]]:
 
 
 BAD = [
-    "missing label column", "missing text column", "missing id column", "float labels", "int text", "null labels",
-    "null labels in csv", "int label outside num_classes", "single class", "single int class", "single bool class",
-    "too many int classes", "duplicated csv column", "non-utf8 csv", "csv row with an extra field", "empty csv file",
-    "csv mixing integer and text labels", "jsonl mixing integer and text labels", "id types differ between files", "unknown label in val",
-    "string labels in test, int in train", "parquet with 0 rows", "csv with only a header", "empty jsonl file",
-    "corrupt parquet", "no file matches the glob", "nonexistent path", "empty dialogues with empty_dialogues=error",
-    "every dialogue empty", "null label in the second file of a directory", "corrupt file among a glob",
-]  # fmt: skip
+    "missing label column",
+    "missing text column",
+    "missing id column",
+    "float labels",
+    "int text",
+    "null labels",
+    "null labels in csv",
+    "int label outside num_classes",
+    "single class",
+    "single int class",
+    "single bool class",
+    "too many int classes",
+    "duplicated csv column",
+    "non-utf8 csv",
+    "csv row with an extra field",
+    "empty csv file",
+    "csv mixing integer and text labels",
+    "jsonl mixing integer and text labels",
+    "id types differ between files",
+    "unknown label in val",
+    "string labels in test, int in train",
+    "parquet with 0 rows",
+    "csv with only a header",
+    "empty jsonl file",
+    "corrupt parquet",
+    "no file matches the glob",
+    "nonexistent path",
+    "empty dialogues with empty_dialogues=error",
+    "every dialogue empty",
+    "null label in the second file of a directory",
+    "corrupt file among a glob",
+]
 
 
 @pytest.fixture

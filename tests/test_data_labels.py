@@ -53,8 +53,10 @@ def test_large_integer_labels_with_few_values_are_a_few_class_problem_and_say_so
     assert labels.names == ["7", "42", "1000000"] and labels.kind == "int"
     assert split.labels.tolist() == [2, 0, 2, 0, 1]
     said = [r.getMessage() for r in caplog.records if r.name == "raytune_bsm.data.labels"]
-    assert said == [f"{path}: column 'label' holds 3 distinct integer labels (7, 42, 1000000), not 0..2: "
-                    "3 classes named by their values"]  # fmt: skip
+    assert said == [
+        f"{path}: column 'label' holds 3 distinct integer labels (7, 42, 1000000), not 0..2: "
+        "3 classes named by their values"
+    ]
 
 
 def test_labels_0_to_k_keep_their_value_as_the_index_without_a_note(tmp_path, caplog):
@@ -97,8 +99,9 @@ def test_a_single_class_is_refused_for_every_label_type(tmp_path, values, num_cl
     path = write(tmp_path / "t.parquet", values)
     with pytest.raises(DataError) as e:
         load_split(str(path), CFG, None, num_classes=num_classes)
-    assert str(e.value) == (f"{path}: column 'label' has a single class {shown} in every row; "
-                            "need at least two classes")  # fmt: skip
+    assert str(e.value) == (
+        f"{path}: column 'label' has a single class {shown} in every row; need at least two classes"
+    )
 
 
 def test_booleans_are_two_classes_and_num_classes_must_agree(tmp_path):

@@ -8,14 +8,13 @@ import collections
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from test_data_sources import ALL_IDS, FILES, PER_FILE, part, write_parts
 
 from raytune_bsm.config import DataConfig
 from raytune_bsm.data.processor import ChunkProcessor, ProcessorConfig
 from raytune_bsm.data.ray_data import prepare_split
 from raytune_bsm.data.splits import load_split
 from raytune_bsm.errors import DataError
-
-from test_data_sources import ALL_IDS, FILES, PER_FILE, part, write_parts
 
 pytestmark = pytest.mark.slow
 CFG = DataConfig(label_field="label")
@@ -28,8 +27,13 @@ def ray_cluster(s3_server):
     runtime environment, as they would on a real cluster's nodes)."""
     import ray
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR",
-             runtime_env={"env_vars": dict(s3_server.env)})  # fmt: skip
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        logging_level="ERROR",
+        runtime_env={"env_vars": dict(s3_server.env)},
+    )
     try:
         yield
     finally:
@@ -94,8 +98,9 @@ def test_a_csv_row_that_breaks_past_the_schema_check_is_one_line_naming_file_and
     with pytest.raises(DataError) as remote:
         prepare_split(str(d), CFG, PROC)
     assert type(remote.value) is DataError and str(remote.value) == str(local.value)
-    assert str(remote.value) == (f"{d / 'part-3.csv'}: row 30000 (line 30002) has 4 fields, the header has 3; "
-                                 "quote values that hold a ','")  # fmt: skip
+    assert str(remote.value) == (
+        f"{d / 'part-3.csv'}: row 30000 (line 30002) has 4 fields, the header has 3; quote values that hold a ','"
+    )
 
 
 def test_a_big_parquet_file_is_read_by_several_tasks_each_row_once(ray_cluster, tmp_path, monkeypatch):

@@ -25,7 +25,11 @@ PER_FILE = 7
 
 def part(k: int, n: int = PER_FILE) -> dict[str, list]:
     ids = list(range(k * 100, k * 100 + n))
-    return {"order_id": ids, "dialogue": [f"buyer: order {i}?\nseller: shipped" for i in ids], "label": [i % 2 for i in ids]}
+    return {
+        "order_id": ids,
+        "dialogue": [f"buyer: order {i}?\nseller: shipped" for i in ids],
+        "label": [i % 2 for i in ids],
+    }
 
 
 def write_parts(d: Path, fmt: str = "parquet", bad_row_in: int | None = None, bad_row: int = 3) -> Path:
@@ -199,8 +203,10 @@ def test_schema_check_before_submission_reads_no_file_whole(tmp_path, s3, fmt):
     s3.upload(bad, f"train/part-4.{fmt}")
     with pytest.raises(DataError) as e:
         check_schema(uri, CFG)
-    assert str(e.value) == (f"{uri}/part-4.{fmt}: missing column 'label' (columns are order_id, dialogue, target); "
-                            "name the right one with --label-field")  # fmt: skip
+    assert str(e.value) == (
+        f"{uri}/part-4.{fmt}: missing column 'label' (columns are order_id, dialogue, target); "
+        "name the right one with --label-field"
+    )
 
 
 def test_non_utf8_jsonl_and_tsv(tmp_path):
@@ -208,7 +214,9 @@ def test_non_utf8_jsonl_and_tsv(tmp_path):
     jsonl.write_bytes(b'{"dialogue": "hi", "label": 0}\n{"dialogue": "caf\xe9", "label": 1}\n')
     with pytest.raises(DataError) as e:
         load_split(str(jsonl), CFG, None)
-    assert str(e.value) == f"{jsonl}: column 'dialogue' is not UTF-8 text, row 1 has invalid bytes; save the file as UTF-8"
+    assert (
+        str(e.value) == f"{jsonl}: column 'dialogue' is not UTF-8 text, row 1 has invalid bytes; save the file as UTF-8"
+    )
     tsv = tmp_path / "t.tsv"
     tsv.write_text("order_id\tdialogue\tlabel\n1\thello, there\t0\n2\tbye\t1\n")
     split = load_split(str(tsv), CFG, None)[0]

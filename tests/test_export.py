@@ -13,18 +13,17 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-
 from conftest import TINY_ENCODER, write_parquet
 
+from raytune_bsm.data.dataset import Collate, DataConfig, EncodedDataset, load_split
+from raytune_bsm.data.processor import ChunkProcessor, ProcessorConfig
+from raytune_bsm.demo.generator import make_dialogues
+from raytune_bsm.errors import ConfigError, ExportError
 from raytune_bsm.layout import parse_manifest
 from raytune_bsm.model import export as export_mod
 from raytune_bsm.model import publish as publish_mod
-from raytune_bsm.data.dataset import Collate, DataConfig, EncodedDataset, load_split
-from raytune_bsm.demo.generator import make_dialogues
-from raytune_bsm.errors import ConfigError, ExportError
 from raytune_bsm.model.export import export_checkpoint
 from raytune_bsm.model.text_bert import TextBertClassifier, load_checkpoint
-from raytune_bsm.data.processor import ChunkProcessor, ProcessorConfig
 
 CLASSES = ["keep", "reverse"]
 MODEL_CFG = {
@@ -65,8 +64,15 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
 
     pl.seed_everything(0)
     model = TextBertClassifier(MODEL_CFG)
-    trainer = pl.Trainer(max_steps=1, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    trainer = pl.Trainer(
+        max_steps=1,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(model, loader)
     ckpt_dir = root / "checkpoint_000000"
     trainer.save_checkpoint(ckpt_dir / "checkpoint.ckpt")
@@ -74,11 +80,23 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     val_batches = [collate(list(range(0, 5))), collate(list(range(5, 12)))]
     dest = root / "run" / "export"
     steps: list[tuple[str, int, int]] = []
-    manifest = export_checkpoint(str(ckpt_dir), str(dest), val_batches=val_batches, metrics={"val_accuracy": 0.5},
-                                 progress=lambda *a: steps.append(a))  # fmt: skip
-    return SimpleNamespace(root=root, ckpt_dir=ckpt_dir, dest=dest, manifest=manifest, processor=processor,
-                           model=load_checkpoint(ckpt_dir / "checkpoint.ckpt"), val_batches=val_batches,
-                           steps=steps)  # fmt: skip
+    manifest = export_checkpoint(
+        str(ckpt_dir),
+        str(dest),
+        val_batches=val_batches,
+        metrics={"val_accuracy": 0.5},
+        progress=lambda *a: steps.append(a),
+    )
+    return SimpleNamespace(
+        root=root,
+        ckpt_dir=ckpt_dir,
+        dest=dest,
+        manifest=manifest,
+        processor=processor,
+        model=load_checkpoint(ckpt_dir / "checkpoint.ckpt"),
+        val_batches=val_batches,
+        steps=steps,
+    )
 
 
 def fresh_inputs(pad_id: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -102,8 +120,17 @@ def fresh_inputs(pad_id: int, seed: int) -> list[tuple[torch.Tensor, torch.Tenso
 
 def test_export_writes_every_file_and_a_correct_manifest(trained):
     dest, man = trained.dest, trained.manifest
-    for name in ("model.onnx", "model.int8.onnx", "model.chunks.onnx", "model.chunks.int8.onnx", "model.head.onnx",
-                 "model.torchscript.pt", "tokenizer/tokenizer.json", "bsm_model.json", "manifest.json"):  # fmt: skip
+    for name in (
+        "model.onnx",
+        "model.int8.onnx",
+        "model.chunks.onnx",
+        "model.chunks.int8.onnx",
+        "model.head.onnx",
+        "model.torchscript.pt",
+        "tokenizer/tokenizer.json",
+        "bsm_model.json",
+        "manifest.json",
+    ):
         assert (dest / name).is_file(), name
     assert not (dest / "model.packed.onnx").exists()  # replaced by the chunk graph
     on_disk = json.loads((dest / "manifest.json").read_text())
@@ -359,7 +386,10 @@ def test_chunk_and_head_graphs_have_dynamic_chunks_tokens_records(trained):
     dims = {i.name: [d.dim_param for d in i.type.tensor_type.shape.dim] for i in graph.input}
     assert dims == {"input_ids": ["chunks", "tokens"], "attention_mask": ["chunks", "tokens"]}
     out = graph.output[0]
-    assert out.name == "features" and [d.dim_param or d.dim_value for d in out.type.tensor_type.shape.dim] == ["chunks", 32]
+    assert out.name == "features" and [d.dim_param or d.dim_value for d in out.type.tensor_type.shape.dim] == [
+        "chunks",
+        32,
+    ]
     head = onnx.load(str(trained.dest / "model.head.onnx")).graph
     assert [i.name for i in head.input] == ["features"] and [o.name for o in head.output] == ["logits"]
     assert head.input[0].type.tensor_type.shape.dim[0].dim_param == "records"
@@ -425,8 +455,10 @@ def test_int8_models_are_quantized_checked_and_recorded_per_precision(trained):
             total += len(logits)
         assert prec[p]["accuracy"] == pytest.approx(right / total), p
     with torch.no_grad():  # fp32's metric stands for PyTorch's
-        torch_right = sum(int((trained.model.logits(b[IDS], b[MASK]).argmax(1) == b["reversal_flag"]).sum())
-                          for b in trained.val_batches)  # fmt: skip
+        torch_right = sum(
+            int((trained.model.logits(b[IDS], b[MASK]).argmax(1) == b["reversal_flag"]).sum())
+            for b in trained.val_batches
+        )
     assert prec["fp32"]["accuracy"] == pytest.approx(torch_right / 12)
 
 
@@ -441,7 +473,9 @@ def test_int8_graphs_fill_masked_attention_keys_with_a_moderate_value(trained):
     assert trained.manifest["exporter"]["int8"]["attention_mask_fill"] == quantize.MASK_FILL
     for name in ("model.chunks.int8.onnx", "model.int8.onnx", "model.chunks.onnx"):
         graph = onnx.load(str(trained.dest / name)).graph
-        fills = {i.name: float(numpy_helper.to_array(i)) for i in graph.initializer if i.name.endswith("attention_mask_fill")}
+        fills = {
+            i.name: float(numpy_helper.to_array(i)) for i in graph.initializer if i.name.endswith("attention_mask_fill")
+        }
         where = [list(n.input) for n in graph.node if n.op_type == "Where" and any(i in fills for i in n.input)]
         if "int8" in name:
             assert list(fills.values()) == [quantize.MASK_FILL] and len(where) == 1, name
@@ -455,8 +489,10 @@ def test_int8_graphs_fill_masked_attention_keys_with_a_moderate_value(trained):
     assert quantize.soften_attention_mask(softened) == 1
     ids = np.array([[101, 2023, 2003, 1037, 3231, 102, 0, 0], [101, 2023, 102, 0, 0, 0, 0, 0]], dtype=np.int64)
     feeds = {"input_ids": ids, "attention_mask": (ids != 0).astype(np.int64)}
-    before, after = (ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
-                     for m in (fp32, softened))  # fmt: skip
+    before, after = (
+        ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+        for m in (fp32, softened)
+    )
     assert np.abs(before - after).max() <= 1e-6
 
 

@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from typer.testing import CliRunner
-
 from conftest import TINY_ENCODER
+from typer.testing import CliRunner
 
 from raytune_bsm import api
 from raytune_bsm.cli.app import app
@@ -45,8 +44,16 @@ def crafted(tmp_path: Path) -> tuple[Path, Path]:
 
 def _tiny_checkpoint(path: Path) -> Path:
     torch.manual_seed(0)
-    model = TextBertClassifier({"text_name": "dialogue", "label_name": "y", "tokenizer": "all-MiniLM-L6-v2",
-                                "encoder_config": TINY_ENCODER, "max_chunks": 2, "max_tokens": 16})  # fmt: skip
+    model = TextBertClassifier(
+        {
+            "text_name": "dialogue",
+            "label_name": "y",
+            "tokenizer": "all-MiniLM-L6-v2",
+            "encoder_config": TINY_ENCODER,
+            "max_chunks": 2,
+            "max_tokens": 16,
+        }
+    )
     torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}, path)
     return path
 
@@ -69,7 +76,9 @@ def test_bsm_export_refuses_a_crafted_checkpoint_and_a_ray_checkpoint_dir_holdin
         r = CliRunner().invoke(app, ["export", str(source), "--to", "out"], prog_name="bsm")
         assert r.exit_code == 1, r.output
         lines = r.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("bsm: error: ") and ".open, which bsm never loads" in lines[0], r.stderr
+        assert len(lines) == 1 and lines[0].startswith("bsm: error: ") and ".open, which bsm never loads" in lines[0], (
+            r.stderr
+        )
         assert not marker.exists()
         assert not (tmp_path / "out").exists()
 
@@ -79,8 +88,11 @@ def test_a_checkpoint_of_tensors_and_plain_data_loads(tmp_path):
     assert again.config["max_tokens"] == 16 and not again.training
 
 
-@pytest.mark.parametrize("manifest", [None, "{}", '{"files": []}', json.dumps({"format": "something-else", "files": []})],
-                         ids=["no-manifest", "empty-json", "no-format", "other-format"])  # fmt: skip
+@pytest.mark.parametrize(
+    "manifest",
+    [None, "{}", '{"files": []}', json.dumps({"format": "something-else", "files": []})],
+    ids=["no-manifest", "empty-json", "no-format", "other-format"],
+)
 def test_export_to_a_users_directory_is_refused_and_it_stays_as_it_was(tmp_path, manifest):
     """The issue's case: a directory of the user's files that happens to hold a manifest.json."""
     dest = tmp_path / "mine"
@@ -99,8 +111,9 @@ def test_export_to_a_users_directory_is_refused_and_it_stays_as_it_was(tmp_path,
 def test_an_earlier_export_holding_a_users_file_is_not_replaced(tmp_path):
     dest = tmp_path / "export"
     dest.mkdir()
-    (dest / "manifest.json").write_text(json.dumps({"format": "bsm-export", "files": [
-        {"path": "model.onnx", "sha256": "0" * 64, "size": 1}]}))  # fmt: skip
+    (dest / "manifest.json").write_text(
+        json.dumps({"format": "bsm-export", "files": [{"path": "model.onnx", "sha256": "0" * 64, "size": 1}]})
+    )
     (dest / "model.onnx").write_bytes(b"x")
     (dest / "my_notes.txt").write_text("mine")
     with pytest.raises(ConfigError, match="files it did not write .*my_notes.txt"):

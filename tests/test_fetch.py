@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import TINY_ENCODER
 
 from raytune_bsm import api
@@ -23,9 +22,16 @@ def published(tmp_path_factory) -> Path:
 
     torch.manual_seed(0)
     model = TextBertClassifier(
-        {"text_name": "dialogue", "label_name": "reversal_flag", "tokenizer": "all-MiniLM-L6-v2",
-         "encoder_config": TINY_ENCODER, "class_names": ["0", "1"], "max_tokens": 64, "max_chunks": 4}
-    )  # fmt: skip
+        {
+            "text_name": "dialogue",
+            "label_name": "reversal_flag",
+            "tokenizer": "all-MiniLM-L6-v2",
+            "encoder_config": TINY_ENCODER,
+            "class_names": ["0", "1"],
+            "max_tokens": 64,
+            "max_chunks": 4,
+        }
+    )
     root = tmp_path_factory.mktemp("storage")
     ckpt = root / "model.ckpt"
     torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}, ckpt)
@@ -129,7 +135,9 @@ def test_fetch_shows_its_bytes_as_a_bar_on_a_terminal_and_as_plain_lines_elsewhe
     from test_progress import _run_on_pty, _run_piped
 
     src = str(published / "run1" / "export")
-    size_mb = sum(e["size"] for e in json.loads((published / "run1" / "export" / "manifest.json").read_text())["files"]) / 1e6
+    size_mb = (
+        sum(e["size"] for e in json.loads((published / "run1" / "export" / "manifest.json").read_text())["files"]) / 1e6
+    )
     text = _run_on_pty(FETCH.format(src=src, to=str(tmp_path / "a"))).decode(errors="replace")
     assert "\x1b[" in text and "downloading" in text and "MB" in text
     err = _run_piped(FETCH.format(src=src, to=str(tmp_path / "b")))

@@ -7,7 +7,6 @@ import json
 
 import pytest
 import torch
-
 from conftest import TINY_ENCODER
 
 from raytune_bsm.config import RunConfig
@@ -21,7 +20,13 @@ def _run(name: str, workers: int, tmp_path) -> RunConfig:
     return RunConfig.from_dict(
         {
             "name": name,
-            "model": {"encoder_config": TINY_ENCODER, "lr": 1e-3, "max_tokens": 64, "max_chunks": 4, "freeze_layers": 0},
+            "model": {
+                "encoder_config": TINY_ENCODER,
+                "lr": 1e-3,
+                "max_tokens": 64,
+                "max_chunks": 4,
+                "freeze_layers": 0,
+            },
             "data": {"demo_rows": 200, "batch_size": 16},
             "train": {"max_epochs": 1, "output_dir": str(tmp_path / name)},
             "scaling": {"num_workers": workers, "use_gpu": True, "cpus_per_worker": 1},

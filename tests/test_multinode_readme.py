@@ -16,11 +16,9 @@ import os
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import TINY_SETS
 
 pytestmark = pytest.mark.slow
@@ -42,8 +40,15 @@ def two_node_head(s3_server):
 
     port = _free_port()
     with s3_server.environment():
-        cluster = Cluster(initialize_head=True, head_node_args={
-            "num_cpus": 3, "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": port})  # fmt: skip
+        cluster = Cluster(
+            initialize_head=True,
+            head_node_args={
+                "num_cpus": 3,
+                "include_dashboard": True,
+                "dashboard_host": "127.0.0.1",
+                "dashboard_port": port,
+            },
+        )
         # Its own runtime-env directory, as a second machine has its own disk: on one machine both nodes would
         # unpack the job's packages into one place, and the second unpacking deletes the driver's working dir.
         cluster.add_node(num_cpus=3, runtime_env_dir_name="runtime_resources_node2")
@@ -55,8 +60,9 @@ def two_node_head(s3_server):
 
 
 def _bsm(*args: str, env: dict[str, str], timeout: float = 900) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "raytune_bsm.cli", *args], env=env, capture_output=True, text=True,
-                          timeout=timeout)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "raytune_bsm.cli", *args], env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def test_the_readme_multi_node_example_on_two_nodes_and_s3(two_node_head, s3, tmp_path):
@@ -85,8 +91,20 @@ def test_the_readme_multi_node_example_on_two_nodes_and_s3(two_node_head, s3, tm
 
     # The same command on this machine's CPUs: one worker on each node, everything on s3://.
     # Two CPUs a worker on nodes of three: one worker fits a node (Ray places them), one CPU stays for the data.
-    done = _bsm(*readme, "--num-workers", "2", "--cpus-per-worker", "2", "--name", "readme", "--max-epochs", "1",
-                "--follow", *sets, env=env)  # fmt: skip
+    done = _bsm(
+        *readme,
+        "--num-workers",
+        "2",
+        "--cpus-per-worker",
+        "2",
+        "--name",
+        "readme",
+        "--max-epochs",
+        "1",
+        "--follow",
+        *sets,
+        env=env,
+    )
     assert done.returncode == 0, done.stderr[:6000]
     assert "job bsm-readme: SUCCEEDED" in done.stderr
     keys = s3.keys("bsm-runs/readme")
@@ -95,10 +113,19 @@ def test_the_readme_multi_node_example_on_two_nodes_and_s3(two_node_head, s3, tm
     assert len({w["node_id"] for w in workers}) == 2  # the two workers ran on the two nodes
     assert workers[0]["weights_sha256"] == workers[1]["weights_sha256"]
 
-    fetched = _bsm("fetch", "bsm-readme", "--to", str(tmp_path / "model"), "--address", two_node_head, env=env, timeout=300)
+    fetched = _bsm(
+        "fetch", "bsm-readme", "--to", str(tmp_path / "model"), "--address", two_node_head, env=env, timeout=300
+    )
     assert fetched.returncode == 0, fetched.stderr
-    scored = _bsm("predict", str(tmp_path / "model"), str(claims / "part-0.parquet"), "--out", str(tmp_path / "s.parquet"),
-                  env=env, timeout=300)  # fmt: skip
+    scored = _bsm(
+        "predict",
+        str(tmp_path / "model"),
+        str(claims / "part-0.parquet"),
+        "--out",
+        str(tmp_path / "s.parquet"),
+        env=env,
+        timeout=300,
+    )
     assert scored.returncode == 0, scored.stderr
     assert pq.read_table(tmp_path / "s.parquet").num_rows == 80
     assert not [k for k in s3.keys() if ".tmp" in k]

@@ -15,16 +15,15 @@ import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 import pytest
 import torch
-
 from conftest import TINY_ENCODER, write_parquet
 
 from raytune_bsm.data.dataset import Collate, EncodedDataset
+from raytune_bsm.data.processor import ChunkProcessor, ProcessorConfig
 from raytune_bsm.demo.generator import make_dialogues
 from raytune_bsm.errors import ConfigError, DataError, ExportError
 from raytune_bsm.model.export import export_checkpoint
 from raytune_bsm.model.text_bert import TextBertClassifier
 from raytune_bsm.predict import Predictor, predict_file
-from raytune_bsm.data.processor import ChunkProcessor, ProcessorConfig
 
 CLASSES = ["refund", "partial", "reversed"]
 
@@ -45,12 +44,23 @@ def _build_export(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     root = tmp_path_factory.mktemp("predict")
     torch.manual_seed(0)
     model = TextBertClassifier(
-        {"text_name": "dialogue", "label_name": "y", "tokenizer": "all-MiniLM-L6-v2", "encoder_config": TINY_ENCODER,
-         "is_binary": False, "num_classes": 3, "class_names": CLASSES, "max_chunks": 3, "max_tokens": 24,
-         "chunk_pooling": "mean"}  # the export tests use the pooler; this covers mean pooling end to end
-    ).eval()  # fmt: skip
+        {
+            "text_name": "dialogue",
+            "label_name": "y",
+            "tokenizer": "all-MiniLM-L6-v2",
+            "encoder_config": TINY_ENCODER,
+            "is_binary": False,
+            "num_classes": 3,
+            "class_names": CLASSES,
+            "max_chunks": 3,
+            "max_tokens": 24,
+            "chunk_pooling": "mean",
+        }  # the export tests use the pooler; this covers mean pooling end to end
+    ).eval()
     ckpt = root / "model.ckpt"
-    torch.save({"state_dict": model.state_dict(), "hyper_parameters": json.loads(json.dumps(dict(model.hparams)))}, ckpt)
+    torch.save(
+        {"state_dict": model.state_dict(), "hyper_parameters": json.loads(json.dumps(dict(model.hparams)))}, ckpt
+    )
     dest = root / "export"
     export_checkpoint(str(ckpt), str(dest))
 
@@ -78,8 +88,9 @@ def pytorch_probs(model, texts: list, batch_size: int = 7) -> np.ndarray:
 
 def test_predict_file_matches_pytorch_for_every_row(exported):
     calls: list[tuple[int, int]] = []
-    out = predict_file(str(exported.dest), str(exported.data), batch_size=8, overwrite=True,
-                       progress=lambda d, n: calls.append((d, n)))
+    out = predict_file(
+        str(exported.dest), str(exported.data), batch_size=8, overwrite=True, progress=lambda d, n: calls.append((d, n))
+    )
     assert out == str(exported.data.with_name("claims.predictions.parquet"))
     t = pq.read_table(out)
     assert t.column_names == ["id", "predicted"] + [f"prob_{c}" for c in CLASSES]
@@ -108,7 +119,9 @@ def test_predict_texts_returns_indices_and_probabilities_in_order(exported):
 @pytest.mark.parametrize("ext", ["csv", "jsonl"])
 def test_output_format_follows_the_extension(exported, tmp_path, ext):
     out = predict_file(str(exported.dest), str(exported.data), str(tmp_path / f"p.{ext}"))
-    ref = pq.read_table(predict_file(str(exported.dest), str(exported.data), str(tmp_path / "p.parquet"), overwrite=True))
+    ref = pq.read_table(
+        predict_file(str(exported.dest), str(exported.data), str(tmp_path / "p.parquet"), overwrite=True)
+    )
     if ext == "csv":
         t = pcsv.read_csv(out)
     else:

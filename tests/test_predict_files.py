@@ -10,7 +10,6 @@ import pyarrow as pa
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 import pytest
-
 from test_predict import CLASSES, exported  # noqa: F401  (the module fixture: a tiny export and demo data)
 
 import raytune_bsm.predict as predict_mod
@@ -56,7 +55,8 @@ def test_out_never_replaces_the_input_nor_an_existing_file_unless_asked(exported
         predict_file(str(exported.dest), str(data.parent), str(data.parent / "sub" / "p.parquet"))
     with pytest.raises(ConfigError, match="is a directory"):
         predict_file(str(exported.dest), str(data), str(tmp_path / "d.parquet"), overwrite=True) if (
-            tmp_path / "d.parquet").mkdir() is None else None
+            tmp_path / "d.parquet"
+        ).mkdir() is None else None
     assert data.read_bytes() == before
 
     existing = tmp_path / "mine.csv"

@@ -10,14 +10,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from test_predict import CLASSES, exported, pytorch_probs  # noqa: F401  (the module fixture: a tiny export)
 
 from raytune_bsm import layout
 from raytune_bsm.errors import ConfigError
 from raytune_bsm.predict import Predictor
-from raytune_bsm.scoring.batching import CALL_TOKENS, make_call, pack_records, pad_records, plan_block, plan_calls
-from raytune_bsm.scoring.batching import real_share
+from raytune_bsm.scoring.batching import (
+    CALL_TOKENS,
+    make_call,
+    pack_records,
+    pad_records,
+    plan_block,
+    plan_calls,
+    real_share,
+)
 from raytune_bsm.scoring.sessions import GRAPHS, Scorer, choose_graph, int8_within_tolerance
 
 PACKED, PACKED_INT8, INT8 = GRAPHS[("packed", "fp32")], GRAPHS[("packed", "int8")], GRAPHS[("bct", "int8")]
@@ -51,11 +57,20 @@ def add_packed_graphs(model: torch.nn.Module, export_dir: Path, precision: dict 
         pool = torch.tensor([[0.5, 0.5, 0.0], [0.0, 0.0, 1.0]])
         with torch.no_grad():
             torch.onnx.export(
-                Packed().eval(), (ids, mask, pool), str(export_dir / PACKED), dynamo=False, opset_version=17,
-                input_names=["input_ids", "attention_mask", "pool"], output_names=["logits"],
-                dynamic_axes={"input_ids": {0: "chunks", 1: "tokens"}, "attention_mask": {0: "chunks", 1: "tokens"},
-                              "pool": {0: "records", 1: "chunks"}, "logits": {0: "records"}},
-            )  # fmt: skip
+                Packed().eval(),
+                (ids, mask, pool),
+                str(export_dir / PACKED),
+                dynamo=False,
+                opset_version=17,
+                input_names=["input_ids", "attention_mask", "pool"],
+                output_names=["logits"],
+                dynamic_axes={
+                    "input_ids": {0: "chunks", 1: "tokens"},
+                    "attention_mask": {0: "chunks", 1: "tokens"},
+                    "pool": {0: "records", 1: "chunks"},
+                    "logits": {0: "records"},
+                },
+            )
     for src, dst in ((layout.ONNX_FILE, INT8), (PACKED, PACKED_INT8)):
         if dst not in files:
             quantize_dynamic(str(export_dir / src), str(export_dir / dst), weight_type=QuantType.QInt8)
@@ -73,8 +88,9 @@ def packed_export(exported, tmp_path_factory):  # noqa: F811
     """A new export (chunk graphs included) whose record puts int8 within 0.5 point of fp32."""
     dest = tmp_path_factory.mktemp("packed") / "export"
     shutil.copytree(exported.dest, dest)
-    add_packed_graphs(exported.model, dest, {"fp32": {"accuracy": 0.90, "auroc": 0.95},
-                                             "int8": {"accuracy": 0.897, "auroc": 0.951}})  # fmt: skip
+    add_packed_graphs(
+        exported.model, dest, {"fp32": {"accuracy": 0.90, "auroc": 0.95}, "int8": {"accuracy": 0.897, "auroc": 0.951}}
+    )
     return dest
 
 
@@ -124,8 +140,9 @@ def test_auto_takes_int8_within_half_a_point_and_fp32_otherwise():
     assert choose_graph(_manifest(PACKED, PACKED_INT8)).file == PACKED  # int8 with no recorded metrics: fp32
     old = choose_graph(_manifest())  # an export from before int8 and packing
     assert (old.file, old.packed, old.precision) == (layout.ONNX_FILE, False, "fp32")
-    ok, why = int8_within_tolerance({"fp32": {"accuracy": 0.9, "label_agreement": 1.0},
-                                     "int8": {"accuracy": 0.9, "label_agreement": 0.9}})  # fmt: skip
+    ok, why = int8_within_tolerance(
+        {"fp32": {"accuracy": 0.9, "label_agreement": 1.0}, "int8": {"accuracy": 0.9, "label_agreement": 0.9}}
+    )
     assert ok, why  # label agreement is recorded next to the metrics, but is not one
 
 
@@ -234,8 +251,10 @@ def test_calls_side_by_side_give_each_call_its_own_output_in_order(packed_export
         np.testing.assert_allclose(got, one(feeds), atol=1e-5)
 
 
-@pytest.mark.skipif("CUDAExecutionProvider" not in __import__("onnxruntime").get_available_providers(),
-                    reason="needs onnxruntime-gpu and a GPU")  # fmt: skip
+@pytest.mark.skipif(
+    "CUDAExecutionProvider" not in __import__("onnxruntime").get_available_providers(),
+    reason="needs onnxruntime-gpu and a GPU",
+)
 def test_cuda_provider_scores_like_the_cpu(exported, packed_export):  # noqa: F811
     cpu = Predictor(str(packed_export), precision="fp32").predict_texts(exported.texts)[1]
     gpu = Predictor(str(packed_export), "CUDAExecutionProvider", precision="fp32").predict_texts(exported.texts)[1]

@@ -7,9 +7,9 @@ import copy
 import numpy as np
 import pytest
 
+from raytune_bsm.data.processor import ChunkProcessor, ProcessorConfig, split_messages
 from raytune_bsm.errors import ConfigError
 from raytune_bsm.pretrained import load_tokenizer
-from raytune_bsm.data.processor import ChunkProcessor, ProcessorConfig, split_messages
 
 CLS, SEP = 101, 102
 # Words the MiniLM vocabulary holds as one token each, so "cat cat cat" is exactly 3 tokens and every

@@ -49,8 +49,13 @@ FOLLOW = textwrap.dedent(
 def _run_on_pty(code: str) -> bytes:
     """Run `code` with stderr on a pseudo-terminal; return everything written to it."""
     master, slave = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=slave, env={**os.environ, "TERM": "xterm-256color", "COLUMNS": "120"})  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=slave,
+        env={**os.environ, "TERM": "xterm-256color", "COLUMNS": "120"},
+    )
     os.close(slave)
     out = b""
     while True:
@@ -109,8 +114,9 @@ def test_outside_text_cannot_drive_the_terminal():
 
 
 def test_runner_progress_lines_parse():
-    step = parse_progress_line("(RayTrainWorker pid=9) 10:00:00 bsm INFO epoch 2/3  step 40/100  loss 0.4321  "
-                               "95.1 records/s/worker  eta 12s")  # fmt: skip
+    step = parse_progress_line(
+        "(RayTrainWorker pid=9) 10:00:00 bsm INFO epoch 2/3  step 40/100  loss 0.4321  95.1 records/s/worker  eta 12s"
+    )
     assert step == EpochStep(2, 3, 40, 100, 0.4321, 95.1, 12)
     assert (step.done, step.total) == (140, 300)
     val = parse_progress_line('10:00:00 bsm INFO epoch 2 validation: {"val_auroc": 0.91, "val_loss": 0.3}')
@@ -170,9 +176,17 @@ def test_export_shows_its_steps(tmp_path, tiny_encoder):
     from raytune_bsm.model.text_bert import TextBertClassifier
 
     torch.manual_seed(0)
-    model = TextBertClassifier({"text_name": "dialogue", "label_name": "reversal_flag", "encoder_config": tiny_encoder,
-                                "tokenizer": "all-MiniLM-L6-v2",
-                                "class_names": ["0", "1"], "max_tokens": 64, "max_chunks": 4})  # fmt: skip
+    model = TextBertClassifier(
+        {
+            "text_name": "dialogue",
+            "label_name": "reversal_flag",
+            "encoder_config": tiny_encoder,
+            "tokenizer": "all-MiniLM-L6-v2",
+            "class_names": ["0", "1"],
+            "max_tokens": 64,
+            "max_chunks": 4,
+        }
+    )
     ckpt = tmp_path / "model.ckpt"
     torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}, ckpt)
     text = _run_on_pty(EXPORT.format(ckpt=str(ckpt), to=str(tmp_path / "a"))).decode(errors="replace")

@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import TINY_ENCODER
 
 from raytune_bsm.config import RunConfig
@@ -107,17 +106,27 @@ def test_every_row_is_seen_once_per_epoch_across_two_workers(two_nodes, tmp_path
     from raytune_bsm.runner.prepare import prepare_ray, shard_loaders
     from raytune_bsm.runner.shards import EqualShards
 
-    run = RunConfig.from_dict({**_run("rows").to_dict(), "data": {
-        "train": str(_parts(tmp_path / "train", 200, 5)), "val": str(_parts(tmp_path / "val", 45, 3)),
-        "test": str(_parts(tmp_path / "test", 21, 3)), "batch_size": 16, "eval_batch_size": 4,
-        "driver_prepare_mib": 0}})  # fmt: skip  (0: through Ray Data, however small the files)
+    run = RunConfig.from_dict(
+        {
+            **_run("rows").to_dict(),
+            "data": {
+                "train": str(_parts(tmp_path / "train", 200, 5)),
+                "val": str(_parts(tmp_path / "val", 45, 3)),
+                "test": str(_parts(tmp_path / "test", 21, 3)),
+                "batch_size": 16,
+                "eval_batch_size": 4,
+                "driver_prepare_mib": 0,
+            },
+        }
+    )  # 0: through Ray Data, however small the files
     data = prepare_ray(run)
     assert data.rows == {"train": 200, "val": 45, "test": 21} and data.pads == {"val": 1, "test": 1}
 
     def loop(config: dict) -> None:
         ctx = ray.train.get_context()
-        train_dl, val_dl, test_dl = shard_loaders(run, data.model_config, data.rows, data.pad_id,
-                                                  ctx.get_world_size(), data.pads)  # fmt: skip
+        train_dl, val_dl, test_dl = shard_loaders(
+            run, data.model_config, data.rows, data.pad_id, ctx.get_world_size(), data.pads
+        )
         epochs = []
         for _ in range(2):
             batches = list(train_dl)
@@ -125,15 +134,23 @@ def test_every_row_is_seen_once_per_epoch_across_two_workers(two_nodes, tmp_path
         evals = {}
         for name, dl in (("val", val_dl), ("test", test_dl)):
             batches = list(dl)
-            evals[name] = {"real": [i for b in batches for i, p in zip(b["id"], b["pad"].tolist()) if not p],
-                           "pads": sum(int(b["pad"].sum()) for b in batches), "batches": len(batches), "len": len(dl)}  # fmt: skip
+            evals[name] = {
+                "real": [i for b in batches for i, p in zip(b["id"], b["pad"].tolist()) if not p],
+                "pads": sum(int(b["pad"].sum()) for b in batches),
+                "batches": len(batches),
+                "len": len(dl),
+            }
         out = Path(config["out"]) / f"rank-{ctx.get_world_rank()}.json"
         out.write_text(json.dumps({"node": ray.get_runtime_context().get_node_id(), "epochs": epochs, "evals": evals}))
 
-    TorchTrainer(loop, train_loop_config={"out": str(tmp_path)}, datasets=data.datasets,
-                 dataset_config=EqualShards(data.shares),
-                 scaling_config=ray.train.ScalingConfig(num_workers=2, placement_strategy="STRICT_SPREAD"),
-                 run_config=ray.train.RunConfig(storage_path=str(tmp_path / "ray"))).fit()  # fmt: skip
+    TorchTrainer(
+        loop,
+        train_loop_config={"out": str(tmp_path)},
+        datasets=data.datasets,
+        dataset_config=EqualShards(data.shares),
+        scaling_config=ray.train.ScalingConfig(num_workers=2, placement_strategy="STRICT_SPREAD"),
+        run_config=ray.train.RunConfig(storage_path=str(tmp_path / "ray")),
+    ).fit()
     ranks = [json.loads((tmp_path / f"rank-{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0]["node"] != ranks[1]["node"]
     train_ids = set(data.datasets["train"].to_pandas()["id"])
@@ -158,14 +175,16 @@ def test_small_inputs_prepared_by_the_driver_are_the_records_ray_data_prepares(t
 
     data = {"train": str(_parts(tmp_path / "train", 60, 3)), "val": str(_parts(tmp_path / "val", 15, 3))}
     base = _run("same").to_dict()
-    driver, cluster = (prepare_ray(RunConfig.from_dict({**base, "data": {**data, "driver_prepare_mib": mib}}))
-                       for mib in (8, 0))  # fmt: skip
+    driver, cluster = (
+        prepare_ray(RunConfig.from_dict({**base, "data": {**data, "driver_prepare_mib": mib}})) for mib in (8, 0)
+    )
     assert driver.rows == cluster.rows == {"train": 60, "val": 15} and driver.pads == cluster.pads == {"val": 1}
     assert driver.labels.names == cluster.labels.names and driver.pad_id == cluster.pad_id
     for name in ("train", "val"):
         a, b = (sorted(p.datasets[name].take_all(), key=lambda r: (r["pad"], r["id"])) for p in (driver, cluster))
-        assert [{k: list(v) if hasattr(v, "__len__") and not isinstance(v, str) else v for k, v in r.items()} for r in a] \
-            == [{k: list(v) if hasattr(v, "__len__") and not isinstance(v, str) else v for k, v in r.items()} for r in b]
+        assert [
+            {k: list(v) if hasattr(v, "__len__") and not isinstance(v, str) else v for k, v in r.items()} for r in a
+        ] == [{k: list(v) if hasattr(v, "__len__") and not isinstance(v, str) else v for k, v in r.items()} for r in b]
 
 
 @pytest.mark.parametrize("driver_prepare_mib", [0, 8], ids=["ray-data", "driver"])
@@ -189,7 +208,9 @@ def test_a_bad_row_in_the_fifth_file_stops_the_run_before_any_worker(two_nodes, 
     # previous test's run on this cluster) are not the entrypoint's
     err = "\n".join(ln for ln in capsys.readouterr().err.splitlines() if not re.match(r"(\x1b\[\d+m)?\(\w+ pid=", ln))
     assert "Traceback" not in err
-    assert [ln for ln in err.splitlines() if "error" in ln.lower()] == [f"bsm: error: {train / 'part-4.parquet'}: column 'reversal_flag' has 1 null label(s), row 7"]
+    assert [ln for ln in err.splitlines() if "error" in ln.lower()] == [
+        f"bsm: error: {train / 'part-4.parquet'}: column 'reversal_flag' has 1 null label(s), row 7"
+    ]
     assert not (tmp_path / "runs" / "bad" / "bsm_workers").exists()  # no worker started
     assert not (tmp_path / "runs" / "bad" / "bsm_config.json").exists()  # nor was the run recorded
 

@@ -15,7 +15,6 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import TINY_ENCODER
 
 from raytune_bsm.errors import ConfigError
@@ -23,11 +22,18 @@ from raytune_bsm.report import build_report
 
 # What each figure must measure, in pixels (width, height).
 SIZES = {
-    "learning_curves.png": (1000, 420), "roc_pr.png": (1000, 420), "confusion.png": (1000, 420),
-    "calibration.png": (640, 480), "accuracy_by_length.png": (640, 480), "sweep_parallel.png": (1000, 420),
-    "sweep_lr.png": (640, 480), "sweep_trials.png": (1000, 420),
-}  # fmt: skip
-CHROMIUM = next((p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser") if Path(p).exists()), shutil.which("chromium"))
+    "learning_curves.png": (1000, 420),
+    "roc_pr.png": (1000, 420),
+    "confusion.png": (1000, 420),
+    "calibration.png": (640, 480),
+    "accuracy_by_length.png": (640, 480),
+    "sweep_parallel.png": (1000, 420),
+    "sweep_lr.png": (640, 480),
+    "sweep_trials.png": (1000, 420),
+}
+CHROMIUM = next(
+    (p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser") if Path(p).exists()), shutil.which("chromium")
+)
 
 
 def _train_locally(out: Path, **data) -> Path:
@@ -35,9 +41,13 @@ def _train_locally(out: Path, **data) -> Path:
     from raytune_bsm.config import RunConfig
     from raytune_bsm.runner.worker import train_loop
 
-    d = {"name": out.name, "model": {"encoder_config": TINY_ENCODER, "lr": 2e-3, "max_tokens": 64, "max_chunks": 4},
-         "data": {"demo_rows": 300, "batch_size": 16, **data}, "train": {"max_epochs": 2, "output_dir": str(out)},
-         "scaling": {"cpus_per_worker": 1}}  # fmt: skip
+    d = {
+        "name": out.name,
+        "model": {"encoder_config": TINY_ENCODER, "lr": 2e-3, "max_tokens": 64, "max_chunks": 4},
+        "data": {"demo_rows": 300, "batch_size": 16, **data},
+        "train": {"max_epochs": 2, "output_dir": str(out)},
+        "scaling": {"cpus_per_worker": 1},
+    }
     train_loop(RunConfig.from_dict(d).to_dict())
     return out
 
@@ -68,10 +78,15 @@ def _torchmetrics_on(pred_path: Path | str, classes: list[str]) -> dict[str, flo
     target = torch.tensor([classes.index(str(v)) for v in t.column("label").to_pylist()])
     probs = torch.tensor([t.column(f"prob_{c}").to_pylist() for c in classes]).T  # [N, C]
     if len(classes) == 2:
-        return {"auroc": float(tm.binary_auroc(probs[:, 1], target)), "accuracy": float(tm.binary_accuracy(probs[:, 1], target))}
+        return {
+            "auroc": float(tm.binary_auroc(probs[:, 1], target)),
+            "accuracy": float(tm.binary_accuracy(probs[:, 1], target)),
+        }
     n = len(classes)
-    return {"auroc": float(tm.multiclass_auroc(probs, target, num_classes=n)),
-            "accuracy": float(tm.multiclass_accuracy(probs, target, num_classes=n, average="micro"))}  # fmt: skip
+    return {
+        "auroc": float(tm.multiclass_auroc(probs, target, num_classes=n)),
+        "accuracy": float(tm.multiclass_accuracy(probs, target, num_classes=n, average="micro")),
+    }
 
 
 def _check_report(result: dict, expect: set[str]) -> str:
@@ -90,7 +105,9 @@ def _check_report(result: dict, expect: set[str]) -> str:
 
 def test_report_of_a_real_local_run(local_run, tmp_path):
     result = build_report(str(local_run), str(tmp_path / "report"))
-    html = _check_report(result, {"learning_curves.png", "roc_pr.png", "confusion.png", "calibration.png", "accuracy_by_length.png"})
+    html = _check_report(
+        result, {"learning_curves.png", "roc_pr.png", "confusion.png", "calibration.png", "accuracy_by_length.png"}
+    )
     expected = _torchmetrics_on(local_run / "test_predictions.parquet", ["0", "1"])
     shown = _shown(html)
     assert shown["auroc"] == pytest.approx(expected["auroc"], abs=1e-6)
@@ -119,8 +136,9 @@ def test_accuracy_by_length_from_the_chunks_the_runner_recorded(local_run, tmp_p
     cut = [proc([t]).truncated > 0 for t in texts]
     assert preds.column("num_chunks").to_pylist() == chunks and preds.column("truncated").to_pylist() == cut
     result = build_report(str(run), str(tmp_path / "report"))
-    html = _check_report(result, {"learning_curves.png", "roc_pr.png", "confusion.png", "calibration.png",
-                                  "accuracy_by_length.png"})  # fmt: skip
+    html = _check_report(
+        result, {"learning_curves.png", "roc_pr.png", "confusion.png", "calibration.png", "accuracy_by_length.png"}
+    )
     right = [a == b for a, b in zip(preds.column("label").to_pylist(), preds.column("predicted").to_pylist())]
     for k in sorted(set(chunks)):
         sel = [r for r, c in zip(right, chunks) if c == k]
@@ -130,7 +148,7 @@ def test_accuracy_by_length_from_the_chunks_the_runner_recorded(local_run, tmp_p
         cells = "".join(f'<td class="num">{v}</td>' for v in (k, len(sel), shown, n_cut))
         assert f"<tr>{cells}</tr>" in html, (k, cells)
     assert sum(cut) > 0  # the case the bucket table is for
-    assert f"test records truncated</td><td class=\"num\">{sum(cut)}<" in html
+    assert f'test records truncated</td><td class="num">{sum(cut)}<' in html
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +167,9 @@ def multiclass_run(tmp_path_factory) -> Path:
 
 def test_report_of_a_real_three_class_run(multiclass_run, tmp_path):
     result = build_report(str(multiclass_run), str(tmp_path / "r"))
-    html = _check_report(result, {"learning_curves.png", "roc_pr.png", "confusion.png", "calibration.png", "accuracy_by_length.png"})
+    html = _check_report(
+        result, {"learning_curves.png", "roc_pr.png", "confusion.png", "calibration.png", "accuracy_by_length.png"}
+    )
     classes = json.loads((multiclass_run / "config.json").read_text())["model"]["class_names"]
     assert len(classes) == 3
     expected = _torchmetrics_on(multiclass_run / "test_predictions.parquet", classes)
@@ -182,7 +202,9 @@ def test_epoch_records_merge_with_event_files_and_a_retrained_epoch_counts_once(
     (run / "bsm_epochs.json").write_text(json.dumps(reports))
     epochs = load(str(run)).epochs
     assert [e["epoch"] for e in epochs] == [0, 1] and epochs[1]["val_auroc"] == 0.7
-    assert all(isinstance(e.get("train_loss_epoch_mean"), float) and isinstance(e.get("val_loss"), float) for e in epochs)
+    assert all(
+        isinstance(e.get("train_loss_epoch_mean"), float) and isinstance(e.get("val_loss"), float) for e in epochs
+    )
 
 
 def test_text_from_the_run_is_escaped(local_run, tmp_path):
@@ -238,11 +260,15 @@ def _open_in_chromium(html: Path, expect_images: int) -> None:
         try:
             page = browser.new_page()
             problems, requests = [], []
-            page.on("console", lambda m: problems.append(f"{m.type}: {m.text}") if m.type in ("error", "warning") else None)
+            page.on(
+                "console", lambda m: problems.append(f"{m.type}: {m.text}") if m.type in ("error", "warning") else None
+            )
             page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
             page.on("request", lambda r: requests.append(r.url))
             page.goto(html.as_uri(), wait_until="load")
-            images = page.eval_on_selector_all("img", "els => els.map(e => [e.complete, e.naturalWidth, e.naturalHeight])")
+            images = page.eval_on_selector_all(
+                "img", "els => els.map(e => [e.complete, e.naturalWidth, e.naturalHeight])"
+            )
         finally:
             browser.close()
     assert problems == []
@@ -275,9 +301,16 @@ def ray_runs(tmp_path_factory):
     try:
         run = fit(tiny("rayrun", 2), storage=str(storage))
         assert run["error"] is None
-        space = {"lr": {"grid": [2e-3, 1e-5, 0.5]}, "warmup_ratio": {"uniform": [0.0, 0.2]}, "reinit_layers": {"choice": [0, 1]}}
-        summary = sr.run_sweep(tiny("sweep", 3), sw.SweepConfig(num_samples=1, search_space=space, reduction_factor=2),
-                               storage=str(storage))  # fmt: skip
+        space = {
+            "lr": {"grid": [2e-3, 1e-5, 0.5]},
+            "warmup_ratio": {"uniform": [0.0, 0.2]},
+            "reinit_layers": {"choice": [0, 1]},
+        }
+        summary = sr.run_sweep(
+            tiny("sweep", 3),
+            sw.SweepConfig(num_samples=1, search_space=space, reduction_factor=2),
+            storage=str(storage),
+        )
         assert summary["best_trial"]
     finally:
         ray.shutdown()
@@ -288,7 +321,9 @@ def ray_runs(tmp_path_factory):
 def test_report_of_a_real_ray_run_and_its_export(ray_runs, tmp_path):
     run_dir, _ = ray_runs
     by_run = build_report(str(run_dir), str(tmp_path / "a"))
-    html = _check_report(by_run, {"learning_curves.png", "roc_pr.png", "confusion.png", "calibration.png", "accuracy_by_length.png"})
+    html = _check_report(
+        by_run, {"learning_curves.png", "roc_pr.png", "confusion.png", "calibration.png", "accuracy_by_length.png"}
+    )
     parts = sorted((run_dir / "test_predictions").glob("*.parquet"))
     expected = _torchmetrics_on(run_dir / "test_predictions", ["0", "1"]) if parts else {}
     assert _shown(html)["auroc"] == pytest.approx(expected["auroc"], abs=1e-6)
@@ -311,8 +346,19 @@ def test_report_of_a_real_ray_run_and_its_export(ray_runs, tmp_path):
 def test_report_of_a_real_sweep(ray_runs, tmp_path):
     _, sweep_dir = ray_runs
     result = build_report(str(sweep_dir), str(tmp_path / "s"))
-    html = _check_report(result, {"learning_curves.png", "roc_pr.png", "confusion.png", "calibration.png",
-                                  "accuracy_by_length.png", "sweep_parallel.png", "sweep_lr.png", "sweep_trials.png"})  # fmt: skip
+    html = _check_report(
+        result,
+        {
+            "learning_curves.png",
+            "roc_pr.png",
+            "confusion.png",
+            "calibration.png",
+            "accuracy_by_length.png",
+            "sweep_parallel.png",
+            "sweep_lr.png",
+            "sweep_trials.png",
+        },
+    )
     rows = pq.read_table(sweep_dir / "trials.parquet").to_pylist()
     assert len(rows) == 3
     for r in rows:  # every trial in the table, with the epochs it reached

@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import TINY_ENCODER
 
 from raytune_bsm import sweep as sw
@@ -66,8 +65,13 @@ def _job(tmp_path: Path, run: RunConfig, storage: str, **top) -> Path:
 def _start(job: Path, gcs: str, log: Path) -> subprocess.Popen:
     env = {**os.environ, "RAY_ADDRESS": gcs, "PYTHONUNBUFFERED": "1"}
     env.pop("BSM_VERBOSE", None)
-    return subprocess.Popen([sys.executable, "-m", "raytune_bsm.runner.train", str(job)], cwd=job.parent,
-                            stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "raytune_bsm.runner.train", str(job)],
+        cwd=job.parent,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
 
 
 def _wait_for_free_cpus(n: float, timeout: float = 120) -> None:
@@ -121,8 +125,12 @@ def test_killed_job_driver_resumes_every_epoch_once(ray_tmp, tmp_path):
     _wait_for_free_cpus(2)  # Ray ends the killed driver's Train controller and workers
 
     # Without resume the name is taken: refused, one line, nothing changed.
-    refused = subprocess.run([sys.executable, "-m", "raytune_bsm.runner.train", str(_job(tmp_path, run, storage))],
-                             capture_output=True, text=True, env={**os.environ, "RAY_ADDRESS": gcs})  # fmt: skip
+    refused = subprocess.run(
+        [sys.executable, "-m", "raytune_bsm.runner.train", str(_job(tmp_path, run, storage))],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "RAY_ADDRESS": gcs},
+    )
     assert refused.returncode == 1 and "already exists" in refused.stderr and "Traceback" not in refused.stderr
 
     t1 = time.monotonic()
@@ -163,8 +171,9 @@ def test_a_sweep_whose_metric_ties_exports_a_checkpoint_ray_kept(ray_tmp, tmp_pa
     monkeypatch.setattr(tempfile, "tempdir", str(watched))  # the driver's own temporary files, watched too
     storage = str(tmp_path / "runs")
     run = _tiny("ties", max_epochs=3)
-    sweep = sw.SweepConfig(num_samples=1, scheduler="fifo", metric="val_accuracy", mode="max",
-                           search_space={"lr": {"grid": [1e-9]}})  # fmt: skip
+    sweep = sw.SweepConfig(
+        num_samples=1, scheduler="fifo", metric="val_accuracy", mode="max", search_space={"lr": {"grid": [1e-9]}}
+    )
     t0 = time.monotonic()
     summary = sr.run_sweep(run, sweep, storage=storage)
     print(f"1-trial sweep with export: {time.monotonic() - t0:.0f}s")
@@ -174,8 +183,15 @@ def test_a_sweep_whose_metric_ties_exports_a_checkpoint_ray_kept(ray_tmp, tmp_pa
     assert (best / "checkpoint.ckpt").exists()
     kept = sorted(p.name for p in (Path(row["best_checkpoint"]).parent).glob("checkpoint_*"))
     assert len(kept) <= 2  # retention deleted the others
-    assert row["best_epoch"] == min(e["epoch"] for e in json.loads((best.parent / "bsm_epochs.json").read_text())
-                                    if Path(e["checkpoint_path"]).exists()) + 1  # fmt: skip
+    assert (
+        row["best_epoch"]
+        == min(
+            e["epoch"]
+            for e in json.loads((best.parent / "bsm_epochs.json").read_text())
+            if Path(e["checkpoint_path"]).exists()
+        )
+        + 1
+    )
     manifest = json.loads((Path(storage) / "ties" / "export" / "manifest.json").read_text())
     assert manifest["source_checkpoint"] == str(best)
     assert Path(summary["tensorboard_logdir"], best.parent.name, "tensorboard").is_dir()

@@ -12,16 +12,15 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from conftest import TINY_ENCODER
 
-from raytune_bsm.layout import EPOCHS_JSON
 from raytune_bsm import sweep as sw
-from raytune_bsm.runner import trials as tr
-from raytune_bsm.runner import tune as sr
 from raytune_bsm.client.connection import ClusterResources, NodeResources
 from raytune_bsm.config import RunConfig
 from raytune_bsm.errors import ClusterError, ConfigError
-
-from conftest import TINY_ENCODER
+from raytune_bsm.layout import EPOCHS_JSON
+from raytune_bsm.runner import trials as tr
+from raytune_bsm.runner import tune as sr
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -67,7 +66,12 @@ def test_sweep_config_validates_and_names_the_flag():
     assert [sw.parse_duration(v) for v in (90, "90", "90s", "30m", "2h", "1.5h")] == [90, 90, 90, 1800, 7200, 5400]
     # per-trial scaling: --gpus-per-trial N is N one-GPU workers; the metric/mode rank the trials' checkpoints too
     run = sw.SweepConfig(gpus_per_trial=2, metric="val_loss", mode="min").apply(tiny_run())
-    assert (run.scaling.num_workers, run.scaling.use_gpu, run.train.monitor, run.train.mode) == (2, True, "val_loss", "min")
+    assert (run.scaling.num_workers, run.scaling.use_gpu, run.train.monitor, run.train.mode) == (
+        2,
+        True,
+        "val_loss",
+        "min",
+    )
     assert sw.SweepConfig(metric="val_loss").apply(tiny_run()).train.mode == "min"  # loss is minimised unless told
     multi = sw.SweepConfig(workers_per_trial=2).apply(tiny_run(), num_classes=3)
     assert (multi.scaling.num_workers, multi.train.monitor, multi.train.mode) == (2, "val_f1_score", "max")
@@ -147,9 +151,16 @@ def test_values_a_space_can_sample_are_checked_before_any_trial():
 def test_param_space_maps_to_tune_domains():
     from ray import tune
 
-    space = sw.param_space({"model.lr": {"loguniform": [1e-5, 1e-4]}, "model.warmup_ratio": {"uniform": [0.0, 0.2]},
-                            "data.batch_size": {"choice": [16, 32]}, "train.seed": {"randint": [0, 3]},
-                            "model.dropout": {"grid": [0.1, 0.2]}, "model.scheduler": "cosine"})  # fmt: skip
+    space = sw.param_space(
+        {
+            "model.lr": {"loguniform": [1e-5, 1e-4]},
+            "model.warmup_ratio": {"uniform": [0.0, 0.2]},
+            "data.batch_size": {"choice": [16, 32]},
+            "train.seed": {"randint": [0, 3]},
+            "model.dropout": {"grid": [0.1, 0.2]},
+            "model.scheduler": "cosine",
+        }
+    )
     assert isinstance(space["model.lr"], tune.search.sample.Float) and space["model.scheduler"] == "cosine"
     assert isinstance(space["data.batch_size"], tune.search.sample.Categorical)
     assert isinstance(space["train.seed"], tune.search.sample.Integer)
@@ -164,18 +175,27 @@ def test_max_concurrent_trials_from_cluster_resources():
     s = sw.SweepConfig(num_samples=16)
     assert sw.max_concurrent_trials(nodes((8, 0), (8, 0)), s, cpu) == 8  # 16 CPUs / 2 per trial
     assert sw.max_concurrent_trials(nodes((8, 0), (3, 0)), s, cpu) == 5  # a worker's CPUs sit on one node
-    assert sw.max_concurrent_trials(nodes((8, 0), (8, 0)), sw.SweepConfig(num_samples=3), cpu) == 3  # no more than trials
+    assert (
+        sw.max_concurrent_trials(nodes((8, 0), (8, 0)), sw.SweepConfig(num_samples=3), cpu) == 3
+    )  # no more than trials
     assert sw.max_concurrent_trials(nodes((8, 0)), sw.SweepConfig(num_samples=16, max_concurrent=2), cpu) == 2
     assert sw.max_concurrent_trials(nodes((8, 0)), sw.SweepConfig(num_samples=16, max_concurrent=9), cpu) == 4  # capped
-    assert sw.max_concurrent_trials(nodes((8, 0), (8, 0)), sw.SweepConfig(num_samples=16, workers_per_trial=3), cpu) == 2
+    assert (
+        sw.max_concurrent_trials(nodes((8, 0), (8, 0)), sw.SweepConfig(num_samples=16, workers_per_trial=3), cpu) == 2
+    )
     strict = tiny_run(cpus_per_worker=2, placement_strategy="STRICT_PACK")
-    assert sw.max_concurrent_trials(nodes((6, 0), (6, 0)), sw.SweepConfig(num_samples=16, workers_per_trial=2), strict) == 2
+    assert (
+        sw.max_concurrent_trials(nodes((6, 0), (6, 0)), sw.SweepConfig(num_samples=16, workers_per_trial=2), strict)
+        == 2
+    )
 
     gpu = tiny_run(cpus_per_worker=4)
     g = nodes((16, 4), (16, 4), (32, 0))
     assert sw.max_concurrent_trials(g, sw.SweepConfig(num_samples=16, gpus_per_trial=1), gpu) == 8
     assert sw.max_concurrent_trials(g, sw.SweepConfig(num_samples=16, gpus_per_trial=2), gpu) == 4
-    assert sw.max_concurrent_trials(nodes((8, 4)), sw.SweepConfig(num_samples=16, gpus_per_trial=1), gpu) == 2  # CPU-bound
+    assert (
+        sw.max_concurrent_trials(nodes((8, 4)), sw.SweepConfig(num_samples=16, gpus_per_trial=1), gpu) == 2
+    )  # CPU-bound
 
 
 def test_a_sweep_that_cannot_fit_one_trial_is_refused_before_submission():
@@ -186,9 +206,14 @@ def test_a_sweep_that_cannot_fit_one_trial_is_refused_before_submission():
     with pytest.raises(ClusterError, match="cannot fit even one trial: --gpus-per-trial 1"):
         sw.max_concurrent_trials(nodes((8, 0)), sw.SweepConfig(gpus_per_trial=1), gpu)
     with pytest.raises(ClusterError, match="--workers-per-trial 2 with --cpus-per-worker 8"):
-        sw.max_concurrent_trials(nodes((8, 0)), sw.SweepConfig(workers_per_trial=2, num_samples=4), tiny_run(cpus_per_worker=8))
+        sw.max_concurrent_trials(
+            nodes((8, 0)), sw.SweepConfig(workers_per_trial=2, num_samples=4), tiny_run(cpus_per_worker=8)
+        )
     # an autoscaling cluster gets the sweep anyway (trials wait for nodes)
-    assert sw.max_concurrent_trials(nodes((8, 0), autoscale=True), sw.SweepConfig(gpus_per_trial=4, max_concurrent=2), gpu) == 2
+    assert (
+        sw.max_concurrent_trials(nodes((8, 0), autoscale=True), sw.SweepConfig(gpus_per_trial=4, max_concurrent=2), gpu)
+        == 2
+    )
 
 
 # ----------------------------------------------------------------------------------------------- the record
@@ -196,8 +221,15 @@ def test_a_sweep_that_cannot_fit_one_trial_is_refused_before_submission():
 
 def test_ranking_ties_go_to_the_earlier_trial_and_the_leaderboard_prints():
     def row(i: int, metric: float | None, status: str = "completed") -> dict:
-        return {"trial_id": f"abc_{i:05d}", "trial_index": i, "status": status, "iterations": 3, "metric": metric,
-                "final_metric": metric, "hyperparameters": {"model.lr": 1e-4 * (i + 1)}}  # fmt: skip
+        return {
+            "trial_id": f"abc_{i:05d}",
+            "trial_index": i,
+            "status": status,
+            "iterations": 3,
+            "metric": metric,
+            "final_metric": metric,
+            "hyperparameters": {"model.lr": 1e-4 * (i + 1)},
+        }
 
     rows = [row(0, 0.7), row(1, 0.9), row(2, None, "error"), row(3, 0.9), row(4, 0.8, "early_stopped")]
     assert [r["trial_index"] for r in tr.rank_rows(rows, "max")] == [1, 3, 4, 0, 2]
@@ -213,24 +245,44 @@ def test_the_record_from_trials(tmp_path):
     trial's best checkpoint is one that still exists (retention deletes the others), ties going to the earliest."""
     from types import SimpleNamespace
 
-    spec = tr._Spec(name="s", sweep_dir=str(tmp_path), monitor="val_auroc", mode="max", max_epochs=3,
-                    base=tiny_run("s").to_dict(), params=["model.lr"])  # fmt: skip
-    per_trial = {"t_00000": [0.6, 0.8], "t_00001": [0.7, 0.8, 0.75], "t_00002": [0.5], "t_00003": [0.55, 0.9],
-                 "t_00004": [0.4, 0.4, 0.4]}  # fmt: skip
+    spec = tr._Spec(
+        name="s",
+        sweep_dir=str(tmp_path),
+        monitor="val_auroc",
+        mode="max",
+        max_epochs=3,
+        base=tiny_run("s").to_dict(),
+        params=["model.lr"],
+    )
+    per_trial = {
+        "t_00000": [0.6, 0.8],
+        "t_00001": [0.7, 0.8, 0.75],
+        "t_00002": [0.5],
+        "t_00003": [0.55, 0.9],
+        "t_00004": [0.4, 0.4, 0.4],
+    }
     deleted = {("t_00004", 0)}  # retention kept t_00004's epochs 1 and 2 of three equal ones
     ckpt = tmp_path / "ckpt"
     for tid, values in per_trial.items():
-        epochs = [{"epoch": i, "val_auroc": v, "checkpoint_path": str(ckpt / tid / str(i))} for i, v in enumerate(values)]
+        epochs = [
+            {"epoch": i, "val_auroc": v, "checkpoint_path": str(ckpt / tid / str(i))} for i, v in enumerate(values)
+        ]
         for i in range(len(values)):
             if (tid, i) not in deleted:
                 (ckpt / tid / str(i)).mkdir(parents=True)
                 (ckpt / tid / str(i) / "checkpoint.ckpt").write_bytes(b"x")
         (tmp_path / "runs" / tid).mkdir(parents=True)
         (tmp_path / "runs" / tid / EPOCHS_JSON).write_text(json.dumps(epochs))
-    trials = [SimpleNamespace(trial_id=tid, status=st, config={"model.lr": lr}, error_file=None)
-              for tid, st, lr in [("t_00000", "TERMINATED", 1e-4), ("t_00001", "TERMINATED", 2e-4),
-                                  ("t_00002", "ERROR", 3e-4), ("t_00003", "TERMINATED", 4e-4),
-                                  ("t_00004", "TERMINATED", 5e-4)]]  # fmt: skip
+    trials = [
+        SimpleNamespace(trial_id=tid, status=st, config={"model.lr": lr}, error_file=None)
+        for tid, st, lr in [
+            ("t_00000", "TERMINATED", 1e-4),
+            ("t_00001", "TERMINATED", 2e-4),
+            ("t_00002", "ERROR", 3e-4),
+            ("t_00003", "TERMINATED", 4e-4),
+            ("t_00004", "TERMINATED", 5e-4),
+        ]
+    ]
     rows = tr.trial_rows(trials, spec, interrupted={"t_00003"})
     assert [r["status"] for r in rows] == ["early_stopped", "completed", "error", "interrupted", "completed"]
     assert (rows[4]["best_checkpoint"], rows[4]["best_epoch"]) == (str(ckpt / "t_00004" / "1"), 2)  # not the deleted 0
@@ -284,8 +336,9 @@ def test_asha_sweep_stops_weak_trials_and_records_the_best(ray_local, tmp_path, 
     run = tiny_run("asha", max_epochs=3)
     space = {"lr": {"grid": [1e-3, 1e-3, 0.9, 0.9]}}
     t0 = time.monotonic()
-    summary = sr.run_sweep(run, sw.SweepConfig(num_samples=1, metric="val_loss", mode="min", search_space=space),
-                           storage=storage)  # fmt: skip
+    summary = sr.run_sweep(
+        run, sw.SweepConfig(num_samples=1, metric="val_loss", mode="min", search_space=space), storage=storage
+    )
     elapsed = time.monotonic() - t0
     print(f"4-trial ASHA sweep: {elapsed:.0f}s\n" + sw.format_leaderboard(summary["leaderboard"], "val_loss"))
 
@@ -297,7 +350,9 @@ def test_asha_sweep_stops_weak_trials_and_records_the_best(ray_local, tmp_path, 
     assert {r["status"] for r in rows} <= {"completed", "early_stopped"}
     assert len(prepared) == 1  # one tokenization for the sweep
     for r in rows:  # every worker of every trial read its shard of those datasets, none tokenized its own
-        workers = [json.loads(w.read_text()) for w in (sweep_dir / "runs" / r["trial_id"] / "bsm_workers").glob("rank-*.json")]
+        workers = [
+            json.loads(w.read_text()) for w in (sweep_dir / "runs" / r["trial_id"] / "bsm_workers").glob("rank-*.json")
+        ]
         assert workers and all(w["data"] == "shard" for w in workers), r["trial_id"]
     by_lr = {}
     for r in rows:
@@ -374,8 +429,13 @@ def test_an_interrupted_sweep_resumes_without_rerunning_finished_trials(ray_loca
     job.write_text(json.dumps(build_submission(run, kind="tune", storage=storage, extra=sweep.to_dict()).config))
     sweep_dir = Path(storage) / "resumable"
     log = open(tmp_path / "job.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "raytune_bsm.runner.tune", str(job)], cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                            env={**os.environ, "RAY_ADDRESS": ray_local})  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "raytune_bsm.runner.tune", str(job)],
+        cwd=REPO,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "RAY_ADDRESS": ray_local},
+    )
     try:
         finished, partial, first_done = [], [], None
         deadline = time.monotonic() + 300

@@ -7,7 +7,6 @@ import importlib.util
 from pathlib import Path
 
 import pytest
-
 from conftest import TINY_ENCODER
 
 from raytune_bsm.config import RunConfig
@@ -19,12 +18,14 @@ EXPECTED_TAGS = {"train_loss", "val_loss", "val_accuracy", "val_f1_score", "trai
 
 
 def _run(tmp_path: Path, name: str) -> RunConfig:
-    return RunConfig.from_dict({
-        "name": name,
-        "model": {"encoder_config": TINY_ENCODER, "lr": 1e-3, "max_tokens": 64, "max_chunks": 4},
-        "data": {"demo_rows": 200, "batch_size": 32},
-        "train": {"max_epochs": 2, "log_every_n_steps": 1, "output_dir": str(tmp_path / name), "save_top_k": 1},
-    })  # fmt: skip
+    return RunConfig.from_dict(
+        {
+            "name": name,
+            "model": {"encoder_config": TINY_ENCODER, "lr": 1e-3, "max_tokens": 64, "max_chunks": 4},
+            "data": {"demo_rows": 200, "batch_size": 32},
+            "train": {"max_epochs": 2, "log_every_n_steps": 1, "output_dir": str(tmp_path / name), "save_top_k": 1},
+        }
+    )
 
 
 def scalar_tags(logdir: Path) -> dict[str, list[float]]:
@@ -47,7 +48,9 @@ def test_a_run_writes_tensorboard_curves(tmp_path):
     assert len(tags["val_loss"]) == 2 and len(tags["records_per_s"]) == 2 and min(tags["records_per_s"]) > 0
 
 
-@pytest.mark.skipif(importlib.util.find_spec("mlflow") is None, reason="mlflow is not installed (pip install 'raytune-bsm[mlflow]')")
+@pytest.mark.skipif(
+    importlib.util.find_spec("mlflow") is None, reason="mlflow is not installed (pip install 'raytune-bsm[mlflow]')"
+)
 def test_mlflow_file_store_gets_params_metrics_and_the_export(tmp_path, monkeypatch):
     import mlflow
 

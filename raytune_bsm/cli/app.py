@@ -98,4 +98,3 @@ def command(name: str) -> Callable:
         return app.command(name)(run)
 
     return deco
-

@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 import typer
 
 from raytune_bsm import api
-from raytune_bsm.cli.app import command, err, out
+from raytune_bsm.cli.app import command, out
 from raytune_bsm.cli.options import Address, AllowInsecure, BatchSize, DryRun, IdField, Json, TextField
 from raytune_bsm.client.text import safe
 from raytune_bsm.errors import ConfigError
@@ -24,7 +24,9 @@ def demo_data(
     out_dir: Annotated[str, typer.Option("--out", help="Directory for train/val/test.parquet.")],
     rows: Annotated[int, typer.Option("--rows", help="Dialogues in all (80/10/10).")] = 2000,
     seed: Annotated[int, typer.Option("--seed")] = 0,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace train/val/test.parquet already in --out.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace train/val/test.parquet already in --out.")
+    ] = False,
     as_json: Json = False,
 ) -> None:
     """Write synthetic buyer-seller dialogues (train/val/test Parquet). Prints the directory."""
@@ -63,7 +65,9 @@ def export(
 def report(
     source: Annotated[str, typer.Argument(help="A run, sweep or export: a path/URI, a job id or a run name.")],
     out_dir: Annotated[Optional[str], typer.Option("--out", help="Report directory (default: ./<run>-report).")] = None,
-    threshold: Annotated[Optional[float], typer.Option("--threshold", help="Binary decision threshold (default: the run's).")] = None,
+    threshold: Annotated[
+        Optional[float], typer.Option("--threshold", help="Binary decision threshold (default: the run's).")
+    ] = None,
     address: Address = None,
     as_json: Json = False,
 ) -> None:
@@ -76,18 +80,37 @@ def report(
 @command("predict")
 def predict(
     export_dir: Annotated[str, typer.Argument(help="An export directory (from `bsm fetch` or `bsm export`).")],
-    data: Annotated[str, typer.Argument(help="Parquet, CSV or JSON Lines: a file, a directory or a glob; local or a URI.")],
-    out_path: Annotated[Optional[str], typer.Option("--out", help=".parquet, .csv or .jsonl (default: next to DATA); "
-                                                    "with --on-cluster a directory of Parquet files.")] = None,
-    provider: Annotated[str, typer.Option("--provider", help="ONNX Runtime execution provider, e.g. CUDAExecutionProvider.")] = "CPUExecutionProvider",
-    precision: Annotated[str, typer.Option("--precision", help="auto (int8 where the export's metrics allow it), fp32 or int8.")] = "auto",
+    data: Annotated[
+        str, typer.Argument(help="Parquet, CSV or JSON Lines: a file, a directory or a glob; local or a URI.")
+    ],
+    out_path: Annotated[
+        Optional[str],
+        typer.Option(
+            "--out",
+            help=".parquet, .csv or .jsonl (default: next to DATA); with --on-cluster a directory of Parquet files.",
+        ),
+    ] = None,
+    provider: Annotated[
+        str, typer.Option("--provider", help="ONNX Runtime execution provider, e.g. CUDAExecutionProvider.")
+    ] = "CPUExecutionProvider",
+    precision: Annotated[
+        str, typer.Option("--precision", help="auto (int8 where the export's metrics allow it), fp32 or int8.")
+    ] = "auto",
     batch_size: BatchSize = None,
     text_field: TextField = None,
     id_field: IdField = None,
-    threads: Annotated[Optional[int], typer.Option("--threads", help="ONNX Runtime threads (default: the CPUs).")] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out file (never the input).")] = False,
-    on_cluster: Annotated[bool, typer.Option("--on-cluster", help="Score on a Ray cluster (Ray Data, an actor pool).")] = False,
-    num_actors: Annotated[Optional[int], typer.Option("--num-actors", help="--on-cluster: scoring actors (default: autoscale).")] = None,
+    threads: Annotated[
+        Optional[int], typer.Option("--threads", help="ONNX Runtime threads (default: the CPUs).")
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing --out file (never the input).")
+    ] = False,
+    on_cluster: Annotated[
+        bool, typer.Option("--on-cluster", help="Score on a Ray cluster (Ray Data, an actor pool).")
+    ] = False,
+    num_actors: Annotated[
+        Optional[int], typer.Option("--num-actors", help="--on-cluster: scoring actors (default: autoscale).")
+    ] = None,
     address: Address = None,
     allow_insecure: AllowInsecure = False,
     dry_run: DryRun = False,
@@ -98,21 +121,51 @@ def predict(
     batch_size = 32 if batch_size is None else batch_size
     if on_cluster:
         if out_path is None:
-            raise ConfigError("--on-cluster needs --out DIR: a directory (path or URI) the cluster writes Parquet files to")
-        result = api.predict_on_cluster(export_dir, data, out_path, address=address, provider=provider,
-                                        precision=precision, batch_size=batch_size, num_actors=num_actors,
-                                        id_field=id_field, text_field=text_field, allow_insecure=allow_insecure,
-                                        dry_run=dry_run)  # fmt: skip
+            raise ConfigError(
+                "--on-cluster needs --out DIR: a directory (path or URI) the cluster writes Parquet files to"
+            )
+        result = api.predict_on_cluster(
+            export_dir,
+            data,
+            out_path,
+            address=address,
+            provider=provider,
+            precision=precision,
+            batch_size=batch_size,
+            num_actors=num_actors,
+            id_field=id_field,
+            text_field=text_field,
+            allow_insecure=allow_insecure,
+            dry_run=dry_run,
+        )
         out(result if dry_run else {"job_id": result} if as_json else safe(result))
         return
-    cluster_only = [f for f, v in (("--num-actors", num_actors), ("--address", address), ("--dry-run", dry_run),
-                                   ("--allow-insecure", allow_insecure)) if v]  # fmt: skip
+    cluster_only = [
+        f
+        for f, v in (
+            ("--num-actors", num_actors),
+            ("--address", address),
+            ("--dry-run", dry_run),
+            ("--allow-insecure", allow_insecure),
+        )
+        if v
+    ]
     if cluster_only:
         raise ConfigError(f"{', '.join(cluster_only)} only apply with --on-cluster")
     if threads is not None and threads < 1:
         raise ConfigError(f"--threads must be at least 1, got {threads}")
     with bar_callback("scoring", unit="records") as update:  # the bar starts with the scoring, not before
-        written = api.predict(export_dir, data, out_path, provider=provider, batch_size=batch_size,
-                              precision=precision, text_field=text_field, id_field=id_field, threads=threads,
-                              overwrite=overwrite, progress=update)  # fmt: skip
+        written = api.predict(
+            export_dir,
+            data,
+            out_path,
+            provider=provider,
+            batch_size=batch_size,
+            precision=precision,
+            text_field=text_field,
+            id_field=id_field,
+            threads=threads,
+            overwrite=overwrite,
+            progress=update,
+        )
     out({"out": str(written)} if as_json else safe(written))

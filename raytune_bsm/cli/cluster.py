@@ -25,4 +25,8 @@ def up(
 def down() -> None:
     """Stop the local Ray cluster that `bsm up` (or `bsm submit`) started, and nothing else."""
     rec = api.down()
-    err(f"stopped the local Ray cluster at {safe(rec.dashboard_url)}" if rec else "no local cluster started by bsm is running")
+    err(
+        f"stopped the local Ray cluster at {safe(rec.dashboard_url)}"
+        if rec
+        else "no local cluster started by bsm is running"
+    )

@@ -25,14 +25,26 @@ def submit(opts: api.SubmitOptions, follow: Follow = False, dry_run: DryRun = Fa
 def tune(
     opts: api.SubmitOptions,
     num_samples: Annotated[Optional[int], typer.Option("--num-samples", help="Trials to draw (default 8).")] = None,
-    scheduler: Annotated[Optional[str], typer.Option("--scheduler", help="asha (default: stop weak trials early) or fifo.")] = None,
-    metric: Annotated[Optional[str], typer.Option("--metric", help="Default: val_auroc (binary), val_f1_score (multiclass).")] = None,
-    mode: Annotated[Optional[str], typer.Option("--mode", help="max or min (default: min for val_loss, else max).")] = None,
-    max_concurrent: Annotated[Optional[int], typer.Option("--max-concurrent", help="Default: what the cluster's resources fit.")] = None,
+    scheduler: Annotated[
+        Optional[str], typer.Option("--scheduler", help="asha (default: stop weak trials early) or fifo.")
+    ] = None,
+    metric: Annotated[
+        Optional[str], typer.Option("--metric", help="Default: val_auroc (binary), val_f1_score (multiclass).")
+    ] = None,
+    mode: Annotated[
+        Optional[str], typer.Option("--mode", help="max or min (default: min for val_loss, else max).")
+    ] = None,
+    max_concurrent: Annotated[
+        Optional[int], typer.Option("--max-concurrent", help="Default: what the cluster's resources fit.")
+    ] = None,
     time_budget: Annotated[Optional[str], typer.Option("--time-budget", help="e.g. 30m, 2h, or seconds.")] = None,
-    search_space: Annotated[Optional[str], typer.Option("--search-space", help="YAML (see jobs/search_space.yaml).")] = None,
+    search_space: Annotated[
+        Optional[str], typer.Option("--search-space", help="YAML (see jobs/search_space.yaml).")
+    ] = None,
     gpus_per_trial: Annotated[Optional[int], typer.Option("--gpus-per-trial", hidden=True)] = None,  # old: --num-gpus
-    workers_per_trial: Annotated[Optional[int], typer.Option("--workers-per-trial", hidden=True)] = None,  # --num-workers
+    workers_per_trial: Annotated[
+        Optional[int], typer.Option("--workers-per-trial", hidden=True)
+    ] = None,  # --num-workers
     follow: Follow = False,
     dry_run: DryRun = False,
     as_json: Json = False,
@@ -40,9 +52,16 @@ def tune(
     """Submit a Ray Tune sweep over lr, warmup and reinit_layers; the best trial is exported. Prints the job id.
 
     Every `bsm submit` option applies per trial; a key given as a flag or --set is fixed, not sampled."""
-    sweep = {"num_samples": num_samples, "scheduler": scheduler, "metric": metric, "mode": mode,
-             "gpus_per_trial": gpus_per_trial, "workers_per_trial": workers_per_trial,
-             "max_concurrent": max_concurrent, "time_budget_s": time_budget}  # fmt: skip
+    sweep = {
+        "num_samples": num_samples,
+        "scheduler": scheduler,
+        "metric": metric,
+        "mode": mode,
+        "gpus_per_trial": gpus_per_trial,
+        "workers_per_trial": workers_per_trial,
+        "max_concurrent": max_concurrent,
+        "time_budget_s": time_budget,
+    }
     _submitted(api.tune(opts, sweep, search_space=search_space, dry_run=dry_run), opts, follow, as_json)
 
 
@@ -75,8 +94,18 @@ def _report_end(job_id: str, opts: api.SubmitOptions, state: str) -> None:
         raise typer.Exit(1)
 
 
-STATUS_KEYS = ("job_id", "status", "error", "run", "start_time", "end_time", "run_dir", "best_checkpoint", "export",
-               "restarts")  # fmt: skip
+STATUS_KEYS = (
+    "job_id",
+    "status",
+    "error",
+    "run",
+    "start_time",
+    "end_time",
+    "run_dir",
+    "best_checkpoint",
+    "export",
+    "restarts",
+)
 
 
 @command("status")

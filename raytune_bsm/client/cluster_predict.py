@@ -59,9 +59,19 @@ def predict_on_cluster(
     """Submit a batch-scoring job: `export` scores every row of `data` on an ONNX Runtime actor pool (one GPU per
     actor with CUDAExecutionProvider) and the predictions (`id`, `predicted`, `prob_<class>`) land in the
     directory `out` as Parquet files. Returns the job id, or with `dry_run` the plan (nothing contacted)."""
-    job = job_config(export, data, out, provider=provider, precision=precision, batch_size=batch_size,
-                     num_actors=num_actors, cpus_per_actor=cpus_per_actor, rows_per_batch=rows_per_batch,
-                     id_field=id_field, text_field=text_field)  # fmt: skip
+    job = job_config(
+        export,
+        data,
+        out,
+        provider=provider,
+        precision=precision,
+        batch_size=batch_size,
+        num_actors=num_actors,
+        cpus_per_actor=cpus_per_actor,
+        rows_per_batch=rows_per_batch,
+        id_field=id_field,
+        text_field=text_field,
+    )
     if dry_run:
         return build(job, name).plan()
     conn, client = connection.connect(address, allow_insecure=allow_insecure)
@@ -73,14 +83,28 @@ def predict_on_cluster(
     return send(client, conn, sub)
 
 
-def job_config(export: str, data: str, out: str, *, provider: str, precision: str, batch_size: int,
-               num_actors: int | None, cpus_per_actor: int, rows_per_batch: int = 1024,
-               id_field: str | None = None, text_field: str | None = None) -> dict[str, Any]:  # fmt: skip
+def job_config(
+    export: str,
+    data: str,
+    out: str,
+    *,
+    provider: str,
+    precision: str,
+    batch_size: int,
+    num_actors: int | None,
+    cpus_per_actor: int,
+    rows_per_batch: int = 1024,
+    id_field: str | None = None,
+    text_field: str | None = None,
+) -> dict[str, Any]:
     """The job's bsm_job.json (runner/batch_predict.py's PredictJob), every value checked."""
     if provider not in PROVIDERS:
         raise ConfigError(f"--provider must be one of {', '.join(PROVIDERS)} with --on-cluster, got {provider!r}")
-    for flag, value in (("--batch-size", batch_size), ("--cpus-per-actor", cpus_per_actor),
-                        ("--rows-per-batch", rows_per_batch)):  # fmt: skip
+    for flag, value in (
+        ("--batch-size", batch_size),
+        ("--cpus-per-actor", cpus_per_actor),
+        ("--rows-per-batch", rows_per_batch),
+    ):
         if value < 1:
             raise ConfigError(f"{flag} must be at least 1, got {value}")
     if num_actors is not None and num_actors < 1:
@@ -91,9 +115,20 @@ def job_config(export: str, data: str, out: str, *, provider: str, precision: st
     check_export(export, precision)
     if not storage.is_uri(data):
         check_local_data(data, text_field, id_field)
-    return {"kind": KIND, "export": export, "data": data, "out": out, "provider": provider, "precision": precision,
-            "batch_size": batch_size, "rows_per_batch": rows_per_batch, "num_actors": num_actors,
-            "cpus_per_actor": cpus_per_actor, "id_field": id_field, "text_field": text_field}  # fmt: skip
+    return {
+        "kind": KIND,
+        "export": export,
+        "data": data,
+        "out": out,
+        "provider": provider,
+        "precision": precision,
+        "batch_size": batch_size,
+        "rows_per_batch": rows_per_batch,
+        "num_actors": num_actors,
+        "cpus_per_actor": cpus_per_actor,
+        "id_field": id_field,
+        "text_field": text_field,
+    }
 
 
 def build(job: dict[str, Any], name: str | None = None, warnings: list[str] | None = None) -> Submission:
@@ -106,12 +141,21 @@ def build(job: dict[str, Any], name: str | None = None, warnings: list[str] | No
         submission_id=f"bsm-{name}",
         entrypoint=ENTRYPOINT,
         config=job,
-        runtime_env={"working_dir": f"<staged: {CONFIG_FILE}>", "py_modules": [str(PACKAGE_DIR)],
-                     "excludes": EXCLUDES, "env_vars": ENV_VARS},  # fmt: skip
+        runtime_env={
+            "working_dir": f"<staged: {CONFIG_FILE}>",
+            "py_modules": [str(PACKAGE_DIR)],
+            "excludes": EXCLUDES,
+            "env_vars": ENV_VARS,
+        },
         metadata={"bsm": "1", "bsm_kind": KIND, "bsm_run": name, "bsm_storage": job["out"], "bsm_run_dir": job["out"]},
-        scaling={"actors": job["num_actors"] or "autoscaling, up to the cluster's " + ("GPUs" if gpu else "CPUs"),
-                 "resources_per_actor": per_actor, "num_gpus_per_actor": gpu, "provider": job["provider"],
-                 "batch_size": job["batch_size"], "driver_cpus": 0},  # fmt: skip
+        scaling={
+            "actors": job["num_actors"] or "autoscaling, up to the cluster's " + ("GPUs" if gpu else "CPUs"),
+            "resources_per_actor": per_actor,
+            "num_gpus_per_actor": gpu,
+            "provider": job["provider"],
+            "batch_size": job["batch_size"],
+            "driver_cpus": 0,
+        },
         warnings=list(warnings or []),
     )
 
@@ -121,13 +165,19 @@ def send(client: Any, conn: Any, sub: Submission) -> str:
     with tempfile.TemporaryDirectory(prefix="bsm-submit-") as tmp:
         runtime_env = stage(sub, Path(tmp))
         try:
-            job_id = client.submit_job(entrypoint=sub.entrypoint, submission_id=sub.submission_id,
-                                       runtime_env=runtime_env, metadata=sub.metadata,
-                                       entrypoint_num_cpus=0)  # fmt: skip  (the driver only coordinates)
+            job_id = client.submit_job(
+                entrypoint=sub.entrypoint,
+                submission_id=sub.submission_id,
+                runtime_env=runtime_env,
+                metadata=sub.metadata,
+                entrypoint_num_cpus=0,
+            )  # the driver only coordinates
         except RuntimeError as e:
             if "already exists" in str(e):
                 raise JobError(f"a job named {sub.submission_id} already exists; choose another --name") from None
-            raise ClusterError(f"the cluster at {conn.dashboard_url} refused the job: {str(e).splitlines()[0]}") from None
+            raise ClusterError(
+                f"the cluster at {conn.dashboard_url} refused the job: {str(e).splitlines()[0]}"
+            ) from None
     log.info("submitted %s to %s (predictions: %s)", job_id, conn.dashboard_url, sub.config["out"])
     return job_id
 
@@ -154,8 +204,10 @@ def check_local_data(data: str, text_field: str | None, id_field: str | None) ->
         if col is not None and col not in names:
             raise DataError(f"{files[0].name}: missing column {col!r} (columns are {', '.join(names)}); {flag}")
     if id_field is None and not any(c in names for c in ID_CANDIDATES):
-        raise DataError(f"{data}: no id column ({', '.join(ID_CANDIDATES)}); on the cluster rows are scored in "
-                        "parallel and written in any order, so each prediction needs an id: name one with --id-field")  # fmt: skip
+        raise DataError(
+            f"{data}: no id column ({', '.join(ID_CANDIDATES)}); on the cluster rows are scored in "
+            "parallel and written in any order, so each prediction needs an id: name one with --id-field"
+        )
 
 
 def check_out(out: str, data: str) -> str:
@@ -182,10 +234,15 @@ def check_paths_for(conn: Any, job: dict[str, Any]) -> list[str]:
     if conn.is_local:
         return []
     if not storage.is_uri(job["out"]):
-        raise ConfigError(f"--out {job['out']} is a local path, but the cluster at {conn.dashboard_url} is remote; "
-                          "give storage every node reaches (s3://bucket/predictions, gs://..., hdfs://...)")  # fmt: skip
-    return [f"{what} {job[key]} is a local path; every node of the remote cluster must see the same path"
-            for what, key in (("EXPORT", "export"), ("DATA", "data")) if not storage.is_uri(job[key])]
+        raise ConfigError(
+            f"--out {job['out']} is a local path, but the cluster at {conn.dashboard_url} is remote; "
+            "give storage every node reaches (s3://bucket/predictions, gs://..., hdfs://...)"
+        )
+    return [
+        f"{what} {job[key]} is a local path; every node of the remote cluster must see the same path"
+        for what, key in (("EXPORT", "export"), ("DATA", "data"))
+        if not storage.is_uri(job[key])
+    ]
 
 
 def check_resources(job: dict[str, Any], res: Any) -> None:

@@ -84,13 +84,17 @@ def _to_dashboard_url(address: str, source: str, rec: LocalCluster | None) -> st
         scheme, rest = "", s
     scheme = scheme.lower()
     if scheme not in ("", "http", "https", "ray"):
-        raise ClusterError(f"{source}={address!r} has the scheme {scheme!r}; bsm talks to the Ray Jobs API: give "
-                           f"{_example()} (or https://...)")  # fmt: skip
+        raise ClusterError(
+            f"{source}={address!r} has the scheme {scheme!r}; bsm talks to the Ray Jobs API: give "
+            f"{_example()} (or https://...)"
+        )
     try:
         parts = urlsplit("//" + rest)
         host, port = parts.hostname, parts.port
     except ValueError:
-        raise ClusterError(f"{source}={address!r} is not a valid address (host or port); give e.g. {_example()}") from None
+        raise ClusterError(
+            f"{source}={address!r} is not a valid address (host or port); give e.g. {_example()}"
+        ) from None
     if not host:
         raise ClusterError(f"{source}={address!r} names no host; give e.g. {_example()}")
     hostport = f"[{host}]" if ":" in host else host
@@ -101,8 +105,13 @@ def _to_dashboard_url(address: str, source: str, rec: LocalCluster | None) -> st
         if rec is not None and port is not None and _same_hostport(f"{hostport}:{port}", client):
             return rec.dashboard_url
         url = _example(hostport)
-        log.warning("%s=%s is a Ray Client address; bsm uses the Jobs API and assumes the dashboard at %s "
-                    "(give --address http://HOST:PORT if it listens elsewhere)", source, address, url)  # fmt: skip
+        log.warning(
+            "%s=%s is a Ray Client address; bsm uses the Jobs API and assumes the dashboard at %s "
+            "(give --address http://HOST:PORT if it listens elsewhere)",
+            source,
+            address,
+            url,
+        )
         return url
     if port is None:
         return _example(hostport)
@@ -118,12 +127,20 @@ def _to_dashboard_url(address: str, source: str, rec: LocalCluster | None) -> st
 
 
 def _connection_for_cluster(rec: LocalCluster, source: str) -> Connection:
-    return Connection(dashboard_url=rec.dashboard_url, token=read_token(rec), is_local=True, started_by_bsm=True,
-                      storage_default=rec.storage, source=source, token_source=rec.token_file)  # fmt: skip
+    return Connection(
+        dashboard_url=rec.dashboard_url,
+        token=read_token(rec),
+        is_local=True,
+        started_by_bsm=True,
+        storage_default=rec.storage,
+        source=source,
+        token_source=rec.token_file,
+    )
 
 
-def resolve_connection(address: str | None, *, start: bool = True, home: Path | None = None,
-                       allow_insecure: bool = False) -> Connection:  # fmt: skip
+def resolve_connection(
+    address: str | None, *, start: bool = True, home: Path | None = None, allow_insecure: bool = False
+) -> Connection:
     """Where jobs go: `address`, else ``RAY_API_SERVER_ADDRESS`` / ``RAY_ADDRESS``, else the running bsm
     cluster, else (if `start`) a new one from `local_cluster.up()`. See the module docstring for the forms.
 
@@ -142,9 +159,16 @@ def resolve_connection(address: str | None, *, start: bool = True, home: Path | 
         if rec is not None and url == rec.dashboard_url:
             return _connection_for_cluster(rec, source)
         token, token_source = token_from_env()
-        return Connection(dashboard_url=url, token=token, is_local=is_loopback(urlsplit(url).hostname or ""),
-                          started_by_bsm=False, storage_default=None, source=source, token_source=token_source,
-                          allow_insecure=allow_insecure)  # fmt: skip
+        return Connection(
+            dashboard_url=url,
+            token=token,
+            is_local=is_loopback(urlsplit(url).hostname or ""),
+            started_by_bsm=False,
+            storage_default=None,
+            source=source,
+            token_source=token_source,
+            allow_insecure=allow_insecure,
+        )
     rec = _cluster.running_cluster(home_dir)
     if rec is not None:
         return _connection_for_cluster(rec, "bsm cluster")
@@ -157,8 +181,9 @@ def resolve_connection(address: str | None, *, start: bool = True, home: Path | 
     return _connection_for_cluster(_cluster.up(home=home_dir), "started by bsm")
 
 
-def connect(address: str | None, *, start: bool = True, allow_insecure: bool = False,
-            home: Path | None = None) -> tuple[Connection, JobSubmissionClient]:  # fmt: skip
+def connect(
+    address: str | None, *, start: bool = True, allow_insecure: bool = False, home: Path | None = None
+) -> tuple[Connection, JobSubmissionClient]:
     """Resolve `address`, decide whether it is secure enough (unauthenticated, before the token goes
     anywhere), then a job client that sends the token: the one way into a cluster for every command."""
     conn = resolve_connection(address, start=start, home=home, allow_insecure=allow_insecure)

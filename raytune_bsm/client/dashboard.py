@@ -182,8 +182,11 @@ def check_secure(conn: Connection, allow_insecure: bool) -> None:
         if not may_send_token(conn.dashboard_url, conn.allow_insecure):
             raise ClusterError(_insecure_token(conn))
         if conn.dashboard_url.lower().startswith("http://"):
-            log.warning("sending the auth token to %s over plain http (--allow-insecure); prefer https or an SSH "
-                        "tunnel (`ray dashboard cluster.yaml`) to a loopback port", conn.dashboard_url)  # fmt: skip
+            log.warning(
+                "sending the auth token to %s over plain http (--allow-insecure); prefer https or an SSH "
+                "tunnel (`ray dashboard cluster.yaml`) to a loopback port",
+                conn.dashboard_url,
+            )
         return
     if not conn.allow_insecure:
         raise ClusterError(
@@ -191,8 +194,11 @@ def check_secure(conn: Connection, allow_insecure: bool) -> None:
             f"(authentication_mode={mode!r}): anyone who can reach it can run code on it. Start it with "
             f"RAY_AUTH_MODE=token (see cluster.yaml), or pass --allow-insecure to submit anyway"
         )
-    log.warning("the Ray cluster at %s has token authentication %s; submitting anyway (--allow-insecure)",
-                conn.dashboard_url, mode)  # fmt: skip
+    log.warning(
+        "the Ray cluster at %s has token authentication %s; submitting anyway (--allow-insecure)",
+        conn.dashboard_url,
+        mode,
+    )
     conn.token = None  # it does not ask for one: the token stays here
 
 
@@ -216,8 +222,10 @@ def job_client(conn: Connection) -> JobSubmissionClient:
             f"of a Ray >= 2.52 cluster, e.g. http://HOST:{DEFAULT_DASHBOARD_PORT}"
         ) from None
     if client.get_address().rstrip("/") != conn.dashboard_url:  # pragma: no cover  (a Ray that resolves otherwise)
-        raise ClusterError(f"Ray's job client chose {safe(client.get_address())}, not {conn.dashboard_url}; unset "
-                           f"RAY_ADDRESS / RAY_API_SERVER_ADDRESS or pass the same --address")  # fmt: skip
+        raise ClusterError(
+            f"Ray's job client chose {safe(client.get_address())}, not {conn.dashboard_url}; unset "
+            f"RAY_ADDRESS / RAY_API_SERVER_ADDRESS or pass the same --address"
+        )
     return client
 
 

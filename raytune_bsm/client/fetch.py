@@ -40,8 +40,13 @@ def locate_export(source: str, *, address: str | None = None) -> tuple[str, str]
     return join(default_storage(), source, EXPORT_DIR), source  # a run name in the default storage
 
 
-def fetch(source: str, to: str | None = None, *, address: str | None = None,
-          progress: Callable[[int, int], None] | None = None) -> Path:  # fmt: skip
+def fetch(
+    source: str,
+    to: str | None = None,
+    *,
+    address: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Path:
     """Download and verify an export; return the local directory (`to`, or ``<run>-export``).
     `progress(bytes_done, bytes_total)` as it downloads."""
     src, name = locate_export(source, address=address)

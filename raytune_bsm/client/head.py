@@ -103,20 +103,38 @@ def head_env(home: Path, token_file: Path, ports: dict[str, int]) -> dict[str, s
 
 def head_command(ports: dict[str, int], temp_dir: Path, num_cpus: int | None, num_gpus: int | None) -> list[str]:
     cmd = [
-        sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block",
-        "--node-ip-address", "127.0.0.1",
-        "--include-dashboard", "true",
-        "--dashboard-host", "127.0.0.1",
-        "--port", str(ports["gcs"]),
-        "--dashboard-port", str(ports["dashboard"]),
-        "--ray-client-server-port", str(ports["client"]),
-        "--dashboard-agent-listen-port", "0",  # 0: Ray picks (its default 52365 is one per machine)
-        "--min-worker-port", "0", "--max-worker-port", "0",
-        "--temp-dir", str(temp_dir),
+        sys.executable,
+        "-m",
+        "ray.scripts.scripts",
+        "start",
+        "--head",
+        "--block",
+        "--node-ip-address",
+        "127.0.0.1",
+        "--include-dashboard",
+        "true",
+        "--dashboard-host",
+        "127.0.0.1",
+        "--port",
+        str(ports["gcs"]),
+        "--dashboard-port",
+        str(ports["dashboard"]),
+        "--ray-client-server-port",
+        str(ports["client"]),
+        "--dashboard-agent-listen-port",
+        "0",  # 0: Ray picks (its default 52365 is one per machine)
+        "--min-worker-port",
+        "0",
+        "--max-worker-port",
+        "0",
+        "--temp-dir",
+        str(temp_dir),
         "--disable-usage-stats",
-        "--log-style", "record",
-        "--log-color", "false",
-    ]  # fmt: skip
+        "--log-style",
+        "record",
+        "--log-color",
+        "false",
+    ]
     if num_cpus is not None:
         cmd += ["--num-cpus", str(num_cpus)]
     if num_gpus is not None:

@@ -23,7 +23,9 @@ from raytune_bsm.storage import exists, join, read_bytes
 log = logging.getLogger("raytune_bsm")
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 # The line of a log that says why it failed: a Python exception, bsm's own error line, or the shell's.
-_ERROR_LINE = re.compile(r"^(?:[A-Za-z_][\w.]*(?:Error|Exception|Interrupt|Exit|Failure)\b.*|bsm: error: .*|(?:/bin/)?sh: .+)$")
+_ERROR_LINE = re.compile(
+    r"^(?:[A-Za-z_][\w.]*(?:Error|Exception|Interrupt|Exit|Failure)\b.*|bsm: error: .*|(?:/bin/)?sh: .+)$"
+)
 
 
 def _connect(address: str | None, allow_insecure: bool = False) -> tuple[Any, Any]:
@@ -81,8 +83,12 @@ def status(job_id: str | None = None, *, address: str | None = None, allow_insec
         out["error"] = failure_reason(info, logs_text)
     result = _read_result(out["run_dir"])
     if result:
-        out.update(metrics=result.get("metrics"), best_checkpoint=result.get("best_checkpoint"),
-                   restarts=len(result.get("restarts") or []), export=result.get("export"))  # fmt: skip
+        out.update(
+            metrics=result.get("metrics"),
+            best_checkpoint=result.get("best_checkpoint"),
+            restarts=len(result.get("restarts") or []),
+            export=result.get("export"),
+        )
         if "leaderboard" in result:
             out.update(leaderboard=result["leaderboard"], monitor=result.get("monitor"), trials=result.get("trials"))
     else:
@@ -121,7 +127,7 @@ def _read_result(run_dir: str | None) -> dict[str, Any] | None:
     try:
         path = join(run_dir, RESULT_JSON)
         return json.loads(read_bytes(path)) if exists(path) else None
-    except Exception:  # storage the client cannot reach (e.g. cloud credentials only on the cluster)
+    except Exception:  # noqa: BLE001 - storage the client cannot reach (e.g. cloud credentials only on the cluster)
         return None
 
 
@@ -139,8 +145,16 @@ def latest_metrics(logs: str) -> dict[str, float] | None:
 # ----------------------------------------------------------------------------------------------- logs
 
 
-def logs(job_id: str, *, address: str | None = None, follow: bool = False, out: TextIO = sys.stderr,
-         poll: float = 2.0, retries: int = 30, allow_insecure: bool = False) -> str:  # fmt: skip
+def logs(
+    job_id: str,
+    *,
+    address: str | None = None,
+    follow: bool = False,
+    out: TextIO = sys.stderr,
+    poll: float = 2.0,
+    retries: int = 30,
+    allow_insecure: bool = False,
+) -> str:
     """Write the job's logs to `out` (escaped); with `follow`, stream them until the job ends, across dropped
     connections. Returns the job's final status (or the current one without `follow`)."""
     conn, client = _connect(address, allow_insecure)
@@ -152,8 +166,9 @@ def logs(job_id: str, *, address: str | None = None, follow: bool = False, out: 
     return follow_logs(client, job_id, out, poll=poll, retries=retries, where=conn.dashboard_url)
 
 
-def follow_logs(client: Any, job_id: str, out: TextIO, *, poll: float = 2.0, retries: int = 30,
-                where: str = "the cluster") -> str:  # fmt: skip
+def follow_logs(
+    client: Any, job_id: str, out: TextIO, *, poll: float = 2.0, retries: int = 30, where: str = "the cluster"
+) -> str:
     """Stream a job's logs with `client.tail_job_logs` until the job is terminal; return its final state.
 
     The stream replays the log from its start on every connection, so after a drop bsm reconnects and skips
@@ -165,7 +180,7 @@ def follow_logs(client: Any, job_id: str, out: TextIO, *, poll: float = 2.0, ret
         nonlocal printed, failures
         seen = 0
         async for chunk in client.tail_job_logs(job_id):
-            new = chunk[max(0, printed - seen):]
+            new = chunk[max(0, printed - seen) :]
             seen += len(chunk)
             if new:
                 out.write(safe(new, multiline=True))
@@ -179,11 +194,13 @@ def follow_logs(client: Any, job_id: str, out: TextIO, *, poll: float = 2.0, ret
             state = _state(_job_info(client, job_id))
         except BsmError:
             raise
-        except Exception as e:  # a dropped connection (aiohttp, requests or Ray's RuntimeError): retry
+        except Exception as e:  # noqa: BLE001 - a dropped connection (aiohttp, requests or Ray's RuntimeError): retry
             failures += 1
             if failures > retries:
-                raise ClusterError(f"lost the connection to {where} while following the logs of {safe(job_id)} "
-                                   f"({type(e).__name__}: {safe(str(e))}); run `bsm logs --follow` again") from None  # fmt: skip
+                raise ClusterError(
+                    f"lost the connection to {where} while following the logs of {safe(job_id)} "
+                    f"({type(e).__name__}: {safe(str(e))}); run `bsm logs --follow` again"
+                ) from None
             log.debug("log stream of %s dropped (%s); reconnecting", job_id, e)
             time.sleep(poll)
             continue
@@ -192,8 +209,14 @@ def follow_logs(client: Any, job_id: str, out: TextIO, *, poll: float = 2.0, ret
         time.sleep(poll)  # the stream ended but the job did not: reconnect
 
 
-def wait(job_id: str, *, address: str | None = None, on_log: TextIO | None = None, timeout: float | None = None,
-         allow_insecure: bool = False) -> str:  # fmt: skip
+def wait(
+    job_id: str,
+    *,
+    address: str | None = None,
+    on_log: TextIO | None = None,
+    timeout: float | None = None,
+    allow_insecure: bool = False,
+) -> str:
     """Block until the job ends; stream its logs to `on_log` if given. Returns the final status."""
     if on_log is not None:
         return logs(job_id, address=address, follow=True, out=on_log, allow_insecure=allow_insecure)
@@ -241,8 +264,9 @@ def _kill_pending_supervisor(client: Any, job_id: str) -> None:
         f"{'_ray_internal_job_actor_' + job_id!r}, namespace='SUPERVISOR_ACTOR_RAY_NAMESPACE'), no_restart=True)"
     )
     log.warning("job %s is still pending after the stop request; removing its unscheduled supervisor", safe(job_id))
-    client.submit_job(entrypoint=f"python -c {shlex.quote(code)}", entrypoint_num_cpus=0,
-                      metadata={"bsm_stopper_for": job_id})  # fmt: skip
+    client.submit_job(
+        entrypoint=f"python -c {shlex.quote(code)}", entrypoint_num_cpus=0, metadata={"bsm_stopper_for": job_id}
+    )
 
 
 def list_jobs(*, address: str | None = None, allow_insecure: bool = False) -> list[dict[str, Any]]:
@@ -256,9 +280,18 @@ def _list(client: Any) -> list[dict[str, Any]]:
     for j in client.list_jobs():
         if (j.metadata or {}).get("bsm") != "1" or not j.submission_id:
             continue
-        rows.append({"job_id": safe(j.submission_id), "status": _state(j), "kind": _meta(j, "bsm_kind"),
-                     "run": _meta(j, "bsm_run"), "start_time": _iso(j.start_time), "end_time": _iso(j.end_time),
-                     "run_dir": _meta(j, "bsm_run_dir"), "_start": j.start_time or 0})  # fmt: skip
+        rows.append(
+            {
+                "job_id": safe(j.submission_id),
+                "status": _state(j),
+                "kind": _meta(j, "bsm_kind"),
+                "run": _meta(j, "bsm_run"),
+                "start_time": _iso(j.start_time),
+                "end_time": _iso(j.end_time),
+                "run_dir": _meta(j, "bsm_run_dir"),
+                "_start": j.start_time or 0,
+            }
+        )
     rows.sort(key=lambda r: r["_start"], reverse=True)
     for r in rows:
         r.pop("_start")

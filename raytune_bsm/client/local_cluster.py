@@ -170,8 +170,14 @@ def _validate_count(name: str, value: int | None, minimum: int) -> None:
 # ----------------------------------------------------------------------------------------- up / down / running
 
 
-def up(num_cpus: int | None = None, num_gpus: int | None = None, *, home: Path | None = None,
-       timeout: float = 90, progress: Progress | None = None) -> LocalCluster:  # fmt: skip
+def up(
+    num_cpus: int | None = None,
+    num_gpus: int | None = None,
+    *,
+    home: Path | None = None,
+    timeout: float = 90,
+    progress: Progress | None = None,
+) -> LocalCluster:
     """Start a local Ray head (token auth on, loopback only) unless the recorded one is alive; return its record.
 
     `num_cpus` / `num_gpus` None lets Ray detect them. Progress goes to `progress` or to this module's logger
@@ -190,18 +196,23 @@ def up(num_cpus: int | None = None, num_gpus: int | None = None, *, home: Path |
                 _say(progress, f"Using the running local Ray cluster at {rec.dashboard_url} (pid {rec.pid})")
                 return rec
             if alive:
-                _say(progress, f"The recorded Ray head (pid {rec.pid}) does not answer at {rec.dashboard_url}; "
-                     "stopping it")  # fmt: skip
+                _say(
+                    progress,
+                    f"The recorded Ray head (pid {rec.pid}) does not answer at {rec.dashboard_url}; stopping it",
+                )
             processes.stop_session(rec.pid, rec.pid_start_time, 30.0, lambda m: _say(progress, m))
             _forget(home_dir, rec)
         return _start(home_dir, num_cpus, num_gpus, timeout, progress)
 
 
-def _warn_if_different(rec: LocalCluster, num_cpus: int | None, num_gpus: int | None,
-                       progress: Progress | None) -> None:  # fmt: skip
-    msgs = [f"the running local Ray cluster has {have:g} {name}, not the {want} asked for"
-            for name, want, have in (("CPUs", num_cpus, rec.num_cpus), ("GPUs", num_gpus, rec.num_gpus))
-            if want is not None and float(want) != float(have)]  # fmt: skip
+def _warn_if_different(
+    rec: LocalCluster, num_cpus: int | None, num_gpus: int | None, progress: Progress | None
+) -> None:
+    msgs = [
+        f"the running local Ray cluster has {have:g} {name}, not the {want} asked for"
+        for name, want, have in (("CPUs", num_cpus, rec.num_cpus), ("GPUs", num_gpus, rec.num_gpus))
+        if want is not None and float(want) != float(have)
+    ]
     if rec.python and rec.python != sys.executable:
         msgs.append(f"the running local Ray cluster runs jobs with {rec.python}, not {sys.executable}")
     for msg in msgs:
@@ -210,8 +221,9 @@ def _warn_if_different(rec: LocalCluster, num_cpus: int | None, num_gpus: int | 
             progress(f"{msg}; run `bsm down` then `bsm up` to change it")
 
 
-def _start(home: Path, num_cpus: int | None, num_gpus: int | None, timeout: float,
-           progress: Progress | None) -> LocalCluster:  # fmt: skip
+def _start(
+    home: Path, num_cpus: int | None, num_gpus: int | None, timeout: float, progress: Progress | None
+) -> LocalCluster:
     import ray
     from filelock import FileLock
 
@@ -230,15 +242,29 @@ def _start(home: Path, num_cpus: int | None, num_gpus: int | None, timeout: floa
         # a port something else takes meanwhile makes the head exit: then again, with other ports.
         with FileLock(Path(tempfile.gettempdir()) / f"bsm-ports-{os.getuid()}.lock"):
             ports = head.pick_ports(avoid=taken)
-            proc = processes.spawn(head.head_command(ports, temp_dir, num_cpus, num_gpus),
-                                   env=head.head_env(home, token_file, ports), cwd=str(home), log_path=str(log_file))  # fmt: skip
+            proc = processes.spawn(
+                head.head_command(ports, temp_dir, num_cpus, num_gpus),
+                env=head.head_env(home, token_file, ports),
+                cwd=str(home),
+                log_path=str(log_file),
+            )
             rec = LocalCluster(
-                gcs_address=f"127.0.0.1:{ports['gcs']}", dashboard_url=f"http://127.0.0.1:{ports['dashboard']}",
-                pid=proc.pid, num_cpus=float(num_cpus or 0), num_gpus=float(num_gpus or 0), temp_dir=str(temp_dir),
-                log_file=str(log_file), started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                storage=str(storage), token_file=str(token_file), pid_start_time=processes.start_time(proc.pid),
-                temp_dir_owned=temp_owned, ports=ports, ray_version=ray.__version__, python=sys.executable,
-            )  # fmt: skip
+                gcs_address=f"127.0.0.1:{ports['gcs']}",
+                dashboard_url=f"http://127.0.0.1:{ports['dashboard']}",
+                pid=proc.pid,
+                num_cpus=float(num_cpus or 0),
+                num_gpus=float(num_gpus or 0),
+                temp_dir=str(temp_dir),
+                log_file=str(log_file),
+                started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                storage=str(storage),
+                token_file=str(token_file),
+                pid_start_time=processes.start_time(proc.pid),
+                temp_dir_owned=temp_owned,
+                ports=ports,
+                ray_version=ray.__version__,
+                python=sys.executable,
+            )
             try:
                 _wait_ready(rec, proc, token, t0 + timeout, timeout)
                 break
@@ -252,8 +278,11 @@ def _start(home: Path, num_cpus: int | None, num_gpus: int | None, timeout: floa
                 _forget(home, rec)
                 raise
     _write_json_atomic(record_path(home), rec.to_json())
-    _say(progress, f"Local Ray cluster is up at {rec.dashboard_url} ({rec.num_cpus:g} CPUs, {rec.num_gpus:g} GPUs, "
-         f"token auth on) in {time.monotonic() - t0:.1f}s")  # fmt: skip
+    _say(
+        progress,
+        f"Local Ray cluster is up at {rec.dashboard_url} ({rec.num_cpus:g} CPUs, {rec.num_gpus:g} GPUs, "
+        f"token auth on) in {time.monotonic() - t0:.1f}s",
+    )
     return rec
 
 
@@ -263,8 +292,10 @@ def _wait_ready(rec: LocalCluster, proc: Any, token: str, deadline: float, timeo
     log_file = Path(rec.log_file)
     while True:
         if proc.poll() is not None:
-            raise ClusterError(f"the local Ray head exited with code {proc.returncode} while starting; its log "
-                               f"{log_file} ends with:\n{head.log_tail(log_file)}")  # fmt: skip
+            raise ClusterError(
+                f"the local Ray head exited with code {proc.returncode} while starting; its log "
+                f"{log_file} ends with:\n{head.log_tail(log_file)}"
+            )
         version = probe(rec.dashboard_url, token, timeout=2.0)
         if version is not None:
             try:
@@ -324,7 +355,10 @@ def running_cluster(home: Path | None = None) -> LocalCluster | None:
                 _forget(home_dir, rec)
         return None
     if not _answers(rec):
-        log.warning("the local Ray head (pid %d) is alive but its Jobs API at %s does not answer; run `bsm down`",
-                    rec.pid, rec.dashboard_url)  # fmt: skip
+        log.warning(
+            "the local Ray head (pid %d) is alive but its Jobs API at %s does not answer; run `bsm down`",
+            rec.pid,
+            rec.dashboard_url,
+        )
         return None
     return rec

@@ -30,8 +30,15 @@ CHILDREN: dict[int, subprocess.Popen[bytes]] = {}  # heads this process spawned,
 def spawn(cmd: list[str], *, env: dict[str, str], cwd: str, log_path: str) -> subprocess.Popen[bytes]:
     """Start `cmd` in a session and process group of its own, output to `log_path`; remembered for reaping."""
     with open(log_path, "wb") as logf:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
-                                env=env, cwd=cwd, start_new_session=True)  # fmt: skip
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=cwd,
+            start_new_session=True,
+        )
     CHILDREN[proc.pid] = proc
     return proc
 
@@ -134,7 +141,11 @@ def session_leftovers(leader: int, started: float | None) -> dict[int, float]:
     out: dict[int, float] = {}
     for p in psutil.process_iter(["pid", "create_time", "status", "cmdline"]):
         info = p.info
-        if p.pid == os.getpid() or info["status"] == psutil.STATUS_ZOMBIE or (info["create_time"] or 0) < started - _START_TOLERANCE:
+        if (
+            p.pid == os.getpid()
+            or info["status"] == psutil.STATUS_ZOMBIE
+            or (info["create_time"] or 0) < started - _START_TOLERANCE
+        ):
             continue
         try:
             if leader not in (os.getsid(p.pid), os.getpgid(p.pid)):
@@ -161,8 +172,11 @@ def stop_session(pid: int, started: float | None, timeout: float, say: Callable[
     are signalled; without a recorded start time nothing is (the pid cannot be told from a reused one).
     A ClusterError if anything of it survives SIGKILL."""
     if started is None:
-        log.warning("no start time recorded for the Ray head pid %d: not signalling it (it may be another "
-                    "process now); stop it yourself if it is still the head", pid)  # fmt: skip
+        log.warning(
+            "no start time recorded for the Ray head pid %d: not signalling it (it may be another "
+            "process now); stop it yourself if it is still the head",
+            pid,
+        )
         return
     tree = descendants(pid, started)
     if tree:

@@ -29,8 +29,23 @@ from raytune_bsm.storage import exists, join, storage_path
 PACKAGE_DIR = Path(__file__).resolve().parent.parent  # raytune_bsm/, uploaded as a py_module
 CONFIG_FILE = "bsm_job.json"
 # Never uploaded, whatever a user drops into the package directory.
-EXCLUDES = ["__pycache__", "*.pyc", ".git", ".venv", "venv", "*.ckpt", "*.pt", "*.onnx", "*.parquet", "*.csv",
-            "*.jsonl", "*.safetensors", "*.bin", "lightning_logs", "runs"]  # fmt: skip
+EXCLUDES = [
+    "__pycache__",
+    "*.pyc",
+    ".git",
+    ".venv",
+    "venv",
+    "*.ckpt",
+    "*.pt",
+    "*.onnx",
+    "*.parquet",
+    "*.csv",
+    "*.jsonl",
+    "*.safetensors",
+    "*.bin",
+    "lightning_logs",
+    "runs",
+]
 UPLOAD_LIMIT = 100 * 2**20  # well under the Jobs API's 512 MiB package limit; code and a config are ~1 MiB
 ENV_VARS = {
     "HF_HUB_OFFLINE": "1",  # nothing is downloaded at run time: models come from installed packages or paths
@@ -75,8 +90,14 @@ def default_name(kind: str) -> str:
     return f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
 
 
-def build_submission(run: RunConfig, *, kind: str = "train", storage: str, extra: dict[str, Any] | None = None,
-                     warnings: list[str] | None = None) -> Submission:  # fmt: skip
+def build_submission(
+    run: RunConfig,
+    *,
+    kind: str = "train",
+    storage: str,
+    extra: dict[str, Any] | None = None,
+    warnings: list[str] | None = None,
+) -> Submission:
     """The submission for `run`: pure, no cluster contact. `extra` goes into the config (the sweep's settings)."""
     config = run.to_dict()
     config["storage"] = storage
@@ -109,8 +130,13 @@ def build_submission(run: RunConfig, *, kind: str = "train", storage: str, extra
             "excludes": EXCLUDES,
             "env_vars": {**ENV_VARS, **({VERBOSE_ENV: "1"} if verbose() else {})},  # --verbose reaches the job
         },
-        metadata={"bsm": "1", "bsm_kind": kind, "bsm_run": run.name, "bsm_storage": storage,
-                  "bsm_run_dir": join(storage, run.name)},  # fmt: skip
+        metadata={
+            "bsm": "1",
+            "bsm_kind": kind,
+            "bsm_run": run.name,
+            "bsm_storage": storage,
+            "bsm_run_dir": join(storage, run.name),
+        },
         scaling=scaling,
         warnings=list(warnings or []),
     )
@@ -125,8 +151,10 @@ def check_storage(storage: str, flag: str = "--storage") -> str:
     if not storage.strip():
         raise ConfigError(f"{flag} must not be empty")
     if sep and scheme.lower() not in STORAGE_SCHEMES:
-        raise ConfigError(f"{flag} {storage}: unknown scheme {scheme}://; use a path or one of "
-                          f"{', '.join(s + '://' for s in STORAGE_SCHEMES[:5])}")  # fmt: skip
+        raise ConfigError(
+            f"{flag} {storage}: unknown scheme {scheme}://; use a path or one of "
+            f"{', '.join(s + '://' for s in STORAGE_SCHEMES[:5])}"
+        )
     if sep and scheme.lower() != "file" and not rest.strip("/"):
         raise ConfigError(f"{flag} {storage}: needs a bucket or host after {scheme}://")
     return storage_path(storage)
@@ -142,8 +170,11 @@ def check_model_name(name: str) -> None:
 
 def check_resume_options(opts: Any) -> None:
     """--resume NAME continues a run as it was submitted: only where it is and how to reach the cluster."""
-    given = sorted("--" + f.name.replace("_", "-") for f in fields(opts) if f.name not in RESUME_OPTIONS
-                   and getattr(opts, f.name) not in (None, [], False))  # fmt: skip
+    given = sorted(
+        "--" + f.name.replace("_", "-")
+        for f in fields(opts)
+        if f.name not in RESUME_OPTIONS and getattr(opts, f.name) not in (None, [], False)
+    )
     if given:
         raise ConfigError(f"--resume {opts.resume} continues the run as it was submitted; drop {', '.join(given)}")
     if opts.name and opts.name != opts.resume:
@@ -163,8 +194,10 @@ def stored_run(opts: Any, storage: str | None, conn: Any = None) -> RunConfig:
     except OSError as e:  # storage this machine cannot reach (e.g. cloud credentials only on the cluster)
         raise JobError(f"--resume {name}: cannot read {path} ({str(e).splitlines()[0]})") from None
     if not found:
-        raise JobError(f"--resume {name}: no run {name!r} under {storage} (no {CONFIG_JSON}); "
-                       "give the --storage it was submitted with")  # fmt: skip
+        raise JobError(
+            f"--resume {name}: no run {name!r} under {storage} (no {CONFIG_JSON}); "
+            "give the --storage it was submitted with"
+        )
     d = read_record(path)
     run = RunConfig.from_dict({**d, "resume": True}, where=f"{path}: ")
     return replace(run, name=name, storage=run.storage or storage)

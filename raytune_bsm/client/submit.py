@@ -27,7 +27,14 @@ from raytune_bsm.client.submission import (
     stored_run,
 )
 from raytune_bsm.coerce import check_fields
-from raytune_bsm.config import RunConfig, apply_overrides, check_monitor_computed, check_run_dict, load_yaml, resolve_key
+from raytune_bsm.config import (
+    RunConfig,
+    apply_overrides,
+    check_monitor_computed,
+    check_run_dict,
+    load_yaml,
+    resolve_key,
+)
 from raytune_bsm.errors import ClusterError, ConfigError, DataError, JobError
 from raytune_bsm.layout import CONFIG_JSON, SWEEP_JSON, default_storage, read_record
 from raytune_bsm.pretrained import model_dims
@@ -67,11 +74,22 @@ class SubmitOptions:
 
 
 # Each run flag and the config key it sets (--num-gpus sets scaling.num_workers and use_gpu).
-FLAG_KEYS = {"train": "data.train", "val": "data.val", "test": "data.test", "text_field": "data.text_field",
-             "label_field": "data.label_field", "id_field": "data.id_field", "batch_size": "data.batch_size",
-             "model": "model.tokenizer", "max_chunks": "model.max_chunks", "max_tokens": "model.max_tokens",
-             "lr": "model.lr", "max_epochs": "train.max_epochs", "num_workers": "scaling.num_workers",
-             "cpus_per_worker": "scaling.cpus_per_worker"}  # fmt: skip
+FLAG_KEYS = {
+    "train": "data.train",
+    "val": "data.val",
+    "test": "data.test",
+    "text_field": "data.text_field",
+    "label_field": "data.label_field",
+    "id_field": "data.id_field",
+    "batch_size": "data.batch_size",
+    "model": "model.tokenizer",
+    "max_chunks": "model.max_chunks",
+    "max_tokens": "model.max_tokens",
+    "lr": "model.lr",
+    "max_epochs": "train.max_epochs",
+    "num_workers": "scaling.num_workers",
+    "cpus_per_worker": "scaling.cpus_per_worker",
+}
 
 
 def recipe(opts: SubmitOptions) -> dict[str, Any]:
@@ -170,8 +188,12 @@ def check_local_data(run: RunConfig) -> None:
                 try:
                     check_schema(path, d)
                 except (OSError, pa.ArrowException) as e:  # unreachable from here: the cluster checks it
-                    log.warning("%s %s: cannot be read from this machine (%s); it is checked on the cluster",
-                                flag_, path, str(e).splitlines()[0][:200])  # fmt: skip
+                    log.warning(
+                        "%s %s: cannot be read from this machine (%s); it is checked on the cluster",
+                        flag_,
+                        path,
+                        str(e).splitlines()[0][:200],
+                    )
             elif flag_ == "--train":
                 _, labels = load_split(path, d, None, run.model.get("num_classes"))
             elif labels is not None:
@@ -183,8 +205,13 @@ def check_local_data(run: RunConfig) -> None:
 # ----------------------------------------------------------------------------------------------- submit
 
 
-def plan(opts: SubmitOptions, kind: str = "train", extra: dict[str, Any] | None = None,
-         conn: Any = None, run: RunConfig | None = None) -> Submission:  # fmt: skip
+def plan(
+    opts: SubmitOptions,
+    kind: str = "train",
+    extra: dict[str, Any] | None = None,
+    conn: Any = None,
+    run: RunConfig | None = None,
+) -> Submission:
     """The submission, fully validated; with `conn`, also checked against that cluster's storage rules."""
     run = run or (stored_run(opts, opts.storage, conn) if opts.resume else resolve_run(opts, kind))
     warnings: list[str] = []
@@ -206,8 +233,10 @@ def plan(opts: SubmitOptions, kind: str = "train", extra: dict[str, Any] | None 
         if path and conn is not None and not conn.is_local and "://" not in path:
             warnings.append(f"{flag_} {path} is a local path; the remote cluster must see the same path")
     if not run.resume and kind == "train" and not is_uri(storage) and exists(join(storage, run.name, CONFIG_JSON)):
-        raise JobError(f"a run named {run.name} already exists under {storage}; continue it with "
-                       f"`bsm submit --resume {run.name}` or choose another --name")  # fmt: skip
+        raise JobError(
+            f"a run named {run.name} already exists under {storage}; continue it with "
+            f"`bsm submit --resume {run.name}` or choose another --name"
+        )
     check_local_data(run)
     sub = build_submission(run, kind=kind, storage=storage, extra=extra, warnings=warnings)
     return replace(sub, submission_id=resume_id(run.name)) if run.resume else sub
@@ -228,10 +257,14 @@ def _submit(client: Any, conn: Any, sub: Submission) -> str:
         except RuntimeError as e:
             if "already exists" in str(e):
                 run = sub.metadata["bsm_run"]
-                raise JobError(f"a job named {sub.submission_id} already exists; continue the run with "
-                               f"`bsm {'tune' if sub.kind == 'tune' else 'submit'} --resume {run}` "
-                               "or choose another --name") from None  # fmt: skip
-            raise ClusterError(f"the cluster at {conn.dashboard_url} refused the job: {str(e).splitlines()[0]}") from None
+                raise JobError(
+                    f"a job named {sub.submission_id} already exists; continue the run with "
+                    f"`bsm {'tune' if sub.kind == 'tune' else 'submit'} --resume {run}` "
+                    "or choose another --name"
+                ) from None
+            raise ClusterError(
+                f"the cluster at {conn.dashboard_url} refused the job: {str(e).splitlines()[0]}"
+            ) from None
     log.info("submitted %s to %s (run storage: %s)", job_id, conn.dashboard_url, sub.metadata["bsm_run_dir"])
     return job_id
 
@@ -245,7 +278,9 @@ def check_resources(sub: Submission, conn: Any, res: Any) -> None:
     biggest_gpu = max((n.gpus for n in res.nodes), default=0)
     short = []
     if need_gpus > res.total_gpus or per.get("GPU", 0) > biggest_gpu:
-        short.append(f"{need_gpus:g} GPUs ({workers} workers x {per.get('GPU', 0):g}); the cluster has {res.total_gpus:g}")
+        short.append(
+            f"{need_gpus:g} GPUs ({workers} workers x {per.get('GPU', 0):g}); the cluster has {res.total_gpus:g}"
+        )
     if need_cpus > res.total_cpus or per["CPU"] > biggest_cpu:
         short.append(
             f"{need_cpus:g} CPUs ({workers} workers x {per['CPU']:g}, largest node {biggest_cpu:g}); "
@@ -256,11 +291,14 @@ def check_resources(sub: Submission, conn: Any, res: Any) -> None:
         if res.can_autoscale:
             log.warning("%s; the cluster can autoscale, so the job will wait for new nodes", msg)
         else:
-            raise ClusterError(f"{msg}; ask for fewer (--num-gpus/--num-workers/--cpus-per-worker) or use a bigger cluster")
+            raise ClusterError(
+                f"{msg}; ask for fewer (--num-gpus/--num-workers/--cpus-per-worker) or use a bigger cluster"
+            )
 
 
-def submit(opts: SubmitOptions, *, kind: str = "train", extra: dict[str, Any] | None = None,
-           dry_run: bool = False) -> Submission | str:  # fmt: skip
+def submit(
+    opts: SubmitOptions, *, kind: str = "train", extra: dict[str, Any] | None = None, dry_run: bool = False
+) -> Submission | str:
     """Validate, check against the cluster, stage and submit; return the job id (or the plan when dry_run)."""
     if dry_run:
         return plan(opts, kind, extra)  # no cluster is contacted or started
@@ -268,8 +306,12 @@ def submit(opts: SubmitOptions, *, kind: str = "train", extra: dict[str, Any] | 
     run = None if opts.resume else resolve_run(opts, kind, rec)  # flags first: a typo never starts a cluster
     conn, client = connection.connect(opts.address, allow_insecure=opts.allow_insecure)
     run = run or stored_run(opts, opts.storage, conn)
-    user_cpus = opts.resume or opts.cpus_per_worker is not None or "cpus_per_worker" in (rec.get("scaling") or {}) \
-        or any(s.split("=", 1)[0].endswith("cpus_per_worker") for s in opts.sets)  # fmt: skip
+    user_cpus = (
+        opts.resume
+        or opts.cpus_per_worker is not None
+        or "cpus_per_worker" in (rec.get("scaling") or {})
+        or any(s.split("=", 1)[0].endswith("cpus_per_worker") for s in opts.sets)
+    )
     res = connection.cluster_resources(conn)
     if not user_cpus and not run.scaling.use_gpu:
         run = _fit_cpus(run, res)
@@ -287,26 +329,40 @@ def _fit_cpus(run: RunConfig, res: Any) -> RunConfig:
     return replace(run, scaling=replace(run.scaling, cpus_per_worker=per))
 
 
-def tune(opts: SubmitOptions, sweep: dict[str, Any] | None = None, *, search_space: str | None = None,
-         dry_run: bool = False) -> Submission | str:  # fmt: skip
+def tune(
+    opts: SubmitOptions, sweep: dict[str, Any] | None = None, *, search_space: str | None = None, dry_run: bool = False
+) -> Submission | str:
     """Submit a Ray Tune sweep (or, with opts.resume, continue one); return the job id, or the plan when dry_run.
 
     `sweep` holds sweep settings (SweepConfig fields) given as flags; they override the recipe's `tune:` keys.
     Keys the command line sets (--lr, --set dropout=0.2, ...) are the same in every trial: the search space does
     not sample them. Before submission the search space is checked against the config, and the trials that
     can run at once are computed from the cluster's resources (a sweep that cannot fit one trial is an error)."""
-    from raytune_bsm.sweep import SweepConfig, check_search_space, load_search_space, max_concurrent_trials
-    from raytune_bsm.sweep import model_layers, resolve_space
+    from raytune_bsm.sweep import (
+        SweepConfig,
+        check_search_space,
+        load_search_space,
+        max_concurrent_trials,
+        model_layers,
+        resolve_space,
+    )
 
     if opts.resume:
-        given = [flag for flag, v in (("--search-space", search_space), *((f"--{k.replace('_', '-').removesuffix('-s')}", v)
-                 for k, v in (sweep or {}).items())) if v is not None]  # fmt: skip
+        given = [
+            flag
+            for flag, v in (
+                ("--search-space", search_space),
+                *((f"--{k.replace('_', '-').removesuffix('-s')}", v) for k, v in (sweep or {}).items()),
+            )
+            if v is not None
+        ]
         if given:
             raise ConfigError(f"--resume {opts.resume} continues the sweep as it was started; drop {', '.join(given)}")
         return _resume_sweep(opts, dry_run=dry_run)
     rec = recipe(opts)
-    recipe_tune = check_fields(SweepConfig, rec.get("tune") or {}, f"--config {opts.config}: tune.",
-                               skip=("time_budget_s", "search_space"))  # fmt: skip
+    recipe_tune = check_fields(
+        SweepConfig, rec.get("tune") or {}, f"--config {opts.config}: tune.", skip=("time_budget_s", "search_space")
+    )
     settings = SweepConfig.from_dict({**recipe_tune, **{k: v for k, v in (sweep or {}).items() if v is not None}})
     run = resolve_run(opts, "tune", rec)
     if search_space:
@@ -332,15 +388,18 @@ def _resume_sweep(opts: SubmitOptions, *, dry_run: bool) -> Submission | str:
     """`bsm tune --resume NAME`: the stored run and sweep settings, a new job that continues the sweep."""
     check_resume_options(opts)
     conn, client = (None, None) if dry_run else connection.connect(opts.address, allow_insecure=opts.allow_insecure)
-    storage = check_storage(opts.storage) if opts.storage else (conn.storage_default if conn else None) or default_storage()
+    storage = (
+        check_storage(opts.storage) if opts.storage else (conn.storage_default if conn else None) or default_storage()
+    )
     path = join(storage_path(storage), opts.resume, SWEEP_JSON)
     if not exists(path):
         raise ConfigError(f"--resume {opts.resume}: no sweep named {opts.resume} in {storage}")
     record = read_record(path)
     if not isinstance(record.get("run"), dict) or not isinstance(record.get("tune"), dict):
-        raise ConfigError(f"{path}: has no \"run\" and \"tune\" settings; the record is damaged")
+        raise ConfigError(f'{path}: has no "run" and "tune" settings; the record is damaged')
     run = RunConfig.from_dict(record["run"], where=f"{join(storage, opts.resume)} sweep record: ")
-    sub = build_submission(run, kind="tune", storage=record.get("storage") or storage,
-                           extra={**record["tune"], "resume": True})  # fmt: skip
+    sub = build_submission(
+        run, kind="tune", storage=record.get("storage") or storage, extra={**record["tune"], "resume": True}
+    )
     sub = replace(sub, submission_id=resume_id(run.name))
     return sub if dry_run else _submit(client, conn, sub)

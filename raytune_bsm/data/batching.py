@@ -18,8 +18,14 @@ import numpy as np
 class EncodedDataset:
     """Processed records of one split; indexable, so it works as a torch map-style dataset."""
 
-    def __init__(self, ids: list[np.ndarray], lens: list[np.ndarray], labels: np.ndarray, record_ids: list[Any],
-                 truncated: list[bool] | None = None):  # fmt: skip
+    def __init__(
+        self,
+        ids: list[np.ndarray],
+        lens: list[np.ndarray],
+        labels: np.ndarray,
+        record_ids: list[Any],
+        truncated: list[bool] | None = None,
+    ):
         self.ids, self.lens, self.labels, self.record_ids = ids, lens, labels, record_ids
         self.truncated = truncated  # per record: it had more than max_chunks chunks (None: not known)
 
@@ -56,8 +62,9 @@ class Collate:
         }
 
 
-def _scatter(ids: list[np.ndarray], lens: list[np.ndarray], rows: int, T: int, pad_id: int,
-             row_of_chunk: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+def _scatter(
+    ids: list[np.ndarray], lens: list[np.ndarray], rows: int, T: int, pad_id: int, row_of_chunk: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Chunks back to back -> int64 [rows, T] ids and mask; chunk k lands in row row_of_chunk[k]."""
     out_ids = np.full((rows, T), pad_id, dtype=np.int64)
     out_mask = np.zeros((rows, T), dtype=np.int64)
@@ -87,8 +94,9 @@ def pad_records(ids: list[np.ndarray], lens: list[np.ndarray], pad_id: int) -> t
     return flat_ids.reshape(B, C, T), flat_mask.reshape(B, C, T)
 
 
-def pack_records(ids: list[np.ndarray], lens: list[np.ndarray],
-                 pad_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+def pack_records(
+    ids: list[np.ndarray], lens: list[np.ndarray], pad_id: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Records -> int64 [N, T] ids and mask of their non-empty chunks, and float32 [R, N] pool.
 
     A call whose records are all empty gets one masked-in pad chunk that no record pools (the graph never sees
@@ -104,7 +112,6 @@ def pack_records(ids: list[np.ndarray], lens: list[np.ndarray],
     record = np.repeat(np.arange(R), counts)  # [N]
     pool[record, np.arange(N)] = 1.0 / counts[record]
     return out_ids, out_mask, pool
-
 
 
 class LengthGroupedBatchSampler:

@@ -16,7 +16,27 @@ from raytune_bsm.data.splits import Split, check_schema, check_text_type, is_emp
 _check_text_type = check_text_type  # the older private name (predict.py)
 
 __all__ = [
-    "CSV", "ID_CANDIDATES", "JSONL", "MAX_CLASSES", "MAX_SHOWN", "PARQUET", "Collate", "DataConfig", "DataFile",
-    "EncodedDataset", "Labels", "LengthGroupedBatchSampler", "Split", "check_schema", "check_text_type", "expand_path", "is_empty",
-    "label_kind", "list_files", "load_split", "read_file", "read_table", "split_off",
-]  # fmt: skip
+    "CSV",
+    "ID_CANDIDATES",
+    "JSONL",
+    "MAX_CLASSES",
+    "MAX_SHOWN",
+    "PARQUET",
+    "Collate",
+    "DataConfig",
+    "DataFile",
+    "EncodedDataset",
+    "Labels",
+    "LengthGroupedBatchSampler",
+    "Split",
+    "check_schema",
+    "check_text_type",
+    "expand_path",
+    "is_empty",
+    "label_kind",
+    "list_files",
+    "load_split",
+    "read_file",
+    "read_table",
+    "split_off",
+]

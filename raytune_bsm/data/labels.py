@@ -71,7 +71,9 @@ class Labels:
             )
         if kind == "bool":
             if num_classes not in (None, 2):
-                raise DataError(f"{path}: column {label_field!r} holds booleans (2 classes) but num_classes={num_classes}")
+                raise DataError(
+                    f"{path}: column {label_field!r} holds booleans (2 classes) but num_classes={num_classes}"
+                )
             return cls(names=["False", "True"], kind=kind, index={False: 0, True: 1})
         if kind == "int" and num_classes is not None:
             if values[0] < 0 or values[-1] >= num_classes:
@@ -87,8 +89,13 @@ class Labels:
             shown = ", ".join(map(str, values[:8])) + (", ..." if len(values) > 8 else "")
             log.info(
                 "%s: column %r holds %d distinct integer labels (%s), not 0..%d: %d classes named by their values",
-                path, label_field, len(values), shown, len(values) - 1, len(values),
-            )  # fmt: skip
+                path,
+                label_field,
+                len(values),
+                shown,
+                len(values) - 1,
+                len(values),
+            )
         if kind == "str" and num_classes is not None and num_classes != len(values):
             raise DataError(f"{path}: column {label_field!r} has {len(values)} classes but num_classes={num_classes}")
         return cls(names=[str(v) for v in values], kind=kind, index={v: i for i, v in enumerate(values)})

@@ -30,6 +30,7 @@ from raytune_bsm.pretrained import DEFAULT_MODEL, load_tokenizer
 
 log = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class ProcessorConfig:
     tokenizer: str = DEFAULT_MODEL
@@ -54,8 +55,13 @@ class ProcessorConfig:
     @classmethod
     def of_model(cls, model_config: dict[str, Any]) -> "ProcessorConfig":
         """The processor settings a model was trained with (they travel in its config)."""
-        return cls(model_config["tokenizer"], model_config["max_chunks"], model_config["max_tokens"],
-                   model_config["keep_chunks"], model_config.get("pack_from", "start"))  # fmt: skip
+        return cls(
+            model_config["tokenizer"],
+            model_config["max_chunks"],
+            model_config["max_tokens"],
+            model_config["keep_chunks"],
+            model_config.get("pack_from", "start"),
+        )
 
 
 @dataclass
@@ -202,7 +208,7 @@ class ChunkProcessor:
             pos += k
         short = [r for r, (msgs, k) in enumerate(zip(seen, take)) if k < len(msgs) and sum(map(len, ids[r])) < enough]
         if short:  # fewer tokens than words (characters the normalizer drops): tokenize those records whole
-            rest = [m for r in short for m in seen[r][take[r]:]]
+            rest = [m for r in short for m in seen[r][take[r] :]]
             more = self._rust.encode_batch_fast(rest, add_special_tokens=False)
             pos = 0
             for r in short:

@@ -47,8 +47,9 @@ class RaySplit:
     files: list[DataFile]
 
 
-def read_split(uri: str, cfg: DataConfig, format: str | None = None,
-               files: list[DataFile] | None = None) -> tuple[Any, list[DataFile], str | None]:  # fmt: skip
+def read_split(
+    uri: str, cfg: DataConfig, format: str | None = None, files: list[DataFile] | None = None
+) -> tuple[Any, list[DataFile], str | None]:
     """(a Ray Dataset of the split's text, label and id columns plus `path`, its files, the id column); `files`:
     the split's listing, when the caller has it already."""
     files = check_schema(uri, cfg, format or getattr(cfg, "format", None), files)
@@ -69,9 +70,12 @@ def read_files(files: list[DataFile], columns: list[str], *, include_paths: bool
 
     units = read_units(files)
     items = ray.data.from_items([{"unit": k} for k in range(len(units))], override_num_blocks=len(units))
-    return items.map_batches(_read_unit, fn_kwargs=dict(files=files, units=units, columns=columns,
-                                                        include_paths=include_paths),
-                             batch_size=1, batch_format="pyarrow")  # fmt: skip
+    return items.map_batches(
+        _read_unit,
+        fn_kwargs=dict(files=files, units=units, columns=columns, include_paths=include_paths),
+        batch_size=1,
+        batch_format="pyarrow",
+    )
 
 
 BLOCK_ROWS = 4096  # rows a read task hands on at a time: a batch of the tokenizing stage
@@ -99,8 +103,14 @@ def read_units(files: list[DataFile]) -> list[tuple[int, list[int] | None]]:
     return units
 
 
-def _read_unit(item: pa.Table, *, files: list[DataFile], units: list[tuple[int, list[int] | None]],
-               columns: list[str], include_paths: bool) -> Iterator[pa.Table]:  # fmt: skip
+def _read_unit(
+    item: pa.Table,
+    *,
+    files: list[DataFile],
+    units: list[tuple[int, list[int] | None]],
+    columns: list[str],
+    include_paths: bool,
+) -> Iterator[pa.Table]:
     """The map_batches stage of `read_files`: a one-row table naming a unit -> the blocks of that file (part)."""
     k, row_groups = units[item.column("unit")[0].as_py()]
     f = files[k]
@@ -131,8 +141,13 @@ def prepare_split(
 ) -> RaySplit:
     """One split through `prepare_splits`: read, checked and tokenized on the cluster."""
     out = prepare_splits({"train": uri}, cfg, processor, labels, num_classes, format=format)
-    return RaySplit(dataset=out.datasets["train"], rows=out.rows["train"], labels=out.labels,
-                    skipped_empty=out.skipped_empty["train"], files=out.files["train"])  # fmt: skip
+    return RaySplit(
+        dataset=out.datasets["train"],
+        rows=out.rows["train"],
+        labels=out.labels,
+        skipped_empty=out.skipped_empty["train"],
+        files=out.files["train"],
+    )
 
 
 def prepare_splits(
@@ -157,17 +172,25 @@ def prepare_splits(
         labels, rows[name], skipped[name] = judge(summaries, files, uris[name], cfg, labels, num_classes)
     assert labels is not None
     chunker = ChunkProcessor(ProcessorConfig(**processor))
-    stage = dict(processor=processor, tokenizer_json=chunker.tokenizer_json(), pad_id=chunker.pad_id,
-                 labels=labels, text_field=cfg.text_field, label_field=cfg.label_field)  # fmt: skip
+    stage = dict(
+        processor=processor,
+        tokenizer_json=chunker.tokenizer_json(),
+        pad_id=chunker.pad_id,
+        labels=labels,
+        text_field=cfg.text_field,
+        label_field=cfg.label_field,
+    )
     datasets = {
         # batch_size=None: a block at a time (the processor batches inside), so Ray Data fuses the read and the
         # tokenizing into one task per block, and no raw text crosses between processes
-        name: ds.map_batches(tokenize, fn_kwargs={**stage, "id_field": id_field}, batch_size=None,
-                             batch_format="pyarrow")  # fmt: skip
+        name: ds.map_batches(
+            tokenize, fn_kwargs={**stage, "id_field": id_field}, batch_size=None, batch_format="pyarrow"
+        )
         for name, (ds, _, id_field) in reads.items()
     }
-    return RaySplits(datasets, rows, labels, skipped, {name: files for name, (_, files, _) in reads.items()},
-                     chunker.pad_id)
+    return RaySplits(
+        datasets, rows, labels, skipped, {name: files for name, (_, files, _) in reads.items()}, chunker.pad_id
+    )
 
 
 def _summaries(files: list[DataFile], cfg: DataConfig) -> list[dict[str, Any]]:
@@ -177,14 +200,19 @@ def _summaries(files: list[DataFile], cfg: DataConfig) -> list[dict[str, Any]]:
     unique = list({f.path: f for f in files}.values())
     ds = read_files(unique, [cfg.text_field, cfg.label_field], include_paths=True)
     with raised_in_ray():  # a file that fails to parse midway: the reader's own error, naming the file and row
-        return ds.map_batches(_summary, fn_kwargs=dict(text_field=cfg.text_field, label_field=cfg.label_field),
-                              batch_format="pyarrow").take_all()  # fmt: skip
+        return ds.map_batches(
+            _summary, fn_kwargs=dict(text_field=cfg.text_field, label_field=cfg.label_field), batch_format="pyarrow"
+        ).take_all()
 
 
 def judge(
-    summaries: list[dict[str, Any]], files: list[DataFile], uri: str, cfg: DataConfig, labels: Labels | None,
+    summaries: list[dict[str, Any]],
+    files: list[DataFile],
+    uri: str,
+    cfg: DataConfig,
+    labels: Labels | None,
     num_classes: int | None,
-) -> tuple[Labels, int, int]:  # fmt: skip
+) -> tuple[Labels, int, int]:
     """The checks of `load_split` for one split, from the batch summaries of its `files` (summaries of other
     files are passed over): (labels, records kept, empty dialogues skipped). A file the summaries show a problem
     in is read alone by the local path's code, for its own error."""
@@ -253,8 +281,17 @@ def _summary(batch: pa.Table, text_field: str, label_field: str) -> pa.Table:
 _PROCESSORS: dict[tuple[str, int], ChunkProcessor] = {}  # per worker process: built once, reused by every task
 
 
-def tokenize(batch: pa.Table, *, processor: dict[str, Any], tokenizer_json: str, pad_id: int, labels: Labels,
-             text_field: str, label_field: str, id_field: str | None) -> pa.Table:  # fmt: skip
+def tokenize(
+    batch: pa.Table,
+    *,
+    processor: dict[str, Any],
+    tokenizer_json: str,
+    pad_id: int,
+    labels: Labels,
+    text_field: str,
+    label_field: str,
+    id_field: str | None,
+) -> pa.Table:
     """The map_batches stage: raw records -> processed records (empty dialogues, and text that tokenizes to
     nothing, skipped). A Ray worker process builds its processor on its first batch and keeps it."""
     key = (repr(sorted(processor.items())), hash(tokenizer_json))
@@ -278,17 +315,20 @@ def tokenize(batch: pa.Table, *, processor: dict[str, Any], tokenizer_json: str,
     return records_table(out.ids, out.lens, out.cut, y, ids)
 
 
-def records_table(ids: list[np.ndarray], lens: list[np.ndarray], truncated: list[bool], labels: Any,
-                  record_ids: Any) -> pa.Table:  # fmt: skip
+def records_table(
+    ids: list[np.ndarray], lens: list[np.ndarray], truncated: list[bool], labels: Any, record_ids: Any
+) -> pa.Table:
     """Processed records as the table a prepared split holds (the tokenizing tasks' output, and what the driver
     hands to Ray for a small input): one row per record."""
     cost = np.fromiter((len(l) * (int(l.max()) if len(l) else 0) for l in lens), np.int64, len(lens))
-    return pa.table({
-        "input_ids": pa.array(ids, pa.list_(pa.int32())),  # per record: every kept chunk, back to back
-        "chunk_lens": pa.array(lens, pa.list_(pa.int32())),  # per record: [n_chunks]
-        "truncated": pa.array(truncated, pa.bool_()),  # per record: it had more than max_chunks chunks
-        "label": pa.array(np.asarray(labels, np.int64)),  # class index
-        "id": record_ids,
-        "cost": pa.array(cost, pa.int64()),  # chunks x longest chunk: the [C, T] area it pads to (length grouping)
-        "pad": pa.array(np.zeros(len(lens), np.bool_)),  # a real record (runner/prepare.py adds padding copies)
-    })  # fmt: skip
+    return pa.table(
+        {
+            "input_ids": pa.array(ids, pa.list_(pa.int32())),  # per record: every kept chunk, back to back
+            "chunk_lens": pa.array(lens, pa.list_(pa.int32())),  # per record: [n_chunks]
+            "truncated": pa.array(truncated, pa.bool_()),  # per record: it had more than max_chunks chunks
+            "label": pa.array(np.asarray(labels, np.int64)),  # class index
+            "id": record_ids,
+            "cost": pa.array(cost, pa.int64()),  # chunks x longest chunk: the [C, T] area it pads to (length grouping)
+            "pad": pa.array(np.zeros(len(lens), np.bool_)),  # a real record (runner/prepare.py adds padding copies)
+        }
+    )

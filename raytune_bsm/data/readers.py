@@ -157,8 +157,10 @@ def row_group_bytes(f: DataFile) -> list[int]:
             meta = pq.read_metadata(src)
     except (pa.ArrowException, OSError) as e:
         raise DataError(f"{f.name}: cannot read this file as parquet: {_first_line(e)}") from None
-    return [sum(meta.row_group(g).column(c).total_compressed_size for c in range(meta.num_columns))
-            for g in range(meta.num_row_groups)]  # fmt: skip
+    return [
+        sum(meta.row_group(g).column(c).total_compressed_size for c in range(meta.num_columns))
+        for g in range(meta.num_row_groups)
+    ]
 
 
 def read_schema(file: DataFile) -> pa.Schema:
@@ -212,7 +214,7 @@ def _file_type() -> Any:
 
 
 def _split_glob(uri: str) -> tuple[str, list[str] | None]:
-    """"s3://b/data/*/part-*.parquet" -> ("s3://b/data", ["*", "part-*.parquet"]); no glob -> (uri, None)."""
+    """ "s3://b/data/*/part-*.parquet" -> ("s3://b/data", ["*", "part-*.parquet"]); no glob -> (uri, None)."""
     scheme, sep, rest = uri.partition("://")
     if not sep:
         scheme, rest = "", uri

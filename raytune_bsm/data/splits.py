@@ -64,13 +64,12 @@ def check_text_type(t: pa.DataType, path: str, text_field: str) -> None:
         pa.types.is_string(t.value_type) or pa.types.is_large_string(t.value_type)
     )
     if not (is_str or is_list or pa.types.is_null(t)):
-        raise DataError(
-            f"{path}: column {text_field!r} has type {t}; a dialogue must be a string or a list of strings"
-        )
+        raise DataError(f"{path}: column {text_field!r} has type {t}; a dialogue must be a string or a list of strings")
 
 
-def check_schema(path: str, cfg: DataConfig, format: str | None = None,
-                 files: list[DataFile] | None = None) -> list[DataFile]:  # fmt: skip
+def check_schema(
+    path: str, cfg: DataConfig, format: str | None = None, files: list[DataFile] | None = None
+) -> list[DataFile]:
     """List a split's files (unless `files` is its listing already) and check each one's columns and their types
     from its schema alone (a Parquet footer, the first block of a CSV/JSONL file), reading no file whole: the check
     a client can afford before submitting, also for a remote directory of many files. Returns the files."""
@@ -90,7 +89,9 @@ def check_schema(path: str, cfg: DataConfig, format: str | None = None,
         check_text_type(schema.field(cfg.text_field).type, f.name, cfg.text_field)
         kind = label_kind(schema.field(cfg.label_field).type, f.name, cfg.label_field)
         if first and kind != first[1]:
-            raise DataError(f"{f.name}: column {cfg.label_field!r} holds {kind} labels but {first[0].name} holds {first[1]}")
+            raise DataError(
+                f"{f.name}: column {cfg.label_field!r} holds {kind} labels but {first[0].name} holds {first[1]}"
+            )
         first = first or (f, kind)
     return files
 
@@ -167,7 +168,9 @@ def _check_part(
     label_col = t.column(cfg.label_field)
     if label_col.null_count:
         rows = np.flatnonzero(label_col.is_null().to_numpy(zero_copy_only=False))
-        raise DataError(f"{f.name}: column {cfg.label_field!r} has {label_col.null_count} null label(s), {rows_text(rows)}")
+        raise DataError(
+            f"{f.name}: column {cfg.label_field!r} has {label_col.null_count} null label(s), {rows_text(rows)}"
+        )
     kind = label_kind(label_col.type, f.name, cfg.label_field)
     if kind == "str" and f.format in ("csv", "tsv"):
         _check_csv_labels(f, label_col, cfg.label_field)

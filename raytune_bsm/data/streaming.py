@@ -29,8 +29,21 @@ WINDOW = 4096  # records sorted by length together: big enough to group well, sm
 class ShardBatches:
     """An iterable of batch dicts over one rank's shard; each `iter()` is one epoch (a new shuffle)."""
 
-    def __init__(self, shard: Any, rows: int, batch_size: int, *, train: bool, group_by_length: bool, seed: int,
-                 text_name: str, label_name: str, id_name: str | None, pad_id: int, window: int = WINDOW) -> None:  # fmt: skip
+    def __init__(
+        self,
+        shard: Any,
+        rows: int,
+        batch_size: int,
+        *,
+        train: bool,
+        group_by_length: bool,
+        seed: int,
+        text_name: str,
+        label_name: str,
+        id_name: str | None,
+        pad_id: int,
+        window: int = WINDOW,
+    ) -> None:
         self.shard, self.rows, self.batch_size, self.window = shard, rows, batch_size, max(window, batch_size)
         self.train, self.group, self.seed, self.pad_id = train, group_by_length or not train, seed, pad_id
         self.ids_key = f"{text_name}_processed_input_ids"
@@ -44,7 +57,11 @@ class ShardBatches:
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         rng = np.random.default_rng([self.seed, self.epoch])
-        shuffle = {"local_shuffle_buffer_size": self.window, "local_shuffle_seed": self.seed + self.epoch} if self.train else {}
+        shuffle = (
+            {"local_shuffle_buffer_size": self.window, "local_shuffle_seed": self.seed + self.epoch}
+            if self.train
+            else {}
+        )
         self.epoch += 1
         seen = 0
         for window in self.shard.iter_batches(batch_size=self.window, batch_format="pyarrow", **shuffle):

@@ -80,7 +80,7 @@ def _tracking(rng: random.Random, carrier: str) -> str:
         return "1Z" + "".join(rng.choices(alnum, k=6)) + "".join(rng.choices(digits, k=10))
     if carrier == "USPS":
         raw = "9400" + "".join(rng.choices(digits, k=18))
-        return " ".join(raw[i:i + 4] for i in range(0, 22, 4))
+        return " ".join(raw[i : i + 4] for i in range(0, 22, 4))
     if carrier == "FedEx":
         return "".join(rng.choices(digits, k=12))
     if carrier == "DHL":
@@ -165,7 +165,8 @@ _LAZY: dict[str, Callable[[Context, random.Random], str]] = {
     **_group(lambda c, rng: ch(rng, _NAD), ("nad_issue", "nad_disclosure")),
     "nad_issue_cap": lambda c, rng: cap(c["nad_issue"]),
     "order_ref": lambda c, rng: (
-        c["order_id"] if rng.random() < 0.5
+        c["order_id"]
+        if rng.random() < 0.5
         else f"#{ri(rng, 100, 999)}-{ri(rng, 1000000, 9999999)}-{ri(rng, 1000000, 9999999)}"
     ),
     "partial": lambda c, rng: f"${c['partial_value']:,.2f}",
@@ -216,4 +217,3 @@ def new_context(rng: random.Random, order_id: str) -> Context:
     )
     c.rng = rng
     return c
-

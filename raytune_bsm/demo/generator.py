@@ -41,12 +41,11 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from raytune_bsm.errors import ConfigError
 from raytune_bsm.demo.facts import new_context, ri
 from raytune_bsm.demo.render import story_messages
 from raytune_bsm.demo.story import (
-    FINALS,
     FINAL_CDF,
+    FINALS,
     LABEL_NOISE,
     LONG_FRACTION,
     LONG_MIN_WORDS,
@@ -58,6 +57,7 @@ from raytune_bsm.demo.story import (
     pick,
     story_label,
 )
+from raytune_bsm.errors import ConfigError
 
 PROGRESS_EVERY = 500  # records between progress calls
 
@@ -106,8 +106,9 @@ STORY_SCHEMA: pa.Schema = pa.schema(
 )
 
 
-def make_dialogues(rows: int, seed: int = 0, *, with_story: bool = False,
-                   progress: Callable[[int, int], None] | None = None) -> pa.Table:  # fmt: skip
+def make_dialogues(
+    rows: int, seed: int = 0, *, with_story: bool = False, progress: Callable[[int, int], None] | None = None
+) -> pa.Table:
     """Generate ``rows`` synthetic buyer–seller claim dialogues.
 
     Args:
@@ -205,8 +206,9 @@ def make_dialogues(rows: int, seed: int = 0, *, with_story: bool = False,
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
-def write_demo_data(out_dir: str | Path, rows: int = 2000, seed: int = 0,
-                    progress: Callable[[int, int], None] | None = None) -> dict[str, Path]:  # fmt: skip
+def write_demo_data(
+    out_dir: str | Path, rows: int = 2000, seed: int = 0, progress: Callable[[int, int], None] | None = None
+) -> dict[str, Path]:
     """Write ``train.parquet``, ``val.parquet`` and ``test.parquet`` (80/10/10) into ``out_dir``.
 
     Each file is written under a temporary name inside ``out_dir`` and then ``os.replace``-d into
@@ -252,7 +254,6 @@ def write_demo_data(out_dir: str | Path, rows: int = 2000, seed: int = 0,
             raise
         paths[name] = final_path
     return paths
-
 
 
 def source_digest(package_dir: Path | None = None) -> str:

@@ -38,13 +38,13 @@ from raytune_bsm.demo.phrases import (
     _VARIANTS,
 )
 
-
 _KEEP_CAPS = frozenset(
     {"I", "I'm", "I've", "I'll", "I'd"}
     | {w.split(" ")[0] for ws in _BRANDS.values() for w in ws}
     | {c.split(" ")[0] for c in _CARRIERS}
     | {c.split(" ")[0] for c in _SHOPS}
-    | set(_MONTHS) | set(_FIRST)
+    | set(_MONTHS)
+    | set(_FIRST)
 )
 
 
@@ -72,20 +72,37 @@ def _say(rng: random.Random, ctx: Context, templates: Sequence[str], role: str) 
         elif r < 0.16:
             text = text + " " + ch(rng, ("Thanks.", "Thx", "Regards, " + ch(rng, _FIRST), "- " + ch(rng, _FIRST)))
     elif rng.random() < 0.15:
-        text = text + " " + ch(rng, ("Best regards, " + ctx["shop"], "Kind regards, " + ch(rng, _FIRST),
-                                        "- " + ctx["shop"] + " support", "Thanks, " + ch(rng, _FIRST)))
+        text = (
+            text
+            + " "
+            + ch(
+                rng,
+                (
+                    "Best regards, " + ctx["shop"],
+                    "Kind regards, " + ch(rng, _FIRST),
+                    "- " + ctx["shop"] + " support",
+                    "Thanks, " + ch(rng, _FIRST),
+                ),
+            )
+        )
     return f"{role}: {text}"
 
 
 def _order_paste(rng: random.Random, ctx: Context) -> str:
-    lines = [f"Here are my full order details so you have everything: Order {ctx['order_ref']} | placed {ctx['order_date']} | ship to {ctx['house_no']} {ctx['street']}, {ctx['city']}, {ctx['state']}"]
+    lines = [
+        f"Here are my full order details so you have everything: Order {ctx['order_ref']} | placed {ctx['order_date']} | ship to {ctx['house_no']} {ctx['street']}, {ctx['city']}, {ctx['state']}"
+    ]
     for i in range(ri(rng, 6, 14)):
         noun, kind, cat = ch(rng, _PRODUCTS)
         brand = ch(rng, _BRANDS[cat])
         var = ch(rng, _VARIANTS[kind])
         price = math.exp(rng.gauss(3.0, 0.8))
-        lines.append(f"item {i + 1}: {brand} {noun} ({var}) qty {ri(rng, 1, 3)} at ${price:,.2f}, SKU {ri(rng, 100000, 999999)}, status shipped")
-    lines.append(f"shipping {ctx['carrier']} standard, tracking {ctx['tracking']}, payment card ending {ri(rng, 1000, 9999)}, total {ctx['amount']}")
+        lines.append(
+            f"item {i + 1}: {brand} {noun} ({var}) qty {ri(rng, 1, 3)} at ${price:,.2f}, SKU {ri(rng, 100000, 999999)}, status shipped"
+        )
+    lines.append(
+        f"shipping {ctx['carrier']} standard, tracking {ctx['tracking']}, payment card ending {ri(rng, 1000, 9999)}, total {ctx['amount']}"
+    )
     return "Buyer: " + " | ".join(lines)
 
 
@@ -116,8 +133,9 @@ def _long_filler(rng: random.Random, ctx: Context, need_words: int) -> list[str]
     return out
 
 
-def story_messages(rng: random.Random, ctx: Context, problem: str, response: str, final: str,
-                    long_words: int) -> list[str]:
+def story_messages(
+    rng: random.Random, ctx: Context, problem: str, response: str, final: str, long_words: int
+) -> list[str]:
     kind = "delivery" if problem in _DELIVERY else "item"
     ctx["kind"] = kind
     b: Callable[[Sequence[str]], str] = lambda ts: _say(rng, ctx, ts, "Buyer")  # noqa: E731
@@ -214,4 +232,3 @@ def story_messages(rng: random.Random, ctx: Context, problem: str, response: str
     elif final.startswith("disputes") and response != "ignore" and rng.random() < 0.25:
         msgs.append(s(_SELLER_HOLD))
     return msgs
-

@@ -92,4 +92,3 @@ FINAL_CDF = _choices_cdf(_FINAL_W)
 
 def pick(rng: random.Random, values: Sequence[str], cdf: Sequence[float]) -> str:
     return rng.choices(values, cum_weights=cdf, k=1)[0]
-

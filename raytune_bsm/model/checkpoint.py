@@ -67,7 +67,9 @@ def safe_load(path: str | Path, map_location: str = "cpu") -> dict[str, Any]:
     except pickle.UnpicklingError as e:
         found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
         why = f"it asks for {found.group(1)}, which bsm never loads" if found else str(e).splitlines()[0]
-        raise ExportError(f"checkpoint {str(path)!r} is not a bsm Lightning checkpoint: {why}; refused unread") from None
+        raise ExportError(
+            f"checkpoint {str(path)!r} is not a bsm Lightning checkpoint: {why}; refused unread"
+        ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
         first = str(e).splitlines()[0] if str(e) else ""
         raise ExportError(

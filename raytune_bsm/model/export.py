@@ -34,13 +34,26 @@ import uuid
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
 from raytune_bsm.data.processor import ChunkProcessor, ProcessorConfig
 from raytune_bsm.errors import ConfigError, ExportError
-from raytune_bsm.layout import (CHUNKS_INT8_ONNX_FILE, CHUNKS_ONNX_FILE, EXPORT_FORMAT, FEATURES_NAME, FORMAT_VERSION,
-                                HEAD_ONNX_FILE, INPUT_NAMES, INT8_ONNX_FILE, MODEL_JSON, ONNX_FILE, OUTPUT_NAME,
-                                TOKENIZER_DIR, TORCHSCRIPT_FILE, write_manifest)  # fmt: skip
+from raytune_bsm.layout import (
+    CHUNKS_INT8_ONNX_FILE,
+    CHUNKS_ONNX_FILE,
+    EXPORT_FORMAT,
+    FEATURES_NAME,
+    FORMAT_VERSION,
+    HEAD_ONNX_FILE,
+    INPUT_NAMES,
+    INT8_ONNX_FILE,
+    MODEL_JSON,
+    ONNX_FILE,
+    OUTPUT_NAME,
+    TOKENIZER_DIR,
+    TORCHSCRIPT_FILE,
+    write_manifest,
+)
 from raytune_bsm.model import onnx_graphs, parity, publish, quantize
 from raytune_bsm.model.checkpoint import locate
 from raytune_bsm.model.text_bert import TextBertClassifier, load_checkpoint
@@ -54,8 +67,17 @@ FP32 = {"chunks": CHUNKS_ONNX_FILE, "head": HEAD_ONNX_FILE, "bct": ONNX_FILE}
 INT8 = {"chunks": CHUNKS_INT8_ONNX_FILE, "head": HEAD_ONNX_FILE, "bct": INT8_ONNX_FILE}
 STEPS = ("load", "onnx", "int8", "onnx_checker", "torchscript", "tokenizer", "parity", "manifest")
 Progress = Callable[[str, int, int], None]
-VERSIONED_PACKAGES = ("torch", "transformers", "onnx", "onnxruntime", "onnxscript", "tokenizers", "lightning", "ray",
-                      "raytune-bsm")  # fmt: skip
+VERSIONED_PACKAGES = (
+    "torch",
+    "transformers",
+    "onnx",
+    "onnxruntime",
+    "onnxscript",
+    "tokenizers",
+    "lightning",
+    "ray",
+    "raytune-bsm",
+)
 
 
 def export_checkpoint(
@@ -111,8 +133,15 @@ def export_checkpoint(
     return manifest
 
 
-def _build(model: TextBertClassifier, out: Path, val_batches: list[dict] | None, metrics: dict | None,
-           hyperparameters: dict | None, tolerance: float, steps: _Steps) -> dict:  # fmt: skip
+def _build(
+    model: TextBertClassifier,
+    out: Path,
+    val_batches: list[dict] | None,
+    metrics: dict | None,
+    hyperparameters: dict | None,
+    tolerance: float,
+    steps: _Steps,
+) -> dict:
     """Every file but the manifest, checked; returns the manifest's content."""
     cfg = model.config
     processor = ChunkProcessor(ProcessorConfig.of_model(cfg))
@@ -127,7 +156,9 @@ def _build(model: TextBertClassifier, out: Path, val_batches: list[dict] | None,
     with steps("onnx_checker"):  # shape inference (full) once per kind of graph; int8 shares their structure
         bct = {n: onnx_graphs.BCT_DIMS for n in INPUT_NAMES}
         onnx_graphs.check_interface(out / ONNX_FILE, bct, num_classes, full=True)
-        onnx_graphs.check_interface(out / CHUNKS_ONNX_FILE, onnx_graphs.CHUNK_DIMS, hidden, full=True, output=FEATURES_NAME)
+        onnx_graphs.check_interface(
+            out / CHUNKS_ONNX_FILE, onnx_graphs.CHUNK_DIMS, hidden, full=True, output=FEATURES_NAME
+        )
         onnx_graphs.check_interface(out / CHUNKS_INT8_ONNX_FILE, onnx_graphs.CHUNK_DIMS, hidden, output=FEATURES_NAME)
         onnx_graphs.check_interface(out / INT8_ONNX_FILE, bct, num_classes)
     with steps("torchscript"):
@@ -146,9 +177,14 @@ def _build(model: TextBertClassifier, out: Path, val_batches: list[dict] | None,
         "format": EXPORT_FORMAT,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "versions": _versions(),
-        "exporter": {"onnx": exporter, "opset": onnx_graphs.OPSET, "torchscript": "torch.jit.trace", "int8": quantized,
-                     "graphs": "BERT traced once (model.chunks.onnx); model.head.onnx traced; model*.onnx [B, C, T] "
-                               "= a hand-written prefix graph + chunks + pool @ features + head"},  # fmt: skip
+        "exporter": {
+            "onnx": exporter,
+            "opset": onnx_graphs.OPSET,
+            "torchscript": "torch.jit.trace",
+            "int8": quantized,
+            "graphs": "BERT traced once (model.chunks.onnx); model.head.onnx traced; model*.onnx [B, C, T] "
+            "= a hand-written prefix graph + chunks + pool @ features + head",
+        },
         "example_input_shape": list(example[0].shape),
         "parity": checked,
         "precision": precision,
@@ -156,8 +192,9 @@ def _build(model: TextBertClassifier, out: Path, val_batches: list[dict] | None,
     }
 
 
-def _write_model_json(path: Path, model: TextBertClassifier, processor: ChunkProcessor, hyperparameters: dict | None,
-                      metrics: dict | None) -> None:  # fmt: skip
+def _write_model_json(
+    path: Path, model: TextBertClassifier, processor: ChunkProcessor, hyperparameters: dict | None, metrics: dict | None
+) -> None:
     cfg = model.config
     num_classes = int(model.num_classes)
     info = {

@@ -80,8 +80,16 @@ class HeadModule(torch.nn.Module):
 def quiet() -> Iterator[None]:
     """Silence the exporters' chatter (deprecation notes, tracer warnings about transformers' shape checks that
     do not change the graph); the parity check is what tells the export is right."""
-    names = ("torch.onnx", "torch.export", "torch._export", "torch.fx", "torch._dynamo", "torch.utils._sympy",
-             "torch.fx.experimental.symbolic_shapes", "onnxscript")  # fmt: skip
+    names = (
+        "torch.onnx",
+        "torch.export",
+        "torch._export",
+        "torch.fx",
+        "torch._dynamo",
+        "torch.utils._sympy",
+        "torch.fx.experimental.symbolic_shapes",
+        "onnxscript",
+    )
     loggers = [logging.getLogger(n) for n in names]
     levels = [lg.level for lg in loggers]
     with warnings.catch_warnings():
@@ -122,27 +130,54 @@ def chunks_example(example: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Te
     return ids[keep].clone(), mask[keep].clone()
 
 
-def export_onnx(module: torch.nn.Module, example: tuple, path: Path, dims: dict[str, tuple[str, ...]],
-                outputs: dict[str, tuple[str, ...]], max_tokens: int) -> str:  # fmt: skip
+def export_onnx(
+    module: torch.nn.Module,
+    example: tuple,
+    path: Path,
+    dims: dict[str, tuple[str, ...]],
+    outputs: dict[str, tuple[str, ...]],
+    max_tokens: int,
+) -> str:
     """torch.onnx.export, every input dimension dynamic: the TorchScript-based exporter (faster to export and, with
     eager attention, a graph ONNX Runtime fuses better), else the dynamo one. Returns which exporter wrote it."""
     names = list(dims)
     try:
         axes = {n: dict(enumerate(a)) for n, a in {**dims, **outputs}.items()}
-        torch.onnx.export(module, example, str(path), input_names=names, output_names=list(outputs),
-                          dynamic_axes=axes, opset_version=OPSET, dynamo=False)  # fmt: skip
+        torch.onnx.export(
+            module,
+            example,
+            str(path),
+            input_names=names,
+            output_names=list(outputs),
+            dynamic_axes=axes,
+            opset_version=OPSET,
+            dynamo=False,
+        )
         return "torch.onnx.export(dynamo=False)"
     except Exception as e:  # noqa: BLE001 - any exporter failure: try the dynamo exporter before giving up
-        log.warning("the TorchScript-based ONNX exporter failed (%s: %s); trying the dynamo exporter",
-                    e.__class__.__name__, str(e).splitlines()[0] if str(e) else "")  # fmt: skip
+        log.warning(
+            "the TorchScript-based ONNX exporter failed (%s: %s); trying the dynamo exporter",
+            e.__class__.__name__,
+            str(e).splitlines()[0] if str(e) else "",
+        )
         path.unlink(missing_ok=True)
     try:
         # BERT's position table bounds the tokens; without the bound torch.export refuses the dimension
         symbols = {d: torch.export.Dim(d, max=max_tokens if d == "tokens" else None) for a in dims.values() for d in a}
         shapes = {n: {i: symbols[d] for i, d in enumerate(axes)} for n, axes in dims.items()}
-        torch.onnx.export(module, example, str(path), input_names=names, output_names=list(outputs),
-                          dynamic_shapes=shapes, opset_version=OPSET, dynamo=True, external_data=False,
-                          optimize=True, verbose=False)  # fmt: skip
+        torch.onnx.export(
+            module,
+            example,
+            str(path),
+            input_names=names,
+            output_names=list(outputs),
+            dynamic_shapes=shapes,
+            opset_version=OPSET,
+            dynamo=True,
+            external_data=False,
+            optimize=True,
+            verbose=False,
+        )
     except Exception as e:  # noqa: BLE001
         raise ExportError(f"ONNX export failed with both exporters: {e.__class__.__name__}: {e}") from e
     return "torch.onnx.export(dynamo=True)"
@@ -154,8 +189,14 @@ def export_chunks(model: Any, example: tuple[torch.Tensor, torch.Tensor], path: 
     model.bert.set_attn_implementation("eager")
     try:
         with torch.no_grad(), quiet():
-            return export_onnx(ChunksModule(model).eval(), chunks_example(example), path, CHUNK_DIMS,
-                               {FEATURES_NAME: ("chunks",)}, int(model.bert.config.max_position_embeddings))  # fmt: skip
+            return export_onnx(
+                ChunksModule(model).eval(),
+                chunks_example(example),
+                path,
+                CHUNK_DIMS,
+                {FEATURES_NAME: ("chunks",)},
+                int(model.bert.config.max_position_embeddings),
+            )
     finally:
         model.bert.set_attn_implementation(before)
 
@@ -164,8 +205,14 @@ def export_head(model: Any, path: Path) -> None:
     """The head graph: a few ops, traced in milliseconds."""
     features = torch.randn(2, int(model.bert.config.hidden_size))  # [R, H]
     with torch.no_grad(), quiet():
-        export_onnx(HeadModule(model).eval(), (features,), path, {FEATURES_NAME: ("records",)},
-                    {OUTPUT_NAME: ("records",)}, int(model.bert.config.max_position_embeddings))  # fmt: skip
+        export_onnx(
+            HeadModule(model).eval(),
+            (features,),
+            path,
+            {FEATURES_NAME: ("records",)},
+            {OUTPUT_NAME: ("records",)},
+            int(model.bert.config.max_position_embeddings),
+        )
 
 
 def with_head(chunks: onnx.ModelProto, head: onnx.ModelProto) -> onnx.ModelProto:
@@ -240,12 +287,17 @@ def prefix_graph(ir_version: int, opsets: list[Any]) -> onnx.ModelProto:
         node("Reshape", ["blocks", "pool_shape"], [_PREFIX_OUT[2]]),  # [B, B*C]
     ]
     inits = [H.make_tensor(f"bct/k{i}", TP.INT64, [1], [i]) for i in range(4)]
-    inits += [H.make_tensor("bct/zero", TP.INT64, [], [0]), H.make_tensor("bct/one", TP.INT64, [], [1]),
-              H.make_tensor("bct/one_f", TP.FLOAT, [], [1.0])]  # fmt: skip
+    inits += [
+        H.make_tensor("bct/zero", TP.INT64, [], [0]),
+        H.make_tensor("bct/one", TP.INT64, [], [1]),
+        H.make_tensor("bct/one_f", TP.FLOAT, [], [1.0]),
+    ]
     ins = [H.make_tensor_value_info(n, TP.INT64, list(BCT_DIMS)) for n in INPUT_NAMES]
-    outs = [H.make_tensor_value_info(_PREFIX_OUT[0], TP.INT64, ["flat_chunks", "tokens"]),
-            H.make_tensor_value_info(_PREFIX_OUT[1], TP.INT64, ["flat_chunks", "tokens"]),
-            H.make_tensor_value_info(_PREFIX_OUT[2], TP.FLOAT, ["batch", "flat_chunks"])]  # fmt: skip
+    outs = [
+        H.make_tensor_value_info(_PREFIX_OUT[0], TP.INT64, ["flat_chunks", "tokens"]),
+        H.make_tensor_value_info(_PREFIX_OUT[1], TP.INT64, ["flat_chunks", "tokens"]),
+        H.make_tensor_value_info(_PREFIX_OUT[2], TP.FLOAT, ["batch", "flat_chunks"]),
+    ]
     graph = H.make_graph(nodes, "bct_to_packed", ins, outs, initializer=inits)
     return H.make_model(graph, opset_imports=opsets, ir_version=ir_version)
 
@@ -277,8 +329,9 @@ def export_graphs(model: Any, example: tuple[torch.Tensor, torch.Tensor], out: P
     return exporter
 
 
-def check_interface(path: Path, inputs: dict[str, tuple[str, ...]], width: int, full: bool = False,
-                    output: str = OUTPUT_NAME) -> None:  # fmt: skip
+def check_interface(
+    path: Path, inputs: dict[str, tuple[str, ...]], width: int, full: bool = False, output: str = OUTPUT_NAME
+) -> None:
     """The ONNX checker (with shape inference if `full`), and the interface: names, dtypes, dynamic dims; one
     float32 output `output` [n, width]."""
     try:
@@ -297,8 +350,13 @@ def check_interface(path: Path, inputs: dict[str, tuple[str, ...]], width: int, 
             problems.append(f"input {name} is elem_type {tt.elem_type} dims {dims}, expected {inputs.get(name)}")
     outs = [(o.name, o.type.tensor_type) for o in graph.output]
     dims = [d.dim_param or d.dim_value for d in outs[0][1].shape.dim] if outs else []
-    if [n for n, _ in outs] != [output] or outs[0][1].elem_type != onnx.TensorProto.FLOAT or len(dims) != 2 \
-            or dims[1] != width or not isinstance(dims[0], str):  # fmt: skip
+    if (
+        [n for n, _ in outs] != [output]
+        or outs[0][1].elem_type != onnx.TensorProto.FLOAT
+        or len(dims) != 2
+        or dims[1] != width
+        or not isinstance(dims[0], str)
+    ):
         problems.append(f"outputs are {[n for n, _ in outs]} dims {dims}, expected {output} float32 [n, {width}]")
     if problems:
         raise ExportError(f"{path.name} has the wrong interface: " + "; ".join(problems))

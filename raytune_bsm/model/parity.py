@@ -34,8 +34,14 @@ import torch.nn.functional as F
 
 from raytune_bsm.data.dataset import Collate, EncodedDataset
 from raytune_bsm.errors import ExportError
-from raytune_bsm.layout import (CHUNKS_INT8_ONNX_FILE, CHUNKS_ONNX_FILE, HEAD_ONNX_FILE, INT8_ONNX_FILE, ONNX_FILE,
-                                TORCHSCRIPT_FILE)  # fmt: skip
+from raytune_bsm.layout import (
+    CHUNKS_INT8_ONNX_FILE,
+    CHUNKS_ONNX_FILE,
+    HEAD_ONNX_FILE,
+    INT8_ONNX_FILE,
+    ONNX_FILE,
+    TORCHSCRIPT_FILE,
+)
 from raytune_bsm.model.onnx_graphs import quiet
 from raytune_bsm.scoring.batching import plan_block, run_plan
 from raytune_bsm.scoring.sessions import Scorer
@@ -53,13 +59,15 @@ NAMES = {ONNX_FILE: "onnxruntime", CHUNKS_ONNX_FILE: "chunks", TORCHSCRIPT_FILE:
 # Synthetic dialogues when no validation batches are given: different lengths, so the batches have different
 # chunk counts and chunk lengths, and one empty dialogue (a record with no chunks).
 _SHORT = "Where is my order?\nIt was delivered yesterday, here is the tracking."
-_MEDIUM = "\n".join([
-    "Hi, the blender I ordered arrived with a cracked jar.",
-    "Sorry to hear that. Can you send a photo of the damage?",
-    "Sure, photo attached. The crack runs along the base and it leaks.",
-    "Thanks. I can offer a partial refund of 20 percent or a replacement.",
-    "I would prefer a full refund, I do not trust the packaging.",
-])  # fmt: skip
+_MEDIUM = "\n".join(
+    [
+        "Hi, the blender I ordered arrived with a cracked jar.",
+        "Sorry to hear that. Can you send a photo of the damage?",
+        "Sure, photo attached. The crack runs along the base and it leaks.",
+        "Thanks. I can offer a partial refund of 20 percent or a replacement.",
+        "I would prefer a full refund, I do not trust the packaging.",
+    ]
+)
 _LONG = "\n".join(
     f"Message {i}: the buyer says the package never arrived and the seller answers that tracking shows it was "
     f"delivered to the front door on day {i}, with a photo of the parcel and the carrier's signature record."
@@ -76,8 +84,9 @@ class Batch:
     labels: np.ndarray | None = None  # [B] true labels: only for the labelled validation batches
 
 
-def parity_batches(model: Any, processor: Any, val_batches: list[dict] | None,
-                   example_shape: tuple[int, ...]) -> tuple[list[Batch], list[Batch]]:  # fmt: skip
+def parity_batches(
+    model: Any, processor: Any, val_batches: list[dict] | None, example_shape: tuple[int, ...]
+) -> tuple[list[Batch], list[Batch]]:
     """(shape batches every graph runs, labelled batches for the metrics); see the module's doc."""
     max_pos = int(model.bert.config.max_position_embeddings)
     label = model.config["label_name"]
@@ -94,8 +103,12 @@ def parity_batches(model: Any, processor: Any, val_batches: list[dict] | None,
     first = Batch(first.ids[:PARITY_RECORDS], first.mask[:PARITY_RECORDS], f"{first.source}[:{PARITY_RECORDS}]")
     extra_tokens = 3 if first.ids.shape[2] + 3 <= max_pos else 0
     pad = (0, extra_tokens, 0, 2)  # 2 all-padding chunks, `extra_tokens` padding columns
-    shapes = [first, Batch(F.pad(first.ids, pad), F.pad(first.mask, pad),
-                           f"{first.source}+2 empty chunks+{extra_tokens} pad tokens")]  # fmt: skip
+    shapes = [
+        first,
+        Batch(
+            F.pad(first.ids, pad), F.pad(first.mask, pad), f"{first.source}+2 empty chunks+{extra_tokens} pad tokens"
+        ),
+    ]
     if first.ids.shape[0] > 1:  # a record with no chunk beside others: the model gives it the head's bias
         mask = first.mask.clone()
         mask[-1] = 0
@@ -155,8 +168,9 @@ def _runners(out: Path, pad_id: int) -> dict[str, Callable[[Batch], np.ndarray]]
     return runners
 
 
-def check(model: Any, out: Path, pad_id: int, shapes: list[Batch], labelled: list[Batch],
-          tolerance: float) -> tuple[dict[str, Any], dict[str, Any]]:  # fmt: skip
+def check(
+    model: Any, out: Path, pad_id: int, shapes: list[Batch], labelled: list[Batch], tolerance: float
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """(parity, precision) for the manifest; an ExportError if an fp32 graph differs from PyTorch."""
     runners = _runners(out, pad_id)
     figures = {f: {"max_abs_diff": 0.0, "label_mismatches": 0, "records": 0} for f in runners}
@@ -176,8 +190,9 @@ def check(model: Any, out: Path, pad_id: int, shapes: list[Batch], labelled: lis
             for f, run in runners.items():
                 compare(f, run(b), ref)
     scores: dict[str, list[np.ndarray]] = {CHUNKS_ONNX_FILE: [], CHUNKS_INT8_ONNX_FILE: []}
-    failed = [f for f in FP32_FILES if not (figures[f]["max_abs_diff"] <= tolerance
-                                            and figures[f]["label_mismatches"] == 0)]  # fmt: skip
+    failed = [
+        f for f in FP32_FILES if not (figures[f]["max_abs_diff"] <= tolerance and figures[f]["label_mismatches"] == 0)
+    ]
     for b in labelled if not failed else []:
         ref = runners[CHUNKS_ONNX_FILE](b)  # [B, classes]: PyTorch's within tolerance (checked above)
         got = runners[CHUNKS_INT8_ONNX_FILE](b)
@@ -189,29 +204,49 @@ def check(model: Any, out: Path, pad_id: int, shapes: list[Batch], labelled: lis
         fig["label_agreement"] = round(1 - fig["label_mismatches"] / max(1, fig["records"]), 6)
     parity = {
         **{name: figures[f] for f, name in NAMES.items()},
-        "tolerance": tolerance, "reference": "PyTorch eval, logits(dense=False)",
-        "records": sum(len(b.ids) for b in shapes), "shapes": [list(b.ids.shape) for b in shapes],
+        "tolerance": tolerance,
+        "reference": "PyTorch eval, logits(dense=False)",
+        "records": sum(len(b.ids) for b in shapes),
+        "shapes": [list(b.ids.shape) for b in shapes],
         "sources": [b.source for b in shapes],
         "with_padding_chunks": any(bool((~b.mask.bool().any(-1)).any()) for b in shapes),
-    }  # fmt: skip
+    }
     if failed:
-        detail = "; ".join(f"{f}: max |Δ logits| {figures[f]['max_abs_diff']:.3g}, "
-                           f"{figures[f]['label_mismatches']} predicted label(s) differ" for f in failed)  # fmt: skip
-        raise ExportError(f"parity check failed (tolerance {tolerance:g}) against PyTorch on {parity['records']} "
-                          f"records in shapes {parity['shapes']}: {detail}; nothing was published")  # fmt: skip
+        detail = "; ".join(
+            f"{f}: max |Δ logits| {figures[f]['max_abs_diff']:.3g}, "
+            f"{figures[f]['label_mismatches']} predicted label(s) differ"
+            for f in failed
+        )
+        raise ExportError(
+            f"parity check failed (tolerance {tolerance:g}) against PyTorch on {parity['records']} "
+            f"records in shapes {parity['shapes']}: {detail}; nothing was published"
+        )
     y = np.concatenate([b.labels for b in labelled]) if labelled else np.zeros(0, dtype=np.int64)
     metric = {k: _metrics(np.concatenate(v) if v else np.zeros((0, 0)), y) for k, v in scores.items()}
     per_file = lambda fs: {f: {k: figures[f][k] for k in ("label_agreement", "max_abs_diff")} for f in fs}  # noqa: E731
     precision = {
         "labelled_records": int(len(y)),
-        "fp32": {**metric[CHUNKS_ONNX_FILE], "measured_on": CHUNKS_ONNX_FILE, "label_agreement": min(figures[f]["label_agreement"] for f in FP32_FILES),
-                 "max_abs_diff": max(figures[f]["max_abs_diff"] for f in FP32_FILES), "files": per_file(FP32_FILES)},
-        "int8": {**metric[CHUNKS_INT8_ONNX_FILE], "measured_on": CHUNKS_INT8_ONNX_FILE,
-                 "label_agreement": figures[CHUNKS_INT8_ONNX_FILE]["label_agreement"],
-                 "max_abs_diff": figures[CHUNKS_INT8_ONNX_FILE]["max_abs_diff"], "files": per_file(INT8_FILES)},
-    }  # fmt: skip
-    log.info("parity on %d records: %s; int8 label agreement %s", parity["records"],
-             {f: figures[f]["max_abs_diff"] for f in FP32_FILES}, precision["int8"]["label_agreement"])  # fmt: skip
+        "fp32": {
+            **metric[CHUNKS_ONNX_FILE],
+            "measured_on": CHUNKS_ONNX_FILE,
+            "label_agreement": min(figures[f]["label_agreement"] for f in FP32_FILES),
+            "max_abs_diff": max(figures[f]["max_abs_diff"] for f in FP32_FILES),
+            "files": per_file(FP32_FILES),
+        },
+        "int8": {
+            **metric[CHUNKS_INT8_ONNX_FILE],
+            "measured_on": CHUNKS_INT8_ONNX_FILE,
+            "label_agreement": figures[CHUNKS_INT8_ONNX_FILE]["label_agreement"],
+            "max_abs_diff": figures[CHUNKS_INT8_ONNX_FILE]["max_abs_diff"],
+            "files": per_file(INT8_FILES),
+        },
+    }
+    log.info(
+        "parity on %d records: %s; int8 label agreement %s",
+        parity["records"],
+        {f: figures[f]["max_abs_diff"] for f in FP32_FILES},
+        precision["int8"]["label_agreement"],
+    )
     return parity, precision
 
 

@@ -29,12 +29,17 @@ def check_dest(fs: Any, path: str, dest: str) -> None:
         return
     if info.type != pafs.FileType.Directory:
         raise ConfigError(f"--to {dest!r} exists and is a file, not a directory; give a new or empty directory")
-    present = {posixpath.relpath(i.path, path) for i in fs.get_file_info(pafs.FileSelector(path, recursive=True))
-               if i.type == pafs.FileType.File}  # fmt: skip
+    present = {
+        posixpath.relpath(i.path, path)
+        for i in fs.get_file_info(pafs.FileSelector(path, recursive=True))
+        if i.type == pafs.FileType.File
+    }
     if not present:
         return
-    refuse = (f"--to {dest!r} is a non-empty directory that bsm did not export; refusing to replace it: give a "
-              "new or empty directory")  # fmt: skip
+    refuse = (
+        f"--to {dest!r} is a non-empty directory that bsm did not export; refusing to replace it: give a "
+        "new or empty directory"
+    )
     if MANIFEST not in present:
         raise ConfigError(refuse + f" (no {MANIFEST})")
     try:
@@ -46,9 +51,11 @@ def check_dest(fs: Any, path: str, dest: str) -> None:
         raise ConfigError(refuse + f" (its {MANIFEST} is not a bsm manifest)")
     unlisted = sorted(present - {MANIFEST} - {e["path"] for e in manifest["files"]})
     if unlisted:
-        raise ConfigError(f"--to {dest!r} is an earlier export holding files it did not write ({unlisted[0]!r}"
-                          f"{f' and {len(unlisted) - 1} more' if len(unlisted) > 1 else ''}); refusing to delete "
-                          "them: move them away or give another directory")  # fmt: skip
+        raise ConfigError(
+            f"--to {dest!r} is an earlier export holding files it did not write ({unlisted[0]!r}"
+            f"{f' and {len(unlisted) - 1} more' if len(unlisted) > 1 else ''}); refusing to delete "
+            "them: move them away or give another directory"
+        )
 
 
 def publish_local(build: Path, dest: Path, token: str) -> None:

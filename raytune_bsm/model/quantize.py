@@ -61,9 +61,15 @@ def quantize_chunks(src: Path, dst: Path) -> dict[str, Any]:
         root.setLevel(level)
     masks = soften_attention_mask(model)
     onnx.save(model, str(dst))
-    return {"method": "onnxruntime.quantization dynamic (IntegerOps)", "weight_type": "int8", "activations": "uint8",
-            "per_channel": PER_CHANNEL, "op_types": list(OP_TYPES), "from": src.name,
-            "attention_mask_fill": MASK_FILL if masks else None}  # fmt: skip
+    return {
+        "method": "onnxruntime.quantization dynamic (IntegerOps)",
+        "weight_type": "int8",
+        "activations": "uint8",
+        "per_channel": PER_CHANNEL,
+        "op_types": list(OP_TYPES),
+        "from": src.name,
+        "attention_mask_fill": MASK_FILL if masks else None,
+    }
 
 
 def soften_attention_mask(model: onnx.ModelProto, fill: float = MASK_FILL) -> int:
@@ -122,12 +128,30 @@ def _quantize(src: Path) -> onnx.ModelProto:
 
         with tempfile.TemporaryDirectory(prefix="bsm-int8-") as tmp:
             out = Path(tmp) / "int8.onnx"
-            quantize_dynamic(src, out, op_types_to_quantize=list(OP_TYPES), per_channel=PER_CHANNEL,
-                             weight_type=QuantType.QInt8, extra_options=options)  # fmt: skip
+            quantize_dynamic(
+                src,
+                out,
+                op_types_to_quantize=list(OP_TYPES),
+                per_channel=PER_CHANNEL,
+                weight_type=QuantType.QInt8,
+                extra_options=options,
+            )
             return onnx.load(str(out))
     model = onnx.load(str(src))
     add_infer_metadata(model)
-    q = ONNXQuantizer(model, PER_CHANNEL, False, QuantizationMode.IntegerOps, False, QuantType.QInt8,
-                      QuantType.QUInt8, None, [], [], list(OP_TYPES), options)  # fmt: skip
+    q = ONNXQuantizer(
+        model,
+        PER_CHANNEL,
+        False,
+        QuantizationMode.IntegerOps,
+        False,
+        QuantType.QInt8,
+        QuantType.QUInt8,
+        None,
+        [],
+        [],
+        list(OP_TYPES),
+        options,
+    )
     q.quantize_model()
     return q.model.model

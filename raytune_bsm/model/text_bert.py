@@ -217,8 +217,16 @@ class TextBertClassifier(TextBertBase):
         chunks = batch[self.mask_key].bool().any(dim=-1).sum(dim=-1).tolist()  # [B]: chunks kept per record
         cut = batch.get("truncated") or [None] * len(ids)  # more than max_chunks chunks (None: not known)
         for k, i in enumerate(keep):
-            self.test_rows.append({"id": ids[i], "label": int(labels[k]), "pred": int(probs[k].argmax()),
-                                   "probs": probs[k].tolist(), "num_chunks": chunks[i], "truncated": cut[i]})  # fmt: skip
+            self.test_rows.append(
+                {
+                    "id": ids[i],
+                    "label": int(labels[k]),
+                    "pred": int(probs[k].argmax()),
+                    "probs": probs[k].tolist(),
+                    "num_chunks": chunks[i],
+                    "truncated": cut[i],
+                }
+            )
 
     def on_test_epoch_end(self) -> None:
         self.log_dict(self.test_metrics.compute())
@@ -258,5 +266,7 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> TextBertClas
         model.load_state_dict(ckpt["state_dict"])
     except (KeyError, TypeError, RuntimeError) as e:
         first = str(e).splitlines()[0] if str(e) else ""
-        raise ExportError(f"checkpoint {str(path)!r} does not fit a bsm model ({e.__class__.__name__}: {first})") from None
+        raise ExportError(
+            f"checkpoint {str(path)!r} does not fit a bsm model ({e.__class__.__name__}: {first})"
+        ) from None
     return model.eval()

@@ -23,7 +23,15 @@ from raytune_bsm.report.sweep_plots import param_keys, sweep_figures
 
 REPORT_HTML = "report.html"
 MARKER = ".bsm-report"  # what tells a directory bsm may replace from one it must not touch
-TRIAL_COLUMNS = ["rank", "trial_id", "status", "iterations", "metric", "best_epoch", "final_metric"]  # + one per hyperparameter
+TRIAL_COLUMNS = [
+    "rank",
+    "trial_id",
+    "status",
+    "iterations",
+    "metric",
+    "best_epoch",
+    "final_metric",
+]  # + one per hyperparameter
 
 
 def build_report(source: str, out: str | None = None, *, threshold: float | None = None) -> dict[str, Any]:
@@ -40,16 +48,25 @@ def build_report(source: str, out: str | None = None, *, threshold: float | None
         figs = run_figures(data.epochs, data.monitor, ev, tmp)
         if data.kind == "sweep" and data.trials:
             tune = (data.sweep or {}).get("tune") or {}
-            max_epochs = int(((data.config.get("train") or {}).get("max_epochs")) or max(t.get("iterations") or 0 for t in data.trials))
-            figs += sweep_figures(data.trials, data.monitor or "metric", data.result.get("mode") or "max", tune, max_epochs, tmp)
+            max_epochs = int(
+                ((data.config.get("train") or {}).get("max_epochs"))
+                or max(t.get("iterations") or 0 for t in data.trials)
+            )
+            figs += sweep_figures(
+                data.trials, data.monitor or "metric", data.result.get("mode") or "max", tune, max_epochs, tmp
+            )
         (tmp / REPORT_HTML).write_text(render(data, ev, figs, tmp), encoding="utf-8")
         (tmp / MARKER).write_text(json.dumps({"source": source, "kind": data.kind}) + "\n")
         _publish(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return {"dir": str(dest), "html": str(dest / REPORT_HTML), "pngs": [str(dest / f.file) for f in figs],
-            "metrics": ev.summary if ev else {}}  # fmt: skip
+    return {
+        "dir": str(dest),
+        "html": str(dest / REPORT_HTML),
+        "pngs": [str(dest / f.file) for f in figs],
+        "metrics": ev.summary if ev else {},
+    }
 
 
 def _safe_name(name: str) -> str:
@@ -94,12 +111,18 @@ def render(data: RunData, ev: Evaluation | None, figs: list[Figure], folder: Pat
         return by_file.get(name, "")
 
     where = "best trial's test split" if data.kind == "sweep" else "test split"
-    headline = page.metrics_table(ev.summary, f"{where}, {ev.records} records, from the stored predictions "
-                                  f"(torchmetrics)") if ev else ""  # fmt: skip
+    headline = (
+        page.metrics_table(ev.summary, f"{where}, {ev.records} records, from the stored predictions (torchmetrics)")
+        if ev
+        else ""
+    )
     stored = {k: v for k, v in (data.result.get("metrics") or {}).items() if isinstance(v, (int, float))}
     sections = [
-        page.section("Summary", page.row(headline, page.metrics_table(stored, "as the run reported them") if stored else ""),
-                     page.notes(data.notes)),  # fmt: skip
+        page.section(
+            "Summary",
+            page.row(headline, page.metrics_table(stored, "as the run reported them") if stored else ""),
+            page.notes(data.notes),
+        ),
         page.section("Learning curves", fig("learning_curves.png")),
     ]
     if ev is not None:
@@ -114,13 +137,20 @@ def render(data: RunData, ev: Evaluation | None, figs: list[Figure], folder: Pat
     if data.kind == "sweep":
         ranked = sorted(data.trials, key=lambda t: t.get("rank") or 1 << 30)
         keys = param_keys(ranked)
-        rows = [{**{c: t.get(c) for c in TRIAL_COLUMNS}, **{k: (t.get("hyperparameters") or {}).get(k) for k in keys}}
-                for t in ranked]  # fmt: skip
-        sections.append(page.section(
-            "Sweep", fig("sweep_parallel.png"), fig("sweep_lr.png"), fig("sweep_trials.png"),
-            page.table(rows, TRIAL_COLUMNS + keys, f"trials, ranked by {data.monitor} ({data.result.get('mode')})"),
-            page.kv_table((data.sweep or {}).get("tune") or {}),
-        ))  # fmt: skip
+        rows = [
+            {**{c: t.get(c) for c in TRIAL_COLUMNS}, **{k: (t.get("hyperparameters") or {}).get(k) for k in keys}}
+            for t in ranked
+        ]
+        sections.append(
+            page.section(
+                "Sweep",
+                fig("sweep_parallel.png"),
+                fig("sweep_lr.png"),
+                fig("sweep_trials.png"),
+                page.table(rows, TRIAL_COLUMNS + keys, f"trials, ranked by {data.monitor} ({data.result.get('mode')})"),
+                page.kv_table((data.sweep or {}).get("tune") or {}),
+            )
+        )
     sections += [
         page.section("Configuration", page.kv_table(data.config) if data.config else ""),
         page.section("Data", page.table(data_sizes(data, ev), ["what", "value"])),
@@ -161,7 +191,9 @@ def timings(data: RunData) -> list[dict[str, Any]]:
     if epochs_t and all(isinstance(t, (int, float)) for t in epochs_t):
         rows += [{"what": f"epoch {i + 1}", "seconds": t} for i, t in enumerate(epochs_t)]
     m = data.manifest or {}
-    rows += [{"what": f"export {k.removesuffix('_seconds')}", "seconds": v} for k, v in (m.get("timings") or {}).items()]
+    rows += [
+        {"what": f"export {k.removesuffix('_seconds')}", "seconds": v} for k, v in (m.get("timings") or {}).items()
+    ]
     if isinstance(m.get("export_seconds"), (int, float)):
         rows.append({"what": "export total", "seconds": m["export_seconds"]})
     return rows

@@ -37,7 +37,9 @@ def fmt(value: Any) -> str:
     if isinstance(value, float) and value.is_integer() and abs(value) < 1e6:
         return str(int(value))
     if isinstance(value, float):
-        return "nan" if math.isnan(value) else f"{value:.4g}" if abs(value) < 1e-3 or abs(value) >= 1e5 else f"{value:.4f}"
+        return (
+            "nan" if math.isnan(value) else f"{value:.4g}" if abs(value) < 1e-3 or abs(value) >= 1e5 else f"{value:.4f}"
+        )
     if isinstance(value, (list, dict)):
         return json.dumps(value, default=str, sort_keys=isinstance(value, dict))
     return str(value)
@@ -105,18 +107,18 @@ def row(*parts: str) -> str:
 
 def notes(items: Iterable[str]) -> str:
     items = list(items)
-    return "<ul class=\"notes\">" + "".join(f"<li>{esc(n)}</li>" for n in items) + "</ul>" if items else ""
+    return '<ul class="notes">' + "".join(f"<li>{esc(n)}</li>" for n in items) + "</ul>" if items else ""
 
 
 def page(title: str, meta: str, sections: list[str]) -> str:
     now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
         # No script, no remote anything: the page works offline, from any directory.
         "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; img-src data:; style-src 'unsafe-inline'\">"
         f"<title>{esc(title)}</title><style>{CSS}</style></head><body>"
-        f"<h1>{esc(title)}</h1><p class=\"meta\">{esc(meta)} &middot; generated {esc(now)} by bsm report</p>"
+        f'<h1>{esc(title)}</h1><p class="meta">{esc(meta)} &middot; generated {esc(now)} by bsm report</p>'
         + "".join(s for s in sections if s)
         + "</body></html>\n"
     )

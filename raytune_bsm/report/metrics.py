@@ -69,8 +69,12 @@ def evaluate(pred: Predictions, threshold: float | None = None) -> Evaluation:
         pr = [Curve(names[1], rec.numpy(), prec.numpy(), summary["average_precision"])]
         confusion = tm.binary_confusion_matrix(score, target, threshold=t).numpy()
         tn, fp, fn, tp = (int(v) for v in confusion.ravel())
-        point = {"fpr": fp / max(fp + tn, 1), "tpr": tp / max(tp + fn, 1), "recall": tp / max(tp + fn, 1),
-                 "precision": tp / max(tp + fp, 1)}  # fmt: skip
+        point = {
+            "fpr": fp / max(fp + tn, 1),
+            "tpr": tp / max(tp + fn, 1),
+            "recall": tp / max(tp + fn, 1),
+            "precision": tp / max(tp + fp, 1),
+        }
         conf, correct = score.numpy(), target.numpy().astype(float)  # as torchmetrics bins it
         per_auc = [1.0 - summary["auroc"], summary["auroc"]]
     else:
@@ -102,16 +106,31 @@ def evaluate(pred: Predictions, threshold: float | None = None) -> Evaluation:
     per_f = tm.multiclass_f1_score(hard, target, num_classes=c, average=None)
     support = np.bincount(pred.labels, minlength=c)
     per_class = [
-        {"class": names[i], "support": int(support[i]), "precision": f(per_p[i]), "recall": f(per_r[i]),
-         "f1_score": f(per_f[i]), "auroc": per_auc[i]}
+        {
+            "class": names[i],
+            "support": int(support[i]),
+            "precision": f(per_p[i]),
+            "recall": f(per_r[i]),
+            "f1_score": f(per_f[i]),
+            "auroc": per_auc[i],
+        }
         for i in range(c)
-    ]  # fmt: skip
+    ]
     right = (hard == target).numpy()
     return Evaluation(
-        class_names=names, records=n, binary=binary, threshold=t, summary=summary, per_class=per_class,
-        roc=roc, pr=pr, confusion=confusion, calibration=reliability(conf, correct),
-        by_length=by_length(pred, right), threshold_point=point,
-    )  # fmt: skip
+        class_names=names,
+        records=n,
+        binary=binary,
+        threshold=t,
+        summary=summary,
+        per_class=per_class,
+        roc=roc,
+        pr=pr,
+        confusion=confusion,
+        calibration=reliability(conf, correct),
+        by_length=by_length(pred, right),
+        threshold_point=point,
+    )
 
 
 def reliability(confidence: Any, correct: Any, bins: int = CALIBRATION_BINS) -> dict[str, Any]:
@@ -141,10 +160,12 @@ def by_length(pred: Predictions, right: Any) -> list[dict[str, Any]]:
     rows = []
     for k in np.unique(pred.num_chunks):
         sel = pred.num_chunks == k
-        rows.append({
-            "chunks": int(k),
-            "records": int(sel.sum()),
-            "accuracy": float(right[sel].mean()),
-            "truncated": int(pred.truncated[sel].sum()) if pred.truncated is not None else None,
-        })  # fmt: skip
+        rows.append(
+            {
+                "chunks": int(k),
+                "records": int(sel.sum()),
+                "accuracy": float(right[sel].mean()),
+                "truncated": int(pred.truncated[sel].sum()) if pred.truncated is not None else None,
+            }
+        )
     return rows

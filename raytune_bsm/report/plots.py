@@ -56,7 +56,9 @@ def learning_curves(epochs: list[dict[str, Any]], monitor: str | None, out: Path
     x = [_epoch_number(r, i) for i, r in enumerate(epochs)]
     metric = (monitor or "val_loss").removeprefix("val_").removeprefix("train_")
     if metric == "loss":  # ranked by loss: the second panel shows a score instead
-        metric = next((m for m in ("auroc", "f1_score", "accuracy") if any(f"val_{m}" in r for r in epochs)), "accuracy")
+        metric = next(
+            (m for m in ("auroc", "f1_score", "accuracy") if any(f"val_{m}" in r for r in epochs)), "accuracy"
+        )
     fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=WIDE)
     for ax, name in ((ax_loss, "loss"), (ax_metric, metric)):
         drawn = False
@@ -98,15 +100,22 @@ def roc_pr(ev: Evaluation, out: Path) -> Figure:
         positives = ev.per_class[1]["support"] / max(ev.records, 1)
         ax_pr.axhline(positives, ls=":", color="grey")
     kind = "" if ev.binary else " (one-vs-rest)"
-    for ax, title, xl, yl in ((ax_roc, f"ROC{kind}", "false positive rate", "true positive rate"),
-                              (ax_pr, f"Precision-recall{kind}", "recall", "precision")):  # fmt: skip
+    for ax, title, xl, yl in (
+        (ax_roc, f"ROC{kind}", "false positive rate", "true positive rate"),
+        (ax_pr, f"Precision-recall{kind}", "recall", "precision"),
+    ):
         ax.set(title=title, xlabel=xl, ylabel=yl, xlim=(-0.02, 1.02), ylim=(-0.02, 1.02))
         ax.grid(alpha=0.3)
         ax.legend(loc="lower right" if ax is ax_roc else "lower left", fontsize="small")
     fig.tight_layout()
     s = ev.summary
-    return save(fig, out, "roc_pr.png", "ROC and precision-recall",
-                f"Test split, {ev.records} records: AUROC {s['auroc']:.4f}, AP {s['average_precision']:.4f}.")  # fmt: skip
+    return save(
+        fig,
+        out,
+        "roc_pr.png",
+        "ROC and precision-recall",
+        f"Test split, {ev.records} records: AUROC {s['auroc']:.4f}, AP {s['average_precision']:.4f}.",
+    )
 
 
 def confusion(ev: Evaluation, out: Path) -> Figure:
@@ -154,9 +163,14 @@ def calibration(ev: Evaluation, out: Path) -> Figure:
     ax_hist.bar(centres, cal["count"], width=width * 0.9, color="grey")
     ax_hist.set(xlabel="P(positive)" if ev.binary else "confidence (max probability)", ylabel="records", xlim=(0, 1))
     fig.tight_layout()
-    return save(fig, out, "calibration.png", "Calibration",
-                f"{len(edges) - 1} equal-width bins; expected calibration error {ev.summary['ece']:.4f} "
-                f"(torchmetrics, L1); {int(np.sum(cal['count']))} records.")  # fmt: skip
+    return save(
+        fig,
+        out,
+        "calibration.png",
+        "Calibration",
+        f"{len(edges) - 1} equal-width bins; expected calibration error {ev.summary['ece']:.4f} "
+        f"(torchmetrics, L1); {int(np.sum(cal['count']))} records.",
+    )
 
 
 def accuracy_by_length(ev: Evaluation, out: Path) -> Figure | None:
@@ -176,8 +190,13 @@ def accuracy_by_length(ev: Evaluation, out: Path) -> Figure | None:
     ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
     total_trunc = sum(r["truncated"] or 0 for r in ev.by_length)
-    return save(fig, out, "accuracy_by_length.png", "Accuracy by dialogue length",
-                f"Records bucketed by the chunks the model kept; {total_trunc} record(s) were longer and truncated.")  # fmt: skip
+    return save(
+        fig,
+        out,
+        "accuracy_by_length.png",
+        "Accuracy by dialogue length",
+        f"Records bucketed by the chunks the model kept; {total_trunc} record(s) were longer and truncated.",
+    )
 
 
 def run_figures(epochs: list[dict[str, Any]], monitor: str | None, ev: Evaluation | None, out: Path) -> list[Figure]:

@@ -61,7 +61,11 @@ class RunData:
         given = self.result.get("monitor") or (self.config.get("train") or {}).get("monitor")
         if given:
             return str(given)
-        n = self.predictions.probs.shape[1] if self.predictions is not None else (self.config.get("model") or {}).get("num_classes")
+        n = (
+            self.predictions.probs.shape[1]
+            if self.predictions is not None
+            else (self.config.get("model") or {}).get("num_classes")
+        )
         return default_metric(int(n)) if isinstance(n, int) and n >= 2 else None
 
 
@@ -121,7 +125,7 @@ def _run(root: str) -> RunData:
     data.epochs = _epochs(root, result)
     if not data.epochs:
         data.notes.append(
-            f"no per-epoch metrics stored (no \"epochs\" in {layout.RESULT_JSON}, no {layout.EPOCHS_JSON}, no "
+            f'no per-epoch metrics stored (no "epochs" in {layout.RESULT_JSON}, no {layout.EPOCHS_JSON}, no '
             "tensorboard/ event files): no learning curves"
         )
     data.predictions = read_predictions(root, _class_names(config), data.notes)
@@ -159,8 +163,10 @@ def _export_only(root: str) -> RunData:
     model = data.model or {}
     data.config = {"model": model.get("hyperparameters") or {}}
     data.result = {"metrics": model.get("metrics") or {}}
-    data.notes.append("an export alone holds no predictions or per-epoch metrics: only its tables are shown; "
-                      "report on the run directory for the plots")  # fmt: skip
+    data.notes.append(
+        "an export alone holds no predictions or per-epoch metrics: only its tables are shown; "
+        "report on the run directory for the plots"
+    )
     return data
 
 
@@ -185,7 +191,9 @@ def read_predictions(root: str, class_names: list[str] | None, notes: list[str])
         ids = table.column("id").to_pylist()
         first = sorted({v: i for i, v in reversed(list(enumerate(ids)))}.values())
         if len(first) < len(ids) and None not in ids:
-            notes.append(f"{len(ids) - len(first)} duplicate prediction(s) (the same id from several workers) counted once")
+            notes.append(
+                f"{len(ids) - len(first)} duplicate prediction(s) (the same id from several workers) counted once"
+            )
             table = table.take(first)
     prob_cols = [c for c in table.column_names if c.startswith("prob_")]
     names = [c.removeprefix("prob_") for c in prob_cols]
@@ -198,15 +206,19 @@ def read_predictions(root: str, class_names: list[str] | None, notes: list[str])
     unknown = sorted(set(labels) - set(index))
     if unknown:
         raise DataError(f"{uri}: labels {unknown[:5]} have no prob_<class> column (classes {names})")
-    probs = np.stack([np.asarray(table.column(f"prob_{n}").to_numpy(zero_copy_only=False), dtype=np.float64) for n in names], axis=1)
+    probs = np.stack(
+        [np.asarray(table.column(f"prob_{n}").to_numpy(zero_copy_only=False), dtype=np.float64) for n in names], axis=1
+    )
     pred = Predictions(uri, names, np.asarray([index[v] for v in labels], dtype=np.int64), probs)
     if NUM_CHUNKS in table.column_names:
         pred.num_chunks = np.asarray(table.column(NUM_CHUNKS).to_numpy(zero_copy_only=False), dtype=np.int64)
     if TRUNCATED in table.column_names:
         pred.truncated = np.asarray(table.column(TRUNCATED).to_numpy(zero_copy_only=False), dtype=bool)
     if pred.num_chunks is None:
-        notes.append(f"the predictions have no {NUM_CHUNKS!r} column (chunks kept per record; and {TRUNCATED!r}): "
-                     "no accuracy by dialogue length")  # fmt: skip
+        notes.append(
+            f"the predictions have no {NUM_CHUNKS!r} column (chunks kept per record; and {TRUNCATED!r}): "
+            "no accuracy by dialogue length"
+        )
     return pred
 
 

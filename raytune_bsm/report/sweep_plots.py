@@ -50,7 +50,7 @@ def parallel_coordinates(trials: list[dict[str, Any]], metric: str, mode: str, o
             log = _short(k) in LOG_SCALE and all(v > 0 for v in nums)  # type: ignore[operator]
             vals = [math.log10(v) if log else v for v in nums]  # type: ignore[arg-type]
             lo, hi = min(vals), max(vals)
-            fmt = (lambda v: f"{10 ** v:.2g}") if log else (lambda v: f"{v:.3g}")
+            fmt = (lambda v: f"{10**v:.2g}") if log else (lambda v: f"{v:.3g}")
             labels.append((metric if k == "metric" else _short(k) + (" (log)" if log else ""), fmt(lo), fmt(hi)))
         else:  # categorical: even spacing in first-seen order
             cats = list(dict.fromkeys(str(v) for v in raw))
@@ -61,13 +61,15 @@ def parallel_coordinates(trials: list[dict[str, Any]], metric: str, mode: str, o
         axes_vals.append([(v - lo) / span if hi > lo else 0.5 for v in vals])
     ys = np.asarray(axes_vals).T  # [trials, axes]
     metric_vals = np.asarray([t["metric"] for t in rows], dtype=float)
-    norm = plt.Normalize(metric_vals.min(), metric_vals.max() if metric_vals.max() > metric_vals.min() else metric_vals.min() + 1)
+    norm = plt.Normalize(
+        metric_vals.min(), metric_vals.max() if metric_vals.max() > metric_vals.min() else metric_vals.min() + 1
+    )
     cmap = plt.get_cmap("viridis" if mode == "max" else "viridis_r")
     fig, ax = plt.subplots(figsize=WIDE)
     xs = np.arange(ys.shape[1])
     for row, m in zip(ys, metric_vals):
         ax.plot(xs, row, "-o", color=cmap(norm(m)), alpha=0.85, lw=1.5, ms=3)
-    for x, (name, lo, hi) in zip(xs, labels):
+    for x, (_name, lo, hi) in zip(xs, labels):
         ax.axvline(x, color="black", lw=0.8)
         ax.text(x, -0.08, lo, ha="center", va="top", fontsize="small")
         ax.text(x, 1.06, hi, ha="center", va="bottom", fontsize="small")
@@ -82,8 +84,13 @@ def parallel_coordinates(trials: list[dict[str, Any]], metric: str, mode: str, o
     fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label=metric, format="%.4g")
     ax.set_title(f"Hyperparameters vs {metric} ({'higher' if mode == 'max' else 'lower'} is better)")
     fig.tight_layout()
-    return save(fig, out, "sweep_parallel.png", "Parallel coordinates",
-                f"{len(rows)} scored trial(s); each trial's best epoch; axes scaled to their own range.")  # fmt: skip
+    return save(
+        fig,
+        out,
+        "sweep_parallel.png",
+        "Parallel coordinates",
+        f"{len(rows)} scored trial(s); each trial's best epoch; axes scaled to their own range.",
+    )
 
 
 def metric_vs_lr(trials: list[dict[str, Any]], metric: str, out: Path) -> Figure | None:
@@ -99,7 +106,11 @@ def metric_vs_lr(trials: list[dict[str, Any]], metric: str, out: Path) -> Figure
         sel = [(x, t["metric"]) for x, t in pts if t.get("status") == status]
         if sel:
             ax.plot(*zip(*sel), marker, ls="none", ms=8, label=status.replace("_", " "))
-    others = [(x, t["metric"]) for x, t in pts if t.get("status") not in ("completed", "early_stopped", "interrupted", "error")]
+    others = [
+        (x, t["metric"])
+        for x, t in pts
+        if t.get("status") not in ("completed", "early_stopped", "interrupted", "error")
+    ]
     if others:
         ax.plot(*zip(*others), "d", ls="none", ms=8, label="other")
     ax.set_xscale("log")
@@ -127,8 +138,15 @@ def trial_progress(trials: list[dict[str, Any]], max_epochs: int, asha: list[int
     plt = pyplot()
     rows = sorted(trials, key=lambda t: t.get("trial_index") or 0)
     fig, ax = plt.subplots(figsize=WIDE)
-    colours = {"completed": "C2", "early_stopped": "C1", "error": "C3", "interrupted": "C7", "running": "C0",
-               "pending": "C9", "paused": "C8"}  # fmt: skip
+    colours = {
+        "completed": "C2",
+        "early_stopped": "C1",
+        "error": "C3",
+        "interrupted": "C7",
+        "running": "C0",
+        "pending": "C9",
+        "paused": "C8",
+    }
     y = list(range(len(rows)))
     ax.barh(y, [t.get("iterations") or 0 for t in rows], color=[colours.get(t.get("status"), "C7") for t in rows])
     ax.set_yticks(y)
@@ -139,20 +157,33 @@ def trial_progress(trials: list[dict[str, Any]], max_epochs: int, asha: list[int
         ax.text(r, 1.01, f"rung {r}", ha="center", va="bottom", fontsize="small", transform=ax.get_xaxis_transform())
     ax.axvline(max_epochs, color="black", lw=1.5)
     ax.set_xticks(range(0, max_epochs + 1))
-    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for s, c in colours.items() if any(t.get("status") == s for t in rows)]
+    handles = [
+        plt.Rectangle((0, 0), 1, 1, color=c) for s, c in colours.items() if any(t.get("status") == s for t in rows)
+    ]
     names = [s.replace("_", " ") for s in colours if any(t.get("status") == s for t in rows)]
     ax.legend(handles, names, loc="lower right", fontsize="small")
     ax.set(xlabel="epochs trained", xlim=(0, max_epochs + 0.5))
     ax.set_title("Epochs reached per trial", pad=16)
     fig.tight_layout()
-    caption = f"ASHA rungs at epoch(s) {', '.join(map(str, asha))}; max {max_epochs}." if asha else f"Max {max_epochs} epochs."
+    caption = (
+        f"ASHA rungs at epoch(s) {', '.join(map(str, asha))}; max {max_epochs}."
+        if asha
+        else f"Max {max_epochs} epochs."
+    )
     return save(fig, out, "sweep_trials.png", "Trials and where they stopped", caption)
 
 
-def sweep_figures(trials: list[dict[str, Any]], metric: str, mode: str, tune: dict[str, Any], max_epochs: int,
-                  out: Path) -> list[Figure]:  # fmt: skip
-    asha = rungs(max_epochs, int(tune.get("grace_period") or 1), int(tune.get("reduction_factor") or 2)) \
-        if tune.get("scheduler", "asha") == "asha" else []  # fmt: skip
-    figs = [parallel_coordinates(trials, metric, mode, out), metric_vs_lr(trials, metric, out),
-            trial_progress(trials, max_epochs, asha, out)]  # fmt: skip
+def sweep_figures(
+    trials: list[dict[str, Any]], metric: str, mode: str, tune: dict[str, Any], max_epochs: int, out: Path
+) -> list[Figure]:
+    asha = (
+        rungs(max_epochs, int(tune.get("grace_period") or 1), int(tune.get("reduction_factor") or 2))
+        if tune.get("scheduler", "asha") == "asha"
+        else []
+    )
+    figs = [
+        parallel_coordinates(trials, metric, mode, out),
+        metric_vs_lr(trials, metric, out),
+        trial_progress(trials, max_epochs, asha, out),
+    ]
     return [f for f in figs if f is not None]

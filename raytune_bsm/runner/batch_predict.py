@@ -88,12 +88,14 @@ class Score:
     """The map_batches stage: a block of (text, id) rows -> its predictions. One per actor: the export is
     downloaded (a URI) and verified, and its ONNX Runtime session created, once, when the actor starts."""
 
-    def __init__(self, job: dict[str, Any], text_field: str, id_field: str, id_type: pa.DataType,
-                 class_names: list[str]) -> None:  # fmt: skip
+    def __init__(
+        self, job: dict[str, Any], text_field: str, id_field: str, id_type: pa.DataType, class_names: list[str]
+    ) -> None:
         setup_logging()
         self.job = PredictJob(**job)
-        self.predictor = Predictor(self.job.export, self.job.provider, precision=self.job.precision,
-                                   threads=self.job.cpus_per_actor)  # fmt: skip
+        self.predictor = Predictor(
+            self.job.export, self.job.provider, precision=self.job.precision, threads=self.job.cpus_per_actor
+        )
         if self.predictor.class_names != class_names:
             raise ExportError(f"{self.job.export}: its classes changed while the job ran; score a stable export")
         self.text_field, self.id_field, self.id_type, self.class_names = text_field, id_field, id_type, class_names
@@ -109,19 +111,25 @@ class Score:
         self.rows += len(texts)
         if self.rows - self.shown >= self.job.progress_every:
             self.shown = self.rows
-            log.info("actor %d: %d rows scored (%.0f rows/s)", os.getpid(), self.rows,
-                     self.rows / max(time.monotonic() - self.t0, 1e-9))  # fmt: skip
+            log.info(
+                "actor %d: %d rows scored (%.0f rows/s)",
+                os.getpid(),
+                self.rows,
+                self.rows / max(time.monotonic() - self.t0, 1e-9),
+            )
         return predictions(ids, probs, self.class_names)
 
 
 def predictions(ids: Any, probs: Any, names: list[str]) -> pa.Table:
     """The columns of local `bsm predict`: id, predicted (the class name), prob_<class> float64 per class."""
     pred = probs.argmax(axis=1)
-    return pa.table({
-        "id": ids,
-        "predicted": pa.array([names[i] for i in pred], pa.string()),
-        **{f"prob_{c}": pa.array(probs[:, k], pa.float64()) for k, c in enumerate(names)},
-    })  # fmt: skip
+    return pa.table(
+        {
+            "id": ids,
+            "predicted": pa.array([names[i] for i in pred], pa.string()),
+            **{f"prob_{c}": pa.array(probs[:, k], pa.float64()) for k, c in enumerate(names)},
+        }
+    )
 
 
 # ------------------------------------------------------------------------------------------------ the driver
@@ -144,16 +152,19 @@ def run(job: PredictJob) -> dict[str, Any]:
     ds = read_files(files, [text_field, id_field])
     scored = ds.map_batches(
         Score,
-        fn_constructor_kwargs=dict(job=asdict(job), text_field=text_field, id_field=id_field, id_type=id_type,
-                                   class_names=class_names),  # fmt: skip
+        fn_constructor_kwargs=dict(
+            job=asdict(job), text_field=text_field, id_field=id_field, id_type=id_type, class_names=class_names
+        ),
         batch_size=job.rows_per_batch,
         batch_format="pyarrow",
         compute=pool(job),
         num_cpus=job.cpus_per_actor,
         num_gpus=1 if job.provider == CUDA else None,
     )
-    tmp = posixpath.join(posixpath.dirname(out_path.rstrip("/")), f".{posixpath.basename(out_path.rstrip('/'))}"
-                         f".tmp-{uuid.uuid4().hex[:8]}")  # fmt: skip
+    tmp = posixpath.join(
+        posixpath.dirname(out_path.rstrip("/")),
+        f".{posixpath.basename(out_path.rstrip('/'))}.tmp-{uuid.uuid4().hex[:8]}",
+    )
     try:
         with raised_in_ray():  # a file that fails to parse midway: the reader's error, naming the file and row
             scored.write_parquet(tmp, filesystem=fs)
@@ -162,16 +173,34 @@ def run(job: PredictJob) -> dict[str, Any]:
             empty = predictions(pa.array([], id_type), np.zeros((0, len(class_names))), class_names)
             pq.write_table(empty, posixpath.join(tmp, "part-empty.parquet"), filesystem=fs)
             parts = written(fs, tmp)
-        summary = {"kind": "predict", "out": job.out, "rows": sum(parts.values()), "files": len(parts),
-                   "export": job.export, "data": job.data, "inputs": len(files), "graph": choice.file,
-                   "precision": choice.precision, "provider": job.provider, "id_field": id_field,
-                   "text_field": text_field, "seconds": round(time.monotonic() - t0, 1)}  # fmt: skip
+        summary = {
+            "kind": "predict",
+            "out": job.out,
+            "rows": sum(parts.values()),
+            "files": len(parts),
+            "export": job.export,
+            "data": job.data,
+            "inputs": len(files),
+            "graph": choice.file,
+            "precision": choice.precision,
+            "provider": job.provider,
+            "id_field": id_field,
+            "text_field": text_field,
+            "seconds": round(time.monotonic() - t0, 1),
+        }
         publish(fs, tmp, out_path, job.out, json.dumps(summary, indent=2).encode())
     except BaseException:
         _delete_dir_quietly(fs, tmp)
         raise
-    log.info("wrote %d predictions in %d files to %s (%s, %s; %.1fs)", summary["rows"], summary["files"], job.out,
-             choice.file, job.provider, summary["seconds"])  # fmt: skip
+    log.info(
+        "wrote %d predictions in %d files to %s (%s, %s; %.1fs)",
+        summary["rows"],
+        summary["files"],
+        job.out,
+        choice.file,
+        job.provider,
+        summary["seconds"],
+    )
     return summary
 
 
@@ -182,8 +211,10 @@ def connect() -> None:
     if ray.is_initialized():
         return
     address = os.environ.get("RAY_ADDRESS")
-    ray.init(logging_level=logging.INFO if verbose() else logging.WARNING,
-             runtime_env={"env_vars": {"RAY_ADDRESS": address}} if address else None)  # fmt: skip
+    ray.init(
+        logging_level=logging.INFO if verbose() else logging.WARNING,
+        runtime_env={"env_vars": {"RAY_ADDRESS": address}} if address else None,
+    )
 
 
 def pool(job: PredictJob) -> Any:
@@ -214,21 +245,27 @@ def check_inputs(files: list[DataFile], text_field: str, id_field: str | None, d
     first = read_schema(files[0])
     id_field = id_field or next((c for c in ID_CANDIDATES if c in first.names), None)
     if id_field is None:
-        raise DataError(f"{data}: no id column ({', '.join(ID_CANDIDATES)}); on the cluster rows are scored in "
-                        "parallel and written in any order, so each prediction needs an id: name one with --id-field")  # fmt: skip
+        raise DataError(
+            f"{data}: no id column ({', '.join(ID_CANDIDATES)}); on the cluster rows are scored in "
+            "parallel and written in any order, so each prediction needs an id: name one with --id-field"
+        )
     id_type: pa.DataType | None = None
     for f in files:
         schema = first if f is files[0] else read_schema(f)
         for col, flag in ((text_field, "--text-field"), (id_field, "--id-field")):
             if col not in schema.names:
-                raise DataError(f"{f.name}: missing column {col!r} (columns are {', '.join(schema.names) or 'none'}); "
-                                f"name the right one with {flag}")  # fmt: skip
+                raise DataError(
+                    f"{f.name}: missing column {col!r} (columns are {', '.join(schema.names) or 'none'}); "
+                    f"name the right one with {flag}"
+                )
         check_text_type(schema.field(text_field).type, f.name, text_field)
         t = schema.field(id_field).type
         id_type = id_type or t
         if t != id_type and not (pa.types.is_null(t) or (pa.types.is_integer(t) and pa.types.is_integer(id_type))):
-            raise DataError(f"{f.name}: column {id_field!r} holds {t} values, but {files[0].name} holds {id_type} "
-                            "values; give every input file one id type (or name another column with --id-field)")  # fmt: skip
+            raise DataError(
+                f"{f.name}: column {id_field!r} holds {t} values, but {files[0].name} holds {id_type} "
+                "values; give every input file one id type (or name another column with --id-field)"
+            )
     assert id_type is not None
     return id_field, id_type
 

@@ -8,9 +8,9 @@ import logging
 import math
 from typing import Any
 
-from raytune_bsm.storage import exists, join, read_bytes, write_bytes
 from raytune_bsm.layout import EPOCHS_JSON as EPOCHS_FILE
 from raytune_bsm.layout import FIRST_STEP_JSON
+from raytune_bsm.storage import exists, join, read_bytes, write_bytes
 from raytune_bsm.sweep import PG_FILE, _plain
 
 log = logging.getLogger("raytune_bsm")
@@ -46,7 +46,11 @@ def epoch_record(run_dir: str) -> Any:
 
     class EpochRecord(ray.train.UserCallback):
         def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
-            row = {k: _plain(v) for k, v in (metrics[0] if metrics else {}).items() if isinstance(_plain(v), (int, float, str))}
+            row = {
+                k: _plain(v)
+                for k, v in (metrics[0] if metrics else {}).items()
+                if isinstance(_plain(v), (int, float, str))
+            }
             if checkpoint is not None:
                 row["checkpoint_path"] = checkpoint.path
             if "epoch" in row:
@@ -136,7 +140,9 @@ def checkpoint_uri(checkpoint: Any) -> str:
 
 def best_kept(kept: dict[str, dict[str, Any]], monitor: str, mode: str) -> tuple[str, dict[str, Any]] | None:
     """The best of the kept checkpoints by `monitor`; among equal values the earliest epoch. None if none scored."""
-    scored = [(p, m) for p, m in kept.items() if isinstance(m.get(monitor), (int, float)) and not math.isnan(m[monitor])]
+    scored = [
+        (p, m) for p, m in kept.items() if isinstance(m.get(monitor), (int, float)) and not math.isnan(m[monitor])
+    ]
     if not scored:
         return None
     sign = -1.0 if mode == "max" else 1.0

@@ -47,8 +47,11 @@ def parity_rows(run: RunConfig, class_names: list[str], limit: int = PARITY_ROWS
         rows = np.sort(np.random.default_rng(run.data.split_seed).permutation(n)[:n_val])[:limit]
     index = {name: i for i, name in enumerate(class_names)}  # class names are the labels' own text
     picked = table.take(rows)
-    pairs = [(t, index[str(y)]) for t, y in zip(picked.column(0).to_pylist(), picked.column(1).to_pylist())
-             if t is not None and y is not None and str(y) in index]  # fmt: skip
+    pairs = [
+        (t, index[str(y)])
+        for t, y in zip(picked.column(0).to_pylist(), picked.column(1).to_pylist())
+        if t is not None and y is not None and str(y) in index
+    ]
     return [t for t, _ in pairs], [y for _, y in pairs]
 
 
@@ -72,8 +75,15 @@ def parity_batches(model_config: dict[str, Any], texts: list[Any], labels: list[
     return [collate([int(i) for i in pick]) for pick in picks if len(pick)]
 
 
-def _export(checkpoint_path: str, dest: str, run_dict: dict[str, Any], model_config: dict[str, Any],
-            metrics: dict[str, Any], hyperparameters: dict[str, Any] | None, threads: int) -> dict[str, Any]:  # fmt: skip
+def _export(
+    checkpoint_path: str,
+    dest: str,
+    run_dict: dict[str, Any],
+    model_config: dict[str, Any],
+    metrics: dict[str, Any],
+    hyperparameters: dict[str, Any] | None,
+    threads: int,
+) -> dict[str, Any]:
     """The task's body: parity batches from a few validation rows, then export the checkpoint where it lies."""
     import torch
     from ray.train import Checkpoint
@@ -97,7 +107,9 @@ def _class_names(checkpoint_dir: str) -> list[str]:
     try:
         return list(ckpt["hyper_parameters"]["config"]["class_names"])
     except (KeyError, TypeError):
-        raise ExportError(f"{checkpoint_dir}: the checkpoint does not say its class names; it was not written by bsm") from None
+        raise ExportError(
+            f"{checkpoint_dir}: the checkpoint does not say its class names; it was not written by bsm"
+        ) from None
 
 
 def export_resources() -> tuple[int, int]:
@@ -110,8 +122,14 @@ def export_resources() -> tuple[int, int]:
     return max(cpus, 0), max(memory, 0)
 
 
-def export_best(checkpoint_path: str, run_dir: str, run: RunConfig, model_config: dict[str, Any],
-                metrics: dict[str, Any], hyperparameters: dict[str, Any] | None = None) -> str:  # fmt: skip
+def export_best(
+    checkpoint_path: str,
+    run_dir: str,
+    run: RunConfig,
+    model_config: dict[str, Any],
+    metrics: dict[str, Any],
+    hyperparameters: dict[str, Any] | None = None,
+) -> str:
     """Export `checkpoint_path` (one Ray kept) to `<run dir>/export` in a Ray task; returns the export's path.
     `model_config` gives the processor and column names of the parity batches; the manifest records
     `hyperparameters`, by default the checkpoint's own model config."""
@@ -119,12 +137,18 @@ def export_best(checkpoint_path: str, run_dir: str, run: RunConfig, model_config
 
     dest = join(run_dir, "export")
     cpus, memory = export_resources()
-    log.info("exporting the best checkpoint %s to %s (a task with %d CPU(s), %.1f GiB)", checkpoint_path, dest,
-             cpus, memory / 2**30)  # fmt: skip
+    log.info(
+        "exporting the best checkpoint %s to %s (a task with %d CPU(s), %.1f GiB)",
+        checkpoint_path,
+        dest,
+        cpus,
+        memory / 2**30,
+    )
     task = ray.remote(num_cpus=cpus, memory=memory or None, max_retries=0)(_export)
     numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
     with raised_in_ray():
-        manifest = ray.get(task.remote(checkpoint_path, dest, run.to_dict(), model_config, numbers,
-                                       hyperparameters, cpus))  # fmt: skip
+        manifest = ray.get(
+            task.remote(checkpoint_path, dest, run.to_dict(), model_config, numbers, hyperparameters, cpus)
+        )
     log.info("export parity: %s", json.dumps(manifest.get("parity"), default=str))
     return dest

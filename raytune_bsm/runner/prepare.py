@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from raytune_bsm.config import RunConfig
-from raytune_bsm.data.dataset import Collate, EncodedDataset, LengthGroupedBatchSampler, Labels, load_split, split_off
+from raytune_bsm.data.dataset import Collate, EncodedDataset, Labels, LengthGroupedBatchSampler, load_split, split_off
 from raytune_bsm.data.processor import ChunkProcessor, ProcessorConfig
 from raytune_bsm.data.readers import list_files
 from raytune_bsm.demo import generator as demo
@@ -84,16 +84,25 @@ def prepare(run: RunConfig) -> Prepared:
         p = processor(split.texts)
         log.info(
             "%s: %d records, %d tokens in %.1fs; %d record(s) longer than %d chunks kept their %s %d",
-            tag, len(split.texts), p.tokens, time.perf_counter() - t, p.truncated,
-            processor.config.max_chunks, processor.config.keep_chunks, processor.config.max_chunks,
-        )  # fmt: skip
+            tag,
+            len(split.texts),
+            p.tokens,
+            time.perf_counter() - t,
+            p.truncated,
+            processor.config.max_chunks,
+            processor.config.keep_chunks,
+            processor.config.max_chunks,
+        )
         keep = [i for i, lens in enumerate(p.lens) if len(lens)]
         if len(keep) < len(p.lens):  # text that tokenizes to nothing (e.g. only stripped accents)
             log.warning("%s: skipped %d record(s) whose dialogue has no tokens", tag, len(p.lens) - len(keep))
             if not keep:
                 raise DataError(f"{split.path}: no dialogue in column {run.data.text_field!r} has any tokens")
         return EncodedDataset(
-            [p.ids[i] for i in keep], [p.lens[i] for i in keep], split.labels[keep], [split.ids[i] for i in keep],
+            [p.ids[i] for i in keep],
+            [p.lens[i] for i in keep],
+            split.labels[keep],
+            [split.ids[i] for i in keep],
             truncated=[p.cut[i] for i in keep],
         )
 
@@ -104,8 +113,11 @@ def prepare(run: RunConfig) -> Prepared:
         train=encode(train_split, "train"),
         val=encode(val_split, "val"),
         test=encode(test_split, "test") if test_split is not None else None,
-        skipped_empty={name: sp.skipped_empty for name, sp in (("train", train_split), ("val", val_split),
-                                                                ("test", test_split)) if sp is not None},  # fmt: skip
+        skipped_empty={
+            name: sp.skipped_empty
+            for name, sp in (("train", train_split), ("val", val_split), ("test", test_split))
+            if sp is not None
+        },
     )
 
 
@@ -136,58 +148,89 @@ def prepare_ray(run: RunConfig) -> RayPrepared:
     paths = data_paths(run)
     t = time.perf_counter()
     uris = {name: uri for name, uri in paths.items() if uri}
-    listed = {name: list_files(uri, getattr(run.data, "format", None)) for name, uri in uris.items()} \
-        if run.data.driver_prepare_mib > 0 else {}  # fmt: skip
+    listed = (
+        {name: list_files(uri, getattr(run.data, "format", None)) for name, uri in uris.items()}
+        if run.data.driver_prepare_mib > 0
+        else {}
+    )
     sizes = [f.size for files in listed.values() for f in files]
     if listed and None not in sizes and sum(sizes) <= run.data.driver_prepare_mib * 2**20:  # type: ignore[operator]
-        log.info("%.1f MiB of input (at most data.driver_prepare_mib=%g): read and tokenized by this driver",
-                 sum(sizes) / 2**20, run.data.driver_prepare_mib)  # type: ignore[arg-type]
+        log.info(
+            "%.1f MiB of input (at most data.driver_prepare_mib=%g): read and tokenized by this driver",
+            sum(sizes) / 2**20,
+            run.data.driver_prepare_mib,
+        )  # type: ignore[arg-type]
         prep = prepare(run)
         parts = {"train": prep.train, "val": prep.val, "test": prep.test}
         datasets = {name: _blocks(ds) for name, ds in parts.items() if ds is not None}
-        sources = {name: {"skipped_empty": prep.skipped_empty.get(name, 0), "files": len(listed.get(name, []))}
-                   for name in datasets}  # fmt: skip
+        sources = {
+            name: {"skipped_empty": prep.skipped_empty.get(name, 0), "files": len(listed.get(name, []))}
+            for name in datasets
+        }
         return _finish(run, paths, datasets, sources, prep.labels, prep.processor.pad_id, t)
     from raytune_bsm.data.ray_data import prepare_splits
 
-    splits = prepare_splits(uris, run.data, ProcessorConfig.of_model(run.model_config()).to_dict(), None,
-                            run.model.get("num_classes"), listed=listed)  # fmt: skip
+    splits = prepare_splits(
+        uris,
+        run.data,
+        ProcessorConfig.of_model(run.model_config()).to_dict(),
+        None,
+        run.model.get("num_classes"),
+        listed=listed,
+    )
     # One split after another: each pass has the cluster's CPUs to itself (passes run at once would each see
     # the others' tasks holding every CPU, and Ray Data warns that it may hang)
     with raised_in_ray():  # a file that fails to parse midway is a DataError raised in a read task
         datasets = {name: ds.materialize() for name, ds in splits.datasets.items()}
-    sources = {name: {"skipped_empty": splits.skipped_empty[name], "files": len(splits.files[name])} for name in datasets}
+    sources = {
+        name: {"skipped_empty": splits.skipped_empty[name], "files": len(splits.files[name])} for name in datasets
+    }
     if "val" not in datasets:
         n = datasets["train"].count()
         n_val = max(1, int(round(n * run.data.val_fraction)))
         if n - n_val < 1:
             raise DataError(f"{paths['train']}: {n} row(s) are too few to split off a validation set")
-        datasets["train"], datasets["val"] = datasets["train"].train_test_split(n_val, shuffle=True, seed=run.data.split_seed)
+        datasets["train"], datasets["val"] = datasets["train"].train_test_split(
+            n_val, shuffle=True, seed=run.data.split_seed
+        )
         sources["val"] = {"skipped_empty": 0, "files": 0}  # split off the training files (counted there)
     return _finish(run, paths, datasets, sources, splits.labels, splits.pad_id, t)
 
 
-def _finish(run: RunConfig, paths: dict[str, str | None], datasets: dict[str, Any], sources: dict[str, dict[str, int]],
-            labels: Labels, pad_id: int, started: float) -> RayPrepared:  # fmt: skip
+def _finish(
+    run: RunConfig,
+    paths: dict[str, str | None],
+    datasets: dict[str, Any],
+    sources: dict[str, dict[str, int]],
+    labels: Labels,
+    pad_id: int,
+    started: float,
+) -> RayPrepared:
     """Row counts, evaluated splits padded to equal shares, the model config: the end of either way."""
     from raytune_bsm.runner.shards import shares  # ray.train: imported where Ray runs
 
     rows = {name: ds.count() for name, ds in datasets.items()}
     for name, n in rows.items():
         if n == 0:
-            raise DataError(f"{paths.get(name) or paths['train']}: no dialogue in column {run.data.text_field!r} has any tokens")
+            raise DataError(
+                f"{paths.get(name) or paths['train']}: no dialogue in column {run.data.text_field!r} has any tokens"
+            )
     pads = {}
     for name in ("val", "test"):  # evaluated in full: padded to equal shares rather than cut to them
         if name in datasets:
             datasets[name], pads[name] = pad_to_multiple(datasets[name], rows[name], run.scaling.num_workers)
-    log.info("tokenized once in %.1fs: %s records", time.perf_counter() - started,
-             ", ".join(f"{k} {v}" for k, v in rows.items()))  # fmt: skip
+    log.info(
+        "tokenized once in %.1fs: %s records",
+        time.perf_counter() - started,
+        ", ".join(f"{k} {v}" for k, v in rows.items()),
+    )
     n = len(labels.names)
     model_config = run.model_config(
         is_binary=n == 2, num_classes=n, class_names=labels.names, id_name=run.data.id_field or "id"
     )
-    return RayPrepared(model_config, labels, datasets, rows, pad_id, sources, pads,
-                       shares(datasets, run.scaling.num_workers))
+    return RayPrepared(
+        model_config, labels, datasets, rows, pad_id, sources, pads, shares(datasets, run.scaling.num_workers)
+    )
 
 
 BLOCK_ROWS = 4096  # records per block of a split prepared by the driver
@@ -201,8 +244,12 @@ def _blocks(ds: EncodedDataset) -> Any:
     from raytune_bsm.data.ray_data import records_table
 
     ids = pa.array(ds.record_ids) if any(i is not None for i in ds.record_ids) else pa.nulls(len(ds))
-    table = records_table(ds.ids, ds.lens, ds.truncated if ds.truncated is not None else [False] * len(ds), ds.labels, ids)
-    return ray.data.from_arrow([table.slice(i, BLOCK_ROWS) for i in range(0, max(1, table.num_rows), BLOCK_ROWS)]).materialize()
+    table = records_table(
+        ds.ids, ds.lens, ds.truncated if ds.truncated is not None else [False] * len(ds), ds.labels, ids
+    )
+    return ray.data.from_arrow(
+        [table.slice(i, BLOCK_ROWS) for i in range(0, max(1, table.num_rows), BLOCK_ROWS)]
+    ).materialize()
 
 
 def pad_to_multiple(ds: Any, rows: int, world: int) -> tuple[Any, int]:
@@ -220,8 +267,9 @@ def pad_to_multiple(ds: Any, rows: int, world: int) -> tuple[Any, int]:
     return ds.union(ray.data.from_arrow(copies.cast(ds.schema().base_schema))).materialize(), k
 
 
-def shard_loaders(run: RunConfig, model_config: dict[str, Any], rows: dict[str, int], pad_id: int,
-                  world: int, pads: dict[str, int]) -> tuple[Any, Any, Any]:  # fmt: skip
+def shard_loaders(
+    run: RunConfig, model_config: dict[str, Any], rows: dict[str, int], pad_id: int, world: int, pads: dict[str, int]
+) -> tuple[Any, Any, Any]:
     """This Train worker's loaders over its shards of the run's datasets (`TorchTrainer(datasets=...)`): each
     rank gets (rows + padding copies) // world records of every split."""
     import ray.train
@@ -232,11 +280,17 @@ def shard_loaders(run: RunConfig, model_config: dict[str, Any], rows: dict[str, 
 
     def make(name: str, train: bool) -> ShardBatches:
         return ShardBatches(
-            ray.train.get_dataset_shard(name), (rows[name] + pads.get(name, 0)) // world,
-            run.data.batch_size if train else run.data.eval_batch_size, train=train,
-            group_by_length=run.data.group_by_length, seed=run.train.seed, text_name=cfg["text_name"],
-            label_name=cfg["label_name"], id_name=cfg["id_name"], pad_id=pad_id,
-        )  # fmt: skip
+            ray.train.get_dataset_shard(name),
+            (rows[name] + pads.get(name, 0)) // world,
+            run.data.batch_size if train else run.data.eval_batch_size,
+            train=train,
+            group_by_length=run.data.group_by_length,
+            seed=run.train.seed,
+            text_name=cfg["text_name"],
+            label_name=cfg["label_name"],
+            id_name=cfg["id_name"],
+            pad_id=pad_id,
+        )
 
     return make("train", True), make("val", False), (make("test", False) if "test" in rows else None)
 

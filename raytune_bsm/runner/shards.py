@@ -26,11 +26,15 @@ class EqualShards(ray.train.DataConfig):
         super().__init__(datasets_to_split="all")
         self.shares = shares or {}
 
-    def configure(self, datasets: dict[str, Any], world_size: int, worker_handles: Any, worker_node_ids: Any,
-                  **kwargs: Any) -> list[dict[str, Any]]:  # fmt: skip
+    def configure(
+        self, datasets: dict[str, Any], world_size: int, worker_handles: Any, worker_node_ids: Any, **kwargs: Any
+    ) -> list[dict[str, Any]]:
         streamed = {k: ds for k, ds in datasets.items() if len(self.shares.get(k, ())) != world_size}
-        out = (super().configure(streamed, world_size, worker_handles, worker_node_ids, **kwargs) if streamed
-               else [{} for _ in range(world_size)])  # fmt: skip
+        out = (
+            super().configure(streamed, world_size, worker_handles, worker_node_ids, **kwargs)
+            if streamed
+            else [{} for _ in range(world_size)]
+        )
         for name in datasets:
             if name not in streamed:
                 for rank, share in enumerate(self.shares[name]):

@@ -43,8 +43,10 @@ def _mlflow() -> Any:
     try:
         import mlflow
     except ImportError:
-        raise ConfigError("an MLflow tracking URI is set (train.mlflow_uri or MLFLOW_TRACKING_URI) but mlflow is "
-                          "not installed on the cluster; pip install 'raytune-bsm[mlflow]'") from None  # fmt: skip
+        raise ConfigError(
+            "an MLflow tracking URI is set (train.mlflow_uri or MLFLOW_TRACKING_URI) but mlflow is "
+            "not installed on the cluster; pip install 'raytune-bsm[mlflow]'"
+        ) from None
     return mlflow
 
 
@@ -60,7 +62,9 @@ def start_mlflow(run: RunConfig, params: dict[str, Any]) -> dict[str, Any]:
     mlrun = client.create_run(experiment_id, run_name=run.name, tags={"bsm.run": run.name})
     flat = _flatten(params)
     for start in range(0, len(flat), 100):  # MLflow takes at most 100 params per batch
-        client.log_batch(mlrun.info.run_id, params=[mlflow.entities.Param(k, v) for k, v in list(flat.items())[start : start + 100]])
+        client.log_batch(
+            mlrun.info.run_id, params=[mlflow.entities.Param(k, v) for k, v in list(flat.items())[start : start + 100]]
+        )
     log.info("MLflow run %s at %s", mlrun.info.run_id, uri)
     return {"mlflow_uri": uri, "mlflow_run_id": mlrun.info.run_id}
 
@@ -155,15 +159,23 @@ def progress_log(first_step: str | None = None) -> Any:
                 eta = dt / (i + 1) * (total - i - 1)
                 log.info(
                     "epoch %d/%d  step %d/%d  loss %.4f  %.1f records/s/worker  eta %ds",
-                    trainer.current_epoch + 1, trainer.max_epochs, i + 1, total, loss, self.seen / dt, eta,
-                )  # fmt: skip
+                    trainer.current_epoch + 1,
+                    trainer.max_epochs,
+                    i + 1,
+                    total,
+                    loss,
+                    self.seen / dt,
+                    eta,
+                )
 
         def on_train_epoch_end(self, trainer: Any, module: Any) -> None:
             if trainer.global_rank != 0 or not self.steps:
                 return
             dt = max(time.perf_counter() - self.t0, 1e-9)
-            scalars = {"train_loss_epoch_mean": self.loss_sum / self.steps,
-                       "records_per_s": self.seen * trainer.world_size / dt}  # fmt: skip
+            scalars = {
+                "train_loss_epoch_mean": self.loss_sum / self.steps,
+                "records_per_s": self.seen * trainer.world_size / dt,
+            }
             for logger in trainer.loggers:
                 logger.log_metrics(scalars, step=trainer.current_epoch)
 

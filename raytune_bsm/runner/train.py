@@ -26,7 +26,14 @@ import pyarrow.fs as pafs
 from raytune_bsm.config import RunConfig, dumps
 from raytune_bsm.errors import BsmError, ConfigError
 from raytune_bsm.logs import quiet_libraries, setup_logging, verbose
-from raytune_bsm.runner.callbacks import best_kept, checkpoint_uri, epoch_record, kept_checkpoints, read_first_step, read_reports
+from raytune_bsm.runner.callbacks import (
+    best_kept,
+    checkpoint_uri,
+    epoch_record,
+    kept_checkpoints,
+    read_first_step,
+    read_reports,
+)
 from raytune_bsm.runner.export_task import export_best
 from raytune_bsm.runner.prepare import DATA_KEY, RayPrepared, prepare_ray
 from raytune_bsm.runner.tracking import TRACKING_KEY, end_mlflow, start_mlflow, tensorboard_logdir
@@ -37,8 +44,15 @@ log = logging.getLogger("raytune_bsm")
 CONFIG_JSON = "bsm_config.json"
 
 
-def trainer_for(run: RunConfig, monitor: str, *, storage: str, callbacks: list[Any] | None = None,
-                tracking: dict[str, Any] | None = None, data: RayPrepared | None = None) -> Any:  # fmt: skip
+def trainer_for(
+    run: RunConfig,
+    monitor: str,
+    *,
+    storage: str,
+    callbacks: list[Any] | None = None,
+    tracking: dict[str, Any] | None = None,
+    data: RayPrepared | None = None,
+) -> Any:
     """The TorchTrainer for one run (also the trainer each Tune trial starts). Every run keeps its epoch record.
     `data`: the splits prepared once (`prepare_ray`); each worker streams its equal shard of every one."""
     import ray.train
@@ -56,8 +70,12 @@ def trainer_for(run: RunConfig, monitor: str, *, storage: str, callbacks: list[A
     if tracking:
         loop_config[TRACKING_KEY] = tracking
     if data is not None:
-        loop_config[DATA_KEY] = {"model_config": data.model_config, "rows": data.rows, "pad_id": data.pad_id,
-                                 "pads": data.pads}  # fmt: skip
+        loop_config[DATA_KEY] = {
+            "model_config": data.model_config,
+            "rows": data.rows,
+            "pad_id": data.pad_id,
+            "pads": data.pads,
+        }
     return TorchTrainer(
         datasets=data.datasets if data is not None else None,
         # every split cut into equal shares, in place (runner/shards.py): the same batch count on every rank
@@ -107,8 +125,10 @@ def fit(run: RunConfig, *, storage: str, resume: bool = False) -> dict[str, Any]
     if resume and not exists(join(run_dir, CONFIG_JSON)):
         raise ConfigError(f"--resume {run.name}: no run to resume in {run_dir}")
     if not resume and exists(join(run_dir, CONFIG_JSON)):
-        raise ConfigError(f"a run named {run.name} already exists in {run_dir}; continue it with --resume "
-                          f"{run.name} or choose another --name")  # fmt: skip
+        raise ConfigError(
+            f"a run named {run.name} already exists in {run_dir}; continue it with --resume "
+            f"{run.name} or choose another --name"
+        )
     if resume:
         run = as_started(run, json.loads(read_bytes(join(run_dir, CONFIG_JSON))))
     # Read, check and tokenize every split once, on the cluster, before any worker starts: a bad file fails here.
@@ -121,7 +141,9 @@ def fit(run: RunConfig, *, storage: str, resume: bool = False) -> dict[str, Any]
     if resume:
         log.info("resuming run %s from its latest checkpoint in %s", run.name, run_dir)
     else:
-        write_bytes(dumps({**run.to_dict(), "storage": storage, "model": model_config}).encode(), join(run_dir, CONFIG_JSON))
+        write_bytes(
+            dumps({**run.to_dict(), "storage": storage, "model": model_config}).encode(), join(run_dir, CONFIG_JSON)
+        )
     tracking = start_mlflow(run, {**run.to_dict(), "model": model_config})
 
     t = time.time()
@@ -156,7 +178,10 @@ def fit(run: RunConfig, *, storage: str, resume: bool = False) -> dict[str, Any]
         "timings": timings,
     }
     write_bytes(dumps(summary).encode(), join(run_dir, "bsm_result.json"))
-    log.info("validation metrics: %s", json.dumps({k: round(v, 4) for k, v in summary["metrics"].items() if k.startswith("val")}))
+    log.info(
+        "validation metrics: %s",
+        json.dumps({k: round(v, 4) for k, v in summary["metrics"].items() if k.startswith("val")}),
+    )
     log.info("checkpoints: %s (best: %s)", run_dir, summary["best_checkpoint"])
     log.info("curves: tensorboard --logdir %s", summary["tensorboard_logdir"])
     return summary
@@ -179,17 +204,21 @@ def connect() -> None:
             RAY_DATA_DISABLE_PROGRESS_BARS="1",  # no tqdm bars in a log file
             # a deprecation inside Ray Train's own DatasetManager actor (Ray 2.60), nothing a user can change
             PYTHONWARNINGS="ignore:`ExecutionOptions.exclude_resources` is deprecated",
-        )  # fmt: skip
+        )
         os.environ.update({k: v for k, v in env.items() if k.startswith("RAY_DATA")})
-    ray.init(logging_level=logging.INFO if verbose() else logging.WARNING,
-             runtime_env={"env_vars": env} if env else None)  # fmt: skip
+    ray.init(
+        logging_level=logging.INFO if verbose() else logging.WARNING, runtime_env={"env_vars": env} if env else None
+    )
 
 
 def _restarts(run_dir: str) -> list[dict[str, Any]]:
     """The failures this run survived: one record per resume from a checkpoint (written by the workers)."""
     fs, path = filesystem(join(run_dir, "bsm_restarts"))
     infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
-    return [json.loads(read_bytes(join(run_dir, "bsm_restarts", i.base_name))) for i in sorted(infos, key=lambda i: i.base_name)]
+    return [
+        json.loads(read_bytes(join(run_dir, "bsm_restarts", i.base_name)))
+        for i in sorted(infos, key=lambda i: i.base_name)
+    ]
 
 
 def main(config_file: str) -> int:

@@ -34,8 +34,12 @@ class _Spec:
     params: list[str]
 
 
-def trial_rows(trials: list[Any], spec: _Spec, cache: dict[str, tuple[list, dict]] | None = None,
-               interrupted: set[str] | frozenset[str] = frozenset()) -> list[dict[str, Any]]:  # fmt: skip
+def trial_rows(
+    trials: list[Any],
+    spec: _Spec,
+    cache: dict[str, tuple[list, dict]] | None = None,
+    interrupted: set[str] | frozenset[str] = frozenset(),
+) -> list[dict[str, Any]]:
     """One row per Tune trial, in trial order. `interrupted`: trials the sweep's interruption stopped.
 
     A trial's best checkpoint is the best of those Ray's retention kept (ties: the earliest epoch): with
@@ -67,21 +71,25 @@ def trial_rows(trials: list[Any], spec: _Spec, cache: dict[str, tuple[list, dict
         elif status is None:  # TERMINATED: trained to the end, or stopped early (ASHA, --time-budget)
             status = "completed" if len(epochs) >= spec.max_epochs else "early_stopped"
         hp = {k: _plain(t.config.get(k)) for k in spec.params if k in t.config}
-        rows.append({
-            "trial_id": tid,
-            "trial_index": _trial_index(tid, index),
-            "status": status,
-            "iterations": len(epochs),
-            "metric": values[best_i] if best_i is not None else None,
-            "best_epoch": best_i + 1 if best_i is not None else None,
-            "final_metric": values[-1] if values and isinstance(values[-1], (int, float)) else None,
-            "metric_per_epoch": [float(v) if isinstance(v, (int, float)) else None for v in values],
-            "best_checkpoint": pick[0] if pick is not None else None,
-            "metrics": {k: v for k, v in epochs[best_i].items() if isinstance(v, (int, float))} if best_i is not None else {},
-            "hyperparameters": hp,
-            "run_dir": run_dir,
-            "error": _error_text(t) if t.status == "ERROR" else None,
-        })  # fmt: skip
+        rows.append(
+            {
+                "trial_id": tid,
+                "trial_index": _trial_index(tid, index),
+                "status": status,
+                "iterations": len(epochs),
+                "metric": values[best_i] if best_i is not None else None,
+                "best_epoch": best_i + 1 if best_i is not None else None,
+                "final_metric": values[-1] if values and isinstance(values[-1], (int, float)) else None,
+                "metric_per_epoch": [float(v) if isinstance(v, (int, float)) else None for v in values],
+                "best_checkpoint": pick[0] if pick is not None else None,
+                "metrics": {k: v for k, v in epochs[best_i].items() if isinstance(v, (int, float))}
+                if best_i is not None
+                else {},
+                "hyperparameters": hp,
+                "run_dir": run_dir,
+                "error": _error_text(t) if t.status == "ERROR" else None,
+            }
+        )
     return rows
 
 
@@ -103,6 +111,7 @@ def _error_text(trial: Any) -> str:
 
 def rank_rows(rows: list[dict[str, Any]], mode: str) -> list[dict[str, Any]]:
     """Best first by the metric (each trial's best epoch); ties go to the earlier trial; no metric last."""
+
     def key(r: dict[str, Any]) -> tuple:
         m = r.get("metric")
         if m is None or (isinstance(m, float) and math.isnan(m)):
@@ -112,8 +121,9 @@ def rank_rows(rows: list[dict[str, Any]], mode: str) -> list[dict[str, Any]]:
     return sorted(rows, key=key)
 
 
-
-def write_record(rows: list[dict[str, Any]], spec: _Spec, *, finished: bool, started: float | None = None) -> dict[str, Any]:
+def write_record(
+    rows: list[dict[str, Any]], spec: _Spec, *, finished: bool, started: float | None = None
+) -> dict[str, Any]:
     """trials.parquet, best_config.json and bsm_result.json, each written atomically. Returns the summary."""
     import pyarrow as pa
 
@@ -149,9 +159,24 @@ def write_record(rows: list[dict[str, Any]], spec: _Spec, *, finished: bool, sta
     counts: dict[str, int] = {}
     for r in rows:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
-    board = [{k: r[k] for k in ("trial_id", "trial_index", "status", "iterations", "metric", "best_epoch",
-                                 "final_metric", "metric_per_epoch", "hyperparameters", "best_checkpoint")}
-             for r in ranked[:LEADERBOARD_ROWS]]  # fmt: skip
+    board = [
+        {
+            k: r[k]
+            for k in (
+                "trial_id",
+                "trial_index",
+                "status",
+                "iterations",
+                "metric",
+                "best_epoch",
+                "final_metric",
+                "metric_per_epoch",
+                "hyperparameters",
+                "best_checkpoint",
+            )
+        }
+        for r in ranked[:LEADERBOARD_ROWS]
+    ]
     usable = [r for r in rows if r["metric"] is not None]
     summary = {
         "kind": "tune",
@@ -161,7 +186,9 @@ def write_record(rows: list[dict[str, Any]], spec: _Spec, *, finished: bool, sta
         "mode": spec.mode,
         "metrics": best["metrics"] if best else {},
         "best_checkpoint": best["best_checkpoint"] if best else None,
-        "best_trial": {k: best[k] for k in ("trial_id", "metric", "best_epoch", "hyperparameters", "run_dir")} if best else None,
+        "best_trial": {k: best[k] for k in ("trial_id", "metric", "best_epoch", "hyperparameters", "run_dir")}
+        if best
+        else None,
         "best_config": join(spec.sweep_dir, "best_config.json") if best else None,
         "trials_table": join(spec.sweep_dir, "trials.parquet"),
         "tensorboard_logdir": join(spec.sweep_dir, "runs"),  # one event-file directory per trial beneath
@@ -181,7 +208,9 @@ def saved_trial_statuses(tune_dir: str) -> dict[str, str]:
     try:
         fs, path = filesystem(tune_dir)
         infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
-        states = sorted(i.base_name for i in infos if i.base_name.startswith("experiment_state-") and i.base_name.endswith(".json"))
+        states = sorted(
+            i.base_name for i in infos if i.base_name.startswith("experiment_state-") and i.base_name.endswith(".json")
+        )
         if not states:
             return {}
         d = json.loads(read_bytes(join(tune_dir, states[-1])))
@@ -204,8 +233,14 @@ def recorder(spec: _Spec) -> Any:
             self._released: set[str] = set()
             self._last_release = 0.0
 
-        def _write(self, trials: list[Any], finished: bool = False, interrupted: set[str] | None = None,
-                   ended: Any = None, how: str = "ended") -> None:  # fmt: skip
+        def _write(
+            self,
+            trials: list[Any],
+            finished: bool = False,
+            interrupted: set[str] | None = None,
+            ended: Any = None,
+            how: str = "ended",
+        ) -> None:
             try:
                 rows = trial_rows(trials, self.spec, self._cache, interrupted or set())
                 write_record(rows, self.spec, finished=finished, started=self.started)
@@ -214,8 +249,15 @@ def recorder(spec: _Spec) -> Any:
                 return
             for r in rows if ended is not None else []:  # bsm's own line per trial (Tune's tables: BSM_VERBOSE=1)
                 if r["trial_id"] == ended.trial_id:  # Tune marks the trial terminated only after this callback
-                    log.info("trial %s %s after %d epoch(s): %s %s (best epoch %s)", r["trial_id"], how,
-                             r["iterations"], self.spec.monitor, r["metric"], r["best_epoch"])  # fmt: skip
+                    log.info(
+                        "trial %s %s after %d epoch(s): %s %s (best epoch %s)",
+                        r["trial_id"],
+                        how,
+                        r["iterations"],
+                        self.spec.monitor,
+                        r["metric"],
+                        r["best_epoch"],
+                    )
 
         def _release(self, trials: list[Any], grace: float) -> None:
             now = time.monotonic()

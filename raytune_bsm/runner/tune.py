@@ -57,7 +57,13 @@ from raytune_bsm.sweep import (
 
 log = logging.getLogger("raytune_bsm")
 
-PROCESSOR_KEYS = {"tokenizer", "max_tokens", "max_chunks", "keep_chunks", "pack_from"}  # a trial with its own: its own tokens
+PROCESSOR_KEYS = {
+    "tokenizer",
+    "max_tokens",
+    "max_chunks",
+    "keep_chunks",
+    "pack_from",
+}  # a trial with its own: its own tokens
 
 
 def bsm_trial(config: dict[str, Any], spec: dict[str, Any] | None = None) -> None:
@@ -76,7 +82,10 @@ def bsm_trial(config: dict[str, Any], spec: dict[str, Any] | None = None) -> Non
         # Trained to the end before the sweep was interrupted (Tune's state predates it): report, don't retrain.
         log.info("trial %s finished before the interruption; reporting its %d epochs again", trial_id, len(done))
         for row in done:
-            tune.report({k: v for k, v in row.items() if isinstance(v, (int, float))} | {"checkpoint_path": row.get("checkpoint_path")})
+            tune.report(
+                {k: v for k, v in row.items() if isinstance(v, (int, float))}
+                | {"checkpoint_path": row.get("checkpoint_path")}
+            )
         return
     d = apply_params(spec["base"], config)
     d["name"] = trial_id  # the Train run's name: stable across restarts, so Train resumes its own checkpoints
@@ -84,8 +93,13 @@ def bsm_trial(config: dict[str, Any], spec: dict[str, Any] | None = None) -> Non
     log.info("trial %s: %s", trial_id, json.dumps({k: _plain(v) for k, v in config.items()}, default=str))
     # trainer_for puts the epoch record first; TuneReportCallback then forwards each report to Tune (ASHA)
     callbacks = [TuneReportCallback(), placement_group_log(run_dir)]
-    trainer_for(run, spec["monitor"], storage=runs_dir, callbacks=[c for c in callbacks if c is not None],
-                data=_for_trial(spec.get("data"), run)).fit()
+    trainer_for(
+        run,
+        spec["monitor"],
+        storage=runs_dir,
+        callbacks=[c for c in callbacks if c is not None],
+        data=_for_trial(spec.get("data"), run),
+    ).fit()
 
 
 def _for_trial(data: RayPrepared | None, run: RunConfig) -> RayPrepared | None:
@@ -93,8 +107,9 @@ def _for_trial(data: RayPrepared | None, run: RunConfig) -> RayPrepared | None:
     if data is None:
         return None
     n = len(data.labels.names)
-    model_config = run.model_config(is_binary=n == 2, num_classes=n, class_names=data.labels.names,
-                                    id_name=run.data.id_field or "id")  # fmt: skip
+    model_config = run.model_config(
+        is_binary=n == 2, num_classes=n, class_names=data.labels.names, id_name=run.data.id_field or "id"
+    )
     return replace(data, model_config=model_config)
 
 
@@ -112,7 +127,6 @@ def _num_classes(run: RunConfig) -> int:
         return int(n)
     _, labels = load_split(data_paths(run)["train"], run.data, None, None)
     return len(labels.names)
-
 
 
 def run_sweep(run: RunConfig, sweep: SweepConfig, *, storage: str) -> dict[str, Any]:
@@ -133,8 +147,10 @@ def run_sweep(run: RunConfig, sweep: SweepConfig, *, storage: str) -> dict[str, 
         run = RunConfig.from_dict(saved["run"])  # the sweep continues as it was started
         sweep = replace(SweepConfig.from_dict(saved["tune"]), resume=True)
     elif exists(join(tune_dir, "tuner.pkl")) or exists(record):
-        raise ConfigError(f"a sweep named {run.name} already exists in {sweep_dir}; continue it with --resume "
-                          f"{run.name} or choose another --name")  # fmt: skip
+        raise ConfigError(
+            f"a sweep named {run.name} already exists in {sweep_dir}; continue it with --resume "
+            f"{run.name} or choose another --name"
+        )
 
     space = resolve_space(run, sweep)
     sweep = replace(sweep, search_space=space)
@@ -157,21 +173,44 @@ def run_sweep(run: RunConfig, sweep: SweepConfig, *, storage: str) -> dict[str, 
 
     concurrent = max_concurrent_trials(resources_from_ray(), sweep, trial_run)
     base = trial_run.to_dict()
-    spec = _Spec(name=run.name, sweep_dir=sweep_dir, monitor=monitor, mode=mode,
-                 max_epochs=trial_run.train.max_epochs, base=base, params=sorted(space))  # fmt: skip
+    spec = _Spec(
+        name=run.name,
+        sweep_dir=sweep_dir,
+        monitor=monitor,
+        mode=mode,
+        max_epochs=trial_run.train.max_epochs,
+        base=base,
+        params=sorted(space),
+    )
     if not sweep.resume:
         write_bytes(dumps({"run": run.to_dict(), "tune": sweep.to_dict(), "storage": storage}).encode(), record)
-    log.info("sweep %s: %d trial(s), %d at once, %s on %s (%s), %d worker(s) per trial; storage %s",
-             run.name, sweep.total_trials(), concurrent, sweep.scheduler, monitor, mode,
-             sweep.trial_workers(run), sweep_dir)  # fmt: skip
+    log.info(
+        "sweep %s: %d trial(s), %d at once, %s on %s (%s), %d worker(s) per trial; storage %s",
+        run.name,
+        sweep.total_trials(),
+        concurrent,
+        sweep.scheduler,
+        monitor,
+        mode,
+        sweep.trial_workers(run),
+        sweep_dir,
+    )
 
     # Experiment state is saved at most this often; the trials' own epoch records cover the gap on --resume.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")
     trainable = tune.with_resources(
-        tune.with_parameters(bsm_trial, spec={"base": base, "runs_dir": join(sweep_dir, "runs"), "data": data,
-                                              "monitor": monitor, "max_epochs": trial_run.train.max_epochs}),
+        tune.with_parameters(
+            bsm_trial,
+            spec={
+                "base": base,
+                "runs_dir": join(sweep_dir, "runs"),
+                "data": data,
+                "monitor": monitor,
+                "max_epochs": trial_run.train.max_epochs,
+            },
+        ),
         TRIAL_RESOURCES,
-    )  # fmt: skip
+    )
     if sweep.resume:
         log.info("resuming sweep %s from %s", run.name, tune_dir)
         tuner = tune.Tuner.restore(tune_dir, trainable=trainable, resume_unfinished=True, resume_errored=True)
@@ -180,12 +219,15 @@ def run_sweep(run: RunConfig, sweep: SweepConfig, *, storage: str) -> dict[str, 
         from ray.tune.search import BasicVariantGenerator
 
         scheduler = (
-            ASHAScheduler(time_attr="training_iteration", max_t=trial_run.train.max_epochs,
-                          grace_period=min(sweep.grace_period, trial_run.train.max_epochs),
-                          reduction_factor=sweep.reduction_factor,
-                          # A trial reaching max_t ends by itself: its Train run finishes (test set,
-                          # predictions) and shuts down cleanly instead of being stopped mid-way.
-                          stop_last_trials=False)  # fmt: skip
+            ASHAScheduler(
+                time_attr="training_iteration",
+                max_t=trial_run.train.max_epochs,
+                grace_period=min(sweep.grace_period, trial_run.train.max_epochs),
+                reduction_factor=sweep.reduction_factor,
+                # A trial reaching max_t ends by itself: its Train run finishes (test set,
+                # predictions) and shuts down cleanly instead of being stopped mid-way.
+                stop_last_trials=False,
+            )
             if sweep.scheduler == "asha"
             else FIFOScheduler()
         )
@@ -216,10 +258,16 @@ def run_sweep(run: RunConfig, sweep: SweepConfig, *, storage: str) -> dict[str, 
     if summary.get("best_checkpoint") and run.train.export:
         summary["export"] = export_best_trial(summary, sweep_dir)
         write_bytes(dumps(summary).encode(), join(sweep_dir, "bsm_result.json"))
-    log.info("sweep %s: %s\n%s", run.name, json.dumps(summary["trials"]),
-             format_leaderboard(summary["leaderboard"], monitor))  # fmt: skip
-    log.info("best: %s (%s %s); config %s", summary["best_checkpoint"], monitor,
-             (summary.get("best_trial") or {}).get("metric"), summary.get("best_config"))  # fmt: skip
+    log.info(
+        "sweep %s: %s\n%s", run.name, json.dumps(summary["trials"]), format_leaderboard(summary["leaderboard"], monitor)
+    )
+    log.info(
+        "best: %s (%s %s); config %s",
+        summary["best_checkpoint"],
+        monitor,
+        (summary.get("best_trial") or {}).get("metric"),
+        summary.get("best_config"),
+    )
     return summary
 
 
@@ -228,19 +276,34 @@ def export_best_trial(summary: dict[str, Any], sweep_dir: str) -> str:
     validation records processed with that trial's own settings."""
     best_run = RunConfig.from_dict(json.loads(read_bytes(join(sweep_dir, "best_config.json"))))
     # the processor's settings and column names; the class count does not change how text is processed
-    model_config = best_run.model_config(is_binary=None, num_classes=None, class_names=None,
-                                         id_name=best_run.data.id_field or "id")  # fmt: skip
-    return export_best(summary["best_checkpoint"], sweep_dir, best_run, model_config, metrics=summary.get("metrics") or {})
+    model_config = best_run.model_config(
+        is_binary=None, num_classes=None, class_names=None, id_name=best_run.data.id_field or "id"
+    )
+    return export_best(
+        summary["best_checkpoint"], sweep_dir, best_run, model_config, metrics=summary.get("metrics") or {}
+    )
 
 
 def resources_from_ray() -> Any:
     """The connected cluster's alive nodes as a ClusterResources (the cluster-side fallback for max_concurrent)."""
     import ray
 
-    nodes = [NodeResources(str(n.get("NodeManagerAddress", "?")), float(n["Resources"].get("CPU", 0)),
-                           float(n["Resources"].get("GPU", 0))) for n in ray.nodes() if n.get("Alive")]  # fmt: skip
-    return ClusterResources(total_cpus=sum(n.cpus for n in nodes), total_gpus=sum(n.gpus for n in nodes),
-                            nodes=nodes, can_autoscale=False, dashboard_url="this cluster")  # fmt: skip
+    nodes = [
+        NodeResources(
+            str(n.get("NodeManagerAddress", "?")),
+            float(n["Resources"].get("CPU", 0)),
+            float(n["Resources"].get("GPU", 0)),
+        )
+        for n in ray.nodes()
+        if n.get("Alive")
+    ]
+    return ClusterResources(
+        total_cpus=sum(n.cpus for n in nodes),
+        total_gpus=sum(n.gpus for n in nodes),
+        nodes=nodes,
+        can_autoscale=False,
+        dashboard_url="this cluster",
+    )
 
 
 def main(config_file: str) -> int:

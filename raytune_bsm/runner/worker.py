@@ -50,7 +50,9 @@ def train_loop(config: dict[str, Any]) -> dict[str, float]:
     # torchmetrics already syncs its state across ranks in compute(); Lightning's advice does not apply.
     warnings.filterwarnings("ignore", message=".*sync_dist=True.*")
     warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")  # frozen layers, on purpose
-    warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")  # inside Lightning, for torch 2.13
+    warnings.filterwarnings(
+        "ignore", message=".*isinstance\\(treespec, LeafSpec\\).*"
+    )  # inside Lightning, for torch 2.13
     config = dict(config)
     tracking = config.pop(TRACKING_KEY, None)
     data = config.pop(DATA_KEY, None)  # on Ray: the prepared datasets' metadata (the records come as shards)
@@ -100,7 +102,12 @@ def train_loop(config: dict[str, Any]) -> dict[str, float]:
         ckpt_path = None
         report = None
         if on_ray:
-            from ray.train.lightning import RayDDPStrategy, RayLightningEnvironment, RayTrainReportCallback, prepare_trainer
+            from ray.train.lightning import (
+                RayDDPStrategy,
+                RayLightningEnvironment,
+                RayTrainReportCallback,
+                prepare_trainer,
+            )
 
             _remove_stale_copies(run.name, rank)
             report = RayTrainReportCallback()
@@ -119,11 +126,16 @@ def train_loop(config: dict[str, Any]) -> dict[str, float]:
             checkpoint = ray.train.get_checkpoint()
             if checkpoint:  # a restart (worker failure, or the run resumed): continue after the last report
                 # In place for local storage; a temporary copy, removed when the stack closes, for remote storage.
-                ckpt_path = os.path.join(stack.enter_context(checkpoint.as_directory()), RayTrainReportCallback.CHECKPOINT_NAME)
+                ckpt_path = os.path.join(
+                    stack.enter_context(checkpoint.as_directory()), RayTrainReportCallback.CHECKPOINT_NAME
+                )
                 log.warning("resuming from checkpoint %s", checkpoint.path)
                 if rank == 0:  # a record the run's summary counts
                     note = {"resumed_from": checkpoint.path, "time": time.time()}
-                    write_bytes(dumps(note).encode(), join(run.storage or ".", run.name, "bsm_restarts", f"{time.time_ns()}.json"))
+                    write_bytes(
+                        dumps(note).encode(),
+                        join(run.storage or ".", run.name, "bsm_restarts", f"{time.time_ns()}.json"),
+                    )
             # where it ran, and how its data came: its shard of the datasets prepared once, or read by itself
             _worker_record(run, rank, {"pid": os.getpid(), "node_id": _node_id(), "data": "shard" if data else "own"})
         else:
@@ -141,16 +153,29 @@ def train_loop(config: dict[str, Any]) -> dict[str, float]:
                 save_last=True,
             )
             callbacks.append(best)
-            trainer = pl.Trainer(accelerator="cpu" if not run.scaling.use_gpu else "gpu", devices=1,
-                                 callbacks=callbacks, default_root_dir=str(out_dir), **common)  # fmt: skip
+            trainer = pl.Trainer(
+                accelerator="cpu" if not run.scaling.use_gpu else "gpu",
+                devices=1,
+                callbacks=callbacks,
+                default_root_dir=str(out_dir),
+                **common,
+            )
         try:
             trainer.fit(model, train_dl, val_dl, ckpt_path=ckpt_path)
         finally:
             if report is not None:  # Ray's callback removes each epoch's copy but leaves their (empty) parent
                 shutil.rmtree(report.tmpdir_prefix, ignore_errors=True)
     if on_ray:  # DDP keeps replicas identical; this record lets anyone check it
-        _worker_record(run, rank, {"pid": os.getpid(), "node_id": _node_id(), "data": "shard" if data else "own",
-                                   "weights_sha256": weights_digest(model)})  # fmt: skip
+        _worker_record(
+            run,
+            rank,
+            {
+                "pid": os.getpid(),
+                "node_id": _node_id(),
+                "data": "shard" if data else "own",
+                "weights_sha256": weights_digest(model),
+            },
+        )
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     if test_dl is not None:
         trainer.test(model, test_dl, verbose=False)
@@ -167,7 +192,11 @@ def _remove_stale_copies(name: str, rank: int) -> None:
     """Ray's report callback stages each epoch's checkpoint in `<tmp>/lightning_checkpoints-job_id=..-name=<run>-
     world_rank=<rank>/`; a worker that was killed (its job driver killed, `bsm stop`) left its copy there. The run's
     name is unique in its storage, so such a directory of this name and rank is a dead run's leftover."""
-    for stale in glob.glob(os.path.join(tempfile.gettempdir(), f"lightning_checkpoints-job_id=*-name={glob.escape(name)}-world_rank={rank}")):
+    for stale in glob.glob(
+        os.path.join(
+            tempfile.gettempdir(), f"lightning_checkpoints-job_id=*-name={glob.escape(name)}-world_rank={rank}"
+        )
+    ):
         shutil.rmtree(stale, ignore_errors=True)
 
 

@@ -78,8 +78,7 @@ def plan_chunks(chunk_lens: np.ndarray, max_chunks: int, tokens: int = CALL_TOKE
     return out
 
 
-def make_call(ids: list[np.ndarray], lens: list[np.ndarray], records: np.ndarray, pad_id: int,
-              packed: bool) -> Call:  # fmt: skip
+def make_call(ids: list[np.ndarray], lens: list[np.ndarray], records: np.ndarray, pad_id: int, packed: bool) -> Call:
     """The inputs of one record-level call over `records` (indices into ids/lens)."""
     sel_ids, sel_lens = [ids[i] for i in records], [lens[i] for i in records]
     if packed:
@@ -121,9 +120,12 @@ def plan_block(ids: list[np.ndarray], lens: list[np.ndarray], pad_id: int, batch
     return Plan(len(ids), calls, counts)
 
 
-def run_plan(plan: Plan, score: Callable[[dict[str, np.ndarray]], np.ndarray],
-             head: Callable[[np.ndarray], np.ndarray] | None = None,
-             on_records: Callable[[int], None] | None = None) -> np.ndarray:  # fmt: skip
+def run_plan(
+    plan: Plan,
+    score: Callable[[dict[str, np.ndarray]], np.ndarray],
+    head: Callable[[np.ndarray], np.ndarray] | None = None,
+    on_records: Callable[[int], None] | None = None,
+) -> np.ndarray:
     """Run a block's calls (`score(feeds)`; for the chunk graph then `head(features [R, H])`) -> logits float32
     [n, K] in the block's order. `on_records(k)` as k more records are done (for the chunk graph, in proportion
     to its chunks done)."""
@@ -149,7 +151,7 @@ def run_plan(plan: Plan, score: Callable[[dict[str, np.ndarray]], np.ndarray],
             on_records(k)
             reported += k
     # each record's mean over its chunks [R, H]; a record with none gets zeros, so it scores as the head's bias
-    means = np.zeros((plan.n, features.shape[1] if features is not None else int(getattr(head, "width"))), np.float32)
+    means = np.zeros((plan.n, features.shape[1] if features is not None else int(head.width)), np.float32)
     has = plan.counts > 0
     if features is not None:
         starts = (np.cumsum(plan.counts) - plan.counts)[has]  # the first chunk of each record that has one

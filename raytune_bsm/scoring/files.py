@@ -22,8 +22,16 @@ from raytune_bsm import storage
 from raytune_bsm.data.readers import DataFile
 from raytune_bsm.errors import ConfigError, DataError
 
-OUT_FORMATS = {".parquet": "parquet", ".pq": "parquet", ".parq": "parquet", ".csv": "csv", ".tsv": "tsv",
-               ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}  # fmt: skip
+OUT_FORMATS = {
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".parq": "parquet",
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "jsonl",
+}
 BLOCK_BYTES = 1 << 22  # CSV and JSON Lines are read 4 MiB of text at a time
 
 
@@ -72,15 +80,18 @@ def _text_reader(f: DataFile, src: Any) -> Any:
         return pjson.open_json(src, read_options=pjson.ReadOptions(block_size=BLOCK_BYTES))
     parse = pcsv.ParseOptions(delimiter="\t" if f.format == "tsv" else ",", newlines_in_values=True)
     convert = pcsv.ConvertOptions(strings_can_be_null=True)  # an empty field is a missing value
-    return pcsv.open_csv(src, read_options=pcsv.ReadOptions(block_size=BLOCK_BYTES), parse_options=parse,
-                         convert_options=convert)  # fmt: skip
+    return pcsv.open_csv(
+        src, read_options=pcsv.ReadOptions(block_size=BLOCK_BYTES), parse_options=parse, convert_options=convert
+    )
 
 
 def _check_columns(f: DataFile, names: list[str], columns: list[str]) -> None:
     for col, flag in zip(columns, ("--text-field", "--id-field")):
         if col not in names:
-            raise DataError(f"{f.name}: missing column {col!r} (columns are {', '.join(names) or 'none'}); "
-                            f"name the right one with {flag}")  # fmt: skip
+            raise DataError(
+                f"{f.name}: missing column {col!r} (columns are {', '.join(names) or 'none'}); "
+                f"name the right one with {flag}"
+            )
 
 
 # ------------------------------------------------------------------------------------------------ the output
@@ -108,11 +119,13 @@ def check_output(out: str, data: str, inputs: list[DataFile], overwrite: bool) -
         local = Path(data.removeprefix("file://")).expanduser()
         inside = not storage.is_uri(data) and local.is_dir() and Path(path).is_relative_to(local.resolve())
     if any(same(i) for i in inputs):
-        raise ConfigError(f"--out {out}: that is the input file; predictions never replace their input, "
-                          "choose another --out")  # fmt: skip
+        raise ConfigError(
+            f"--out {out}: that is the input file; predictions never replace their input, choose another --out"
+        )
     if inside:
-        raise ConfigError(f"--out {out}: inside the input directory {data}, where it would be read as input; "
-                          "choose a path outside it")  # fmt: skip
+        raise ConfigError(
+            f"--out {out}: inside the input directory {data}, where it would be read as input; choose a path outside it"
+        )
     kind = fs.get_file_info(path).type
     if kind == pafs.FileType.Directory:
         raise ConfigError(f"--out {out}: is a directory; name the output file (.parquet, .csv or .jsonl)")

@@ -41,8 +41,11 @@ GRAPHS = {  # (layout, precision) -> file; layouts newest first
 # LayerNormalization (the vectorised kernel) on [8, 128, 384]; without the fusion the int8 chunk graph runs 1.15x
 # faster on 1 core, fp32 the same (bench/, issue 10)
 CPU_DISABLED_FUSIONS = ("SkipLayerNormFusion",)
-INPUTS = {"chunks": ["input_ids", "attention_mask"], "packed": list(layout.PACKED_INPUT_NAMES),
-          "bct": list(layout.INPUT_NAMES)}  # fmt: skip
+INPUTS = {
+    "chunks": ["input_ids", "attention_mask"],
+    "packed": list(layout.PACKED_INPUT_NAMES),
+    "bct": list(layout.INPUT_NAMES),
+}
 
 
 @dataclass(frozen=True)
@@ -88,8 +91,14 @@ def int8_within_tolerance(precision: dict[str, Any] | None) -> tuple[bool, str]:
     if not isinstance(precision, dict) or not isinstance(precision.get("int8"), dict):
         return False, "the export records no int8 metrics"
     fp32, int8 = precision.get("fp32") or {}, precision["int8"]
-    common = [k for k in fp32 if k in int8 and not any(s in k for s in NOT_METRICS)
-              and isinstance(fp32[k], (int, float)) and isinstance(int8[k], (int, float))]  # fmt: skip
+    common = [
+        k
+        for k in fp32
+        if k in int8
+        and not any(s in k for s in NOT_METRICS)
+        and isinstance(fp32[k], (int, float))
+        and isinstance(int8[k], (int, float))
+    ]
     if not common:
         return False, "the export records no metric for both fp32 and int8"
     worst = max(common, key=lambda k: fp32[k] - int8[k])
@@ -103,13 +112,21 @@ def choose_graph(manifest: dict[str, Any], precision: str = "auto") -> Choice:
     if precision not in PRECISIONS:
         raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     files = {f["path"] for f in manifest.get("files", [])}
-    kind = next((k for k in ("chunks", "packed") if GRAPHS[(k, "fp32")] in files
-                 and (k != "chunks" or layout.HEAD_ONNX_FILE in files)), "bct")  # fmt: skip
+    kind = next(
+        (
+            k
+            for k in ("chunks", "packed")
+            if GRAPHS[(k, "fp32")] in files and (k != "chunks" or layout.HEAD_ONNX_FILE in files)
+        ),
+        "bct",
+    )
     has_int8 = GRAPHS[(kind, "int8")] in files
     if precision == "int8":
         if not has_int8:
-            raise ConfigError(f"--precision int8: this export has no {GRAPHS[(kind, 'int8')]} (an older export?); "
-                              "use --precision fp32 or re-export the model")  # fmt: skip
+            raise ConfigError(
+                f"--precision int8: this export has no {GRAPHS[(kind, 'int8')]} (an older export?); "
+                "use --precision fp32 or re-export the model"
+            )
         return Choice(GRAPHS[(kind, "int8")], kind, "int8", "--precision int8")
     if precision == "fp32":
         return Choice(GRAPHS[(kind, "fp32")], kind, "fp32", "--precision fp32")
@@ -143,8 +160,9 @@ class Scorer:
     a time; inputs copied to the GPU once per call and the output bound on the device (IO binding), so ORT does
     no hidden host<->device copies."""
 
-    def __init__(self, path: str, provider: str = "CPUExecutionProvider", threads: int | None = None,
-                 streams: int | None = None) -> None:  # fmt: skip
+    def __init__(
+        self, path: str, provider: str = "CPUExecutionProvider", threads: int | None = None, streams: int | None = None
+    ) -> None:
         import onnxruntime as ort
 
         available = available_providers()
@@ -171,8 +189,9 @@ class Scorer:
         providers: list[Any] = [provider] + (["CPUExecutionProvider"] if provider != "CPUExecutionProvider" else [])
         disabled = list(CPU_DISABLED_FUSIONS) if provider == "CPUExecutionProvider" else []
         try:
-            self.session = ort.InferenceSession(path, sess_options=opts, providers=providers,
-                                                disabled_optimizers=disabled)  # fmt: skip
+            self.session = ort.InferenceSession(
+                path, sess_options=opts, providers=providers, disabled_optimizers=disabled
+            )
         except Exception as e:  # noqa: BLE001 - ORT raises its own untyped errors for a bad graph
             raise ExportError(f"{path}: ONNX Runtime cannot load this graph: {str(e).splitlines()[0]}") from None
         inputs = self.session.get_inputs()
