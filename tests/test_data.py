@@ -14,15 +14,9 @@ import pytest
 import torch
 from conftest import TINY_ENCODER, write_parquet
 
-from raytune_bsm.config import RunConfig
-from raytune_bsm.data.dataset import (
-    Collate,
-    DataConfig,
-    EncodedDataset,
-    LengthGroupedBatchSampler,
-    load_split,
-    split_off,
-)
+from raytune_bsm.config import DataConfig, RunConfig
+from raytune_bsm.data.batching import Collate, EncodedDataset, LengthGroupedBatchSampler
+from raytune_bsm.data.splits import load_split, split_off
 from raytune_bsm.errors import DataError
 from raytune_bsm.runner.worker import prepare, train_loop
 

@@ -15,8 +15,10 @@ import pytest
 import torch
 from conftest import TINY_ENCODER, write_parquet
 
-from raytune_bsm.data.dataset import Collate, DataConfig, EncodedDataset, load_split
+from raytune_bsm.config import DataConfig
+from raytune_bsm.data.batching import Collate, EncodedDataset
 from raytune_bsm.data.processor import ChunkProcessor, ProcessorConfig
+from raytune_bsm.data.splits import load_split
 from raytune_bsm.demo.generator import make_dialogues
 from raytune_bsm.errors import ConfigError, ExportError
 from raytune_bsm.layout import parse_manifest

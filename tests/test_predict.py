@@ -17,7 +17,7 @@ import pytest
 import torch
 from conftest import TINY_ENCODER, write_parquet
 
-from raytune_bsm.data.dataset import Collate, EncodedDataset
+from raytune_bsm.data.batching import Collate, EncodedDataset
 from raytune_bsm.data.processor import ChunkProcessor, ProcessorConfig
 from raytune_bsm.demo.generator import make_dialogues
 from raytune_bsm.errors import ConfigError, DataError, ExportError

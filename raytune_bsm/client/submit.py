@@ -172,8 +172,7 @@ def check_local_data(run: RunConfig) -> None:
     ...) are listed and schema-checked from their footers when this machine can reach them, else on the cluster."""
     import pyarrow as pa  # pyarrow: not on `bsm --help`'s path
 
-    from raytune_bsm.data.dataset import load_split
-    from raytune_bsm.data.splits import check_schema
+    from raytune_bsm.data.splits import check_schema, load_split
 
     d = run.data
     if d.train is None:

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from raytune_bsm.data.dataset import Collate, EncodedDataset
+from raytune_bsm.data.batching import Collate, EncodedDataset
 from raytune_bsm.errors import ExportError
 from raytune_bsm.layout import (
     CHUNKS_INT8_ONNX_FILE,

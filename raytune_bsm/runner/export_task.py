@@ -15,8 +15,9 @@ import os
 from typing import Any
 
 from raytune_bsm.config import RunConfig
-from raytune_bsm.data.dataset import Collate, EncodedDataset, read_table
+from raytune_bsm.data.batching import Collate, EncodedDataset
 from raytune_bsm.data.processor import ChunkProcessor, ProcessorConfig
+from raytune_bsm.data.splits import read_table
 from raytune_bsm.errors import ExportError, raised_in_ray
 from raytune_bsm.logs import quiet_libraries, setup_logging
 from raytune_bsm.runner.prepare import data_paths

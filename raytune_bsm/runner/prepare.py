@@ -11,9 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from raytune_bsm.config import RunConfig
-from raytune_bsm.data.dataset import Collate, EncodedDataset, Labels, LengthGroupedBatchSampler, load_split, split_off
+from raytune_bsm.data.batching import Collate, EncodedDataset, LengthGroupedBatchSampler
+from raytune_bsm.data.labels import Labels
 from raytune_bsm.data.processor import ChunkProcessor, ProcessorConfig
 from raytune_bsm.data.readers import list_files
+from raytune_bsm.data.splits import load_split, split_off
 from raytune_bsm.demo import generator as demo
 from raytune_bsm.demo import phrases as demo_phrases
 from raytune_bsm.errors import ConfigError, DataError, raised_in_ray

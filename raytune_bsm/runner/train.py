@@ -25,6 +25,7 @@ import pyarrow.fs as pafs
 
 from raytune_bsm.config import RunConfig, dumps
 from raytune_bsm.errors import BsmError, ConfigError
+from raytune_bsm.layout import CONFIG_JSON, RESULT_JSON
 from raytune_bsm.logs import quiet_libraries, setup_logging, verbose
 from raytune_bsm.runner.callbacks import (
     best_kept,
@@ -40,8 +41,6 @@ from raytune_bsm.runner.tracking import TRACKING_KEY, end_mlflow, start_mlflow, 
 from raytune_bsm.storage import exists, filesystem, join, read_bytes, write_bytes
 
 log = logging.getLogger("raytune_bsm")
-
-CONFIG_JSON = "bsm_config.json"
 
 
 def trainer_for(
@@ -177,7 +176,7 @@ def fit(run: RunConfig, *, storage: str, resume: bool = False) -> dict[str, Any]
         "data": {name: {"rows": n, **data.sources.get(name, {})} for name, n in data.rows.items()},
         "timings": timings,
     }
-    write_bytes(dumps(summary).encode(), join(run_dir, "bsm_result.json"))
+    write_bytes(dumps(summary).encode(), join(run_dir, RESULT_JSON))
     log.info(
         "validation metrics: %s",
         json.dumps({k: round(v, 4) for k, v in summary["metrics"].items() if k.startswith("val")}),

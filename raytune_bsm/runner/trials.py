@@ -14,6 +14,7 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from raytune_bsm.config import dumps
+from raytune_bsm.layout import BEST_CONFIG_JSON, RESULT_JSON, TRIALS_PARQUET
 from raytune_bsm.runner.callbacks import best_kept, kept_in, read_epochs, release_placement_groups
 from raytune_bsm.storage import exists, filesystem, join, read_bytes, write_bytes, write_table
 from raytune_bsm.sweep import LEADERBOARD_ROWS, RELEASE_AFTER_S, _plain, apply_params
@@ -150,12 +151,12 @@ def write_record(
     for k in ("best_checkpoint", "run_dir", "error"):
         columns[k] = pa.array([r[k] for r in rows], pa.string())
     meta = {"metric": spec.monitor, "mode": spec.mode, "max_epochs": str(spec.max_epochs)}
-    write_table(pa.table(columns).replace_schema_metadata(meta), join(spec.sweep_dir, "trials.parquet"))
+    write_table(pa.table(columns).replace_schema_metadata(meta), join(spec.sweep_dir, TRIALS_PARQUET))
 
     if best is not None:
         recipe = apply_params(spec.base, best["hyperparameters"])
         recipe["name"] = f"{spec.name}-best"
-        write_bytes(dumps(recipe).encode(), join(spec.sweep_dir, "best_config.json"))
+        write_bytes(dumps(recipe).encode(), join(spec.sweep_dir, BEST_CONFIG_JSON))
     counts: dict[str, int] = {}
     for r in rows:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
@@ -189,8 +190,8 @@ def write_record(
         "best_trial": {k: best[k] for k in ("trial_id", "metric", "best_epoch", "hyperparameters", "run_dir")}
         if best
         else None,
-        "best_config": join(spec.sweep_dir, "best_config.json") if best else None,
-        "trials_table": join(spec.sweep_dir, "trials.parquet"),
+        "best_config": join(spec.sweep_dir, BEST_CONFIG_JSON) if best else None,
+        "trials_table": join(spec.sweep_dir, TRIALS_PARQUET),
         "tensorboard_logdir": join(spec.sweep_dir, "runs"),  # one event-file directory per trial beneath
         "trials": {"total": len(rows), **counts},
         "leaderboard": board,
@@ -199,7 +200,7 @@ def write_record(
         "error": None if (usable or not finished) else f"no trial produced {spec.monitor} ({counts})",
         "restarts": [],
     }
-    write_bytes(dumps(summary).encode(), join(spec.sweep_dir, "bsm_result.json"))
+    write_bytes(dumps(summary).encode(), join(spec.sweep_dir, RESULT_JSON))
     return summary
 
 

@@ -33,8 +33,9 @@ from pathlib import Path
 from typing import Any
 
 from raytune_bsm.config import RunConfig, check_monitor_computed, dumps
-from raytune_bsm.data.dataset import load_split
+from raytune_bsm.data.splits import load_split
 from raytune_bsm.errors import BsmError, ConfigError
+from raytune_bsm.layout import BEST_CONFIG_JSON, RESULT_JSON
 from raytune_bsm.logs import quiet_libraries, setup_logging, verbose
 from raytune_bsm.resources import ClusterResources, NodeResources
 from raytune_bsm.runner.callbacks import placement_group_log, read_epochs
@@ -254,10 +255,10 @@ def run_sweep(run: RunConfig, sweep: SweepConfig, *, storage: str) -> dict[str, 
             ),
         )
     tuner.fit()
-    summary = json.loads(read_bytes(join(sweep_dir, "bsm_result.json")))
+    summary = json.loads(read_bytes(join(sweep_dir, RESULT_JSON)))
     if summary.get("best_checkpoint") and run.train.export:
         summary["export"] = export_best_trial(summary, sweep_dir)
-        write_bytes(dumps(summary).encode(), join(sweep_dir, "bsm_result.json"))
+        write_bytes(dumps(summary).encode(), join(sweep_dir, RESULT_JSON))
     log.info(
         "sweep %s: %s\n%s", run.name, json.dumps(summary["trials"]), format_leaderboard(summary["leaderboard"], monitor)
     )
@@ -274,7 +275,7 @@ def run_sweep(run: RunConfig, sweep: SweepConfig, *, storage: str) -> dict[str, 
 def export_best_trial(summary: dict[str, Any], sweep_dir: str) -> str:
     """Export the best trial's best kept checkpoint to `<sweep>/export` (a Ray task), parity-checked on a few
     validation records processed with that trial's own settings."""
-    best_run = RunConfig.from_dict(json.loads(read_bytes(join(sweep_dir, "best_config.json"))))
+    best_run = RunConfig.from_dict(json.loads(read_bytes(join(sweep_dir, BEST_CONFIG_JSON))))
     # the processor's settings and column names; the class count does not change how text is processed
     model_config = best_run.model_config(
         is_binary=None, num_classes=None, class_names=None, id_name=best_run.data.id_field or "id"
