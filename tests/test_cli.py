@@ -157,7 +157,7 @@ def test_a_bad_flag_value_is_one_line_and_exit_1_like_every_mistake():
 
 
 def test_status_prints_why_a_job_failed_escaped_with_api_status_stubbed(monkeypatch):
-    """The CLI's printing only (the cluster side is tested in test_launcher): api.status is a stub here."""
+    """The CLI's printing only (the cluster side is tested in test_submit_jobs): api.status is a stub here."""
     from typer.testing import CliRunner
 
     from raytune_bsm import api
@@ -180,7 +180,7 @@ def test_status_prints_why_a_job_failed_escaped_with_api_status_stubbed(monkeypa
 
 
 def test_submit_and_tune_print_the_job_id_as_json_with_api_stubbed(monkeypatch):
-    """--json output only; submitting for real is tested in test_launcher. api.submit/api.tune are stubs."""
+    """--json output only; submitting for real is tested in test_submit_jobs. api.submit/api.tune are stubs."""
     from typer.testing import CliRunner
 
     from raytune_bsm import api

@@ -1,7 +1,7 @@
 """Job control helpers that need no cluster: following logs across dropped connections, why a job failed.
 
 A dropped websocket cannot be produced on demand with a real cluster, so `follow_logs` is driven by a fake
-job client here (named so); the real `tail_job_logs` path runs in tests/test_launcher.py.
+job client here (named so); the real `tail_job_logs` path runs in tests/test_submit_jobs.py.
 """
 
 from __future__ import annotations
