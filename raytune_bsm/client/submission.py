@@ -1,4 +1,7 @@
-"""Building a job submission: a pure function of the resolved config, so `--dry-run` shows exactly what runs.
+"""Every job bsm sends goes through two steps: a plan (`Submission`, built by a pure function after every check that
+needs no cluster, local data included, so `--dry-run` shows exactly what runs) and `schedule(submission, ...)`, which
+connects (starting the local cluster if need be), lets the kind settle what depends on that cluster (`bind`), and
+sends it through the Jobs API. Training runs, sweeps, resumes and cluster predict are plans of different kinds.
 
 A submission carries the raytune_bsm package as it is on the submitting machine (`py_modules`) and the fully
 resolved config (`working_dir`, staged in a temporary directory), so what runs on the cluster is what was
@@ -10,21 +13,26 @@ or checkpoints.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import secrets
+import tempfile
 import time
 from dataclasses import dataclass, field, fields, replace
 from fnmatch import fnmatch
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+from raytune_bsm.client import connection
 from raytune_bsm.config import RunConfig
-from raytune_bsm.errors import ConfigError, JobError
+from raytune_bsm.errors import ClusterError, ConfigError, JobError
 from raytune_bsm.layout import CONFIG_JSON, default_storage, read_record
 from raytune_bsm.logs import VERBOSE_ENV, verbose
 from raytune_bsm.pretrained import resolve_model
 from raytune_bsm.storage import exists, join, storage_path
+
+log = logging.getLogger("raytune_bsm")
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent  # raytune_bsm/, uploaded as a py_module
 CONFIG_FILE = "bsm_job.json"
@@ -71,6 +79,8 @@ class Submission:
     metadata: dict[str, str]
     scaling: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
+    run: RunConfig | None = field(default=None, repr=False, compare=False)  # what `bind` settles against a cluster
+    cluster_decides: frozenset[str] = frozenset()  # what the cluster settles: "storage", "cpus_per_worker"
 
     def plan(self) -> dict[str, Any]:
         """What `--dry-run` prints."""
@@ -237,3 +247,56 @@ def check_upload_size(roots: list[Path], limit: int = UPLOAD_LIMIT) -> int:
             "Move data and checkpoints out of the package directory; pass data with --train/--val/--test."
         )
     return total
+
+
+# ----------------------------------------------------------------------------------------------- scheduling
+
+Bind = Callable[[Submission, Any, Any], Submission]  # (plan, connection, cluster resources) -> what is sent
+
+
+def schedule(sub: Submission, address: str | None, *, allow_insecure: bool = False, bind: Bind | None = None) -> str:
+    """Send a planned submission: connect (starting the local cluster if need be), let `bind` settle what depends
+    on that cluster (and refuse what it cannot fit), stage and submit through the Jobs API; the job id."""
+    conn, client = connection.connect(address, allow_insecure=allow_insecure)
+    if bind is not None:
+        sub = bind(sub, conn, connection.cluster_resources(conn))
+    for w in sub.warnings:
+        log.warning("%s", w)
+    return send(client, conn, sub)
+
+
+def send(client: Any, conn: Any, sub: Submission) -> str:
+    """Stage the working_dir and submit through the Jobs API; the job id."""
+    with tempfile.TemporaryDirectory(prefix="bsm-submit-") as tmp:
+        runtime_env = stage(sub, Path(tmp))
+        try:
+            job_id = client.submit_job(
+                entrypoint=sub.entrypoint,
+                submission_id=sub.submission_id,
+                runtime_env=runtime_env,
+                metadata=sub.metadata,
+                entrypoint_num_cpus=0,  # the driver only coordinates; workers hold the resources
+            )
+        except RuntimeError as e:
+            if "already exists" not in str(e):
+                raise ClusterError(
+                    f"the cluster at {conn.dashboard_url} refused the job: {str(e).splitlines()[0]}"
+                ) from None
+            if sub.kind in ("train", "tune"):
+                raise JobError(
+                    f"a job named {sub.submission_id} already exists; continue the run with "
+                    f"`bsm {'tune' if sub.kind == 'tune' else 'submit'} --resume {sub.metadata['bsm_run']}` "
+                    "or choose another --name"
+                ) from None
+            raise JobError(f"a job named {sub.submission_id} already exists; choose another --name") from None
+    log.info(
+        "submitted %s to %s (%s: %s)",
+        job_id,
+        conn.dashboard_url,
+        _OUTPUT.get(sub.kind, "run storage"),
+        sub.metadata["bsm_run_dir"],
+    )
+    return job_id
+
+
+_OUTPUT = {"predict": "predictions"}

@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import logging
 import re
-import tempfile
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
-from raytune_bsm.client import connection
 from raytune_bsm.client.submission import (
     Submission,
     build_submission,
@@ -23,7 +20,7 @@ from raytune_bsm.client.submission import (
     check_storage,
     default_name,
     resume_id,
-    stage,
+    schedule,
     stored_run,
 )
 from raytune_bsm.coerce import check_fields
@@ -201,71 +198,84 @@ def check_local_data(run: RunConfig) -> None:
         raise DataError(f"{flag_}: {e}") from None
 
 
-# ----------------------------------------------------------------------------------------------- submit
+# ----------------------------------------------------------------------------------------------- plan
 
 
 def plan(
     opts: SubmitOptions,
     kind: str = "train",
     extra: dict[str, Any] | None = None,
-    conn: Any = None,
     run: RunConfig | None = None,
 ) -> Submission:
-    """The submission, fully validated; with `conn`, also checked against that cluster's storage rules."""
-    run = run or (stored_run(opts, opts.storage, conn) if opts.resume else resolve_run(opts, kind))
-    warnings: list[str] = []
-    storage = run.storage
-    if storage is None:
-        if conn is None or conn.storage_default:
-            storage = (conn.storage_default if conn is not None else None) or default_storage()
-        else:
-            raise ConfigError(
-                f"--storage is required for the cluster at {conn.dashboard_url}: give storage that every node "
-                "reaches (s3://bucket/runs, gs://..., or an NFS path mounted on every node)"
-            )
-    elif conn is not None and not conn.is_local and not is_uri(storage):
-        warnings.append(
-            f"--storage {storage} is a local path on a remote cluster: multi-node runs need storage every node "
-            "reaches (NFS mounted at that path on every node, or s3:// gs:// hdfs://)"
-        )
-    for flag_, path in (("--train", run.data.train), ("--val", run.data.val), ("--test", run.data.test)):
-        if path and conn is not None and not conn.is_local and "://" not in path:
-            warnings.append(f"{flag_} {path} is a local path; the remote cluster must see the same path")
+    """The submission, after every check that needs no cluster (flags, recipe, model, storage, local data): what
+    `--dry-run` prints. What depends on the cluster it goes to (the default storage, CPUs per worker, a sweep's
+    concurrency) is settled by `bind` when it is scheduled."""
+    run = run or (stored_run(opts, opts.storage) if opts.resume else resolve_run(opts, kind))
+    decides = set() if run.resume else {"storage"} if run.storage is None else set()
+    if not (run.resume or run.scaling.use_gpu or _cpus_given(opts)):
+        decides.add("cpus_per_worker")
+    storage = run.storage or default_storage()
+    _check_new_run(run, kind, storage)
+    check_local_data(run)
+    sub = build_submission(run, kind=kind, storage=storage, extra=extra)
+    sub = replace(sub, run=run, cluster_decides=frozenset(decides))
+    return replace(sub, submission_id=resume_id(run.name)) if run.resume else sub
+
+
+def _cpus_given(opts: SubmitOptions) -> bool:
+    """--cpus-per-worker given somewhere (flag, recipe or --set): the cluster does not choose it."""
+    rec = recipe(opts) if opts.config else {}
+    return (
+        opts.cpus_per_worker is not None
+        or "cpus_per_worker" in (rec.get("scaling") or {})
+        or any(s.split("=", 1)[0].strip().endswith("cpus_per_worker") for s in opts.sets)
+    )
+
+
+def _check_new_run(run: RunConfig, kind: str, storage: str) -> None:
     if not run.resume and kind == "train" and not is_uri(storage) and exists(join(storage, run.name, CONFIG_JSON)):
         raise JobError(
             f"a run named {run.name} already exists under {storage}; continue it with "
             f"`bsm submit --resume {run.name}` or choose another --name"
         )
-    check_local_data(run)
-    sub = build_submission(run, kind=kind, storage=storage, extra=extra, warnings=warnings)
-    return replace(sub, submission_id=resume_id(run.name)) if run.resume else sub
 
 
-def _submit(client: Any, conn: Any, sub: Submission) -> str:
-    """Stage the working_dir and submit through the Jobs API; return the job id."""
-    with tempfile.TemporaryDirectory(prefix="bsm-submit-") as tmp:
-        runtime_env = stage(sub, Path(tmp))
-        try:
-            job_id = client.submit_job(
-                entrypoint=sub.entrypoint,
-                submission_id=sub.submission_id,
-                runtime_env=runtime_env,
-                metadata=sub.metadata,
-                entrypoint_num_cpus=0,  # the driver only coordinates; workers hold the resources
+def bind(sub: Submission, conn: Any, res: Any) -> Submission:
+    """A training run or sweep bound to the cluster `conn` reaches: its storage rules and default storage, CPUs per
+    worker from its nodes, a sweep's concurrency from its resources; refused if the cluster cannot fit it."""
+    run, warnings = sub.run, list(sub.warnings)
+    storage = sub.metadata["bsm_storage"]
+    if "storage" in sub.cluster_decides:
+        if not conn.storage_default:
+            raise ConfigError(
+                f"--storage is required for the cluster at {conn.dashboard_url}: give storage that every node "
+                "reaches (s3://bucket/runs, gs://..., or an NFS path mounted on every node)"
             )
-        except RuntimeError as e:
-            if "already exists" in str(e):
-                run = sub.metadata["bsm_run"]
-                raise JobError(
-                    f"a job named {sub.submission_id} already exists; continue the run with "
-                    f"`bsm {'tune' if sub.kind == 'tune' else 'submit'} --resume {run}` "
-                    "or choose another --name"
-                ) from None
-            raise ClusterError(
-                f"the cluster at {conn.dashboard_url} refused the job: {str(e).splitlines()[0]}"
-            ) from None
-    log.info("submitted %s to %s (run storage: %s)", job_id, conn.dashboard_url, sub.metadata["bsm_run_dir"])
-    return job_id
+        storage = conn.storage_default
+        _check_new_run(run, sub.kind, storage)
+    elif not conn.is_local and not is_uri(storage):
+        warnings.append(
+            f"--storage {storage} is a local path on a remote cluster: multi-node runs need storage every node "
+            "reaches (NFS mounted at that path on every node, or s3:// gs:// hdfs://)"
+        )
+    for flag_, path in (("--train", run.data.train), ("--val", run.data.val), ("--test", run.data.test)):
+        if path and not conn.is_local and "://" not in path:
+            warnings.append(f"{flag_} {path} is a local path; the remote cluster must see the same path")
+    if "cpus_per_worker" in sub.cluster_decides:
+        run = _fit_cpus(run, res)
+    extra = sub.config.get(sub.kind) if sub.kind == "tune" else None
+    if sub.kind == "tune" and not extra.get("resume"):
+        from raytune_bsm.sweep import SweepConfig, max_concurrent_trials
+
+        settings = SweepConfig.from_dict(extra)
+        # Always bounded by what the cluster holds: no trial waits for resources that do not exist.
+        fits = max_concurrent_trials(res, settings, run)
+        extra = {**extra, "max_concurrent": min(fits, settings.max_concurrent or fits)}
+        log.info("sweep: %d trial(s), at most %d at once", settings.total_trials(), extra["max_concurrent"])
+    bound = build_submission(run, kind=sub.kind, storage=storage, extra=extra, warnings=warnings)
+    bound = replace(bound, submission_id=sub.submission_id, run=run)
+    check_resources(bound, conn, res)
+    return bound
 
 
 def check_resources(sub: Submission, conn: Any, res: Any) -> None:
@@ -295,37 +305,23 @@ def check_resources(sub: Submission, conn: Any, res: Any) -> None:
             )
 
 
-def submit(
-    opts: SubmitOptions, *, kind: str = "train", extra: dict[str, Any] | None = None, dry_run: bool = False
-) -> Submission | str:
-    """Validate, check against the cluster, stage and submit; return the job id (or the plan when dry_run)."""
-    if dry_run:
-        return plan(opts, kind, extra)  # no cluster is contacted or started
-    rec = {} if opts.resume else recipe(opts)
-    run = None if opts.resume else resolve_run(opts, kind, rec)  # flags first: a typo never starts a cluster
-    conn, client = connection.connect(opts.address, allow_insecure=opts.allow_insecure)
-    run = run or stored_run(opts, opts.storage, conn)
-    user_cpus = (
-        opts.resume
-        or opts.cpus_per_worker is not None
-        or "cpus_per_worker" in (rec.get("scaling") or {})
-        or any(s.split("=", 1)[0].endswith("cpus_per_worker") for s in opts.sets)
-    )
-    res = connection.cluster_resources(conn)
-    if not user_cpus and not run.scaling.use_gpu:
-        run = _fit_cpus(run, res)
-    sub = plan(opts, kind, extra, conn, run=run)
-    for w in sub.warnings:
-        log.warning("%s", w)
-    check_resources(sub, conn, res)
-    return _submit(client, conn, sub)
-
-
 def _fit_cpus(run: RunConfig, res: Any) -> RunConfig:
     """CPU runs without --cpus-per-worker: share the largest node's CPUs among the workers (at most 8 each)."""
     biggest = max((n.cpus for n in res.nodes), default=1)
     per = max(1, min(8, int(biggest) // run.scaling.num_workers))
     return replace(run, scaling=replace(run.scaling, cpus_per_worker=per))
+
+
+# ----------------------------------------------------------------------------------------------- submit
+
+
+def submit(
+    opts: SubmitOptions, *, kind: str = "train", extra: dict[str, Any] | None = None, dry_run: bool = False
+) -> Submission | str:
+    """Plan (every check; nothing contacted or started), then schedule on the cluster; the job id, or the plan
+    when dry_run."""
+    sub = plan(opts, kind, extra)
+    return sub if dry_run else schedule(sub, opts.address, allow_insecure=opts.allow_insecure, bind=bind)
 
 
 def tune(
@@ -341,7 +337,6 @@ def tune(
         SweepConfig,
         check_search_space,
         load_search_space,
-        max_concurrent_trials,
         model_layers,
         resolve_space,
     )
@@ -370,26 +365,14 @@ def tune(
     space = {k: v for k, v in resolve_space(run, settings).items() if k not in fixed}  # the plan shows what is sampled
     settings = replace(settings, search_space=space)
     check_search_space(settings.apply(run, num_classes=2), settings.search_space)
-    if dry_run:
-        return plan(opts, "tune", settings.to_dict(), run=settings.apply(run))
-    conn, client = connection.connect(opts.address, allow_insecure=opts.allow_insecure)
-    # Always bounded by what the cluster holds: no trial waits for resources that do not exist.
-    fits = max_concurrent_trials(connection.cluster_resources(conn), settings, run)
-    settings = replace(settings, max_concurrent=min(fits, settings.max_concurrent or fits))
-    log.info("sweep: %d trial(s), at most %d at once", settings.total_trials(), settings.max_concurrent)
-    sub = plan(opts, "tune", settings.to_dict(), conn, run=settings.apply(run))
-    for w in sub.warnings:
-        log.warning("%s", w)
-    return _submit(client, conn, sub)
+    sub = plan(opts, "tune", settings.to_dict(), run=settings.apply(run))
+    return sub if dry_run else schedule(sub, opts.address, allow_insecure=opts.allow_insecure, bind=bind)
 
 
 def _resume_sweep(opts: SubmitOptions, *, dry_run: bool) -> Submission | str:
     """`bsm tune --resume NAME`: the stored run and sweep settings, a new job that continues the sweep."""
     check_resume_options(opts)
-    conn, client = (None, None) if dry_run else connection.connect(opts.address, allow_insecure=opts.allow_insecure)
-    storage = (
-        check_storage(opts.storage) if opts.storage else (conn.storage_default if conn else None) or default_storage()
-    )
+    storage = check_storage(opts.storage) if opts.storage else default_storage()
     path = join(storage_path(storage), opts.resume, SWEEP_JSON)
     if not exists(path):
         raise ConfigError(f"--resume {opts.resume}: no sweep named {opts.resume} in {storage}")
@@ -400,5 +383,5 @@ def _resume_sweep(opts: SubmitOptions, *, dry_run: bool) -> Submission | str:
     sub = build_submission(
         run, kind="tune", storage=record.get("storage") or storage, extra={**record["tune"], "resume": True}
     )
-    sub = replace(sub, submission_id=resume_id(run.name))
-    return sub if dry_run else _submit(client, conn, sub)
+    sub = replace(sub, submission_id=resume_id(run.name), run=run)
+    return sub if dry_run else schedule(sub, opts.address, allow_insecure=opts.allow_insecure, bind=bind)
