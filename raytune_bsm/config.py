@@ -203,6 +203,9 @@ class TrainConfig:
     output_dir: str | None = None  # local runs: where checkpoints and predictions go
     export: bool = True  # export the best checkpoint (ONNX + TorchScript, verified) when the run ends
     max_failures: int = 2  # Ray Train: worker failures survived by resuming from the latest checkpoint
+    mlflow_uri: str | None = (
+        None  # an MLflow tracking URI (pip install 'raytune-bsm[mlflow]'); None: MLFLOW_TRACKING_URI
+    )
     runtime: Literal["local", "ray"] = "local"  # "ray": running as a Ray Train worker
 
     def __post_init__(self) -> None:

@@ -73,3 +73,13 @@ def test_mlflow_file_store_gets_params_metrics_and_the_export(tmp_path, monkeypa
     assert len(client.get_metric_history(info["mlflow_run_id"], "val_loss")) == 2
     assert "val_accuracy" in got.data.metrics
     assert [a.path for a in client.list_artifacts(info["mlflow_run_id"], "export")] == ["export/manifest.json"]
+
+
+def test_mlflow_uri_is_a_run_key_that_reaches_the_job(tmp_path):
+    """The README's `--set mlflow_uri=URI` is a real key: it is in the job's resolved config and the job uses it."""
+    from raytune_bsm import api
+
+    uri = (tmp_path / "mlruns").as_uri()
+    sub = api.submit(api.SubmitOptions(name="tracked", sets=[f"mlflow_uri={uri}"]), dry_run=True)
+    assert sub.config["train"]["mlflow_uri"] == uri
+    assert tracking.mlflow_uri(RunConfig.from_dict(sub.config)) == uri

@@ -36,7 +36,7 @@ def tensorboard_logdir(run_dir: str) -> str:
 
 def mlflow_uri(run: RunConfig) -> str | None:
     """`train.mlflow_uri` (when the config has it) or `MLFLOW_TRACKING_URI`; None: no MLflow."""
-    return getattr(run.train, "mlflow_uri", None) or os.environ.get("MLFLOW_TRACKING_URI") or None
+    return run.train.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI") or None
 
 
 def _mlflow() -> Any:
