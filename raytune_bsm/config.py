@@ -22,6 +22,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
+from raytune_bsm import yamlsafe
 from raytune_bsm.coerce import check_fields, coerce, field_types
 from raytune_bsm.errors import ConfigError
 from raytune_bsm.pretrained import DEFAULT_MODEL
@@ -311,12 +312,12 @@ class RunConfig:
 # ----------------------------------------------------------------------------------------------- --set, YAML
 
 
-def parse_value(text: str) -> Any:
-    """--set key=value: the value as YAML (numbers, booleans, lists), else the string."""
+def parse_value(text: str, where: str = "--set") -> Any:
+    """--set key=value: the value as YAML (numbers, booleans, lists), else the string; no aliases (yamlsafe)."""
     import yaml
 
     try:
-        return yaml.safe_load(text)
+        return yamlsafe.load(text, where)
     except yaml.YAMLError:
         return text
 
@@ -345,16 +346,16 @@ def apply_overrides(d: dict[str, Any], items: list[str]) -> dict[str, Any]:
             raise ConfigError(f"--set takes key=value, got {item!r}")
         key, raw = (s.strip() for s in item.split("=", 1))
         if key in TOP_LEVEL:
-            d[key] = coerce(TOP_LEVEL[key], parse_value(raw), f"--set {key}")
+            d[key] = coerce(TOP_LEVEL[key], parse_value(raw, f"--set {key}"), f"--set {key}")
             continue
         section, name = resolve_key(key, f"--set {key}")
-        value = coerce(field_types(SECTIONS[section])[name], parse_value(raw), f"--set {key}")
+        value = coerce(field_types(SECTIONS[section])[name], parse_value(raw, f"--set {key}"), f"--set {key}")
         d.setdefault(section, {})[name] = value
     return d
 
 
 def load_yaml(path: str | Path, flag: str = "--config") -> dict[str, Any]:
-    """A YAML file holding a mapping; errors name `flag` and the file."""
+    """A YAML file holding a mapping (no aliases, no repeated keys: yamlsafe); errors name `flag` and the file."""
     import yaml
 
     p = Path(path).expanduser()
@@ -363,7 +364,7 @@ def load_yaml(path: str | Path, flag: str = "--config") -> dict[str, Any]:
     if not p.is_file():
         raise ConfigError(f"{flag} {path}: is a directory, not a YAML file")
     try:
-        d = yaml.safe_load(p.read_text(encoding="utf-8"))
+        d = yamlsafe.load(p.read_text(encoding="utf-8"), f"{flag} {path}")
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise ConfigError(f"{flag} {path}: not valid YAML: {str(e).splitlines()[0]}") from None
     except OSError as e:
