@@ -43,6 +43,13 @@ def _loader_class() -> type:
         def at(self, mark: Any) -> str:
             return "{} {}".format(*self.place(mark))
 
+        def fetch_flow_collection_start(self, token_class: Any) -> None:
+            # Bounded while scanning too: the scanner keeps a possible key per open bracket and checks them all at
+            # each token, so 3,000 `[` cost seconds before the first node is composed.
+            if self.flow_level >= MAX_DEPTH:
+                raise _Refused(f"nested deeper than {MAX_DEPTH} levels at {self.at(self.get_mark())}")
+            super().fetch_flow_collection_start(token_class)
+
         def compose_node(self, parent: Any, index: Any) -> Any:
             event = self.peek_event()
             if isinstance(event, AliasEvent) or getattr(event, "anchor", None) is not None:
