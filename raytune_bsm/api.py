@@ -15,8 +15,10 @@ from raytune_bsm.client.jobs import TERMINAL, latest_metrics, list_jobs, logs, s
 from raytune_bsm.client.local_cluster import down, up
 from raytune_bsm.client.submission import check_storage
 from raytune_bsm.client.submit import SubmitOptions, plan, resolve_run, submit, tune
+from raytune_bsm.config import check_field_roles
 from raytune_bsm.errors import ConfigError
 from raytune_bsm.layout import default_storage
+from raytune_bsm.resources import cap_threads
 from raytune_bsm.storage import is_uri, join
 
 __all__ = [
@@ -113,6 +115,8 @@ def predict(
 
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
+    check_field_roles([("--text-field", text_field), ("--id-field", id_field)])
+    threads = cap_threads(threads)
     return predict_file(
         export_dir,
         data,

@@ -22,6 +22,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
+from raytune_bsm import yamlsafe
 from raytune_bsm.coerce import check_fields, coerce, field_types
 from raytune_bsm.errors import ConfigError
 from raytune_bsm.pretrained import DEFAULT_MODEL
@@ -85,13 +86,15 @@ class ModelConfig:
         for key, lo in (("freeze_layers", 0), ("warmup_steps", 0), ("hidden_common_dim", 1)):
             if getattr(self, key) < lo:
                 raise ConfigError(f"--{key.replace('_', '-')} must be at least {lo}, got {getattr(self, key)}")
-        for key in ("lr", "dropout", "warmup_ratio"):
-            if not 0.0 <= getattr(self, key) < 1.0 or (key == "lr" and self.lr <= 0):
-                raise ConfigError(f"--{key.replace('_', '-')} must be in [0, 1) (lr > 0), got {getattr(self, key)}")
-        if self.weight_decay < 0 or self.adam_epsilon <= 0:
-            raise ConfigError(
-                f"--weight-decay must be >= 0 and adam_epsilon > 0, got {self.weight_decay}, {self.adam_epsilon}"
-            )
+        if not 0.0 < self.lr < 1.0:
+            raise ConfigError(f"--lr must be in (0, 1), got {self.lr}")
+        for key in ("dropout", "warmup_ratio"):
+            if not 0.0 <= getattr(self, key) < 1.0:
+                raise ConfigError(f"--{key.replace('_', '-')} must be in [0, 1), got {getattr(self, key)}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"--weight-decay must be >= 0, got {self.weight_decay}")
+        if self.adam_epsilon <= 0:
+            raise ConfigError(f"adam_epsilon must be > 0, got {self.adam_epsilon}")
         from raytune_bsm.data.processor import ProcessorConfig  # checks max_chunks, max_tokens; names the flags
 
         ProcessorConfig(self.tokenizer, self.max_chunks, self.max_tokens, self.keep_chunks, self.pack_from)
@@ -182,9 +185,28 @@ class DataConfig:
         for name in ("text_field", "label_field"):
             if not getattr(self, name):
                 raise ConfigError(f"--{name.replace('_', '-')} must not be empty")
+        check_field_roles(self.field_roles())
+
+    def field_roles(self) -> list[tuple[str, str | None]]:
+        """(flag, column) for every column the data config gives a role; side features join this list."""
+        return [("--text-field", self.text_field), ("--label-field", self.label_field), ("--id-field", self.id_field)]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def check_field_roles(roles: list[tuple[str, str | None]]) -> None:
+    """Each column plays one role: a label that is also the text (or an id, or a feature) leaks into the input."""
+    seen: dict[str, str] = {}
+    for flag, column in roles:
+        if column is None:
+            continue
+        if column in seen:
+            raise ConfigError(
+                f"{flag} {column!r} is also the {seen[column]}: a column can play one role (text, label, id); "
+                "give another column"
+            )
+        seen[column] = flag
 
 
 @dataclass
@@ -212,10 +234,9 @@ class TrainConfig:
         for key in ("max_epochs", "save_top_k", "accumulate_grad_batches", "log_every_n_steps"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"--{key.replace('_', '-')} must be at least 1, got {getattr(self, key)}")
-        if self.max_failures < 0 or self.gradient_clip_val < 0:
-            raise ConfigError(
-                f"max_failures and gradient_clip_val must be >= 0, got {self.max_failures}, {self.gradient_clip_val}"
-            )
+        for key in ("max_failures", "gradient_clip_val"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{key} must be >= 0, got {getattr(self, key)}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.monitor is not None:
@@ -314,12 +335,12 @@ class RunConfig:
 # ----------------------------------------------------------------------------------------------- --set, YAML
 
 
-def parse_value(text: str) -> Any:
-    """--set key=value: the value as YAML (numbers, booleans, lists), else the string."""
+def parse_value(text: str, where: str = "--set") -> Any:
+    """--set key=value: the value as YAML (numbers, booleans, lists), else the string; no aliases (yamlsafe)."""
     import yaml
 
     try:
-        return yaml.safe_load(text)
+        return yamlsafe.load(text, where)
     except yaml.YAMLError:
         return text
 
@@ -348,16 +369,16 @@ def apply_overrides(d: dict[str, Any], items: list[str]) -> dict[str, Any]:
             raise ConfigError(f"--set takes key=value, got {item!r}")
         key, raw = (s.strip() for s in item.split("=", 1))
         if key in TOP_LEVEL:
-            d[key] = coerce(TOP_LEVEL[key], parse_value(raw), f"--set {key}")
+            d[key] = coerce(TOP_LEVEL[key], parse_value(raw, f"--set {key}"), f"--set {key}")
             continue
         section, name = resolve_key(key, f"--set {key}")
-        value = coerce(field_types(SECTIONS[section])[name], parse_value(raw), f"--set {key}")
+        value = coerce(field_types(SECTIONS[section])[name], parse_value(raw, f"--set {key}"), f"--set {key}")
         d.setdefault(section, {})[name] = value
     return d
 
 
 def load_yaml(path: str | Path, flag: str = "--config") -> dict[str, Any]:
-    """A YAML file holding a mapping; errors name `flag` and the file."""
+    """A YAML file holding a mapping (no aliases, no repeated keys: yamlsafe); errors name `flag` and the file."""
     import yaml
 
     p = Path(path).expanduser()
@@ -366,7 +387,7 @@ def load_yaml(path: str | Path, flag: str = "--config") -> dict[str, Any]:
     if not p.is_file():
         raise ConfigError(f"{flag} {path}: is a directory, not a YAML file")
     try:
-        d = yaml.safe_load(p.read_text(encoding="utf-8"))
+        d = yamlsafe.load(p.read_text(encoding="utf-8"), f"{flag} {path}")
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise ConfigError(f"{flag} {path}: not valid YAML: {str(e).splitlines()[0]}") from None
     except OSError as e:

@@ -152,7 +152,7 @@ def canonical_key(key: str, where: str) -> str:
     if section == "scaling":
         raise ConfigError(
             f"{where}: {full} cannot be tuned: every trial gets the same resources "
-            "(use --workers-per-trial / --gpus-per-trial)"
+            "(set them with --num-workers, --num-gpus or --cpus-per-worker)"
         )
     if full in FIXED_KEYS:
         raise ConfigError(f"{where}: {full} cannot be tuned; it is a setting of the sweep itself")
@@ -318,17 +318,21 @@ def max_concurrent_trials(resources: Any, sweep: SweepConfig, run: RunConfig) ->
         fit = sum(slots) // workers
     total = sweep.total_trials()
     if fit == 0:
+        # Name the flags the user typed: --num-gpus / --num-workers (the old --gpus-per-trial / --workers-per-trial
+        # are hidden from --help, and named only when given).
         if gpus:
-            flag = f"--gpus-per-trial {workers}" if sweep.gpus_per_trial else f"{workers} GPU workers per trial"
+            gpu_flag = "--gpus-per-trial" if sweep.gpus_per_trial else "--num-gpus"
+            flag = f"{gpu_flag} {workers}"
             need = f"{workers} GPU(s) ({workers} workers x 1 GPU and {cpus} CPUs each)"
             have = f"{resources.total_gpus:g} GPU(s) (largest node {resources.max_gpus_per_node:g})"
-            fix = "ask for fewer GPUs per trial (--gpus-per-trial)"
+            fix = f"ask for fewer GPUs per trial ({gpu_flag})"
         else:
-            flag = f"--workers-per-trial {workers} with --cpus-per-worker {cpus}"
+            workers_flag = "--workers-per-trial" if sweep.workers_per_trial else "--num-workers"
+            flag = f"{workers_flag} {workers} with --cpus-per-worker {cpus}"
             need = f"{workers * cpus} CPUs ({workers} workers x {cpus} CPUs)"
             biggest = max((n.cpus for n in resources.nodes), default=0)
             have = f"{resources.total_cpus:g} CPUs (largest node {biggest:g})"
-            fix = "ask for fewer workers per trial or CPUs per worker (--workers-per-trial / --cpus-per-worker)"
+            fix = f"ask for fewer workers per trial or CPUs per worker ({workers_flag} / --cpus-per-worker)"
         msg = (
             f"a sweep that cannot fit even one trial: {flag} needs {need} per trial, but the Ray cluster at "
             f"{resources.dashboard_url} has {have}"

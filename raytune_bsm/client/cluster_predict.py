@@ -28,6 +28,7 @@ from raytune_bsm.client.submission import (
     default_name,
     stage,
 )
+from raytune_bsm.config import check_field_roles
 from raytune_bsm.errors import ClusterError, ConfigError, DataError, JobError
 
 log = logging.getLogger("raytune_bsm")
@@ -109,6 +110,7 @@ def job_config(
             raise ConfigError(f"{flag} must be at least 1, got {value}")
     if num_actors is not None and num_actors < 1:
         raise ConfigError(f"--num-actors must be at least 1, got {num_actors}")
+    check_field_roles([("--text-field", text_field), ("--id-field", id_field)])
     export = check_storage(export, "EXPORT")  # local paths absolute: the job runs in its own working_dir
     data = data if storage.is_uri(data) else storage.storage_path(data)
     out = check_out(check_storage(out, "--out"), data)

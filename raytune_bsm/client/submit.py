@@ -279,30 +279,40 @@ def bind(sub: Submission, conn: Any, res: Any) -> Submission:
 
 
 def check_resources(sub: Submission, conn: Any, res: Any) -> None:
-    """Refuse a job the cluster cannot fit (a warning when it can autoscale)."""
-    workers = sub.scaling["num_workers"]
-    per = sub.scaling["resources_per_worker"]
-    need_gpus, need_cpus = workers * per.get("GPU", 0), workers * per["CPU"]
+    """Refuse a job the cluster cannot fit (a warning when it can autoscale): one sentence per missing resource,
+    naming the flags that ask for it."""
+    workers, per = sub.scaling["num_workers"], sub.scaling["resources_per_worker"]
     biggest_cpu = max((n.cpus for n in res.nodes), default=0)
-    biggest_gpu = max((n.gpus for n in res.nodes), default=0)
-    short = []
-    if need_gpus > res.total_gpus or per.get("GPU", 0) > biggest_gpu:
-        short.append(
-            f"{need_gpus:g} GPUs ({workers} workers x {per.get('GPU', 0):g}); the cluster has {res.total_gpus:g}"
+    cpu_flags = f"{'--num-gpus' if per.get('GPU') else '--num-workers'} or --cpus-per-worker"
+    short = [
+        sentence
+        for sentence in (
+            _shortfall("GPUs", workers, per.get("GPU", 0), res.total_gpus, res.max_gpus_per_node, "--num-gpus"),
+            _shortfall("CPUs", workers, per["CPU"], res.total_cpus, biggest_cpu, cpu_flags),
         )
-    if need_cpus > res.total_cpus or per["CPU"] > biggest_cpu:
-        short.append(
-            f"{need_cpus:g} CPUs ({workers} workers x {per['CPU']:g}, largest node {biggest_cpu:g}); "
-            f"the cluster has {res.total_cpus:g}"
-        )
+        if sentence
+    ]
     if short:
-        msg = f"the job needs {' and '.join(short)} at {conn.dashboard_url}"
+        msg = f"the Ray cluster at {conn.dashboard_url} cannot fit the job. {' '.join(short)}"
         if res.can_autoscale:
-            log.warning("%s; the cluster can autoscale, so the job will wait for new nodes", msg)
+            log.warning("%s The cluster can autoscale, so the job will wait for new nodes.", msg)
         else:
-            raise ClusterError(
-                f"{msg}; ask for fewer (--num-gpus/--num-workers/--cpus-per-worker) or use a bigger cluster"
-            )
+            raise ClusterError(f"{msg} Or use a bigger cluster.")
+
+
+def _shortfall(name: str, workers: int, per: float, total: float, largest: float, flags: str) -> str | None:
+    """One sentence: what the job needs of one resource, what the cluster has, which flags ask for less."""
+    each = f"{workers} worker{'s' if workers != 1 else ''} x {per:g}"
+    if per and workers * per > total:
+        return (
+            f"The job needs {workers * per:g} {name} ({each}) and the cluster has {total:g}: ask for fewer ({flags})."
+        )
+    if per > largest:
+        return (
+            f"Each worker needs {per:g} {name} on one node and the largest node has {largest:g}: "
+            f"ask for fewer ({flags})."
+        )
+    return None
 
 
 def _fit_cpus(run: RunConfig, res: Any) -> RunConfig:
