@@ -212,7 +212,7 @@ def plan(
     concurrency) is settled by `bind` when it is scheduled."""
     run = run or (stored_run(opts, opts.storage) if opts.resume else resolve_run(opts, kind))
     decides = set() if run.resume else {"storage"} if run.storage is None else set()
-    if not (run.resume or run.scaling.use_gpu or _cpus_given(opts)):
+    if kind == "train" and not (run.resume or run.scaling.use_gpu or _cpus_given(opts)):
         decides.add("cpus_per_worker")
     storage = run.storage or default_storage()
     _check_new_run(run, kind, storage)
@@ -244,6 +244,15 @@ def bind(sub: Submission, conn: Any, res: Any) -> Submission:
     """A training run or sweep bound to the cluster `conn` reaches: its storage rules and default storage, CPUs per
     worker from its nodes, a sweep's concurrency from its resources; refused if the cluster cannot fit it."""
     run, warnings = sub.run, list(sub.warnings)
+    extra = sub.config.get(sub.kind) if sub.kind == "tune" else None
+    if sub.kind == "tune" and not extra.get("resume"):
+        from raytune_bsm.sweep import SweepConfig, max_concurrent_trials
+
+        settings = SweepConfig.from_dict(extra)
+        # Always bounded by what the cluster holds: no trial waits for resources that do not exist.
+        fits = max_concurrent_trials(res, settings, run)
+        extra = {**extra, "max_concurrent": min(fits, settings.max_concurrent or fits)}
+        log.info("sweep: %d trial(s), at most %d at once", settings.total_trials(), extra["max_concurrent"])
     storage = sub.metadata["bsm_storage"]
     if "storage" in sub.cluster_decides:
         if not conn.storage_default:
@@ -261,20 +270,12 @@ def bind(sub: Submission, conn: Any, res: Any) -> Submission:
     for flag_, path in (("--train", run.data.train), ("--val", run.data.val), ("--test", run.data.test)):
         if path and not conn.is_local and "://" not in path:
             warnings.append(f"{flag_} {path} is a local path; the remote cluster must see the same path")
-    if "cpus_per_worker" in sub.cluster_decides:
-        run = _fit_cpus(run, res)
-    extra = sub.config.get(sub.kind) if sub.kind == "tune" else None
-    if sub.kind == "tune" and not extra.get("resume"):
-        from raytune_bsm.sweep import SweepConfig, max_concurrent_trials
-
-        settings = SweepConfig.from_dict(extra)
-        # Always bounded by what the cluster holds: no trial waits for resources that do not exist.
-        fits = max_concurrent_trials(res, settings, run)
-        extra = {**extra, "max_concurrent": min(fits, settings.max_concurrent or fits)}
-        log.info("sweep: %d trial(s), at most %d at once", settings.total_trials(), extra["max_concurrent"])
+    if sub.kind == "train" and "cpus_per_worker" in sub.cluster_decides:
+        run = _fit_cpus(run, res)  # a sweep's trials share the cluster: each keeps its own size
     bound = build_submission(run, kind=sub.kind, storage=storage, extra=extra, warnings=warnings)
     bound = replace(bound, submission_id=sub.submission_id, run=run)
-    check_resources(bound, conn, res)
+    if sub.kind == "train":
+        check_resources(bound, conn, res)  # a sweep: max_concurrent_trials refused what cannot fit one trial
     return bound
 
 
