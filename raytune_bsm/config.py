@@ -95,9 +95,19 @@ class ModelConfig:
             raise ConfigError(f"--weight-decay must be >= 0, got {self.weight_decay}")
         if self.adam_epsilon <= 0:
             raise ConfigError(f"adam_epsilon must be > 0, got {self.adam_epsilon}")
-        from raytune_bsm.data.processor import ProcessorConfig  # checks max_chunks, max_tokens; names the flags
+        check_chunking(self.max_chunks, self.max_tokens, self.keep_chunks, self.pack_from)
 
-        ProcessorConfig(self.tokenizer, self.max_chunks, self.max_tokens, self.keep_chunks, self.pack_from)
+
+def check_chunking(max_chunks: int, max_tokens: int, keep_chunks: str, pack_from: str) -> None:
+    """The chunking settings' ranges, naming the flags (ModelConfig and data/processor.ProcessorConfig)."""
+    if not 1 <= max_chunks <= 4096:
+        raise ConfigError(f"--max-chunks must be between 1 and 4096, got {max_chunks}")
+    if not 8 <= max_tokens <= 8192:
+        raise ConfigError(f"--max-tokens must be between 8 and 8192, got {max_tokens}")
+    if keep_chunks not in ("first", "last"):
+        raise ConfigError(f"keep_chunks must be 'first' or 'last', got {keep_chunks!r}")
+    if pack_from not in ("start", "kept_end"):
+        raise ConfigError(f"pack_from must be 'start' or 'kept_end', got {pack_from!r}")
 
 
 # The reference TextBertBase's constructor defaults where they differ from bsm's. They belong to the bare module

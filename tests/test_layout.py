@@ -210,3 +210,11 @@ def test_no_module_is_over_about_350_lines():
         m: n for m, p in MODULES.items() if (n := len(p.read_text().splitlines())) > MAX_LINES and m not in PURE_DATA
     }
     assert not long, long
+
+
+def test_the_settings_import_nothing_above_them():
+    """config.py is the bottom floor's settings: it checks its own values and never imports data/, model/,
+    runner/ or client/, not even inside a function (issue 19.6)."""
+    above = ("raytune_bsm.data", "raytune_bsm.model", "raytune_bsm.runner", "raytune_bsm.client", "raytune_bsm.cli")
+    bad = [f"{imp} (line {line})" for imp, _, line in _imports("raytune_bsm.config") if imp.startswith(above)]
+    assert not bad, bad

@@ -25,6 +25,7 @@ from typing import Any, Iterable, Literal, Sequence
 
 import numpy as np
 
+from raytune_bsm.config import check_chunking
 from raytune_bsm.errors import ConfigError
 from raytune_bsm.pretrained import DEFAULT_MODEL, load_tokenizer
 
@@ -40,14 +41,7 @@ class ProcessorConfig:
     pack_from: Literal["start", "kept_end"] = "start"  # module doc; a run's models use "kept_end"
 
     def __post_init__(self) -> None:
-        if not 1 <= self.max_chunks <= 4096:
-            raise ConfigError(f"--max-chunks must be between 1 and 4096, got {self.max_chunks}")
-        if not 8 <= self.max_tokens <= 8192:
-            raise ConfigError(f"--max-tokens must be between 8 and 8192, got {self.max_tokens}")
-        if self.keep_chunks not in ("first", "last"):
-            raise ConfigError(f"keep_chunks must be 'first' or 'last', got {self.keep_chunks!r}")
-        if self.pack_from not in ("start", "kept_end"):
-            raise ConfigError(f"pack_from must be 'start' or 'kept_end', got {self.pack_from!r}")
+        check_chunking(self.max_chunks, self.max_tokens, self.keep_chunks, self.pack_from)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
