@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from raytune_bsm.client.submission import (
@@ -42,51 +42,72 @@ log = logging.getLogger("raytune_bsm")
 # ----------------------------------------------------------------------------------------------- options
 
 
+def run_option(
+    flag: str, help: str, key: str | None = None, *, default: Any = None, default_factory: Any = None
+) -> Any:
+    """A run option declared once: its flag and help (cli/options.py builds the Typer option from them) and the
+    config key it sets (`FLAG_KEYS`)."""
+    meta = {"flag": flag, "help": help, "key": key}
+    if default_factory is not None:
+        return field(default_factory=default_factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
 @dataclass
 class SubmitOptions:
-    """`bsm submit` / `bsm tune` options; None means "not given" (the recipe or the default applies)."""
+    """`bsm submit` / `bsm tune` options; None means "not given" (the recipe or the default applies). Each field is
+    the option's one declaration: flag, help, and the config key it sets."""
 
-    config: str | None = None
-    address: str | None = None
-    num_gpus: int | None = None
-    num_workers: int | None = None
-    cpus_per_worker: int | None = None
-    train: str | None = None
-    val: str | None = None
-    test: str | None = None
-    text_field: str | None = None
-    label_field: str | None = None
-    id_field: str | None = None
-    model: str | None = None
-    max_chunks: int | None = None
-    max_tokens: int | None = None
-    max_epochs: int | None = None
-    batch_size: int | None = None
-    lr: float | None = None
-    storage: str | None = None
-    name: str | None = None
-    sets: list[str] = field(default_factory=list)
-    allow_insecure: bool = False
-    resume: str | None = None  # NAME: continue that run (or sweep) from its latest checkpoint
+    config: str | None = run_option("--config", "YAML recipe (jobs/*.yaml in the source tree); flags override it.")
+    address: str | None = run_option(
+        "--address",
+        "Ray dashboard/Jobs API, e.g. http://HEAD:8265. Default: RAY_API_SERVER_ADDRESS / RAY_ADDRESS, "
+        "else the cluster `bsm up` started, else one bsm starts.",
+    )
+    num_gpus: int | None = run_option(  # sets scaling.num_workers and scaling.use_gpu (resolve_run)
+        "--num-gpus", "N workers with one GPU each (NCCL, bf16); per trial in `bsm tune`."
+    )
+    num_workers: int | None = run_option(
+        "--num-workers", "CPU workers (DDP over gloo); per trial in `bsm tune`.", "scaling.num_workers"
+    )
+    cpus_per_worker: int | None = run_option(
+        "--cpus-per-worker", "Default: the largest node's CPUs shared among the workers.", "scaling.cpus_per_worker"
+    )
+    train: str | None = run_option("--train", "Parquet file/dir/glob, CSV or JSONL. Default: demo data.", "data.train")
+    val: str | None = run_option("--val", "Default: a seeded fraction of --train.", "data.val")
+    test: str | None = run_option("--test", "Scored once after training.", "data.test")
+    text_field: str | None = run_option("--text-field", "Default: dialogue (predict: the export's).", "data.text_field")
+    label_field: str | None = run_option("--label-field", "Default: reversal_flag.", "data.label_field")
+    id_field: str | None = run_option("--id-field", "Default: order_id / id / record_id when present.", "data.id_field")
+    model: str | None = run_option(
+        "--model", "HF model name (org/name) or local dir. Default: all-MiniLM-L6-v2 (offline).", "model.tokenizer"
+    )
+    max_chunks: int | None = run_option("--max-chunks", "C: chunks kept per dialogue (default 2).", "model.max_chunks")
+    max_tokens: int | None = run_option("--max-tokens", "T: tokens per chunk (default 128).", "model.max_tokens")
+    max_epochs: int | None = run_option(
+        "--max-epochs", "Default 1; per trial (ASHA's max_t) in `bsm tune`.", "train.max_epochs"
+    )
+    batch_size: int | None = run_option("--batch-size", "Records per batch.", "data.batch_size")
+    lr: float | None = run_option(
+        "--lr", "AdamW peak learning rate (default 2e-4); fixed in every trial of `bsm tune`.", "model.lr"
+    )
+    storage: str | None = run_option("--storage", "Run storage: path (made absolute), NFS, s3://, gs://, hdfs://.")
+    name: str | None = run_option("--name", "Run name (default: <kind>-<time>-<hex>).")
+    sets: list[str] = run_option(
+        "--set", "Any config key: key=value or section.key=value (repeatable).", default_factory=list
+    )
+    allow_insecure: bool = run_option(
+        "--allow-insecure",
+        "Use a remote cluster without token auth, or send the token over plain http.",
+        default=False,
+    )
+    resume: str | None = run_option(
+        "--resume", "Continue the failed, stopped or interrupted run NAME from its latest checkpoint."
+    )
 
 
-# Each run flag and the config key it sets (--num-gpus sets scaling.num_workers and use_gpu).
-FLAG_KEYS = {
-    "train": "data.train",
-    "val": "data.val",
-    "test": "data.test",
-    "text_field": "data.text_field",
-    "label_field": "data.label_field",
-    "id_field": "data.id_field",
-    "batch_size": "data.batch_size",
-    "model": "model.tokenizer",
-    "max_chunks": "model.max_chunks",
-    "max_tokens": "model.max_tokens",
-    "lr": "model.lr",
-    "max_epochs": "train.max_epochs",
-    "num_workers": "scaling.num_workers",
-    "cpus_per_worker": "scaling.cpus_per_worker",
-}
+# Each run flag and the config key it sets, from the declarations above.
+FLAG_KEYS = {f.name: f.metadata["key"] for f in fields(SubmitOptions) if f.metadata["key"]}
 
 
 def recipe(opts: SubmitOptions) -> dict[str, Any]:
