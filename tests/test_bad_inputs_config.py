@@ -308,7 +308,7 @@ CASES = [
     pytest.param(
         ["submit", "--num-gpus", "8", "--address", "{dash}", "--storage", "{ws}/runs"],
         "the Ray cluster at {dash} cannot fit the job. "
-        "The job needs 8 GPUs (8 workers x 1) and the cluster has 0: ask for fewer (--num-gpus). "
+        "The job needs 8 GPUs (8 workers x 1) and the cluster has 0: train on CPUs (--num-workers, not --num-gpus). "
         "The job needs 32 CPUs (8 workers x 4) and the cluster has 2: ask for fewer (--num-gpus or --cpus-per-worker). "
         "Or use a bigger cluster.",
         id="submit-gpus-and-cpus-missing",
@@ -458,3 +458,30 @@ def test_cap_threads_keeps_what_the_cores_allow():
     assert cap_threads(cores + 1) == cores
     with pytest.raises(ConfigError, match="--threads must be at least 1, got 0"):
         cap_threads(0)
+
+
+def test_check_resources_says_what_each_missing_resource_needs_and_warns_on_an_autoscaling_cluster(
+    isolated, caplog, monkeypatch
+):
+    from raytune_bsm.client.submit import SubmitOptions, check_resources, plan
+    from raytune_bsm.errors import ClusterError
+    from raytune_bsm.resources import ClusterResources, NodeResources
+
+    conn = SimpleNamespace(dashboard_url="http://head:8265")
+    sub = plan(SubmitOptions(num_gpus=4, name="gpus"))  # 4 workers x (1 GPU, 4 CPUs)
+
+    def cluster(*nodes: tuple[float, float], autoscale: bool = False) -> ClusterResources:
+        ns = [NodeResources(f"10.0.0.{i}", c, g) for i, (c, g) in enumerate(nodes)]
+        return ClusterResources(sum(n.cpus for n in ns), sum(n.gpus for n in ns), ns, autoscale, conn.dashboard_url)
+
+    with pytest.raises(ClusterError) as e:
+        check_resources(sub, conn, cluster((32, 2)))
+    assert str(e.value) == (
+        "the Ray cluster at http://head:8265 cannot fit the job. The job needs 4 GPUs (4 workers x 1) and the "
+        "cluster has 2: ask for fewer (--num-gpus). Or use a bigger cluster."
+    )
+    check_resources(sub, conn, cluster((16, 4)))  # fits: nothing raised
+    monkeypatch.setattr(logging.getLogger("raytune_bsm"), "propagate", True)  # to caplog's handler
+    with caplog.at_level(logging.WARNING, logger="raytune_bsm"):
+        check_resources(sub, conn, cluster((8, 0), autoscale=True))
+    assert "cluster has 0: train on CPUs" in caplog.text and "will wait for new nodes" in caplog.text

@@ -305,12 +305,13 @@ def check_resources(sub: Submission, conn: Any, res: Any) -> None:
     naming the flags that ask for it."""
     workers, per = sub.scaling["num_workers"], sub.scaling["resources_per_worker"]
     biggest_cpu = max((n.cpus for n in res.nodes), default=0)
-    cpu_flags = f"{'--num-gpus' if per.get('GPU') else '--num-workers'} or --cpus-per-worker"
+    cpu_fix = f"ask for fewer ({'--num-gpus' if per.get('GPU') else '--num-workers'} or --cpus-per-worker)"
+    gpu_fix = "train on CPUs (--num-workers, not --num-gpus)" if not res.total_gpus else "ask for fewer (--num-gpus)"
     short = [
         sentence
         for sentence in (
-            _shortfall("GPUs", workers, per.get("GPU", 0), res.total_gpus, res.max_gpus_per_node, "--num-gpus"),
-            _shortfall("CPUs", workers, per["CPU"], res.total_cpus, biggest_cpu, cpu_flags),
+            _shortfall("GPUs", workers, per.get("GPU", 0), res.total_gpus, res.max_gpus_per_node, gpu_fix),
+            _shortfall("CPUs", workers, per["CPU"], res.total_cpus, biggest_cpu, cpu_fix),
         )
         if sentence
     ]
@@ -322,18 +323,13 @@ def check_resources(sub: Submission, conn: Any, res: Any) -> None:
             raise ClusterError(f"{msg} Or use a bigger cluster.")
 
 
-def _shortfall(name: str, workers: int, per: float, total: float, largest: float, flags: str) -> str | None:
-    """One sentence: what the job needs of one resource, what the cluster has, which flags ask for less."""
+def _shortfall(name: str, workers: int, per: float, total: float, largest: float, fix: str) -> str | None:
+    """One sentence: what the job needs of one resource, what the cluster has, what to do (`fix`)."""
     each = f"{workers} worker{'s' if workers != 1 else ''} x {per:g}"
     if per and workers * per > total:
-        return (
-            f"The job needs {workers * per:g} {name} ({each}) and the cluster has {total:g}: ask for fewer ({flags})."
-        )
+        return f"The job needs {workers * per:g} {name} ({each}) and the cluster has {total:g}: {fix}."
     if per > largest:
-        return (
-            f"Each worker needs {per:g} {name} on one node and the largest node has {largest:g}: "
-            f"ask for fewer ({flags})."
-        )
+        return f"Each worker needs {per:g} {name} on one node and the largest node has {largest:g}: {fix}."
     return None
 
 
