@@ -4,7 +4,8 @@ A split is named by a URI: a file, a directory (its data files, recursively) or 
 s3:// gs:// hdfs:// (anything pyarrow.fs reaches). Files are listed and opened through pyarrow's filesystems, never
 by treating a URI as one local file. The format comes from each file's suffix (`.parquet`, `.csv`, `.tsv`,
 `.jsonl`, optionally compressed: `.csv.gz`) or from an explicit `format`. Hidden files (`.x`, `_SUCCESS`) are
-skipped in directories, as Spark and pyarrow.dataset do.
+skipped in directories, as Spark and pyarrow.dataset do. Directories are walked by `listing.walk`: each file
+once, by its real path, whatever links lead to it, and a bounded number of them.
 
 Every error is a `DataError` that names the file, and the row where there is one: an empty file, a CSV row with
 too many fields, a JSON line whose type changes, text that is not UTF-8, a column that appears twice.
