@@ -28,6 +28,7 @@ import numpy as np
 import pyarrow as pa
 
 from raytune_bsm import layout, storage
+from raytune_bsm.data.columns import plain, shown
 from raytune_bsm.data.processor import ChunkProcessor, ProcessorConfig
 from raytune_bsm.data.readers import ID_CANDIDATES, DataFile, list_files
 from raytune_bsm.data.splits import check_text_type
@@ -187,7 +188,7 @@ def predict_file(
     check_output(out, data, inputs, overwrite)
     predictor = Predictor(export_dir, provider=provider, precision=precision, threads=threads)
     text_field = text_field or predictor.text_field
-    id_col = id_field or next((c for c in ID_CANDIDATES if c in column_names(inputs[0])), None)
+    id_col, id_name, id_note = id_column(id_field, predictor.info.get("id_field"), column_names(inputs[0]))
     columns = [text_field] + ([id_col] if id_col else [])
     total = _total_rows(inputs)
     done = [0]
@@ -218,14 +219,20 @@ def predict_file(
         row = 0
         for inp, batch, calls in pipelined(blocks(), prepare):
             probs = predictor.score(batch.num_rows, calls, on_call)
-            ids = batch.column(1) if id_col else pa.array(np.arange(row, row + batch.num_rows, dtype=np.int64))
-            writer.write(_table(ids, probs, predictor.class_names, writer.schema, inp.name, id_col))
+            ids = plain(batch.column(1)) if id_col else pa.array(np.arange(row, row + batch.num_rows, dtype=np.int64))
+            writer.write(_table(ids, probs, predictor.class_names, writer.schema, inp.name, id_col, id_name))
             if row == 0:
-                log.info("%s", predictor.summary)
+                log.info("%s; %s", predictor.summary, id_note)
             row += batch.num_rows
         writer.commit(
             _table(
-                pa.array([], pa.int64()), np.zeros((0, predictor.num_classes)), predictor.class_names, None, "", None
+                pa.array([], pa.int64()),
+                np.zeros((0, predictor.num_classes)),
+                predictor.class_names,
+                None,
+                "",
+                None,
+                id_name,
             ).schema
         )
     except BaseException:
@@ -233,6 +240,21 @@ def predict_file(
         raise
     log.info("wrote %d predictions to %s (%.0f%% of token slots real)", row, out, 100 * predictor.real_fraction)
     return out
+
+
+def id_column(given: str | None, export_id: str | None, names: list[str]) -> tuple[str | None, str, str]:
+    """(the input's id column or None for row numbers, its name in the output, what the log says about it).
+    `--id-field` first; else the export's id field (training's `--id-field`), under its own name, when the data
+    has it; else the first of ID_CANDIDATES the data has."""
+    if given:
+        return given, "id", f"ids from column {shown(given)} (--id-field)"
+    if export_id and export_id in names:
+        return export_id, export_id, f"ids from column {shown(export_id)} (the export's id field)"
+    found = next((c for c in ID_CANDIDATES if c in names), None)
+    if found:
+        return found, "id", f"ids from column {shown(found)}"
+    wanted = [c for c in (export_id, *ID_CANDIDATES) if c]
+    return None, "id", f"ids are row numbers (no id column: {', '.join(shown(c) for c in dict.fromkeys(wanted))})"
 
 
 def default_output(data: str) -> str:
@@ -289,23 +311,29 @@ def pipelined(items: Iterable[T], prepare: Callable[[T], U], depth: int = 2) -> 
 
 
 def _table(
-    ids: Any, probs: np.ndarray, names: list[str], schema: pa.Schema | None, where: str, id_col: str | None
+    ids: Any,
+    probs: np.ndarray,
+    names: list[str],
+    schema: pa.Schema | None,
+    where: str,
+    id_col: str | None,
+    id_name: str = "id",
 ) -> pa.Table:
     """A block of predictions; its id type must match the blocks written before (ints widen, nulls adopt)."""
     ids = pa.array(ids) if not isinstance(ids, (pa.Array, pa.ChunkedArray)) else ids
-    if schema is not None and ids.type != schema.field("id").type:
-        first = schema.field("id").type
+    if schema is not None and ids.type != schema.field(id_name).type:
+        first = schema.field(id_name).type
         if pa.types.is_null(ids.type) or (pa.types.is_integer(ids.type) and pa.types.is_integer(first)):
             ids = ids.cast(first)
         else:
             raise DataError(
-                f"{where}: column {id_col!r} holds {ids.type} values, but the rows before hold {first} "
+                f"{where}: column {shown(id_col)} holds {ids.type} values, but the rows before hold {first} "
                 "values; give every input file one id type (or name another column with --id-field)"
             )
     pred = probs.argmax(axis=1)
     return pa.table(
         {
-            "id": ids,
+            id_name: ids,
             "predicted": pa.array([names[i] for i in pred], pa.string()),
             **{f"prob_{c}": pa.array(probs[:, k], pa.float64()) for k, c in enumerate(names)},
         }

@@ -208,7 +208,7 @@ def test_config_label_field_default_and_flag(tmp_path):
     with pytest.raises(DataError) as e:
         load_split(str(path), DataConfig(), None)  # the default label column is reversal_flag
     assert str(e.value).startswith(f"{path}: missing column 'reversal_flag'")
-    assert "--label-field" in str(e.value) and "order_id, dialogue, label" in str(e.value)
+    assert "--label-field" in str(e.value) and "'order_id', 'dialogue', 'label'" in str(e.value)
 
 
 # ----------------------------------------------------------------------------------------------- bad input

@@ -204,7 +204,7 @@ def test_schema_check_before_submission_reads_no_file_whole(tmp_path, s3, fmt):
     with pytest.raises(DataError) as e:
         check_schema(uri, CFG)
     assert str(e.value) == (
-        f"{uri}/part-4.{fmt}: missing column 'label' (columns are order_id, dialogue, target); "
+        f"{uri}/part-4.{fmt}: missing column 'label' (columns are 'order_id', 'dialogue', 'target'); "
         "name the right one with --label-field"
     )
 

@@ -198,13 +198,14 @@ def check_export(export: str, precision: str) -> None:
 
 def check_local_data(data: str, text_field: str | None, id_field: str | None) -> None:
     """Local input: its files exist and the first has an id column (the job checks every file's schema)."""
-    from raytune_bsm.data.readers import list_files, read_schema  # pyarrow: not on `bsm --help`'s path
+    from raytune_bsm.data.columns import shown, shown_all  # pyarrow: not on `bsm --help`'s path
+    from raytune_bsm.data.readers import list_files, read_schema
 
     files = list_files(data)
     names = read_schema(files[0]).names
     for col, flag in ((text_field, "--text-field"), (id_field, "--id-field")):
         if col is not None and col not in names:
-            raise DataError(f"{files[0].name}: missing column {col!r} (columns are {', '.join(names)}); {flag}")
+            raise DataError(f"{files[0].name}: missing column {shown(col)} (columns are {shown_all(names)}); {flag}")
     if id_field is None and not any(c in names for c in ID_CANDIDATES):
         raise DataError(
             f"{data}: no id column ({', '.join(ID_CANDIDATES)}); on the cluster rows are scored in "

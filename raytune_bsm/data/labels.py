@@ -15,6 +15,7 @@ from typing import Any, Literal, Sequence
 import numpy as np
 import pyarrow as pa
 
+from raytune_bsm.data.columns import is_text, plain, shown
 from raytune_bsm.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -34,13 +35,16 @@ def rows_text(rows: Sequence[int], values: Sequence[Any] | None = None) -> str:
 
 
 def label_kind(t: pa.DataType, path: str, label_field: str) -> LabelKind:
+    """The kind of a label column's values; a dictionary's (a pandas `category`) are its values' kind."""
+    if is_text(t):
+        return "str"
+    if pa.types.is_dictionary(t):
+        t = t.value_type
     if pa.types.is_boolean(t):
         return "bool"
     if pa.types.is_integer(t):
         return "int"
-    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_dictionary(t):
-        return "str"
-    raise DataError(f"{path}: column {label_field!r} has type {t}; labels must be integers, booleans or strings")
+    raise DataError(f"{path}: column {shown(label_field)} has type {t}; labels must be integers, booleans or strings")
 
 
 @dataclass
@@ -60,51 +64,55 @@ class Labels:
         distinct = _values(column, kind, path, label_field).unique()  # bounded by the row count, never by a value
         if len(distinct) > MAX_CLASSES:
             raise DataError(
-                f"{path}: column {label_field!r} has {len(distinct):,} distinct labels, more than the "
+                f"{path}: column {shown(label_field)} has {len(distinct):,} distinct labels, more than the "
                 f"{MAX_CLASSES:,} classes bsm accepts; is it the label column? (name the right one with --label-field)"
             )
         values = sorted(distinct.to_pylist())
         if len(values) < 2:
             raise DataError(
-                f"{path}: column {label_field!r} has a single class {str(values[0])!r} in every row; "
+                f"{path}: column {shown(label_field)} has a single class {str(values[0])!r} in every row; "
                 "need at least two classes"
             )
         if kind == "bool":
             if num_classes not in (None, 2):
                 raise DataError(
-                    f"{path}: column {label_field!r} holds booleans (2 classes) but num_classes={num_classes}"
+                    f"{path}: column {shown(label_field)} holds booleans (2 classes) but num_classes={num_classes}"
                 )
             return cls(names=["False", "True"], kind=kind, index={False: 0, True: 1})
         if kind == "int" and num_classes is not None:
             if values[0] < 0 or values[-1] >= num_classes:
                 col = _values(column, kind, path, label_field)
                 bad = np.flatnonzero(~_in_range(col, num_classes))
-                shown = col.take(pa.array(bad[:MAX_SHOWN])).to_pylist()
+                sample = col.take(pa.array(bad[:MAX_SHOWN])).to_pylist()
                 raise DataError(
-                    f"{path}: column {label_field!r} has {len(bad)} label(s) outside 0..{num_classes - 1} (num_classes): "
-                    + ", ".join(f"row {int(i)} ({v!r})" for i, v in zip(bad, shown))
+                    f"{path}: column {shown(label_field)} has {len(bad)} label(s) outside 0..{num_classes - 1} (num_classes): "
+                    + ", ".join(f"row {int(i)} ({v!r})" for i, v in zip(bad, sample))
                 )
             return cls(names=[str(i) for i in range(num_classes)], kind=kind, index={i: i for i in range(num_classes)})
         if kind == "int" and values != list(range(len(values))):
-            shown = ", ".join(map(str, values[:8])) + (", ..." if len(values) > 8 else "")
+            listed = ", ".join(map(str, values[:8])) + (", ..." if len(values) > 8 else "")
             log.info(
                 "%s: column %r holds %d distinct integer labels (%s), not 0..%d: %d classes named by their values",
                 path,
                 label_field,
                 len(values),
-                shown,
+                listed,
                 len(values) - 1,
                 len(values),
             )
         if kind == "str" and num_classes is not None and num_classes != len(values):
-            raise DataError(f"{path}: column {label_field!r} has {len(values)} classes but num_classes={num_classes}")
+            raise DataError(
+                f"{path}: column {shown(label_field)} has {len(values)} classes but num_classes={num_classes}"
+            )
         return cls(names=[str(v) for v in values], kind=kind, index={v: i for i, v in enumerate(values)})
 
     def encode(self, column: pa.ChunkedArray, path: str, label_field: str) -> np.ndarray:
         """A label column -> int64 class indices; a label not among the classes is a DataError naming its rows."""
         kind = label_kind(column.type, path, label_field)
         if kind != self.kind:
-            raise DataError(f"{path}: column {label_field!r} holds {kind} labels but training labels are {self.kind}")
+            raise DataError(
+                f"{path}: column {shown(label_field)} holds {kind} labels but training labels are {self.kind}"
+            )
         import pyarrow.compute as pc
 
         values = _values(column, kind, path, label_field)
@@ -112,27 +120,27 @@ class Labels:
         idx = pc.index_in(values, value_set=value_set)  # null where the label is not a class
         if idx.null_count:
             bad = np.flatnonzero(idx.is_null().to_numpy(zero_copy_only=False))
-            shown = values.take(pa.array(bad[:MAX_SHOWN])).to_pylist()
+            sample = values.take(pa.array(bad[:MAX_SHOWN])).to_pylist()
             raise DataError(
-                f"{path}: column {label_field!r} has {len(bad)} label(s) not among the classes {self.names}: "
-                + ", ".join(f"row {int(i)} ({v!r})" for i, v in zip(bad, shown))
+                f"{path}: column {shown(label_field)} has {len(bad)} label(s) not among the classes {self.names}: "
+                + ", ".join(f"row {int(i)} ({v!r})" for i, v in zip(bad, sample))
             )
         order = np.asarray([self.index[v] for v in value_set.to_pylist()], dtype=np.int64)
         return order[idx.to_numpy(zero_copy_only=False).astype(np.int64)]
 
 
 def _values(column: pa.ChunkedArray, kind: LabelKind, path: str, label_field: str) -> pa.Array:
-    """One array of comparable values: dictionaries decoded, strings as string, integers as int64."""
+    """One array of comparable values: dictionaries decoded, text as string, integers as int64."""
+    if kind == "str":
+        column = plain(column)
+    elif pa.types.is_dictionary(column.type):
+        column = column.cast(column.type.value_type)
     arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    if pa.types.is_dictionary(arr.type):
-        arr = arr.dictionary_decode()
-    if kind == "str" and not pa.types.is_string(arr.type):
-        return arr.cast(pa.string())
     if kind == "int" and arr.type != pa.int64():
         try:
             return arr.cast(pa.int64())
         except pa.ArrowInvalid:  # uint64 above 2**63
-            raise DataError(f"{path}: column {label_field!r} holds integers beyond the 64-bit range") from None
+            raise DataError(f"{path}: column {shown(label_field)} holds integers beyond the 64-bit range") from None
     return arr
 
 

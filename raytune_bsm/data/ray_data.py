@@ -25,6 +25,7 @@ import numpy as np
 import pyarrow as pa
 
 from raytune_bsm.config import DataConfig
+from raytune_bsm.data.columns import is_text, plain, shown
 from raytune_bsm.data.labels import MAX_CLASSES, Labels
 from raytune_bsm.data.processor import ChunkProcessor, ProcessorConfig
 from raytune_bsm.data.readers import ID_CANDIDATES, DataFile, iter_file, read_schema, row_group_bytes
@@ -115,6 +116,8 @@ def _read_unit(
     k, row_groups = units[item.column("unit")[0].as_py()]
     f = files[k]
     for block in iter_file(f, columns, BLOCK_ROWS, row_groups):
+        # text of any string type as `string` (a view cannot be filtered or taken; dictionaries differ per block)
+        block = pa.table([plain(c) for c in block.columns], names=block.column_names)
         yield block.append_column(PATH, pa.array([f.path] * block.num_rows, pa.string())) if include_paths else block
 
 
@@ -256,7 +259,7 @@ def judge(
     total = sum(acc["rows"] for acc in per_file.values())
     empty = sum(acc["empty"] for acc in per_file.values())
     if total == empty:
-        raise DataError(f"{uri}: every dialogue in column {cfg.text_field!r} is empty")
+        raise DataError(f"{uri}: every dialogue in column {shown(cfg.text_field)} is empty")
     return labels, total - empty, empty
 
 
@@ -268,7 +271,9 @@ def _summary(batch: pa.Table, text_field: str, label_field: str) -> pa.Table:
     for path in pc.unique(batch.column(PATH)).to_pylist():
         part = batch.filter(pc.equal(batch.column(PATH), path))
         label = part.column(label_field)
-        if pa.types.is_dictionary(label.type):
+        if is_text(label.type):
+            label = plain(label)
+        elif pa.types.is_dictionary(label.type):
             label = label.cast(label.type.value_type)
         out[PATH].append(path)
         out["rows"].append(part.num_rows)
@@ -311,7 +316,7 @@ def tokenize(
         out.ids, out.lens = [out.ids[i] for i in tokened], [out.lens[i] for i in tokened]
         out.cut = [out.cut[i] for i in tokened]
     y = labels.encode(batch.column(label_field), "a batch", label_field)
-    ids = batch.column(id_field) if id_field else pa.nulls(batch.num_rows)
+    ids = plain(batch.column(id_field)) if id_field else pa.nulls(batch.num_rows)  # text ids as string
     return records_table(out.ids, out.lens, out.cut, y, ids)
 
 

@@ -4,7 +4,8 @@ A split is named by a URI: a file, a directory (its data files, recursively) or 
 s3:// gs:// hdfs:// (anything pyarrow.fs reaches). Files are listed and opened through pyarrow's filesystems, never
 by treating a URI as one local file. The format comes from each file's suffix (`.parquet`, `.csv`, `.tsv`,
 `.jsonl`, optionally compressed: `.csv.gz`) or from an explicit `format`. Hidden files (`.x`, `_SUCCESS`) are
-skipped in directories, as Spark and pyarrow.dataset do.
+skipped in directories, as Spark and pyarrow.dataset do. Directories are walked by `listing.walk`: each file
+once, by its real path, whatever links lead to it, and a bounded number of them.
 
 Every error is a `DataError` that names the file, and the row where there is one: an empty file, a CSV row with
 too many fields, a JSON line whose type changes, text that is not UTF-8, a column that appears twice.
@@ -18,11 +19,13 @@ import posixpath
 import re
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pyarrow as pa
 
 from raytune_bsm import storage
+from raytune_bsm.data import listing
+from raytune_bsm.data.columns import shown
 from raytune_bsm.errors import DataError
 
 PARQUET = (".parquet", ".pq", ".parq")
@@ -86,8 +89,8 @@ def list_files(uri: str, format: str | None = None) -> list[DataFile]:
         raise DataError(f"{uri}: no such file or directory")
 
     found: list[DataFile] = []
-    for item in _walk(fs, root, uri):
-        rel = item.path[len(root.rstrip("/")) + 1 :]
+    for item in listing.walk(fs, root, uri, _descend(pattern)):
+        rel = item.rel
         parts = rel.split("/")
         if pattern is not None:
             # a file the pattern names, or a data file inside a directory it names
@@ -191,17 +194,27 @@ def check_columns(table: pa.Table, f: DataFile) -> None:
     if dup is not None:
         where = [i + 1 for i, c in enumerate(names) if c == dup]
         raise DataError(
-            f"{f.name}: column {dup!r} appears {len(where)} times (columns {', '.join(map(str, where))}); "
+            f"{f.name}: column {shown(dup)} appears {len(where)} times (columns {', '.join(map(str, where))}); "
             "give every column its own name"
         )
     if f.format == "parquet":
         return
     for name, col in zip(names, table.columns):
-        row = _invalid_utf8_row(col)
-        if row is not None:
-            raise DataError(
-                f"{f.name}: column {name!r} is not UTF-8 text, row {row} has invalid bytes; save the file as UTF-8"
-            )
+        check_utf8(col, f, name)
+
+
+def check_utf8(column: pa.Array | pa.ChunkedArray, f: DataFile, name: str, first_row: int = 0) -> None:
+    """A string (or, from CSV, binary) column of valid UTF-8; else the error naming its first bad row, counted
+    from the file's start (`first_row`: the file's row of the column's first value). Training and predict say
+    the same words."""
+    row = _invalid_utf8_row(column)
+    if row is not None:
+        raise not_utf8(f, name, first_row + row)
+
+
+def not_utf8(f: DataFile, name: str, row: int | None = None) -> DataError:
+    where = f", row {row} has invalid bytes" if row is not None else ""
+    return DataError(f"{f.name}: column {shown(name)} is not UTF-8 text{where}; save the file as UTF-8")
 
 
 # ----------------------------------------------------------------------------------------------- internals
@@ -249,14 +262,18 @@ def _info(fs: Any, path: str, uri: str) -> Any:
         raise DataError(f"{uri}: cannot read this location: {_first_line(e)}") from None
 
 
-def _walk(fs: Any, root: str, uri: str) -> list[Any]:
-    import pyarrow.fs as pafs
+def _descend(pattern: list[str] | None) -> Callable[[list[str]], bool]:
+    """Which directories a listing enters: not hidden ones (`.x`, `_temporary`); under a glob, those that can
+    hold a match (a directory the glob names holds every data file below it)."""
 
-    try:
-        infos = fs.get_file_info(pafs.FileSelector(root, recursive=True))
-    except (pa.ArrowException, OSError) as e:
-        raise DataError(f"{uri}: cannot list this directory: {_first_line(e)}") from None
-    return [i for i in infos if i.type == pafs.FileType.File]
+    def may_hold(parts: list[str], pattern: list[str]) -> bool:
+        if not pattern or not parts or pattern[0] == "**":
+            return True
+        return fnmatchcase(parts[0], pattern[0]) and may_hold(parts[1:], pattern[1:])
+
+    if pattern is None:
+        return lambda parts: parts[-1][:1] not in "._"
+    return lambda parts: may_hold(parts, pattern)
 
 
 def _join(shown: str, rel: str) -> str:
@@ -310,7 +327,7 @@ def _json_error(f: DataFile, e: Exception) -> DataError:
     m = _JSON_ROW.match(msg)
     if not m:
         return DataError(f"{f.name}: cannot read this file as jsonl: {msg}")
-    what = re.sub(r"Column\(/?([^)]*)\)", lambda c: f"column {c.group(1)!r}" if c.group(1) else "the line", m[1])
+    what = re.sub(r"Column\(/?([^)]*)\)", lambda c: f"column {shown(c.group(1))}" if c.group(1) else "the line", m[1])
     row = int(m[2])
     return DataError(f"{f.name}: row {row} (line {row + 1}): {what}")
 
@@ -332,12 +349,12 @@ def _csv_error(f: DataFile, data: bytes, delimiter: str, e: Exception) -> DataEr
     return DataError(f"{f.name}: cannot read this file as {f.format}: {msg}")
 
 
-def _invalid_utf8_row(col: pa.ChunkedArray) -> int | None:
+def _invalid_utf8_row(col: pa.Array | pa.ChunkedArray) -> int | None:
     """The first row of a string (or, from CSV, binary) column whose bytes are not UTF-8; None if all are."""
     if not (pa.types.is_string(col.type) or pa.types.is_binary(col.type)):
         return None
     offset = 0
-    for chunk in col.chunks:
+    for chunk in col.chunks if isinstance(col, pa.ChunkedArray) else [col]:
         as_str = chunk.view(pa.string()) if pa.types.is_binary(chunk.type) else chunk
         try:
             as_str.validate(full=True)

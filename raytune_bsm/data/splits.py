@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from raytune_bsm.config import DataConfig
+from raytune_bsm.data.columns import is_text, is_text_list, plain, shown, shown_all
 from raytune_bsm.data.labels import Labels, label_kind, rows_text
 from raytune_bsm.data.readers import ID_CANDIDATES, DataFile, list_files, read_file, read_schema
 from raytune_bsm.errors import DataError
@@ -39,7 +40,7 @@ def select_columns(table: pa.Table, f: DataFile, columns: dict[str, str]) -> pa.
     missing = [c for c in columns if c not in table.column_names]
     if missing:
         raise DataError(
-            f"{f.name}: missing column {missing[0]!r} (columns are {', '.join(table.column_names) or 'none'}); "
+            f"{f.name}: missing column {shown(missing[0])} (columns are {shown_all(table.column_names)}); "
             f"name the right one with {columns[missing[0]]}"
         )
     if table.num_rows == 0:
@@ -58,13 +59,12 @@ def read_table(path: str, columns: dict[str, str], format: str | None = None) ->
 
 
 def check_text_type(t: pa.DataType, path: str, text_field: str) -> None:
-    """A dialogue is a string or a list of strings (a null column: every dialogue is missing, i.e. empty)."""
-    is_str = pa.types.is_string(t) or pa.types.is_large_string(t)
-    is_list = (pa.types.is_list(t) or pa.types.is_large_list(t)) and (
-        pa.types.is_string(t.value_type) or pa.types.is_large_string(t.value_type)
-    )
-    if not (is_str or is_list or pa.types.is_null(t)):
-        raise DataError(f"{path}: column {text_field!r} has type {t}; a dialogue must be a string or a list of strings")
+    """A dialogue is text or a list of texts (any string type, dictionaries too; a null column: every dialogue is
+    missing, i.e. empty)."""
+    if not (is_text(t) or is_text_list(t) or pa.types.is_null(t)):
+        raise DataError(
+            f"{path}: column {shown(text_field)} has type {t}; a dialogue must be a string or a list of strings"
+        )
 
 
 def check_schema(
@@ -83,14 +83,14 @@ def check_schema(
         missing = [c for c in columns if c not in schema.names]
         if missing:
             raise DataError(
-                f"{f.name}: missing column {missing[0]!r} (columns are {', '.join(schema.names) or 'none'}); "
+                f"{f.name}: missing column {shown(missing[0])} (columns are {shown_all(schema.names)}); "
                 f"name the right one with {columns[missing[0]]}"
             )
         check_text_type(schema.field(cfg.text_field).type, f.name, cfg.text_field)
         kind = label_kind(schema.field(cfg.label_field).type, f.name, cfg.label_field)
         if first and kind != first[1]:
             raise DataError(
-                f"{f.name}: column {cfg.label_field!r} holds {kind} labels but {first[0].name} holds {first[1]}"
+                f"{f.name}: column {shown(cfg.label_field)} holds {kind} labels but {first[0].name} holds {first[1]}"
             )
         first = first or (f, kind)
     return files
@@ -135,7 +135,7 @@ def load_files(
         part_empty = [i for i, d in enumerate(part_texts) if is_empty(d)]
         if part_empty and cfg.empty_dialogues == "error":
             raise DataError(
-                f"{f.name}: column {cfg.text_field!r} has {len(part_empty)} empty dialogue(s), {rows_text(part_empty)}"
+                f"{f.name}: column {shown(cfg.text_field)} has {len(part_empty)} empty dialogue(s), {rows_text(part_empty)}"
             )
         empty += [len(texts) + i for i in part_empty]
         texts += part_texts
@@ -147,7 +147,7 @@ def load_files(
         y = y[keep]
         log.warning("%s: skipped %d row(s) with an empty dialogue", path, len(empty))
     if not texts:
-        raise DataError(f"{path}: every dialogue in column {cfg.text_field!r} is empty")
+        raise DataError(f"{path}: every dialogue in column {shown(cfg.text_field)} is empty")
     return Split(path=path, texts=texts, labels=y, ids=ids, skipped_empty=len(empty)), labels
 
 
@@ -155,9 +155,11 @@ def _chunked(chunks: list[pa.Array]) -> pa.ChunkedArray:
     """Label chunks of several files as one column; integer widths (int32 here, int64 there) unified."""
     types = {c.type for c in chunks}
     if len(types) > 1:
-        target = pa.int64() if all(pa.types.is_integer(t) for t in types) else pa.string()
-        chunks = [c.dictionary_decode() if pa.types.is_dictionary(c.type) else c for c in chunks]
-        chunks = [c.cast(target) for c in chunks]
+        chunks = [
+            c.cast(c.type.value_type) if pa.types.is_dictionary(c.type) and not is_text(c.type) else c for c in chunks
+        ]
+        target = pa.int64() if all(pa.types.is_integer(c.type) for c in chunks) else pa.string()
+        chunks = [plain(c).cast(target) for c in chunks]
     return pa.chunked_array(chunks)
 
 
@@ -169,7 +171,7 @@ def _check_part(
     if label_col.null_count:
         rows = np.flatnonzero(label_col.is_null().to_numpy(zero_copy_only=False))
         raise DataError(
-            f"{f.name}: column {cfg.label_field!r} has {label_col.null_count} null label(s), {rows_text(rows)}"
+            f"{f.name}: column {shown(cfg.label_field)} has {label_col.null_count} null label(s), {rows_text(rows)}"
         )
     kind = label_kind(label_col.type, f.name, cfg.label_field)
     if kind == "str" and f.format in ("csv", "tsv"):
@@ -180,10 +182,10 @@ def _check_part(
     f0, t0 = first
     kind0 = label_kind(t0.column(cfg.label_field).type, f0.name, cfg.label_field)
     if kind != kind0:
-        raise DataError(f"{f.name}: column {cfg.label_field!r} holds {kind} labels but {f0.name} holds {kind0}")
+        raise DataError(f"{f.name}: column {shown(cfg.label_field)} holds {kind} labels but {f0.name} holds {kind0}")
     if id_field and _id_kind(t.column(id_field).type) != _id_kind(t0.column(id_field).type):
         raise DataError(
-            f"{f.name}: column {id_field!r} holds {t.column(id_field).type} ids but {f0.name} holds "
+            f"{f.name}: column {shown(id_field)} holds {t.column(id_field).type} ids but {f0.name} holds "
             f"{t0.column(id_field).type}; give every file the same id type"
         )
 
@@ -191,7 +193,7 @@ def _check_part(
 def _id_kind(t: pa.DataType) -> str:
     if pa.types.is_integer(t):
         return "integer"
-    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_dictionary(t):
+    if is_text(t):
         return "string"
     if pa.types.is_null(t):
         return "null"
@@ -209,7 +211,7 @@ def _check_csv_labels(f: DataFile, column: pa.ChunkedArray, label_field: str) ->
     ints = [i for i, v in enumerate(values) if v in numeric]
     odd, kind = (words, "text") if len(words) <= len(ints) else (ints, "integer")
     raise DataError(
-        f"{f.name}: column {label_field!r} mixes integer and text labels; {len(odd)} {kind} label(s): "
+        f"{f.name}: column {shown(label_field)} mixes integer and text labels; {len(odd)} {kind} label(s): "
         f"{rows_text(odd, values)}"
     )
 

@@ -34,6 +34,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from raytune_bsm import layout, storage
+from raytune_bsm.data.columns import is_text, plain, shown, shown_all
 from raytune_bsm.data.ray_data import read_files
 from raytune_bsm.data.readers import ID_CANDIDATES, DataFile, list_files, read_schema
 from raytune_bsm.data.splits import check_text_type
@@ -105,7 +106,7 @@ class Score:
         p = self.predictor
         texts = batch.column(self.text_field).to_pylist()
         probs = p.score(len(texts), p.calls(texts, self.job.batch_size))  # float64 [N, K]
-        ids = batch.column(self.id_field)
+        ids = plain(batch.column(self.id_field))  # text ids as string
         if ids.type != self.id_type:  # as local predict: ints widen to the first file's type, nulls adopt it
             ids = ids.cast(self.id_type)
         self.rows += len(texts)
@@ -255,15 +256,15 @@ def check_inputs(files: list[DataFile], text_field: str, id_field: str | None, d
         for col, flag in ((text_field, "--text-field"), (id_field, "--id-field")):
             if col not in schema.names:
                 raise DataError(
-                    f"{f.name}: missing column {col!r} (columns are {', '.join(schema.names) or 'none'}); "
+                    f"{f.name}: missing column {shown(col)} (columns are {shown_all(schema.names)}); "
                     f"name the right one with {flag}"
                 )
         check_text_type(schema.field(text_field).type, f.name, text_field)
-        t = schema.field(id_field).type
+        t = pa.string() if is_text(schema.field(id_field).type) else schema.field(id_field).type  # dictionaries too
         id_type = id_type or t
         if t != id_type and not (pa.types.is_null(t) or (pa.types.is_integer(t) and pa.types.is_integer(id_type))):
             raise DataError(
-                f"{f.name}: column {id_field!r} holds {t} values, but {files[0].name} holds {id_type} "
+                f"{f.name}: column {shown(id_field)} holds {t} values, but {files[0].name} holds {id_type} "
                 "values; give every input file one id type (or name another column with --id-field)"
             )
     assert id_type is not None

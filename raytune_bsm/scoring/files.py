@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import posixpath
+import re
 import shutil
 import tempfile
 import uuid
@@ -19,7 +20,8 @@ from typing import Any, Iterator
 import pyarrow as pa
 
 from raytune_bsm import storage
-from raytune_bsm.data.readers import DataFile
+from raytune_bsm.data.columns import shown, shown_all
+from raytune_bsm.data.readers import DataFile, check_utf8, not_utf8
 from raytune_bsm.errors import ConfigError, DataError
 
 OUT_FORMATS = {
@@ -33,6 +35,7 @@ OUT_FORMATS = {
     ".json": "jsonl",
 }
 BLOCK_BYTES = 1 << 22  # CSV and JSON Lines are read 4 MiB of text at a time
+_BAD_UTF8 = re.compile(r"In CSV column #(\d+): CSV conversion error to string: invalid UTF8")
 
 
 def read_batches(f: DataFile, columns: list[str], rows: int) -> Iterator[pa.RecordBatch]:
@@ -51,10 +54,31 @@ def read_batches(f: DataFile, columns: list[str], rows: int) -> Iterator[pa.Reco
         with f.fs.open_input_stream(f.path) as src:  # compression detected from the suffix
             reader = _text_reader(f, src)
             _check_columns(f, reader.schema.names, columns)
-            for batch in reader:
-                yield batch.select(columns)
+            yield from _utf8_batches(f, reader, columns)
     except (pa.ArrowException, OSError) as e:
         raise DataError(f"{f.name}: cannot read this file as {f.format}: {str(e).splitlines()[0]}") from None
+
+
+def _utf8_batches(f: DataFile, reader: Any, columns: list[str]) -> Iterator[pa.RecordBatch]:
+    """A CSV/JSON Lines reader's batches of `columns`, their text checked to be UTF-8 as training checks it
+    (`readers.check_utf8`: the same message, rows counted from the file's start) and given as strings."""
+    names, row = reader.schema.names, 0
+    while True:
+        try:
+            batch = reader.read_next_batch().select(columns)
+        except StopIteration:
+            return
+        except pa.ArrowInvalid as e:  # a block after the first, typed string by the first, has invalid bytes
+            bad = _BAD_UTF8.match(str(e))
+            if bad is None:
+                raise
+            raise not_utf8(f, names[int(bad[1])]) from None
+        for name, col in zip(columns, batch.columns):
+            check_utf8(col, f, name, row)
+        row += batch.num_rows
+        yield pa.RecordBatch.from_arrays(
+            [c.cast(pa.string()) if pa.types.is_binary(c.type) else c for c in batch.columns], names=columns
+        )
 
 
 def column_names(f: DataFile) -> list[str]:
@@ -89,7 +113,7 @@ def _check_columns(f: DataFile, names: list[str], columns: list[str]) -> None:
     for col, flag in zip(columns, ("--text-field", "--id-field")):
         if col not in names:
             raise DataError(
-                f"{f.name}: missing column {col!r} (columns are {', '.join(names) or 'none'}); "
+                f"{f.name}: missing column {shown(col)} (columns are {shown_all(names)}); "
                 f"name the right one with {flag}"
             )
 
