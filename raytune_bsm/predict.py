@@ -185,6 +185,7 @@ def predict_file(
     fmt = output_format(out)
     inputs = list_files(data)
     check_output(out, data, inputs, overwrite)
+    storage.check_writable(out, "--out")  # before any row is scored
     predictor = Predictor(export_dir, provider=provider, precision=precision, threads=threads)
     text_field = text_field or predictor.text_field
     id_col = id_field or next((c for c in ID_CANDIDATES if c in column_names(inputs[0])), None)
