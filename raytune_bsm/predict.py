@@ -105,7 +105,7 @@ class Predictor:
             raise ConfigError(f"export directory {export_dir!r} does not exist")
         if not (root / layout.MANIFEST).is_file():
             raise ExportError(f"{export_dir}: no {layout.MANIFEST}: not an export, or an incomplete one")
-        return root, layout.parse_manifest((root / layout.MANIFEST).read_bytes(), export_dir)
+        return root, layout.download_export(str(root), None, only=[])  # the manifest, never through a link
 
     @property
     def num_classes(self) -> int:
