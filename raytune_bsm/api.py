@@ -19,7 +19,7 @@ from raytune_bsm.config import check_field_roles
 from raytune_bsm.errors import ConfigError
 from raytune_bsm.layout import default_storage
 from raytune_bsm.resources import cap_threads
-from raytune_bsm.storage import is_uri, join
+from raytune_bsm.storage import check_writable, is_uri, join
 
 __all__ = [
     "SubmitOptions",
@@ -61,6 +61,7 @@ def demo_data(
     there = [f"{s}.parquet" for s in ("train", "val", "test") if (directory / f"{s}.parquet").exists()]
     if there and not overwrite:
         raise ConfigError(f"--out {out} already holds {', '.join(there)}; choose another directory or add --overwrite")
+    check_writable(out, "--out")
     return write_demo_data(directory, rows=rows, seed=seed, progress=progress)
 
 
@@ -90,6 +91,7 @@ def export(checkpoint: str, to: str, *, progress: Any = None) -> dict[str, Any]:
         raise ConfigError(f"CHECKPOINT {checkpoint}: no such file or directory")
     if "://" in to:
         check_storage(to, "--to")
+    check_writable(to, "--to")  # before the checkpoint is loaded and the graphs are built
     from raytune_bsm.model.export import export_checkpoint  # torch: only once the arguments are right
 
     return export_checkpoint(checkpoint, to, progress=progress)

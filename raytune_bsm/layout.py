@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import uuid
 from collections.abc import Callable, Collection
 from pathlib import Path
@@ -97,6 +98,9 @@ def sha256_file(path: str | Path) -> str:
 
 def file_entries(root: Path) -> list[dict[str, Any]]:
     """Every file under `root` but the manifest: relative path, sha256, size in bytes (the manifest's "files")."""
+    links = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_symlink())
+    if links:
+        raise ExportError(f"{root}: {links[0]} is a symbolic link; an export holds its own files only")
     files = sorted(p for p in root.rglob("*") if p.is_file() and p != root / MANIFEST)
     return [{"path": p.relative_to(root).as_posix(), "sha256": sha256_file(p), "size": p.stat().st_size} for p in files]
 
@@ -154,29 +158,57 @@ def copy_verified(
 
 
 def verify_file(path: Path, entry: dict[str, Any]) -> None:
-    """A local file against its manifest entry; an ExportError naming the file if it is missing or differs."""
-    if not path.is_file():
-        raise ExportError(f"{path}: missing (listed in {MANIFEST})")
-    _check(sha256_file(path), path.stat().st_size, entry, str(path))
+    """A local file (`<export>/<entry's path>`) against its manifest entry; an ExportError naming the file if it is
+    missing, differs, or it or a folder on its way from the export's root is a link (never followed)."""
+    root = path.parents[len(Path(entry["path"]).parts) - 1]
+    try:
+        f = open_in_export(root, entry["path"], str(path))
+    except (FileNotFoundError, NotADirectoryError):
+        raise ExportError(f"{path}: missing (listed in {MANIFEST})") from None
+    with f:
+        _check(hashlib.file_digest(f, "sha256").hexdigest(), os.fstat(f.fileno()).st_size, entry, str(path))
+
+
+def open_in_export(root: Path, rel: str, where: str) -> BinaryIO:
+    """`root/rel` opened for reading, if it is a regular file reached without a symbolic link: a link inside an
+    export (to /etc/passwd, to another model's bsm_model.json) is refused, never read, so nothing outside the
+    export is copied, used or described in a message. The export's root itself may be reached through a link.
+    FileNotFoundError if it is missing."""
+    here = root
+    for part in Path(rel).parts:
+        here = here / part
+        mode = here.lstat().st_mode  # FileNotFoundError if missing
+        if stat.S_ISLNK(mode):
+            raise ExportError(f"{where}: a symbolic link inside the export; bsm never follows one: re-export the model")
+    if not stat.S_ISREG(mode):
+        raise ExportError(f"{where}: not a regular file (listed in {MANIFEST}); re-export the model")
+    fd = os.open(here, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))  # a link swapped in meanwhile: refused by the OS
+    return os.fdopen(fd, "rb")
 
 
 def _check(digest: str, size: int, entry: dict[str, Any], where: str) -> None:
+    """Only the manifest's figures are shown: what was read could be a file that is not the export's."""
     if size != entry["size"] or digest != entry["sha256"]:
         raise ExportError(
-            f"{where}: checksum mismatch (sha256 {digest[:16]}..., {size} bytes; the manifest says "
-            f"{entry['sha256'][:16]}..., {entry['size']} bytes): the export is corrupt or was changed; re-export it"
+            f"{where}: checksum mismatch (the manifest says sha256 {entry['sha256'][:16]}..., {entry['size']} bytes; "
+            "the file differs): the export is corrupt or was changed; re-export it"
         )
 
 
 def download_export(
-    src: str, dest: Path, only: Collection[str] | None = None, progress: Callable[[int, int], None] | None = None
+    src: str,
+    dest: Path | None,
+    only: Collection[str] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Copy the export at `src` (a local path or any URI pyarrow reads) into `dest`, every file verified against
     its manifest: all the files it lists, or those named in `only`. Written to a temporary sibling of `dest` and
     renamed into place, so `dest` appears whole or not at all (an existing `dest` must be an empty directory).
+    `dest` None: the files are read and verified, nothing is written. No file is read through a link.
     `progress(bytes_done, bytes_total)` as the bytes arrive (the manifest gives the total).
     Returns the parsed manifest; an ExportError for a missing or invalid manifest or a missing or changed file."""
     import pyarrow as pa
+    import pyarrow.fs as pafs
 
     def shown(s: str) -> str:  # text from the manifest, with control characters escaped for the terminal
         return "".join(c if c.isprintable() else repr(c)[1:-1] for c in s)
@@ -184,8 +216,16 @@ def download_export(
     errors = (FileNotFoundError, NotADirectoryError, pa.ArrowException, OSError)
     fs, base = filesystem(src)
     base = base.rstrip("/")
+
+    def open_listed(rel: str) -> Any:  # a file of the export, never through a link (see open_in_export)
+        if fs.type_name == "local":
+            return open_in_export(Path(base), rel, shown(rel))
+        if fs.get_file_info(f"{base}/{rel}").type not in (pafs.FileType.File, pafs.FileType.NotFound):
+            raise ExportError(f"{shown(rel)}: not a regular file in the export (a link?); re-export the model")
+        return fs.open_input_stream(f"{base}/{rel}")
+
     try:
-        with fs.open_input_stream(f"{base}/{MANIFEST}") as f:
+        with open_listed(MANIFEST) as f:
             data = f.read()
     except errors:
         raise ExportError(f"no export at {src} (no {MANIFEST}); the run may not have finished or exported") from None
@@ -196,8 +236,6 @@ def download_export(
         if missing:
             raise ExportError(f"{src}: {MANIFEST} does not list {shown(str(sorted(missing)))}; re-export the model")
         entries = [e for e in entries if e["path"] in set(only)]
-    dest = Path(dest)
-    tmp = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}"
     total, done = sum(int(e["size"]) for e in entries), [0]
 
     def advance(n: int) -> None:
@@ -205,18 +243,27 @@ def download_export(
         if progress:
             progress(done[0], total)
 
+    def copy(entry: dict[str, Any], target: Path | None) -> None:
+        try:
+            with open_listed(entry["path"]) as f, open(target or os.devnull, "wb") as out:
+                copy_verified(f, out, entry, shown(entry["path"]), advance)
+        except errors as e:
+            raise ExportError(
+                f"{shown(entry['path'])}: listed in the manifest but cannot be read ({type(e).__name__})"
+            ) from None
+
+    if dest is None:
+        for entry in entries:
+            copy(entry, None)
+        return manifest
+    dest = Path(dest)
+    tmp = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
         tmp.mkdir(parents=True)
         for entry in entries:
             target = tmp / entry["path"]
             target.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                with fs.open_input_stream(f"{base}/{entry['path']}") as f, open(target, "wb") as out:
-                    copy_verified(f, out, entry, shown(entry["path"]), advance)
-            except errors as e:
-                raise ExportError(
-                    f"{shown(entry['path'])}: listed in the manifest but cannot be read ({type(e).__name__})"
-                ) from None
+            copy(entry, target)
         (tmp / MANIFEST).write_bytes(data)
         try:
             os.replace(tmp, dest)  # onto an empty directory too; never onto a file or a non-empty directory

@@ -106,7 +106,7 @@ class Predictor:
             raise ConfigError(f"export directory {export_dir!r} does not exist")
         if not (root / layout.MANIFEST).is_file():
             raise ExportError(f"{export_dir}: no {layout.MANIFEST}: not an export, or an incomplete one")
-        return root, layout.parse_manifest((root / layout.MANIFEST).read_bytes(), export_dir)
+        return root, layout.download_export(str(root), None, only=[])  # the manifest, never through a link
 
     @property
     def num_classes(self) -> int:
@@ -186,6 +186,7 @@ def predict_file(
     fmt = output_format(out)
     inputs = list_files(data)
     check_output(out, data, inputs, overwrite)
+    storage.check_writable(out, "--out")  # before any row is scored
     predictor = Predictor(export_dir, provider=provider, precision=precision, threads=threads)
     text_field = text_field or predictor.text_field
     id_col, id_name, id_note = id_column(id_field, predictor.info.get("id_field"), column_names(inputs[0]))

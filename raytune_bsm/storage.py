@@ -6,6 +6,7 @@ a half-written file.
 
 from __future__ import annotations
 
+import os
 import posixpath
 import uuid
 from pathlib import Path
@@ -81,3 +82,32 @@ def check_apart(out: str, data: str) -> None:
     d = d if not any(ch in d for ch in "*?[") else posixpath.dirname(d.split("*")[0].split("[")[0])
     if o == d or o.startswith(d + "/") or d.startswith(o + "/"):
         raise ConfigError(f"--out {out}: overlaps the input {data}; predictions are written outside the input")
+
+
+def check_writable(dest: str, flag: str) -> None:
+    """A ConfigError, before any work starts, if bsm cannot write the local destination `dest` (a file or a
+    directory, new or not): what is written is a temporary sibling of `dest`, renamed into place, so the nearest
+    existing folder above it must take a new file (and `dest` too when it is an existing directory). Checked by
+    creating and removing an empty hidden file there: mode bits, read-only filesystems and a file standing where a
+    folder must be are all caught alike. A URI is left to the write itself (storage says no only then)."""
+    import tempfile
+
+    if is_uri(dest):
+        return
+    path = Path(dest.removeprefix("file://")).expanduser().absolute()
+    above = path.parent
+    while not above.exists() and not above.is_symlink() and above != above.parent:
+        above = above.parent
+    if not above.is_dir():
+        raise ConfigError(
+            f"{flag} {dest}: cannot be written: {above} is a file, not a directory; choose another {flag}"
+        )
+    for folder in (above, path) if path.is_dir() else (above,):
+        try:
+            fd, probe = tempfile.mkstemp(prefix=".bsm-write-check-", dir=folder)
+        except OSError as e:
+            raise ConfigError(
+                f"{flag} {dest}: cannot be written: {folder}: {e.strerror or type(e).__name__}; choose another {flag}"
+            ) from None
+        os.close(fd)
+        os.unlink(probe)

@@ -230,7 +230,9 @@ def test_out_dir_rules(local_run, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     first = build_report(str(local_run))  # default: <run name>-report here
     assert Path(first["dir"]) == tmp_path / "tiny-report"
-    (Path(first["dir"]) / "stale.png").write_bytes(b"old")
+    (Path(first["dir"]) / "stale.png").write_bytes(b"old")  # a figure the earlier report wrote: its marker says so
+    marker = json.loads((Path(first["dir"]) / ".bsm-report").read_text())
+    (Path(first["dir"]) / ".bsm-report").write_text(json.dumps({**marker, "files": [*marker["files"], "stale.png"]}))
     again = build_report(str(local_run))  # an earlier report is replaced whole
     assert again["dir"] == first["dir"] and not (Path(again["dir"]) / "stale.png").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "tiny-report"]  # no temp or old dirs left

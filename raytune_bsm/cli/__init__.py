@@ -4,10 +4,11 @@
 from raytune_bsm.cli import jobs  # noqa: F401  isort: skip
 from raytune_bsm.cli import cluster  # noqa: F401  isort: skip
 from raytune_bsm.cli import artifacts  # noqa: F401  isort: skip
-from raytune_bsm.cli.app import app
+from raytune_bsm.cli.app import app, handle_signals
 
 __all__ = ["app", "main"]
 
 
 def main() -> None:
+    handle_signals()  # SIGTERM and SIGHUP clean up as Ctrl-C does
     app()

@@ -9,6 +9,7 @@ inside the API functions, so `bsm --help` is instant.
 
 import json
 import os
+import signal
 import sys
 from functools import wraps
 from typing import Any, Callable
@@ -43,9 +44,13 @@ class BsmGroup(TyperGroup):
         except click_errors.ClickException as e:
             err(f"bsm: error: {safe(e.format_message())}")
             code = e.exit_code
-        except typer.Abort:
-            err("bsm: interrupted")
-            code = 1
+        except typer.Abort as e:
+            if isinstance(e.__cause__, Terminated):
+                err(f"bsm: terminated ({signal.Signals(e.__cause__.signum).name})")
+                code = 128 + e.__cause__.signum
+            else:
+                err("bsm: interrupted")
+                code = 1
         if standalone_mode:
             sys.exit(code)
         return code
@@ -78,6 +83,34 @@ def err(msg: str) -> None:
     typer.echo(msg, err=True)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised where the program is, as Ctrl-C is: every cleanup that runs on Ctrl-C runs."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _terminated(signum: int, frame: Any) -> None:
+    raise Terminated(signum)
+
+
+def handle_signals() -> None:
+    """SIGTERM and SIGHUP become `Terminated` (a KeyboardInterrupt) in the main thread: a command that writes
+    removes its partial output as on Ctrl-C, and bsm exits 128 + the signal's number (143, 129), as the default
+    action would."""
+    for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+        if sig is not None and signal.getsignal(sig) in (signal.SIG_DFL, None):
+            signal.signal(sig, _terminated)
+
+
+def _os_error(e: OSError) -> str:
+    """An OSError that no check caught (a disk that filled, a file made read-only meanwhile) as one line."""
+    what = e.strerror or (str(e).splitlines() or [type(e).__name__])[0]
+    where = f"{e.filename}: " if e.filename is not None else ""
+    return f"{where}{what} ({type(e).__name__})"
+
+
 def command(name: str) -> Callable:
     """Register a command whose BsmErrors become one line on stderr and exit code 1."""
 
@@ -91,9 +124,15 @@ def command(name: str) -> Callable:
             except BsmError as e:
                 err(f"bsm: error: {safe(e)}")
                 raise typer.Exit(1) from None
-            except KeyboardInterrupt:
+            except KeyboardInterrupt as e:
+                if isinstance(e, Terminated):
+                    err(f"bsm: terminated ({signal.Signals(e.signum).name})")
+                    raise typer.Exit(128 + e.signum) from None
                 err("bsm: interrupted")
                 raise typer.Exit(130) from None
+            except OSError as e:  # never a traceback for a file or socket that failed after the checks
+                err(f"bsm: error: {safe(_os_error(e))}")
+                raise typer.Exit(1) from None
 
         return app.command(name)(run)
 

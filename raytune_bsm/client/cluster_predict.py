@@ -188,12 +188,14 @@ def send(client: Any, conn: Any, sub: Submission) -> str:
 
 
 def check_export(export: str, precision: str) -> None:
-    """The export has a valid manifest (and bsm_model.json, verified); `precision` picks one of its graphs."""
+    """The export has a valid manifest, `precision` picks one of its graphs, and every file the job's actors read
+    (that graph, bsm_model.json, the tokenizer) matches its sha256: a changed export is refused here, before a
+    job is submitted (read where it lies, nothing copied)."""
     from raytune_bsm.scoring.sessions import choose_graph  # numpy: not on `bsm --help`'s path
 
-    with tempfile.TemporaryDirectory(prefix="bsm-predict-") as tmp:
-        manifest = layout.download_export(export, Path(tmp) / "export", only=[layout.MODEL_JSON])
-    choose_graph(manifest, precision)
+    manifest = layout.download_export(export, None, only=[])
+    read = [*choose_graph(manifest, precision).files, layout.MODEL_JSON, layout.TOKENIZER_JSON]
+    layout.download_export(export, None, only=read)
 
 
 def check_local_data(data: str, text_field: str | None, id_field: str | None) -> None:
@@ -220,6 +222,7 @@ def check_out(out: str, data: str) -> str:
     if Path(out.split("?")[0]).suffix.lower() in (".csv", ".tsv", ".jsonl", ".json"):
         raise ConfigError(f"--out {out}: --on-cluster writes a directory of Parquet files; name a directory")
     storage.check_apart(out, data)
+    storage.check_writable(out, "--out")  # a local path (a local cluster's): before anything is submitted
     try:
         fs, path = storage.filesystem(out)
         info = fs.get_file_info(path)

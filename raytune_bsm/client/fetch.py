@@ -17,7 +17,7 @@ from raytune_bsm.client import jobs
 from raytune_bsm.client.text import safe
 from raytune_bsm.errors import ExportError, JobError
 from raytune_bsm.layout import EXPORT_DIR, MANIFEST, default_storage
-from raytune_bsm.storage import exists, is_uri, join
+from raytune_bsm.storage import check_writable, exists, is_uri, join
 
 log = logging.getLogger("raytune_bsm")
 
@@ -55,6 +55,7 @@ def fetch(
         raise ExportError(f"--to {safe(dest)} is an existing file, not a directory; give a new or empty directory")
     if dest.is_dir() and any(dest.iterdir()):
         raise ExportError(f"--to {safe(dest)} exists and is not empty; choose another directory or remove it")
+    check_writable(str(dest), "--to")
     manifest = layout.download_export(src, dest, progress=progress)
     log.info("fetched %d files from %s, every sha256 verified", len(manifest["files"]), safe(src))
     return dest

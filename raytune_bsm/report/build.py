@@ -1,12 +1,14 @@
 """`bsm report`: a run, sweep or export directory -> `<out>/report.html` (self-contained) plus its PNGs.
 
 The report is drawn in a temporary directory next to `out` and renamed into place when complete; `out` may be
-missing, empty, or an earlier bsm report (it carries a `.bsm-report` marker), never anything else.
+missing, empty, or an earlier bsm report (it carries a `.bsm-report` marker listing the files bsm wrote), never
+anything else. Of an earlier report only bsm's files are replaced: a file of the user's put there stays.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -20,6 +22,9 @@ from raytune_bsm.report.metrics import Evaluation, evaluate
 from raytune_bsm.report.plots import Figure, run_figures
 from raytune_bsm.report.sources import RunData, load
 from raytune_bsm.report.sweep_plots import param_keys, sweep_figures
+from raytune_bsm.storage import check_writable
+
+log = logging.getLogger(__name__)
 
 REPORT_HTML = "report.html"
 MARKER = ".bsm-report"  # what tells a directory bsm may replace from one it must not touch
@@ -40,6 +45,7 @@ def build_report(source: str, out: str | None = None, *, threshold: float | None
     data = load(source)
     dest = Path(out or f"{_safe_name(data.name)}-report").expanduser().absolute()
     _check_dest(dest, given=out is not None)
+    check_writable(str(dest), "--out" if out is not None else "the default output directory")
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
@@ -56,7 +62,8 @@ def build_report(source: str, out: str | None = None, *, threshold: float | None
                 data.trials, data.monitor or "metric", data.result.get("mode") or "max", tune, max_epochs, tmp
             )
         (tmp / REPORT_HTML).write_text(render(data, ev, figs, tmp), encoding="utf-8")
-        (tmp / MARKER).write_text(json.dumps({"source": source, "kind": data.kind}) + "\n")
+        files = [REPORT_HTML, *(f.file for f in figs)]
+        (tmp / MARKER).write_text(json.dumps({"source": source, "kind": data.kind, "files": files}) + "\n")
         _publish(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -81,9 +88,35 @@ def _check_dest(dest: Path, given: bool) -> None:
         raise ConfigError(f"{flag} exists, is not empty and is not a bsm report; choose another --out or remove it")
 
 
+def _bsm_files(dest: Path) -> set[str]:
+    """The files an earlier report in `dest` says bsm wrote (its marker's "files"; a marker of an older bsm lists
+    none: report.html and the PNGs beside it), the marker included."""
+    try:
+        listed = json.loads((dest / MARKER).read_text()).get("files")
+    except (OSError, ValueError, AttributeError):
+        listed = None
+    if not isinstance(listed, list):
+        listed = [REPORT_HTML, *(p.name for p in dest.glob("*.png"))]
+    return {MARKER, *(f for f in listed if isinstance(f, str) and "/" not in f)}
+
+
 def _publish(tmp: Path, dest: Path) -> None:
-    """Rename the finished report into place; an earlier report there goes only once the new one is in."""
+    """Rename the finished report into place; an earlier report there goes only once the new one is in. If the
+    user put files of their own in it, those stay: bsm's files are replaced one by one, the marker last."""
     old = None
+    if dest.is_dir() and (dest / MARKER).is_file():
+        ours = _bsm_files(dest)
+        found = (p.relative_to(dest) for p in dest.rglob("*") if not p.is_dir())
+        theirs = sorted(rel.as_posix() for rel in found if rel.parts[0] not in ours)
+        if theirs:
+            new = sorted(p.name for p in tmp.iterdir())
+            for name in sorted(new, key=lambda n: n == MARKER):
+                os.replace(tmp / name, dest / name)
+            for name in ours - set(new):  # the earlier report's figures this one does not have
+                (dest / name).unlink(missing_ok=True)
+            tmp.rmdir()
+            log.info("kept %d file(s) of yours in %s: %s", len(theirs), dest, ", ".join(theirs[:5]))
+            return
     if dest.exists():
         if any(dest.iterdir()):
             old = dest.parent / f".{dest.name}.old-{uuid.uuid4().hex[:8]}"

@@ -145,6 +145,9 @@ def run(job: PredictJob) -> dict[str, Any]:
     refuse_existing(fs, out_path, job.out)
     info, manifest = export_info(job.export)
     choice = choose_graph(manifest, job.precision)  # a bad --precision fails here, before any actor starts
+    # Every file the actors read, verified once here: a changed export is one line and exit 1, not an actor pool
+    # that Ray Data restarts without end
+    layout.download_export(job.export, None, only=[*choice.files, layout.TOKENIZER_JSON])
     text_field = job.text_field or info.get("text_field") or info["processor"].get("text_field") or "dialogue"
     id_field, id_type = check_inputs(files, text_field, job.id_field, job.data)
     class_names = [str(c) for c in info["class_names"]]
