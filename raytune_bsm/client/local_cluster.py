@@ -323,8 +323,8 @@ def _wait_ready(rec: LocalCluster, proc: Any, token: str, deadline: float, timeo
 
 def running_jobs(home: Path | None = None) -> list[tuple[str, str]]:
     """(job id, state) of every job on the recorded local cluster that has not ended; [] if it does not answer."""
-    rec = running_cluster(home)
-    if rec is None:
+    rec = load_record(resolve_home(home))
+    if rec is None or not processes.is_alive(rec.pid, rec.pid_start_time) or not _answers(rec):
         return []
     conn = Connection(rec.dashboard_url, _cluster_token(rec), is_local=True, started_by_bsm=True)
     try:
