@@ -12,7 +12,7 @@ from typing import Any
 from raytune_bsm.client.cluster_predict import predict_on_cluster
 from raytune_bsm.client.fetch import fetch
 from raytune_bsm.client.jobs import TERMINAL, latest_metrics, list_jobs, logs, status, stop, wait
-from raytune_bsm.client.local_cluster import down, up
+from raytune_bsm.client.local_cluster import down, running_jobs, up
 from raytune_bsm.client.submission import check_storage
 from raytune_bsm.client.submit import SubmitOptions, plan, resolve_run, submit, tune
 from raytune_bsm.config import check_field_roles
@@ -36,6 +36,7 @@ __all__ = [
     "predict_on_cluster",
     "report",
     "resolve_run",
+    "running_jobs",
     "status",
     "stop",
     "submit",

@@ -1,5 +1,6 @@
 """`bsm up` / `bsm down`: the local Ray cluster bsm manages (only that one)."""
 
+import sys
 from typing import Annotated, Optional
 
 import typer
@@ -22,9 +23,21 @@ def up(
 
 
 @command("down")
-def down() -> None:
+def down(
+    force: Annotated[
+        bool, typer.Option("--force", help="Stop it even while jobs run on it (they are stopped).")
+    ] = False,
+) -> None:
     """Stop the local Ray cluster that `bsm up` (or `bsm submit`) started, and nothing else."""
-    rec = api.down()
+    if not force and sys.stdin.isatty() and sys.stderr.isatty():
+        active = api.running_jobs()
+        if active:
+            names = ", ".join(f"{safe(job)} ({state})" for job, state in active)
+            if not typer.confirm(f"jobs are running on the local Ray cluster: {names}; stop them too?", err=True):
+                err("the local Ray cluster and its jobs keep running")
+                raise typer.Exit(1)
+            force = True
+    rec = api.down(force=force)
     err(
         f"stopped the local Ray cluster at {safe(rec.dashboard_url)}"
         if rec

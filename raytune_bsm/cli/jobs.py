@@ -2,6 +2,8 @@
 
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Annotated, Any, Optional
 
 import typer
@@ -72,13 +74,29 @@ def _submitted(result: Any, opts: api.SubmitOptions, follow: bool, as_json: bool
     out({"job_id": result} if as_json else safe(result))
     sys.stdout.flush()
     if follow:
-        with follow_progress() as stream:
+        with _keeps_running(result, opts.address), follow_progress() as stream:
             state = api.wait(result, address=opts.address, on_log=stream, allow_insecure=opts.allow_insecure)
-        _report_end(result, opts, state)
+        _report_end(result, state, opts.address, opts.allow_insecure)
 
 
-def _report_end(job_id: str, opts: api.SubmitOptions, state: str) -> None:
-    info = api.status(job_id, address=opts.address, allow_insecure=opts.allow_insecure)
+@contextmanager
+def _keeps_running(job_id: str, address: str | None) -> Iterator[None]:
+    """Ctrl-C while following a job stops bsm, not the job: say so, and how to follow or stop it."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        where = f" --address {safe(address)}" if address else ""
+        job = safe(job_id)
+        err(
+            f"bsm: interrupted; job {job} keeps running on the cluster: follow it with `bsm logs {job} --follow"
+            f"{where}`, stop it with `bsm stop {job}{where}`"
+        )
+        raise typer.Exit(130) from None
+
+
+def _report_end(job_id: str, state: str, address: str | None, allow_insecure: bool = False) -> None:
+    """The job's end as `--follow` shows it: `job ID: STATE`, why it failed, its metrics and artifacts."""
+    info = api.status(job_id, address=address, allow_insecure=allow_insecure)
     err(f"job {safe(job_id)}: {safe(state)}")
     if info.get("error"):
         err(f"error: {safe(info['error'])}")
@@ -136,10 +154,13 @@ def status(
 @command("logs")
 def logs(job_id: JobId, address: Address = None, follow: Follow = False) -> None:
     """A job's logs (to stderr); with --follow, exit with the job's result."""
-    with follow_progress() as stream:
-        state = api.logs(job_id, address=address, follow=follow, out=stream)
-    if follow and state != "SUCCEEDED":
-        raise typer.Exit(1)
+    if not follow:
+        with follow_progress() as stream:
+            api.logs(job_id, address=address, out=stream)
+        return
+    with _keeps_running(job_id, address), follow_progress() as stream:
+        state = api.logs(job_id, address=address, follow=True, out=stream)
+    _report_end(job_id, state, address)
 
 
 @command("stop")

@@ -14,8 +14,9 @@ from pathlib import Path
 
 from raytune_bsm import layout
 from raytune_bsm.client import jobs
+from raytune_bsm.client.submission import run_of_job
 from raytune_bsm.client.text import safe
-from raytune_bsm.errors import ExportError, JobError
+from raytune_bsm.errors import ClusterError, ExportError, JobError
 from raytune_bsm.layout import EXPORT_DIR, MANIFEST, default_storage
 from raytune_bsm.storage import check_writable, exists, is_uri, join
 
@@ -30,13 +31,25 @@ def locate_export(source: str, *, address: str | None = None) -> tuple[str, str]
             path = join(path, EXPORT_DIR)  # a run directory was given
         name = Path(path.rstrip("/")).name
         return path, Path(path.rstrip("/")).parent.name if name == EXPORT_DIR else name
+    if not jobs.JOB_ID.fullmatch(source):  # a run's --name has this form too
+        raise ExportError(
+            f"{safe(source)!r} is neither an existing path nor a job id or run name (letters, digits, '-', '_', "
+            "'.'); give the export's directory, a job id (`bsm list`) or the run's --name"
+        )
     if source.startswith(("bsm-", "raysubmit_")):
         try:
             info = jobs.status(source, address=address)
-        except JobError:
+        except JobError:  # a job the cluster no longer knows (`bsm down` / `bsm up` since): its run, by name
             info = None
+        except ClusterError:
+            if address is not None:
+                raise
+            info = None  # no cluster running: the run is still in the default storage
         if info and info.get("run_dir"):
             return join(info["run_dir"], EXPORT_DIR), info.get("run") or source
+        run = run_of_job(source)
+        if run is not None and not exists(join(default_storage(), source, EXPORT_DIR, MANIFEST)):
+            return join(default_storage(), run, EXPORT_DIR), run
     return join(default_storage(), source, EXPORT_DIR), source  # a run name in the default storage
 
 

@@ -78,7 +78,7 @@ def python_shims(home: Path) -> Path:
     return bin_dir
 
 
-def head_env(home: Path, token_file: Path, ports: dict[str, int]) -> dict[str, str]:
+def head_env(home: Path, token_file: Path, ports: dict[str, int], tmp_dir: Path) -> dict[str, str]:
     env = dict(os.environ)
     for var in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
         env.pop(var, None)  # RAY_AUTH_TOKEN would take precedence over the cluster's own token file
@@ -86,6 +86,9 @@ def head_env(home: Path, token_file: Path, ports: dict[str, int]) -> dict[str, s
     env.update(
         {
             "PATH": os.pathsep.join(dict.fromkeys(p for p in path if p)),  # jobs' `python` is sys.executable
+            # What Ray's processes and the jobs put in the temp dir (multiprocessing's pymp-*, Lightning's
+            # staged checkpoints, ...) goes to the cluster's own, which `bsm down` removes.
+            "TMPDIR": str(tmp_dir),
             "RAY_AUTH_MODE": "token",
             "RAY_AUTH_TOKEN_PATH": str(token_file),
             # Single-node cluster on loopback: Ray uses 127.0.0.1 as the node IP (see the module docstring).
@@ -149,6 +152,24 @@ def temp_dir_for(home: Path) -> tuple[Path, bool]:
         return candidate, False
     # Unix socket paths (session dir + sockets/plasma_store) are limited to 107 bytes on Linux.
     return Path(tempfile.mkdtemp(prefix="bsm-", dir="/tmp" if os.path.isdir("/tmp") else None)), True
+
+
+def tmp_dir_for(temp_dir: Path) -> Path:
+    """The cluster's TMPDIR: ``<Ray's temp dir>/tmp``, short enough for the unix sockets made in it."""
+    tmp = temp_dir / "tmp"
+    tmp.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return tmp
+
+
+def ports_lock(home: Path) -> Path:
+    """The lock every bsm of this user takes while it picks ports and starts a head: ``~/.bsm/ports.lock``
+    whatever BSM_HOME says (the cluster's home if ~/.bsm cannot be made)."""
+    shared = Path.home() / ".bsm"
+    try:
+        shared.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError:
+        return home / "ports.lock"
+    return shared / "ports.lock"
 
 
 def log_tail(path: Path, lines: int = 15) -> str:

@@ -22,6 +22,15 @@ from raytune_bsm.storage import exists, join, read_bytes
 
 log = logging.getLogger("raytune_bsm")
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+# The ids bsm issues (bsm-RUN, bsm-RUN-resume-DATE-TIME; RUN as --name allows) and Ray's own (raysubmit_...): one
+# path segment of the Jobs API, so nothing that would make `nope/../bsm-x`, `bsm-x?q` or `bsm-x#f` reach another.
+JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,199}")
+# The stack dump Ray's processes print when a signal ends them (`bsm stop`): "*** SIGTERM received at time=...",
+# "PC: @ 0x...", "    @ 0x...", bare or behind Ray's "[date E pid tid] logging.cc:N: " and a "(worker pid=N)" prefix.
+_SIGNAL_DUMP = re.compile(
+    r"^(?:\(.*?\)\s+)?(?:\[[^\]]*\]\s+\S+:\d+:\s*)?"
+    r"(?:\*\*\* SIG[A-Z]+ received at time=.*|PC: @\s+0x[0-9a-fA-F]+.*|\s*@\s+(?:0x[0-9a-fA-F]+|\.\.\.).*)$"
+)
 # The line of a log that says why it failed: a Python exception, bsm's own error line, or the shell's.
 _ERROR_LINE = re.compile(
     r"^(?:[A-Za-z_][\w.]*(?:Error|Exception|Interrupt|Exit|Failure)\b.*|bsm: error: .*|(?:/bin/)?sh: .+)$"
@@ -32,7 +41,18 @@ def _connect(address: str | None, allow_insecure: bool = False) -> tuple[Any, An
     return connection.connect(address, start=False, allow_insecure=allow_insecure)
 
 
+def check_job_id(job_id: str) -> str:
+    """`job_id` if it has the form of a job id bsm or Ray issues, else a JobError naming it."""
+    if not JOB_ID.fullmatch(job_id):
+        raise JobError(
+            f"{safe(job_id)!r} is not a job id (bsm's are bsm-RUN, Ray's raysubmit_...: letters, digits, '-', '_' "
+            "and '.'); `bsm list` shows the jobs"
+        )
+    return job_id
+
+
 def _job_info(client: Any, job_id: str) -> Any:
+    check_job_id(job_id)
     try:
         return client.get_job_info(job_id)
     except RuntimeError as e:
@@ -60,6 +80,8 @@ def _meta(info: Any, key: str) -> str | None:
 def status(job_id: str | None = None, *, address: str | None = None, allow_insecure: bool = False) -> dict[str, Any]:
     """State, times, the latest metrics and where the artifacts are; for a FAILED job, why ("error").
     No job id: the newest bsm job."""
+    if job_id is not None:
+        check_job_id(job_id)
     _, client = _connect(address, allow_insecure)
     if job_id is None:
         jobs = _list(client)
@@ -157,10 +179,11 @@ def logs(
 ) -> str:
     """Write the job's logs to `out` (escaped); with `follow`, stream them until the job ends, across dropped
     connections. Returns the job's final status (or the current one without `follow`)."""
+    check_job_id(job_id)
     conn, client = _connect(address, allow_insecure)
     info = _job_info(client, job_id)
     if not follow:
-        out.write(safe(client.get_job_logs(job_id), multiline=True))
+        out.write(safe(without_signal_dumps(client.get_job_logs(job_id)), multiline=True))
         out.flush()
         return _state(info)
     return follow_logs(client, job_id, out, poll=poll, retries=retries, where=conn.dashboard_url)
@@ -175,6 +198,7 @@ def follow_logs(
     what it already printed. Gives up (ClusterError) after `retries` failed connections in a row."""
     printed = 0  # characters of the log written so far
     failures = 0
+    lines = LogLines()
 
     async def tail() -> None:
         nonlocal printed, failures
@@ -183,7 +207,7 @@ def follow_logs(
             new = chunk[max(0, printed - seen) :]
             seen += len(chunk)
             if new:
-                out.write(safe(new, multiline=True))
+                out.write(safe(lines.feed(new), multiline=True))
                 out.flush()
                 printed = seen
                 failures = 0
@@ -205,8 +229,30 @@ def follow_logs(
             time.sleep(poll)
             continue
         if state in TERMINAL:
+            out.write(safe(lines.flush(), multiline=True))
+            out.flush()
             return state
         time.sleep(poll)  # the stream ended but the job did not: reconnect
+
+
+class LogLines:
+    """A job's log as it streams in, by whole lines, without Ray's signal stack dumps (`_SIGNAL_DUMP`)."""
+
+    def __init__(self) -> None:
+        self._partial = ""  # the last line, until its newline arrives
+
+    def feed(self, text: str) -> str:
+        head, _, self._partial = (self._partial + text).rpartition("\n")
+        return without_signal_dumps(head + "\n") if head or _ else ""
+
+    def flush(self) -> str:
+        rest, self._partial = self._partial, ""
+        return without_signal_dumps(rest)
+
+
+def without_signal_dumps(text: str) -> str:
+    """`text` without the lines of Ray's signal stack dumps."""
+    return "".join(line for line in text.splitlines(keepends=True) if not _SIGNAL_DUMP.match(line.rstrip("\r\n")))
 
 
 def wait(
@@ -218,6 +264,7 @@ def wait(
     allow_insecure: bool = False,
 ) -> str:
     """Block until the job ends; stream its logs to `on_log` if given. Returns the final status."""
+    check_job_id(job_id)
     if on_log is not None:
         return logs(job_id, address=address, follow=True, out=on_log, allow_insecure=allow_insecure)
     _, client = _connect(address, allow_insecure)
@@ -236,6 +283,7 @@ def wait(
 
 def stop(job_id: str, *, address: str | None = None, timeout: float = 30.0, allow_insecure: bool = False) -> str:
     """Stop a running or pending job; wait up to `timeout` s for it to end; return its status."""
+    check_job_id(job_id)
     _, client = _connect(address, allow_insecure)
     state = _state(_job_info(client, job_id))
     if state in TERMINAL:

@@ -16,7 +16,6 @@ import logging
 import os
 import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
@@ -26,8 +25,9 @@ from typing import Any
 
 from raytune_bsm.client import head, processes
 from raytune_bsm.client.auth import TOKEN_NAME, read_token_file, write_token
-from raytune_bsm.client.dashboard import Connection, probe
+from raytune_bsm.client.dashboard import Connection, job_client, probe
 from raytune_bsm.client.nodes import cluster_resources
+from raytune_bsm.client.text import safe
 from raytune_bsm.errors import ClusterError, ConfigError
 from raytune_bsm.layout import bsm_home
 
@@ -68,6 +68,7 @@ class LocalCluster:
     token_file: str = ""  # mode 0600; RAY_AUTH_TOKEN_PATH of the cluster
     pid_start_time: float | None = None  # psutil create_time of `pid`: guards against pid reuse
     temp_dir_owned: bool = False  # a short dir under /tmp bsm made (home too long for unix sockets)
+    tmp_dir: str = ""  # the TMPDIR of the cluster's processes and jobs (in temp_dir); removed by down()
     session_dir: str | None = None
     ports: dict[str, int] = field(default_factory=dict)
     ray_version: str = ""
@@ -142,6 +143,8 @@ def _forget(home: Path, rec: LocalCluster) -> None:
                 path.unlink()
     if rec.temp_dir_owned and rec.temp_dir:
         shutil.rmtree(rec.temp_dir, ignore_errors=True)
+    elif rec.tmp_dir:
+        shutil.rmtree(rec.tmp_dir, ignore_errors=True)
 
 
 def _cluster_token(rec: LocalCluster) -> str | None:
@@ -232,6 +235,7 @@ def _start(
     token_file = home / TOKEN_NAME
     token = write_token(token_file)
     temp_dir, temp_owned = head.temp_dir_for(home)
+    tmp_dir = head.tmp_dir_for(temp_dir)
     log_file = home / LOG_NAME
     asked = ", ".join(f"{n} {k}" for n, k in ((num_cpus, "CPUs"), (num_gpus, "GPUs")) if n is not None)
     _say(progress, f"Starting a local Ray {ray.__version__} head ({asked or 'all CPUs/GPUs'}; log: {log_file}) ...")
@@ -240,11 +244,11 @@ def _start(
     for attempt in range(_ATTEMPTS):
         # One bsm at a time picks ports and starts a head on this machine, so two bsm never pick the same port;
         # a port something else takes meanwhile makes the head exit: then again, with other ports.
-        with FileLock(Path(tempfile.gettempdir()) / f"bsm-ports-{os.getuid()}.lock"):
+        with FileLock(head.ports_lock(home), mode=0o600):
             ports = head.pick_ports(avoid=taken)
             proc = processes.spawn(
                 head.head_command(ports, temp_dir, num_cpus, num_gpus),
-                env=head.head_env(home, token_file, ports),
+                env=head.head_env(home, token_file, ports, tmp_dir),
                 cwd=str(home),
                 log_path=str(log_file),
             )
@@ -261,6 +265,7 @@ def _start(
                 token_file=str(token_file),
                 pid_start_time=processes.start_time(proc.pid),
                 temp_dir_owned=temp_owned,
+                tmp_dir=str(tmp_dir),
                 ports=ports,
                 ray_version=ray.__version__,
                 python=sys.executable,
@@ -316,19 +321,49 @@ def _wait_ready(rec: LocalCluster, proc: Any, token: str, deadline: float, timeo
         time.sleep(0.25)
 
 
-def down(*, home: Path | None = None, timeout: float = 30, progress: Progress | None = None) -> LocalCluster | None:
+def running_jobs(home: Path | None = None) -> list[tuple[str, str]]:
+    """(job id, state) of every job on the recorded local cluster that has not ended; [] if it does not answer."""
+    rec = load_record(resolve_home(home))
+    if rec is None or not processes.is_alive(rec.pid, rec.pid_start_time) or not _answers(rec):
+        return []
+    conn = Connection(rec.dashboard_url, _cluster_token(rec), is_local=True, started_by_bsm=True)
+    try:
+        jobs = job_client(conn).list_jobs()
+    except (ClusterError, RuntimeError, OSError) as e:
+        log.warning("could not list the jobs of the local Ray cluster at %s: %s", rec.dashboard_url, e)
+        return []
+    active = [j for j in jobs if str(getattr(j.status, "value", j.status)) not in ("SUCCEEDED", "FAILED", "STOPPED")]
+    return [(safe(j.submission_id or j.job_id or "?"), str(getattr(j.status, "value", j.status))) for j in active]
+
+
+def describe_jobs(jobs: list[tuple[str, str]]) -> str:
+    return ", ".join(f"{job} ({state})" for job, state in jobs)
+
+
+def down(
+    *, home: Path | None = None, timeout: float = 30, progress: Progress | None = None, force: bool = True
+) -> LocalCluster | None:
     """Stop the cluster recorded in ``cluster.json`` (only it) and remove the record; None if none was recorded.
 
+    Jobs still running on it are named; without `force` they are a ClusterError and the cluster stays up.
     Only the recorded head process (checked by pid *and* start time, so a reused pid is never signalled),
     the processes below it and members of the session bsm created for it are signalled: SIGTERM to the head
     (Ray stops what it started), then SIGKILL to anything of it still alive after `timeout` seconds.
     """
     home_dir = resolve_home(home)
+    active = running_jobs(home_dir)
+    if active and not force:
+        raise ClusterError(
+            f"jobs are running on the local Ray cluster: {describe_jobs(active)}; `bsm down --force` stops them "
+            "with the cluster (`bsm stop JOB` stops one)"
+        )
     with _home_lock(home_dir):
         rec = load_record(home_dir)
         if rec is None:
             _say(progress, f"No local Ray cluster recorded in {record_path(home_dir)}")
             return None
+        if active:
+            _say(progress, f"Stopping the jobs still running on it: {describe_jobs(active)}")
         t0 = time.monotonic()
         processes.stop_session(rec.pid, rec.pid_start_time, timeout, lambda m: _say(progress, m))
         _forget(home_dir, rec)

@@ -217,6 +217,12 @@ def resume_id(name: str) -> str:
     return f"bsm-{name}-resume-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+def run_of_job(job_id: str) -> str | None:
+    """The run a job id bsm issued is for: ``bsm-RUN`` (`plan`) and ``bsm-RUN-resume-DATE-TIME`` -> RUN."""
+    m = re.fullmatch(r"bsm-(.+?)(?:-resume-\d{8}-\d{6})?", job_id)
+    return m.group(1) if m else None
+
+
 # ----------------------------------------------------------------------------------------------- staging
 
 

@@ -3,9 +3,13 @@ placement-group log a sweep's trials keep so the sweep can release what a stoppe
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import math
+import os
+import shutil
+import tempfile
 from typing import Any
 
 from raytune_bsm.layout import EPOCHS_JSON as EPOCHS_FILE
@@ -14,6 +18,20 @@ from raytune_bsm.storage import exists, join, read_bytes, write_bytes
 from raytune_bsm.sweep import PG_FILE, _plain
 
 log = logging.getLogger("raytune_bsm")
+
+
+def remove_staged_checkpoints(name: str, rank: int | None = None) -> int:
+    """Remove the run `name`'s staging directories on this machine (rank `rank`, or every rank); how many.
+
+    Ray's report callback stages each epoch's checkpoint in ``<tmp>/lightning_checkpoints-job_id=..-name=<run>-
+    world_rank=<rank>/`` and removes it when training ends; a worker that was killed (its job driver killed,
+    `bsm stop`, a trial ASHA stopped) leaves it behind. A run's name is unique in its storage, so such a
+    directory of a run that is not training is a leftover."""
+    pattern = f"lightning_checkpoints-job_id=*-name={glob.escape(name)}-world_rank={'*' if rank is None else rank}"
+    stale = glob.glob(os.path.join(tempfile.gettempdir(), pattern))
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+    return len(stale)
 
 
 def read_reports(run_dir: str) -> list[dict[str, Any]]:

@@ -55,8 +55,9 @@ def trainer_for(
     """The TorchTrainer for one run (also the trainer each Tune trial starts). Every run keeps its epoch record.
     `data`: the splits prepared once (`prepare_ray`); each worker streams its equal shard of every one."""
     import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchTrainer
 
+    from raytune_bsm.runner.process_group import BoundTorchConfig
     from raytune_bsm.runner.shards import EqualShards
     from raytune_bsm.runner.worker import train_loop
 
@@ -81,7 +82,8 @@ def trainer_for(
         dataset_config=EqualShards(data.shares if data is not None else None),
         train_loop_per_worker=train_loop,
         train_loop_config=loop_config,
-        torch_config=TorchConfig(backend="nccl" if run.scaling.use_gpu else "gloo"),
+        # torch's store and Gloo listen on the rank-0 node's IP only (127.0.0.1 on the local cluster)
+        torch_config=BoundTorchConfig(backend="nccl" if run.scaling.use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=run.scaling.num_workers,
             use_gpu=run.scaling.use_gpu,

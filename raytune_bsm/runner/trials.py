@@ -15,7 +15,13 @@ import pyarrow.fs as pafs
 
 from raytune_bsm.config import dumps
 from raytune_bsm.layout import BEST_CONFIG_JSON, RESULT_JSON, TRIALS_PARQUET
-from raytune_bsm.runner.callbacks import best_kept, kept_in, read_epochs, release_placement_groups
+from raytune_bsm.runner.callbacks import (
+    best_kept,
+    kept_in,
+    read_epochs,
+    release_placement_groups,
+    remove_staged_checkpoints,
+)
 from raytune_bsm.storage import exists, filesystem, join, read_bytes, write_bytes, write_table
 from raytune_bsm.sweep import LEADERBOARD_ROWS, RELEASE_AFTER_S, _plain, apply_params
 
@@ -269,6 +275,8 @@ def recorder(spec: _Spec) -> Any:
                 if now - ended < grace:
                     continue
                 self._released.add(t.trial_id)
+                # its workers' staging folders, on this machine (a trial ASHA stopped never removes its own)
+                remove_staged_checkpoints(t.trial_id)
                 try:
                     n = release_placement_groups(join(self.spec.sweep_dir, "runs", t.trial_id))
                 except Exception:  # noqa: BLE001

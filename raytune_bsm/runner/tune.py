@@ -28,6 +28,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -254,8 +255,10 @@ def run_sweep(run: RunConfig, sweep: SweepConfig, *, storage: str) -> dict[str, 
                 verbose=1 if verbose() else 0,  # Tune's status tables; bsm logs each trial's end
             ),
         )
+    started = time.monotonic()
     tuner.fit()
     summary = json.loads(read_bytes(join(sweep_dir, RESULT_JSON)))
+    _check_budget(summary, sweep.time_budget_s, time.monotonic() - started)
     if summary.get("best_checkpoint") and run.train.export:
         summary["export"] = export_best_trial(summary, sweep_dir)
         write_bytes(dumps(summary).encode(), join(sweep_dir, RESULT_JSON))
@@ -270,6 +273,17 @@ def run_sweep(run: RunConfig, sweep: SweepConfig, *, storage: str) -> dict[str, 
         summary.get("best_config"),
     )
     return summary
+
+
+def _check_budget(summary: dict[str, Any], budget_s: float | None, ran_s: float) -> None:
+    """A ConfigError when --time-budget ended the sweep before any trial reported its first epoch."""
+    if budget_s is None or ran_s < budget_s or summary.get("best_trial") or (summary.get("trials") or {}).get("ERROR"):
+        return
+    hint = next((f"{m:g}m" for m in (1, 2, 5, 10, 30, 60, 120) if m * 60 >= 2 * ran_s), f"{2 * ran_s / 3600:.0f}h")
+    raise ConfigError(
+        f"--time-budget {budget_s:g}s ended the sweep after {ran_s:.0f}s, before any trial reported an epoch: the "
+        f"first epoch needs more than {ran_s:.0f}s; give --time-budget above {ran_s:.0f}s, e.g. --time-budget {hint}"
+    )
 
 
 def export_best_trial(summary: dict[str, Any], sweep_dir: str) -> str:

@@ -7,12 +7,10 @@ environment and report callback, and resumes from the checkpoint Ray hands back 
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import logging
 import os
 import shutil
-import tempfile
 import time
 import warnings
 from contextlib import ExitStack
@@ -21,6 +19,7 @@ from typing import Any
 
 from raytune_bsm.config import RunConfig, check_monitor_computed, dumps
 from raytune_bsm.logs import quiet_libraries, setup_logging
+from raytune_bsm.runner.callbacks import remove_staged_checkpoints
 from raytune_bsm.runner.prepare import DATA_KEY, Prepared, data_paths, demo_data_dir, loaders, prepare, shard_loaders  # noqa: F401 (re-exported)
 from raytune_bsm.runner.tracking import TRACKING_KEY, Tracking
 from raytune_bsm.storage import join, write_bytes, write_table
@@ -109,7 +108,7 @@ def train_loop(config: dict[str, Any]) -> dict[str, float]:
                 prepare_trainer,
             )
 
-            _remove_stale_copies(run.name, rank)
+            remove_staged_checkpoints(run.name, rank)  # a killed worker's copy (its job driver killed, `bsm stop`)
             report = RayTrainReportCallback()
             callbacks.append(report)
             trainer = pl.Trainer(
@@ -186,18 +185,6 @@ def train_loop(config: dict[str, Any]) -> dict[str, float]:
         metrics["best_checkpoint"] = best.best_model_path  # type: ignore[assignment]
         (out_dir / "metrics.json").write_text(dumps(metrics))
     return metrics
-
-
-def _remove_stale_copies(name: str, rank: int) -> None:
-    """Ray's report callback stages each epoch's checkpoint in `<tmp>/lightning_checkpoints-job_id=..-name=<run>-
-    world_rank=<rank>/`; a worker that was killed (its job driver killed, `bsm stop`) left its copy there. The run's
-    name is unique in its storage, so such a directory of this name and rank is a dead run's leftover."""
-    for stale in glob.glob(
-        os.path.join(
-            tempfile.gettempdir(), f"lightning_checkpoints-job_id=*-name={glob.escape(name)}-world_rank={rank}"
-        )
-    ):
-        shutil.rmtree(stale, ignore_errors=True)
 
 
 def weights_digest(model: Any) -> str:
