@@ -250,7 +250,8 @@ def id_column(given: str | None, export_id: str | None, names: list[str]) -> tup
     if given:
         return given, "id", f"ids from column {shown(given)} (--id-field)"
     if export_id and export_id in names:
-        return export_id, export_id, f"ids from column {shown(export_id)} (the export's id field)"
+        clash = export_id == "predicted" or export_id.startswith("prob_")  # the output's other columns
+        return export_id, "id" if clash else export_id, f"ids from column {shown(export_id)} (the export's id field)"
     found = next((c for c in ID_CANDIDATES if c in names), None)
     if found:
         return found, "id", f"ids from column {shown(found)}"
