@@ -77,10 +77,8 @@ def _loader_class() -> type:
                     continue
                 if key_node.value in seen:
                     name = ".".join(p for p in [*self.path, key_node.value] if p).replace(".[", "[")
-                    (unit, first), (_, second) = (
-                        self.place(seen[key_node.value].start_mark),
-                        self.place(key_node.start_mark),
-                    )
+                    unit, first = self.place(seen[key_node.value].start_mark)
+                    second = self.place(key_node.start_mark)[1]
                     raise _Refused(f"key {name} is given twice ({unit}s {first} and {second}); keep one")
                 seen[key_node.value] = key_node
 
