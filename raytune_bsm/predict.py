@@ -28,6 +28,7 @@ import numpy as np
 import pyarrow as pa
 
 from raytune_bsm import layout, storage
+from raytune_bsm.config import check_field_roles
 from raytune_bsm.data.columns import plain, shown
 from raytune_bsm.data.processor import ChunkProcessor, ProcessorConfig
 from raytune_bsm.data.readers import ID_CANDIDATES, DataFile, list_files
@@ -190,6 +191,7 @@ def predict_file(
     predictor = Predictor(export_dir, provider=provider, precision=precision, threads=threads)
     text_field = text_field or predictor.text_field
     id_col, id_name, id_note = id_column(id_field, predictor.info.get("id_field"), column_names(inputs[0]))
+    check_field_roles([("--text-field", text_field), ("--id-field", id_col)])  # the export's text field too
     columns = [text_field] + ([id_col] if id_col else [])
     total = _total_rows(inputs)
     done = [0]

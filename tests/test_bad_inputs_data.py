@@ -314,3 +314,21 @@ def test_a_column_name_with_an_escape_sequence_is_shown_escaped(exported, tmp_pa
     with pytest.raises(DataError) as e:
         load_split(str(csv), DataConfig(text_field="dia\x1b[31mlogue", label_field="order_id"), None)
     assert f"column {shown} is not UTF-8 text, row 0" in str(e.value)
+
+
+def test_predict_refuses_an_id_field_that_is_the_exports_text_field(exported, tmp_path, monkeypatch):  # noqa: F811
+    """Issue 18.14 for predict with one flag: --id-field names the column the export reads as text."""
+    path = tmp_path / "d.parquet"
+    pq.write_table(pa.table({"order_id": ["a", "b"], "dialogue": ["hi there", "ok"]}), path)
+    line = _one_error_line(
+        _cli(
+            ["predict", str(exported.dest), str(path), "--id-field", "dialogue", "--out", "p.parquet"],
+            tmp_path,
+            monkeypatch,
+        )
+    )
+    assert line == (
+        "bsm: error: --id-field 'dialogue' is also the --text-field: a column can play one role (text, label, id); "
+        "give another column"
+    )
+    assert not (tmp_path / "user" / "p.parquet").exists()

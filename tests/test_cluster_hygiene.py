@@ -67,9 +67,7 @@ def _loopback(ip: str) -> bool:
     return a.is_loopback or (mapped is not None and mapped.is_loopback)
 
 
-def test_a_job_listens_on_loopback_only_and_the_cluster_leaves_no_temp_files(
-    bsm_home: Path, own_tmpdir: Path
-) -> None:
+def test_a_job_listens_on_loopback_only_and_the_cluster_leaves_no_temp_files(bsm_home: Path, own_tmpdir: Path) -> None:
     rec = cl.up(num_cpus=2, home=bsm_home, timeout=300)
     tree: dict[int, float] = {}
     try:
