@@ -64,6 +64,10 @@ class ModelConfig:
     max_tokens: int = 128  # T, special tokens included
     keep_chunks: Literal["first", "last"] = "last"
     pack_from: Literal["start", "kept_end"] = "start"  # a run's models: "kept_end" (RUN_MODEL_DEFAULTS)
+    feature_fields: list[str] | None = None  # side features, filled from data.feature_fields (data/features.py)
+    feature_stats: dict[str, Any] | None = None  # their training statistics, filled when the data is prepared
+    fusion: Literal["concat", "gated", "text"] = "concat"  # how they join the text (data/features.py FUSIONS)
+    side_hidden: int = 64  # the side MLP's width: small, the features are few
 
     def __post_init__(self) -> None:
         for key in ("text_name", "label_name"):
@@ -82,7 +86,7 @@ class ModelConfig:
             raise ConfigError(f"metric_choices has unknown metric(s) {bad}; choose from {list(METRICS)}")
         if self.chunk_pooling == "mean" and self.reinit_pooler:
             raise ConfigError("reinit_pooler needs chunk_pooling: pooler (mean pooling has no pooler layer)")
-        for key, lo in (("freeze_layers", 0), ("warmup_steps", 0), ("hidden_common_dim", 1)):
+        for key, lo in (("freeze_layers", 0), ("warmup_steps", 0), ("hidden_common_dim", 1), ("side_hidden", 1)):
             if getattr(self, key) < lo:
                 raise ConfigError(f"--{key.replace('_', '-')} must be at least {lo}, got {getattr(self, key)}")
         for key in ("lr", "dropout", "warmup_ratio"):
@@ -92,6 +96,10 @@ class ModelConfig:
             raise ConfigError(
                 f"--weight-decay must be >= 0 and adam_epsilon > 0, got {self.weight_decay}, {self.adam_epsilon}"
             )
+        if self.feature_fields:
+            from raytune_bsm.data.features import check_config
+
+            check_config(asdict(self))
         from raytune_bsm.data.processor import ProcessorConfig  # checks max_chunks, max_tokens; names the flags
 
         ProcessorConfig(self.tokenizer, self.max_chunks, self.max_tokens, self.keep_chunks, self.pack_from)
@@ -168,6 +176,7 @@ class DataConfig:
     # On Ray, inputs up to this many MiB of files are tokenized by the job driver (Ray Data's start-up costs more
     # there; 8 MiB: ~17,000 demo dialogues, ~150 MB held by the driver at its peak). 0: always Ray Data.
     driver_prepare_mib: float = 8.0
+    feature_fields: list[str] | str | None = None  # side features: --features a,b,c | auto (data/features.py)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.val_fraction < 1.0:
@@ -182,6 +191,10 @@ class DataConfig:
         for name in ("text_field", "label_field"):
             if not getattr(self, name):
                 raise ConfigError(f"--{name.replace('_', '-')} must not be empty")
+        if self.feature_fields is not None:
+            from raytune_bsm.data.features import wanted
+
+            self.feature_fields = wanted(self.feature_fields)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -35,6 +35,13 @@ AllowInsecure = Annotated[
     ),
 ]
 TextField = Annotated[Optional[str], typer.Option("--text-field", help="Default: dialogue (predict: the export's).")]
+Features = Annotated[
+    Optional[str],
+    typer.Option(
+        "--features",
+        help="Side feature columns (numbers, booleans) read next to the text: a,b,c or auto (predict: the export's).",
+    ),
+]
 IdField = Annotated[Optional[str], typer.Option("--id-field", help="Default: order_id / id / record_id when present.")]
 
 # The run options, in SubmitOptions' field order: (type, default). One declaration for submit and tune.
@@ -72,6 +79,7 @@ RUN_OPTIONS: dict[str, tuple[Any, Any]] = {
     "text_field": (TextField, None),
     "label_field": (Annotated[Optional[str], typer.Option("--label-field", help="Default: reversal_flag.")], None),
     "id_field": (IdField, None),
+    "features": (Features, None),
     "model": (
         Annotated[
             Optional[str],

@@ -60,6 +60,7 @@ class SubmitOptions:
     text_field: str | None = None
     label_field: str | None = None
     id_field: str | None = None
+    features: str | None = None  # side feature columns: a,b,c or auto (data/features.py)
     model: str | None = None
     max_chunks: int | None = None
     max_tokens: int | None = None
@@ -81,6 +82,7 @@ FLAG_KEYS = {
     "text_field": "data.text_field",
     "label_field": "data.label_field",
     "id_field": "data.id_field",
+    "features": "data.feature_fields",
     "batch_size": "data.batch_size",
     "model": "model.tokenizer",
     "max_chunks": "model.max_chunks",
@@ -175,11 +177,18 @@ def check_local_data(run: RunConfig) -> None:
     from raytune_bsm.data.dataset import load_split
     from raytune_bsm.data.splits import check_schema
 
+    from raytune_bsm.data.features import resolve_data
+
     d = run.data
     if d.train is None:
         return
     flag_ = "--train"
     try:
+        if d.feature_fields is not None:  # `auto` and the names checked on the training files' schema
+            try:
+                d = resolve_data(d, d.train)
+            except (OSError, pa.ArrowException):  # unreachable from here: the cluster checks it
+                pass
         labels = None
         for flag_, path in (("--train", d.train), ("--val", d.val), ("--test", d.test)):
             if not path:
