@@ -10,6 +10,9 @@ scoring/batching.py), else the packed one, else `model.onnx`; int8 or fp32 per `
 `ChunkProcessor` (settings from `bsm_model.json`, tokenizer from `tokenizer/tokenizer.json`) on a background
 thread while the previous block is scored; results come back in the order given. Files stream: a block of rows
 is read, scored and written before the next one is read (scoring/files.py), so memory stays flat.
+
+A model with side features (`bsm_model.json` "features") reads those columns too, raw: nulls are NaN and the
+graph imputes, clips and standardizes them as in training; a file without one of them is an error.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import numpy as np
 import pyarrow as pa
 
 from raytune_bsm import layout, storage
+from raytune_bsm.data import features as side
 from raytune_bsm.data.processor import ChunkProcessor, ProcessorConfig
 from raytune_bsm.data.readers import ID_CANDIDATES, DataFile, list_files
 from raytune_bsm.data.splits import check_text_type
@@ -78,10 +82,15 @@ class Predictor:
                 f"{export_dir}: the tokenizer's special tokens {self.processor.prefix}/{self.processor.suffix} differ "
                 f"from the export's {settings['prefix']}/{settings['suffix']}"
             )
+        feats = self.info.get("features") or {}
+        self.feature_names: list[str] = list(feats.get("names") or [])  # columns read next to the text, in order
+        self.features_as_text = feats.get("fusion") == "text"  # written into the dialogue, no graph input
         self.scorer = Scorer(str(root / self.choice.file), provider, threads, streams_for(self.choice.layout))
         self.head = Scorer(str(root / self.choice.head), provider, threads, streams=1) if self.choice.head else None
         self.provider = provider
-        want = INPUTS[self.choice.layout]
+        want = INPUTS[self.choice.layout] + (
+            [side.SIDE_INPUT] if self.side_input and self.choice.layout == "bct" else []
+        )
         if self.scorer.input_names != want:
             raise ExportError(f"{export_dir}: {self.choice.file} inputs are {self.scorer.input_names}, expected {want}")
         self.real = self.slots = 0  # token slots scored so far: real tokens, all
@@ -116,11 +125,41 @@ class Predictor:
         """The fraction of the token slots computed so far that held a real token."""
         return self.real / self.slots if self.slots else 1.0
 
-    def calls(self, dialogues: Sequence[Any], batch_size: int) -> Plan:
+    @property
+    def side_input(self) -> bool:
+        """The graphs take the side features as an input (`side_features`)."""
+        return bool(self.feature_names) and not self.features_as_text
+
+    def calls(self, dialogues: Sequence[Any], batch_size: int, features: np.ndarray | None = None) -> Plan:
         """Tokenize a block of dialogues and cut it into session calls (thread-safe: touches no state).
-        `batch_size`: records per call, or chunks per call for the chunk graph."""
+        `batch_size`: records per call, or chunks per call for the chunk graph. `features`: the records' raw
+        side features float32 [n, F] in `feature_names` order (NaN: missing), for a model that reads them."""
+        if self.feature_names:
+            if features is None or features.shape != (len(dialogues), len(self.feature_names)):
+                got = "none" if features is None else f"shape {features.shape}"
+                raise ConfigError(
+                    f"this model reads side features {self.feature_names}: give them as [{len(dialogues)}, "
+                    f"{len(self.feature_names)}] (got {got})"
+                )
+            features = np.asarray(features, np.float32)
+            if self.features_as_text:
+                dialogues, features = side.as_text(dialogues, features, self.feature_names), None
         p = self.processor(dialogues)
-        return plan_block(p.ids, p.lens, self.pad_id, batch_size, self.choice.layout)
+        return plan_block(p.ids, p.lens, self.pad_id, batch_size, self.choice.layout, features)
+
+    def block_inputs(self, batch: pa.RecordBatch | pa.Table, text_field: str) -> tuple[list[Any], np.ndarray | None]:
+        """(dialogues, raw side features [n, F] or None) of a block read with `read_columns`."""
+        x = side.to_matrix(batch, self.feature_names) if self.feature_names else None
+        return batch.column(text_field).to_pylist(), x
+
+    def check_columns(self, names: Sequence[str], where: str) -> None:
+        """A scored file has every side-feature column the model reads (one line naming the file and column)."""
+        missing = [n for n in self.feature_names if n not in names]
+        if missing:
+            raise DataError(
+                f"{where}: missing feature column {missing[0]!r}, which the model reads "
+                f"(columns are {', '.join(names) or 'none'})"
+            )
 
     def score(self, n: int, plan: Plan, on_call: Callable[[int], None] | None = None) -> np.ndarray:
         """Run a block's calls -> probabilities float64 [n, K] in the block's order. `on_call(k)`: k more
@@ -135,10 +174,16 @@ class Predictor:
         return _softmax(logits.astype(np.float64))
 
     def predict_texts(
-        self, dialogues: Sequence[Any], *, batch_size: int = 32, progress: Callable[[int, int], None] | None = None
+        self,
+        dialogues: Sequence[Any],
+        *,
+        batch_size: int = 32,
+        progress: Callable[[int, int], None] | None = None,
+        features: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Dialogues (strings, or lists of message strings; None or empty is fine) -> (predicted class index
-        int64 [N], probabilities float64 [N, K]), in the order given."""
+        int64 [N], probabilities float64 [N, K]), in the order given. `features`: raw side features [N, F] in
+        `feature_names` order (NaN: missing), for a model that reads them."""
         _check_batch_size(batch_size)
         n, done = len(dialogues), [0]
         if n == 0:
@@ -151,10 +196,13 @@ class Predictor:
             if progress:
                 progress(done[0], n)
 
-        blocks = (dialogues[s : s + BLOCK] for s in range(0, n, BLOCK))
+        blocks = (
+            (dialogues[s : s + BLOCK], features[s : s + BLOCK] if features is not None else None)
+            for s in range(0, n, BLOCK)
+        )
         parts = [
             self.score(len(b), calls, on_call)
-            for b, calls in pipelined(blocks, lambda b: (b, self.calls(b, batch_size)))
+            for (b, _), calls in pipelined(blocks, lambda b: (b, self.calls(b[0], batch_size, b[1])))
         ]
         probs = np.concatenate(parts)
         return probs.argmax(axis=1).astype(np.int64), probs
@@ -188,7 +236,9 @@ def predict_file(
     predictor = Predictor(export_dir, provider=provider, precision=precision, threads=threads)
     text_field = text_field or predictor.text_field
     id_col = id_field or next((c for c in ID_CANDIDATES if c in column_names(inputs[0])), None)
-    columns = [text_field] + ([id_col] if id_col else [])
+    columns = [text_field] + ([id_col] if id_col else []) + predictor.feature_names
+    for inp in inputs if predictor.feature_names else []:
+        predictor.check_columns(column_names(inp), inp.name)
     total = _total_rows(inputs)
     done = [0]
 
@@ -211,7 +261,9 @@ def predict_file(
     def prepare(item: tuple[Any, pa.RecordBatch]) -> tuple[Any, pa.RecordBatch, Plan]:
         inp, batch = item
         check_text_type(batch.column(0).type, inp.name, text_field)
-        return inp, batch, predictor.calls(batch.column(0).to_pylist(), batch_size)
+        side.check_types(batch.schema, predictor.feature_names, inp.name)
+        texts, x = predictor.block_inputs(batch, text_field)
+        return inp, batch, predictor.calls(texts, batch_size, x)
 
     writer = OutputFile(out, fmt)
     try:
