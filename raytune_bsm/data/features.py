@@ -233,3 +233,13 @@ def resolve_data(cfg: Any, train_uri: str, files: list[Any] | None = None) -> An
 def model_keys(names: list[str] | None, stats: dict[str, Any] | None) -> dict[str, Any]:
     """The model config's feature keys for a run ({} for a text-only run: its config stays as it was)."""
     return {"feature_fields": names, "feature_stats": stats} if names else {}
+
+
+def fusion_retokenizes(base: str, space: dict[str, Any]) -> bool:
+    """A sweep whose trials differ in whether the features are written into the text: each trial tokenizes its own
+    data (the shared preparation has one tokenization)."""
+    spec = next((v for k, v in space.items() if k.rsplit(".", 1)[-1] == "fusion"), None)
+    if spec is None:
+        return False
+    values = list(next(iter(spec.values()))) if isinstance(spec, dict) else [spec]
+    return any((v == "text") != (base == "text") for v in values)
