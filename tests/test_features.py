@@ -224,3 +224,38 @@ def test_dry_run_with_features_plans_them(files, tmp_path, monkeypatch):
     )
     assert r.exit_code == 0, r.stderr
     assert '"feature_fields": "auto"' in r.stdout  # resolved on the cluster against the training files
+
+
+def test_demo_side_features_are_realistic_carry_signal_and_leave_dialogues_and_labels_alone(monkeypatch):
+    from raytune_bsm.demo import generator as demo
+    from raytune_bsm.demo.side import SIDE_SCHEMA
+
+    table = demo.make_dialogues(600, seed=5, with_story=True)
+    cols = {
+        f.name: np.array([np.nan if v is None else v for v in table.column(f.name).to_pylist()]) for f in SIDE_SCHEMA
+    }
+    assert len(cols) == 11
+    for name, x in cols.items():
+        if name.endswith("_prob") or name.endswith("_calibrated") or name == "concsi":
+            assert np.nanmin(x) >= 0 and np.nanmax(x) <= 1, name
+        if name.endswith("_flag"):
+            assert set(np.unique(x[~np.isnan(x)])) <= {0, 1}, name
+        if name.endswith(("_amt", "_count")):
+            assert np.nanmin(x) >= 0, name
+    assert 0.01 < np.isnan(cols["bears_abuse_prob"]).mean() < 0.1  # some missing at random
+    assert 0.3 < np.isnan(cols["dnr_pmml_score_calibrated"]).mean() < 0.8  # only where that model applies
+    y = np.asarray(table.column("reversal_flag"))
+    noisy = np.asarray(table.column("label_noise"))
+    abuse = cols["bears_abuse_prob"]
+    # the numbers know what the dialogue cannot: the labels flipped against the story
+    flipped = noisy & ~np.isnan(abuse)
+    assert flipped.sum() >= 10
+    assert abuse[flipped & (y == 1)].mean() > abuse[flipped & (y == 0)].mean() + 0.3
+
+    # drawn from their own random stream: dialogues and labels are those of a generator without them
+    monkeypatch.setattr(
+        demo, "side_features", lambda seed, stories: [pa.nulls(len(stories), f.type) for f in SIDE_SCHEMA]
+    )
+    plain = demo.make_dialogues(600, seed=5, with_story=True)
+    for name in ("order_id", "dialogue", "reversal_flag", "order_amount", "days_since_order", "story_label"):
+        assert plain.column(name).equals(table.column(name)), name

@@ -21,7 +21,7 @@ indicator is what AutoGluon and widedeep do. A constant column gets std 1 (its s
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
 import numpy as np
@@ -215,8 +215,6 @@ PREFIX = "feature/"  # a prepared split's column per feature (runner/prepare.py,
 
 def resolve_data(cfg: Any, train_uri: str, files: list[Any] | None = None) -> Any:
     """`cfg` (a DataConfig) with feature_fields resolved on the training split's first file: a list, or None."""
-    from dataclasses import replace
-
     from raytune_bsm.data.readers import ID_CANDIDATES, list_files, read_schema
 
     if wanted(cfg.feature_fields) is None:
