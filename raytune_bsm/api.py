@@ -13,8 +13,9 @@ from raytune_bsm.client.cluster_predict import predict_on_cluster
 from raytune_bsm.client.fetch import fetch
 from raytune_bsm.client.jobs import TERMINAL, latest_metrics, list_jobs, logs, status, stop, wait
 from raytune_bsm.client.local_cluster import down, running_jobs, up
+from raytune_bsm.client.options import SubmitOptions, resolve_run
 from raytune_bsm.client.submission import check_storage
-from raytune_bsm.client.submit import SubmitOptions, plan, resolve_run, submit, tune
+from raytune_bsm.client.submit import plan, submit, tune
 from raytune_bsm.config import check_field_roles
 from raytune_bsm.errors import ConfigError
 from raytune_bsm.layout import default_storage

@@ -19,13 +19,13 @@ from __future__ import annotations
 import copy
 import json
 from dataclasses import MISSING, asdict, dataclass, field, fields
-from pathlib import Path
 from typing import Any, Literal
 
-from raytune_bsm import yamlsafe
+from raytune_bsm import side_settings
 from raytune_bsm.coerce import check_fields, coerce, field_types
 from raytune_bsm.errors import ConfigError
 from raytune_bsm.pretrained import DEFAULT_MODEL
+from raytune_bsm.yamlsafe import parse_value
 
 METRICS = ("accuracy", "f1_score", "auroc", "precision", "recall")
 PRECISIONS = ("auto", "32", "32-true", "bf16-mixed", "16-mixed", "bf16-true")
@@ -65,6 +65,10 @@ class ModelConfig:
     max_tokens: int = 128  # T, special tokens included
     keep_chunks: Literal["first", "last"] = "last"
     pack_from: Literal["start", "kept_end"] = "start"  # a run's models: "kept_end" (RUN_MODEL_DEFAULTS)
+    feature_fields: list[str] | None = None  # side features, filled from data.feature_fields (data/features.py)
+    feature_stats: dict[str, Any] | None = None  # their training statistics, filled when the data is prepared
+    fusion: Literal["concat", "gated", "text"] = "concat"  # how they join the text (data/features.py FUSIONS)
+    side_hidden: int = 64  # the side MLP's width: small, the features are few
 
     def __post_init__(self) -> None:
         for key in ("text_name", "label_name"):
@@ -83,7 +87,7 @@ class ModelConfig:
             raise ConfigError(f"metric_choices has unknown metric(s) {bad}; choose from {list(METRICS)}")
         if self.chunk_pooling == "mean" and self.reinit_pooler:
             raise ConfigError("reinit_pooler needs chunk_pooling: pooler (mean pooling has no pooler layer)")
-        for key, lo in (("freeze_layers", 0), ("warmup_steps", 0), ("hidden_common_dim", 1)):
+        for key, lo in (("freeze_layers", 0), ("warmup_steps", 0), ("hidden_common_dim", 1), ("side_hidden", 1)):
             if getattr(self, key) < lo:
                 raise ConfigError(f"--{key.replace('_', '-')} must be at least {lo}, got {getattr(self, key)}")
         if not 0.0 < self.lr < 1.0:
@@ -96,6 +100,8 @@ class ModelConfig:
         if self.adam_epsilon <= 0:
             raise ConfigError(f"adam_epsilon must be > 0, got {self.adam_epsilon}")
         check_chunking(self.max_chunks, self.max_tokens, self.keep_chunks, self.pack_from)
+        if self.feature_fields:
+            side_settings.check_model(asdict(self))
 
 
 def check_chunking(max_chunks: int, max_tokens: int, keep_chunks: str, pack_from: str) -> None:
@@ -181,6 +187,7 @@ class DataConfig:
     # On Ray, inputs up to this many MiB of files are tokenized by the job driver (Ray Data's start-up costs more
     # there; 8 MiB: ~17,000 demo dialogues, ~150 MB held by the driver at its peak). 0: always Ray Data.
     driver_prepare_mib: float = 8.0
+    feature_fields: list[str] | str | None = None  # side features: --features a,b,c | auto (data/features.py)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.val_fraction < 1.0:
@@ -195,11 +202,19 @@ class DataConfig:
         for name in ("text_field", "label_field"):
             if not getattr(self, name):
                 raise ConfigError(f"--{name.replace('_', '-')} must not be empty")
+        if self.feature_fields is not None:
+            self.feature_fields = side_settings.wanted(self.feature_fields)
         check_field_roles(self.field_roles())
 
     def field_roles(self) -> list[tuple[str, str | None]]:
-        """(flag, column) for every column the data config gives a role; side features join this list."""
-        return [("--text-field", self.text_field), ("--label-field", self.label_field), ("--id-field", self.id_field)]
+        """(flag, column) for every column the data config gives a role: text, label, id and each side feature."""
+        features = self.feature_fields if isinstance(self.feature_fields, list) else []
+        return [
+            ("--text-field", self.text_field),
+            ("--label-field", self.label_field),
+            ("--id-field", self.id_field),
+            *(("--features", name) for name in features),
+        ]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -213,7 +228,7 @@ def check_field_roles(roles: list[tuple[str, str | None]]) -> None:
             continue
         if column in seen:
             raise ConfigError(
-                f"{flag} {column!r} is also the {seen[column]}: a column can play one role (text, label, id); "
+                f"{flag} {column!r} is also the {seen[column]}: a column can play one role (text, label, id, feature); "
                 "give another column"
             )
         seen[column] = flag
@@ -342,17 +357,7 @@ class RunConfig:
         return self.train.monitor or default_metric(num_classes)
 
 
-# ----------------------------------------------------------------------------------------------- --set, YAML
-
-
-def parse_value(text: str, where: str = "--set") -> Any:
-    """--set key=value: the value as YAML (numbers, booleans, lists), else the string; no aliases (yamlsafe)."""
-    import yaml
-
-    try:
-        return yamlsafe.load(text, where)
-    except yaml.YAMLError:
-        return text
+# ----------------------------------------------------------------------------------------------- --set
 
 
 def resolve_key(key: str, where: str) -> tuple[str, str]:
@@ -384,28 +389,6 @@ def apply_overrides(d: dict[str, Any], items: list[str]) -> dict[str, Any]:
         section, name = resolve_key(key, f"--set {key}")
         value = coerce(field_types(SECTIONS[section])[name], parse_value(raw, f"--set {key}"), f"--set {key}")
         d.setdefault(section, {})[name] = value
-    return d
-
-
-def load_yaml(path: str | Path, flag: str = "--config") -> dict[str, Any]:
-    """A YAML file holding a mapping (no aliases, no repeated keys: yamlsafe); errors name `flag` and the file."""
-    import yaml
-
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise ConfigError(f"{flag} {path}: no such file")
-    if not p.is_file():
-        raise ConfigError(f"{flag} {path}: is a directory, not a YAML file")
-    try:
-        d = yamlsafe.load(p.read_text(encoding="utf-8"), f"{flag} {path}")
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{flag} {path}: not valid YAML: {str(e).splitlines()[0]}") from None
-    except OSError as e:
-        raise ConfigError(f"{flag} {path}: cannot read it ({e.strerror})") from None
-    if d is None:
-        return {}
-    if not isinstance(d, dict):
-        raise ConfigError(f"{flag} {path}: expected a mapping at the top level, got {type(d).__name__}")
     return d
 
 

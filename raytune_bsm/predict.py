@@ -10,14 +10,15 @@ scoring/batching.py), else the packed one, else `model.onnx`; int8 or fp32 per `
 `ChunkProcessor` (settings from `bsm_model.json`, tokenizer from `tokenizer/tokenizer.json`) on a background
 thread while the previous block is scored; results come back in the order given. Files stream: a block of rows
 is read, scored and written before the next one is read (scoring/files.py), so memory stays flat.
+
+A model with side features (`bsm_model.json` "features") reads those columns too, raw: nulls are NaN and the
+graph imputes, clips and standardizes them as in training; a file without one of them is an error.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import posixpath
 import queue
 import tempfile
 import threading
@@ -29,13 +30,24 @@ import pyarrow as pa
 
 from raytune_bsm import layout, storage
 from raytune_bsm.config import check_field_roles
-from raytune_bsm.data.columns import plain, shown
+from raytune_bsm.data import features as side
+from raytune_bsm.data.columns import plain
 from raytune_bsm.data.processor import ChunkProcessor, ProcessorConfig
-from raytune_bsm.data.readers import ID_CANDIDATES, DataFile, list_files
+from raytune_bsm.data.readers import list_files
 from raytune_bsm.data.splits import check_text_type
 from raytune_bsm.errors import ConfigError, DataError, ExportError
 from raytune_bsm.scoring.batching import Plan, plan_block, run_plan
-from raytune_bsm.scoring.files import OutputFile, check_output, column_names, output_format, read_batches
+from raytune_bsm.scoring.files import (
+    OutputFile,
+    check_output,
+    column_names,
+    default_output,
+    id_column,
+    output_format,
+    predictions_table,
+    read_batches,
+    total_rows,
+)
 from raytune_bsm.scoring.sessions import INPUTS, Scorer, choose_graph, streams_for
 
 log = logging.getLogger(__name__)
@@ -80,10 +92,15 @@ class Predictor:
                 f"{export_dir}: the tokenizer's special tokens {self.processor.prefix}/{self.processor.suffix} differ "
                 f"from the export's {settings['prefix']}/{settings['suffix']}"
             )
+        feats = self.info.get("features") or {}
+        self.feature_names: list[str] = list(feats.get("names") or [])  # columns read next to the text, in order
+        self.features_as_text = feats.get("fusion") == "text"  # written into the dialogue, no graph input
         self.scorer = Scorer(str(root / self.choice.file), provider, threads, streams_for(self.choice.layout))
         self.head = Scorer(str(root / self.choice.head), provider, threads, streams=1) if self.choice.head else None
         self.provider = provider
-        want = INPUTS[self.choice.layout]
+        want = INPUTS[self.choice.layout] + (
+            [side.SIDE_INPUT] if self.side_input and self.choice.layout == "bct" else []
+        )
         if self.scorer.input_names != want:
             raise ExportError(f"{export_dir}: {self.choice.file} inputs are {self.scorer.input_names}, expected {want}")
         self.real = self.slots = 0  # token slots scored so far: real tokens, all
@@ -118,11 +135,41 @@ class Predictor:
         """The fraction of the token slots computed so far that held a real token."""
         return self.real / self.slots if self.slots else 1.0
 
-    def calls(self, dialogues: Sequence[Any], batch_size: int) -> Plan:
+    @property
+    def side_input(self) -> bool:
+        """The graphs take the side features as an input (`side_features`)."""
+        return bool(self.feature_names) and not self.features_as_text
+
+    def calls(self, dialogues: Sequence[Any], batch_size: int, features: np.ndarray | None = None) -> Plan:
         """Tokenize a block of dialogues and cut it into session calls (thread-safe: touches no state).
-        `batch_size`: records per call, or chunks per call for the chunk graph."""
+        `batch_size`: records per call, or chunks per call for the chunk graph. `features`: the records' raw
+        side features float32 [n, F] in `feature_names` order (NaN: missing), for a model that reads them."""
+        if self.feature_names:
+            if features is None or features.shape != (len(dialogues), len(self.feature_names)):
+                got = "none" if features is None else f"shape {features.shape}"
+                raise ConfigError(
+                    f"this model reads side features {self.feature_names}: give them as [{len(dialogues)}, "
+                    f"{len(self.feature_names)}] (got {got})"
+                )
+            features = np.asarray(features, np.float32)
+            if self.features_as_text:
+                dialogues, features = side.as_text(dialogues, features, self.feature_names), None
         p = self.processor(dialogues)
-        return plan_block(p.ids, p.lens, self.pad_id, batch_size, self.choice.layout)
+        return plan_block(p.ids, p.lens, self.pad_id, batch_size, self.choice.layout, features)
+
+    def block_inputs(self, batch: pa.RecordBatch | pa.Table, text_field: str) -> tuple[list[Any], np.ndarray | None]:
+        """(dialogues, raw side features [n, F] or None) of a block read with `read_columns`."""
+        x = side.to_matrix(batch, self.feature_names) if self.feature_names else None
+        return batch.column(text_field).to_pylist(), x
+
+    def check_columns(self, names: Sequence[str], where: str) -> None:
+        """A scored file has every side-feature column the model reads (one line naming the file and column)."""
+        missing = [n for n in self.feature_names if n not in names]
+        if missing:
+            raise DataError(
+                f"{where}: missing feature column {missing[0]!r}, which the model reads "
+                f"(columns are {', '.join(names) or 'none'})"
+            )
 
     def score(self, n: int, plan: Plan, on_call: Callable[[int], None] | None = None) -> np.ndarray:
         """Run a block's calls -> probabilities float64 [n, K] in the block's order. `on_call(k)`: k more
@@ -137,10 +184,16 @@ class Predictor:
         return _softmax(logits.astype(np.float64))
 
     def predict_texts(
-        self, dialogues: Sequence[Any], *, batch_size: int = 32, progress: Callable[[int, int], None] | None = None
+        self,
+        dialogues: Sequence[Any],
+        *,
+        batch_size: int = 32,
+        progress: Callable[[int, int], None] | None = None,
+        features: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Dialogues (strings, or lists of message strings; None or empty is fine) -> (predicted class index
-        int64 [N], probabilities float64 [N, K]), in the order given."""
+        int64 [N], probabilities float64 [N, K]), in the order given. `features`: raw side features [N, F] in
+        `feature_names` order (NaN: missing), for a model that reads them."""
         _check_batch_size(batch_size)
         n, done = len(dialogues), [0]
         if n == 0:
@@ -153,10 +206,13 @@ class Predictor:
             if progress:
                 progress(done[0], n)
 
-        blocks = (dialogues[s : s + BLOCK] for s in range(0, n, BLOCK))
+        blocks = (
+            (dialogues[s : s + BLOCK], features[s : s + BLOCK] if features is not None else None)
+            for s in range(0, n, BLOCK)
+        )
         parts = [
             self.score(len(b), calls, on_call)
-            for b, calls in pipelined(blocks, lambda b: (b, self.calls(b, batch_size)))
+            for (b, _), calls in pipelined(blocks, lambda b: (b, self.calls(b[0], batch_size, b[1])))
         ]
         probs = np.concatenate(parts)
         return probs.argmax(axis=1).astype(np.int64), probs
@@ -192,8 +248,10 @@ def predict_file(
     text_field = text_field or predictor.text_field
     id_col, id_name, id_note = id_column(id_field, predictor.info.get("id_field"), column_names(inputs[0]))
     check_field_roles([("--text-field", text_field), ("--id-field", id_col)])  # the export's text field too
-    columns = [text_field] + ([id_col] if id_col else [])
-    total = _total_rows(inputs)
+    columns = [text_field] + ([id_col] if id_col else []) + predictor.feature_names
+    for inp in inputs if predictor.feature_names else []:
+        predictor.check_columns(column_names(inp), inp.name)
+    total = total_rows(inputs)
     done = [0]
 
     def on_call(k: int) -> None:
@@ -215,7 +273,9 @@ def predict_file(
     def prepare(item: tuple[Any, pa.RecordBatch]) -> tuple[Any, pa.RecordBatch, Plan]:
         inp, batch = item
         check_text_type(batch.column(0).type, inp.name, text_field)
-        return inp, batch, predictor.calls(batch.column(0).to_pylist(), batch_size)
+        side.check_types(batch.schema, predictor.feature_names, inp.name)
+        texts, x = predictor.block_inputs(batch, text_field)
+        return inp, batch, predictor.calls(texts, batch_size, x)
 
     writer = OutputFile(out, fmt)
     try:
@@ -223,12 +283,12 @@ def predict_file(
         for inp, batch, calls in pipelined(blocks(), prepare):
             probs = predictor.score(batch.num_rows, calls, on_call)
             ids = plain(batch.column(1)) if id_col else pa.array(np.arange(row, row + batch.num_rows, dtype=np.int64))
-            writer.write(_table(ids, probs, predictor.class_names, writer.schema, inp.name, id_col, id_name))
+            writer.write(predictions_table(ids, probs, predictor.class_names, writer.schema, inp.name, id_col, id_name))
             if row == 0:
                 log.info("%s; %s", predictor.summary, id_note)
             row += batch.num_rows
         writer.commit(
-            _table(
+            predictions_table(
                 pa.array([], pa.int64()),
                 np.zeros((0, predictor.num_classes)),
                 predictor.class_names,
@@ -243,34 +303,6 @@ def predict_file(
         raise
     log.info("wrote %d predictions to %s (%.0f%% of token slots real)", row, out, 100 * predictor.real_fraction)
     return out
-
-
-def id_column(given: str | None, export_id: str | None, names: list[str]) -> tuple[str | None, str, str]:
-    """(the input's id column or None for row numbers, its name in the output, what the log says about it).
-    `--id-field` first; else the export's id field (training's `--id-field`), under its own name, when the data
-    has it; else the first of ID_CANDIDATES the data has."""
-    if given:
-        return given, "id", f"ids from column {shown(given)} (--id-field)"
-    if export_id and export_id in names:
-        clash = export_id == "predicted" or export_id.startswith("prob_")  # the output's other columns
-        return export_id, "id" if clash else export_id, f"ids from column {shown(export_id)} (the export's id field)"
-    found = next((c for c in ID_CANDIDATES if c in names), None)
-    if found:
-        return found, "id", f"ids from column {shown(found)}"
-    wanted = [c for c in (export_id, *ID_CANDIDATES) if c]
-    return None, "id", f"ids are row numbers (no id column: {', '.join(shown(c) for c in dict.fromkeys(wanted))})"
-
-
-def default_output(data: str) -> str:
-    """`<stem>.predictions.parquet`: next to a single local data file, else in the current directory."""
-    if "://" not in data and Path(data).expanduser().is_file():
-        p = Path(data).expanduser()
-        if os.access(p.parent, os.W_OK):
-            return str(p.with_name(f"{p.stem}.predictions.parquet"))
-        return str(Path.cwd() / f"{p.stem}.predictions.parquet")
-    name = posixpath.basename(data.rstrip("/"))
-    stem = Path(name).stem if name and not any(ch in name for ch in "*?[") else ""
-    return str(Path.cwd() / (f"{stem}.predictions.parquet" if stem else "predictions.parquet"))
 
 
 def pipelined(items: Iterable[T], prepare: Callable[[T], U], depth: int = 2) -> Iterator[U]:
@@ -312,52 +344,6 @@ def pipelined(items: Iterable[T], prepare: Callable[[T], U], depth: int = 2) -> 
 
 
 # ----------------------------------------------------------------------------------------------- helpers
-
-
-def _table(
-    ids: Any,
-    probs: np.ndarray,
-    names: list[str],
-    schema: pa.Schema | None,
-    where: str,
-    id_col: str | None,
-    id_name: str = "id",
-) -> pa.Table:
-    """A block of predictions; its id type must match the blocks written before (ints widen, nulls adopt)."""
-    ids = pa.array(ids) if not isinstance(ids, (pa.Array, pa.ChunkedArray)) else ids
-    if schema is not None and ids.type != schema.field(id_name).type:
-        first = schema.field(id_name).type
-        if pa.types.is_null(ids.type) or (pa.types.is_integer(ids.type) and pa.types.is_integer(first)):
-            ids = ids.cast(first)
-        else:
-            raise DataError(
-                f"{where}: column {shown(id_col)} holds {ids.type} values, but the rows before hold {first} "
-                "values; give every input file one id type (or name another column with --id-field)"
-            )
-    pred = probs.argmax(axis=1)
-    return pa.table(
-        {
-            id_name: ids,
-            "predicted": pa.array([names[i] for i in pred], pa.string()),
-            **{f"prob_{c}": pa.array(probs[:, k], pa.float64()) for k, c in enumerate(names)},
-        }
-    )
-
-
-def _total_rows(inputs: list[DataFile]) -> int | None:
-    """The rows of every input, when their metadata says it (Parquet), else None."""
-    import pyarrow.parquet as pq
-
-    if not all(i.format == "parquet" for i in inputs):
-        return None
-    try:
-        total = 0
-        for i in inputs:
-            with i.fs.open_input_file(i.path) as f:
-                total += pq.ParquetFile(f).metadata.num_rows
-        return total
-    except (pa.ArrowException, OSError):
-        return None  # read_batches names the bad file
 
 
 def _check_batch_size(batch_size: int) -> None:

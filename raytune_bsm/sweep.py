@@ -11,9 +11,10 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from raytune_bsm.config import RunConfig, check_metric_name, default_metric, load_yaml, resolve_key
+from raytune_bsm.config import RunConfig, check_metric_name, default_metric, resolve_key
 from raytune_bsm.errors import ClusterError, ConfigError
 from raytune_bsm.pretrained import model_dims
+from raytune_bsm.yamlsafe import load_yaml
 
 log = logging.getLogger("raytune_bsm")
 

@@ -14,6 +14,7 @@ config file never needs and an attacker would use.
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 from typing import Any
 
 from raytune_bsm.errors import ConfigError
@@ -97,3 +98,35 @@ def load(text: str, where: str) -> Any:
         raise ConfigError(f"{where}: nested too deeply") from None
     finally:
         loader.dispose()
+
+
+def parse_value(text: str, where: str = "--set") -> Any:
+    """--set key=value: the value as YAML (numbers, booleans, lists), else the string; no aliases (yamlsafe)."""
+    import yaml
+
+    try:
+        return load(text, where)
+    except yaml.YAMLError:
+        return text
+
+
+def load_yaml(path: str | Path, flag: str = "--config") -> dict[str, Any]:
+    """A YAML file holding a mapping (no aliases, no repeated keys: yamlsafe); errors name `flag` and the file."""
+    import yaml
+
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise ConfigError(f"{flag} {path}: no such file")
+    if not p.is_file():
+        raise ConfigError(f"{flag} {path}: is a directory, not a YAML file")
+    try:
+        d = load(p.read_text(encoding="utf-8"), f"{flag} {path}")
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{flag} {path}: not valid YAML: {str(e).splitlines()[0]}") from None
+    except OSError as e:
+        raise ConfigError(f"{flag} {path}: cannot read it ({e.strerror})") from None
+    if d is None:
+        return {}
+    if not isinstance(d, dict):
+        raise ConfigError(f"{flag} {path}: expected a mapping at the top level, got {type(d).__name__}")
+    return d

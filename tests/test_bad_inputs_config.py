@@ -238,7 +238,7 @@ CASES = [
     # 14: one column, one role
     pytest.param(
         ["submit", "--text-field", "order_id", "--label-field", "order_id"],
-        "--label-field 'order_id' is also the --text-field: a column can play one role (text, label, id)",
+        "--label-field 'order_id' is also the --text-field: a column can play one role (text, label, id, feature)",
         id="label-is-text",
     ),
     pytest.param(
@@ -463,7 +463,8 @@ def test_cap_threads_keeps_what_the_cores_allow():
 def test_check_resources_says_what_each_missing_resource_needs_and_warns_on_an_autoscaling_cluster(
     isolated, caplog, monkeypatch
 ):
-    from raytune_bsm.client.submit import SubmitOptions, check_resources, plan
+    from raytune_bsm.client.options import SubmitOptions
+    from raytune_bsm.client.submit import check_resources, plan
     from raytune_bsm.errors import ClusterError
     from raytune_bsm.resources import ClusterResources, NodeResources
 

@@ -328,7 +328,7 @@ def test_predict_refuses_an_id_field_that_is_the_exports_text_field(exported, tm
         )
     )
     assert line == (
-        "bsm: error: --id-field 'dialogue' is also the --text-field: a column can play one role (text, label, id); "
+        "bsm: error: --id-field 'dialogue' is also the --text-field: a column can play one role (text, label, id, feature); "
         "give another column"
     )
     assert not (tmp_path / "user" / "p.parquet").exists()

@@ -25,6 +25,18 @@ EXPECTED_SCHEMA = pa.schema(
         ("buyer_account_age_days", pa.int64()),
         ("seller_rating", pa.float64()),
         ("days_since_order", pa.int64()),
+        # the reference design's side features (demo/side.py; tests/test_features_cluster.py checks them)
+        ("deliverable_flag", pa.int64()),
+        ("net_conc_amt", pa.float64()),
+        ("bears_risky_prob", pa.float64()),
+        ("ttm_conc_amt", pa.float64()),
+        ("dnr_pmml_score_calibrated", pa.float64()),
+        ("notr_pmml_score_calibrated", pa.float64()),
+        ("concsi", pa.float64()),
+        ("bears_normal_prob", pa.float64()),
+        ("undeliverable_flag", pa.int64()),
+        ("bears_abuse_prob", pa.float64()),
+        ("ttm_conc_count", pa.int64()),
     ]
 )
 

@@ -6,7 +6,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from raytune_bsm.client.submit import SubmitOptions, plan
+from raytune_bsm.client.options import SubmitOptions
+from raytune_bsm.client.submit import plan
 from raytune_bsm.errors import DataError
 
 

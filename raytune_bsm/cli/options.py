@@ -11,7 +11,7 @@ from typing import Annotated, Any, Callable, List, Optional
 
 import typer
 
-from raytune_bsm.client.submit import SubmitOptions
+from raytune_bsm.client.options import SubmitOptions
 
 
 def _run_option(name: str) -> Any:
@@ -38,6 +38,7 @@ BatchSize = RUN_OPTIONS["batch_size"][0]
 AllowInsecure = RUN_OPTIONS["allow_insecure"][0]
 TextField = RUN_OPTIONS["text_field"][0]
 IdField = RUN_OPTIONS["id_field"][0]
+Features = RUN_OPTIONS["features"][0]
 Json = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
 Follow = Annotated[bool, typer.Option("--follow", "-f", help="Stream the logs; exit with the job's result.")]
 DryRun = Annotated[bool, typer.Option("--dry-run", help="Print the plan as JSON; contact no cluster, submit nothing.")]

@@ -25,9 +25,12 @@ class EncodedDataset:
         labels: np.ndarray,
         record_ids: list[Any],
         truncated: list[bool] | None = None,
+        features: np.ndarray | None = None,
+        feature_names: list[str] | None = None,
     ):
         self.ids, self.lens, self.labels, self.record_ids = ids, lens, labels, record_ids
         self.truncated = truncated  # per record: it had more than max_chunks chunks (None: not known)
+        self.features, self.feature_names = features, feature_names  # raw float32 [n, F] side features, NaN: missing
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -59,7 +62,18 @@ class Collate:
             self.label_name: torch.from_numpy(self.ds.labels[list(indices)]),  # [B]
             self.id_name: [self.ds.record_ids[i] for i in indices],
             **({"truncated": [self.ds.truncated[i] for i in indices]} if self.ds.truncated is not None else {}),
+            **side_columns(self.ds.features, self.ds.feature_names, list(indices)),
         }
+
+
+def side_columns(x: np.ndarray | None, names: list[str] | None, rows: Any = slice(None)) -> dict[str, Any]:
+    """A batch's side features: one float32 [B] tensor per feature, keyed by its column name (the model gathers
+    them to [B, F] in its own order); {} for a text-only model."""
+    import torch
+
+    if x is None or not names:
+        return {}
+    return {name: torch.from_numpy(np.ascontiguousarray(x[rows, k])) for k, name in enumerate(names)}
 
 
 def _scatter(

@@ -18,6 +18,7 @@ to `TorchTrainer(datasets=...)`; each worker streams its shard through `data/str
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -25,6 +26,7 @@ import numpy as np
 import pyarrow as pa
 
 from raytune_bsm.config import DataConfig
+from raytune_bsm.data import features as side
 from raytune_bsm.data.columns import is_text, plain, shown
 from raytune_bsm.data.labels import MAX_CLASSES, Labels
 from raytune_bsm.data.processor import ChunkProcessor, ProcessorConfig
@@ -56,7 +58,7 @@ def read_split(
     files = check_schema(uri, cfg, format or getattr(cfg, "format", None), files)
     names = read_schema(files[0]).names
     id_field = cfg.id_field or next((c for c in ID_CANDIDATES if c in names), None)
-    columns = [cfg.text_field, cfg.label_field] + ([id_field] if id_field else [])
+    columns = [cfg.text_field, cfg.label_field] + ([id_field] if id_field else []) + list(cfg.feature_fields or [])
     return read_files(files, columns, include_paths=True), files, id_field
 
 
@@ -131,6 +133,7 @@ class RaySplits:
     skipped_empty: dict[str, int]
     files: dict[str, list[DataFile]]
     pad_id: int  # the tokenizer's padding id (batches are padded with it)
+    feature_stats: dict[str, Any] | None = None  # of the training files' side features, from the checking pass
 
 
 def prepare_split(
@@ -162,18 +165,25 @@ def prepare_splits(
     *,
     format: str | None = None,
     listed: dict[str, list[DataFile]] | None = None,
+    as_text: bool = False,
 ) -> RaySplits:
     """Read, check and tokenize a run's splits on the cluster. `uris`: split name -> file, directory or glob, the
     training split first (with `labels=None` its labels give the class set); `processor`: a ProcessorConfig's
     fields; `listed`: splits' file listings the caller has already (not listed again). Every split is checked in one distributed pass, which finishes before anything is tokenized; then
     each split is tokenized by plain Ray tasks over the cluster's CPUs (no actor to start: a worker process
-    builds its tokenizer once, from JSON the driver sends, without transformers or torch)."""
+    builds its tokenizer once, from JSON the driver sends, without transformers or torch). Side features
+    (`cfg.feature_fields`, resolved) ride along as columns; their statistics come from the checking pass over the
+    training files; `as_text` writes them into the dialogue instead (data/features.py)."""
     reads = {name: read_split(uri, cfg, format, (listed or {}).get(name)) for name, uri in uris.items()}
     summaries = _summaries([f for _, files, _ in reads.values() for f in files], cfg)
     rows, skipped = {}, {}
     for name, (_, files, _) in reads.items():
         labels, rows[name], skipped[name] = judge(summaries, files, uris[name], cfg, labels, num_classes)
     assert labels is not None
+    names = list(cfg.feature_fields or [])
+    train_paths = {f.path for f in reads["train"][1]} if "train" in reads else set()
+    moments = [side.Moments.from_row(s["moments"]) for s in summaries if s[PATH] in train_paths and names]
+    stats = sum(moments[1:], moments[0]).stats(names) if moments else None
     chunker = ChunkProcessor(ProcessorConfig(**processor))
     stage = dict(
         processor=processor,
@@ -182,6 +192,8 @@ def prepare_splits(
         labels=labels,
         text_field=cfg.text_field,
         label_field=cfg.label_field,
+        feature_names=names,
+        as_text=as_text,
     )
     datasets = {
         # batch_size=None: a block at a time (the processor batches inside), so Ray Data fuses the read and the
@@ -192,7 +204,7 @@ def prepare_splits(
         for name, (ds, _, id_field) in reads.items()
     }
     return RaySplits(
-        datasets, rows, labels, skipped, {name: files for name, (_, files, _) in reads.items()}, chunker.pad_id
+        datasets, rows, labels, skipped, {name: files for name, (_, files, _) in reads.items()}, chunker.pad_id, stats
     )
 
 
@@ -201,11 +213,15 @@ def _summaries(files: list[DataFile], cfg: DataConfig) -> list[dict[str, Any]]:
     pass over all of them: one read of many files starts its tasks together, where a pass per split (or a
     union of reads) pays Ray Data's start-up once per split."""
     unique = list({f.path: f for f in files}.values())
-    ds = read_files(unique, [cfg.text_field, cfg.label_field], include_paths=True)
+    names = list(cfg.feature_fields or [])
+    ds = read_files(unique, [cfg.text_field, cfg.label_field, *names], include_paths=True)
     with raised_in_ray():  # a file that fails to parse midway: the reader's own error, naming the file and row
-        return ds.map_batches(
-            _summary, fn_kwargs=dict(text_field=cfg.text_field, label_field=cfg.label_field), batch_format="pyarrow"
+        rows = ds.map_batches(
+            _summary,
+            fn_kwargs=dict(text_field=cfg.text_field, label_field=cfg.label_field, feature_names=names),
+            batch_format="pyarrow",
         ).take_all()
+    return [{**r, "moments": json.loads(r["moments"])} for r in rows]
 
 
 def judge(
@@ -263,11 +279,12 @@ def judge(
     return labels, total - empty, empty
 
 
-def _summary(batch: pa.Table, text_field: str, label_field: str) -> pa.Table:
-    """One row per file in the batch: its rows, null labels, empty dialogues and distinct labels (capped)."""
+def _summary(batch: pa.Table, text_field: str, label_field: str, feature_names: list[str]) -> pa.Table:
+    """One row per file in the batch: its rows, null labels, empty dialogues, distinct labels (capped) and the
+    side features' partial moments (JSON; the training split's statistics are their sum)."""
     import pyarrow.compute as pc
 
-    out: dict[str, list[Any]] = {PATH: [], "rows": [], "nulls": [], "empty": [], "labels": []}
+    out: dict[str, list[Any]] = {PATH: [], "rows": [], "nulls": [], "empty": [], "labels": [], "moments": []}
     for path in pc.unique(batch.column(PATH)).to_pylist():
         part = batch.filter(pc.equal(batch.column(PATH), path))
         label = part.column(label_field)
@@ -280,6 +297,10 @@ def _summary(batch: pa.Table, text_field: str, label_field: str) -> pa.Table:
         out["nulls"].append(label.null_count)
         out["empty"].append(sum(is_empty(t) for t in part.column(text_field).to_pylist()))
         out["labels"].append(pc.unique(label.drop_null()).to_pylist()[: MAX_CLASSES + 1])
+        texts = part.column(text_field).to_pylist()  # moments of the rows training keeps (a dialogue)
+        kept = part.take(pa.array([i for i, t in enumerate(texts) if not is_empty(t)], pa.int64()))
+        x = side.to_matrix(kept, feature_names) if feature_names else None
+        out["moments"].append(json.dumps(side.Moments.of(x).to_row()) if x is not None else "null")
     return pa.table(out)
 
 
@@ -296,6 +317,8 @@ def tokenize(
     text_field: str,
     label_field: str,
     id_field: str | None,
+    feature_names: list[str] | None = None,
+    as_text: bool = False,
 ) -> pa.Table:
     """The map_batches stage: raw records -> processed records (empty dialogues, and text that tokenizes to
     nothing, skipped). A Ray worker process builds its processor on its first batch and keeps it."""
@@ -309,7 +332,8 @@ def tokenize(
     if len(keep) < len(texts):
         batch = batch.take(pa.array(keep, pa.int64()))
         texts = [texts[i] for i in keep]
-    out = chunker(texts)
+    x = side.to_matrix(batch, feature_names) if feature_names else None
+    out = chunker(side.as_text(texts, x, feature_names) if as_text and x is not None else texts)
     tokened = [i for i, lens in enumerate(out.lens) if len(lens)]  # text that tokenizes to nothing is skipped
     if len(tokened) < len(out.lens):
         batch = batch.take(pa.array(tokened, pa.int64()))
@@ -317,11 +341,18 @@ def tokenize(
         out.cut = [out.cut[i] for i in tokened]
     y = labels.encode(batch.column(label_field), "a batch", label_field)
     ids = plain(batch.column(id_field)) if id_field else pa.nulls(batch.num_rows)  # text ids as string
-    return records_table(out.ids, out.lens, out.cut, y, ids)
+    x = x[tokened] if x is not None and not as_text else None
+    return records_table(out.ids, out.lens, out.cut, y, ids, x, feature_names)
 
 
 def records_table(
-    ids: list[np.ndarray], lens: list[np.ndarray], truncated: list[bool], labels: Any, record_ids: Any
+    ids: list[np.ndarray],
+    lens: list[np.ndarray],
+    truncated: list[bool],
+    labels: Any,
+    record_ids: Any,
+    features: np.ndarray | None = None,
+    feature_names: list[str] | None = None,
 ) -> pa.Table:
     """Processed records as the table a prepared split holds (the tokenizing tasks' output, and what the driver
     hands to Ray for a small input): one row per record."""
@@ -335,5 +366,11 @@ def records_table(
             "id": record_ids,
             "cost": pa.array(cost, pa.int64()),  # chunks x longest chunk: the [C, T] area it pads to (length grouping)
             "pad": pa.array(np.zeros(len(lens), np.bool_)),  # a real record (runner/prepare.py adds padding copies)
+            # side features: raw float32 per feature, null where missing (data/features.py)
+            **{
+                side.PREFIX + n: pa.array(features[:, k], pa.float32(), from_pandas=True)
+                for k, n in enumerate(feature_names or [])
+                if features is not None
+            },
         }
     )

@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from raytune_bsm.config import DataConfig
+from raytune_bsm.data import features as side
 from raytune_bsm.data.columns import is_text, is_text_list, plain, shown, shown_all
 from raytune_bsm.data.labels import Labels, label_kind, rows_text
 from raytune_bsm.data.readers import ID_CANDIDATES, DataFile, list_files, read_file, read_schema
@@ -33,6 +34,8 @@ class Split:
     labels: np.ndarray  # int64 class indices
     ids: list[Any]
     skipped_empty: int = 0
+    features: np.ndarray | None = None  # raw float32 [n, F] side features (data/features.py), NaN where missing
+    feature_names: list[str] | None = None
 
 
 def select_columns(table: pa.Table, f: DataFile, columns: dict[str, str]) -> pa.Table:
@@ -87,6 +90,8 @@ def check_schema(
                 f"name the right one with {columns[missing[0]]}"
             )
         check_text_type(schema.field(cfg.text_field).type, f.name, cfg.text_field)
+        if isinstance(cfg.feature_fields, list):
+            side.check_present(schema, cfg.feature_fields, f.name)
         kind = label_kind(schema.field(cfg.label_field).type, f.name, cfg.label_field)
         if first and kind != first[1]:
             raise DataError(
@@ -115,9 +120,13 @@ def load_files(
     columns = {cfg.text_field: "--text-field", cfg.label_field: "--label-field"}
     if id_field:
         columns[id_field] = "--id-field"
+    names = feature_names(cfg, first.schema, files[0].name, id_field, train=labels is None)
+    columns.update({n: "--features" for n in names})
 
     parts: list[tuple[DataFile, pa.Table]] = []
     for f in files:
+        if names:
+            side.check_present(first.schema if not parts else read_schema(f), names, f.name)
         t = select_columns(first if not parts else read_file(f, columns=list(columns)), f, columns)
         _check_part(f, t, cfg, id_field, parts[0] if parts else None)
         parts.append((f, t))
@@ -140,15 +149,26 @@ def load_files(
         empty += [len(texts) + i for i in part_empty]
         texts += part_texts
     ids = [v for _, t in parts for v in t.column(id_field).to_pylist()] if id_field else list(range(len(texts)))
+    x = np.concatenate([side.to_matrix(t, names) for _, t in parts]) if names else None
     if empty:
         keep = np.setdiff1d(np.arange(len(texts)), empty)
         texts = [texts[i] for i in keep]
         ids = [ids[i] for i in keep]
         y = y[keep]
+        x = x[keep] if x is not None else None
         log.warning("%s: skipped %d row(s) with an empty dialogue", path, len(empty))
     if not texts:
         raise DataError(f"{path}: every dialogue in column {shown(cfg.text_field)} is empty")
-    return Split(path=path, texts=texts, labels=y, ids=ids, skipped_empty=len(empty)), labels
+    split = Split(path=path, texts=texts, labels=y, ids=ids, skipped_empty=len(empty), features=x, feature_names=names)
+    return split, labels
+
+
+def feature_names(cfg: DataConfig, schema: pa.Schema, where: str, id_field: str | None, *, train: bool) -> list[str]:
+    """The split's side-feature columns: resolved on a training file (`auto`, unknown names, types), else the
+    training split's (resolved) list, which every val/test file must have."""
+    if train or not isinstance(cfg.feature_fields, list):
+        return side.resolve(cfg.feature_fields, schema, where, (cfg.text_field, cfg.label_field, id_field))
+    return list(cfg.feature_fields)
 
 
 def _chunked(chunks: list[pa.Array]) -> pa.ChunkedArray:
@@ -249,6 +269,8 @@ def split_off(split: Split, fraction: float, seed: int) -> tuple[Split, Split]:
             texts=[split.texts[i] for i in idx],
             labels=split.labels[idx],
             ids=[split.ids[i] for i in idx],
+            features=split.features[idx] if split.features is not None else None,
+            feature_names=split.feature_names,
         )
 
     return pick(tr, "train"), pick(va, "val")

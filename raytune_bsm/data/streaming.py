@@ -21,7 +21,8 @@ from typing import Any, Iterator
 import numpy as np
 import pyarrow as pa
 
-from raytune_bsm.data.batching import pad_records
+from raytune_bsm.data.batching import pad_records, side_columns
+from raytune_bsm.data.features import PREFIX
 
 WINDOW = 4096  # records sorted by length together: big enough to group well, small enough to stay random
 
@@ -43,12 +44,14 @@ class ShardBatches:
         id_name: str | None,
         pad_id: int,
         window: int = WINDOW,
+        feature_names: list[str] | None = None,
     ) -> None:
         self.shard, self.rows, self.batch_size, self.window = shard, rows, batch_size, max(window, batch_size)
         self.train, self.group, self.seed, self.pad_id = train, group_by_length or not train, seed, pad_id
         self.ids_key = f"{text_name}_processed_input_ids"
         self.mask_key = f"{text_name}_processed_attention_mask"
         self.label_name, self.id_name = label_name, id_name or "id"
+        self.feature_names = feature_names or []  # side features: a `feature/<name>` column each
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -90,7 +93,15 @@ class ShardBatches:
             "truncated": t.column("truncated").to_pylist(),
             # copies that make an evaluated split's shares equal (runner/prepare.py): run, but never counted
             "pad": torch.from_numpy(t.column("pad").to_numpy(zero_copy_only=False)),  # [B] bool
+            **side_columns(_side(t, self.feature_names), self.feature_names),  # per feature: [B] float32
         }
+
+
+def _side(t: pa.Table, names: list[str]) -> np.ndarray | None:
+    """The side feature columns of a prepared batch -> raw float32 [B, F] (null: NaN), or None."""
+    if not names:
+        return None
+    return np.stack([t.column(PREFIX + n).to_numpy(zero_copy_only=False) for n in names], 1).astype(np.float32)
 
 
 def _lists(column: pa.ChunkedArray) -> list[np.ndarray]:

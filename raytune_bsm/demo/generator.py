@@ -26,7 +26,9 @@ to valid proof. The length of most records is a few short messages, well inside 
 128-token chunks, with a tail of records far longer than 8 x 128 tokens.
 
 The story is drawn in `story.py`, the record's facts in `facts.py`, the text in `render.py` from the
-templates in `phrases.py`; this module assembles the table and writes the files. Only the standard library and
+templates in `phrases.py`, the eleven side features (the reference design's numeric fields: risk scores,
+concession amounts and counts, flags) in `side.py` from a random stream of their own; this module assembles the
+table and writes the files. Only the standard library and
 pyarrow are imported at module level.
 """
 
@@ -43,6 +45,7 @@ import pyarrow as pa
 
 from raytune_bsm.demo.facts import new_context, ri
 from raytune_bsm.demo.render import story_messages
+from raytune_bsm.demo.side import SIDE_SCHEMA, side_features
 from raytune_bsm.demo.story import (
     FINAL_CDF,
     FINALS,
@@ -89,6 +92,7 @@ SCHEMA: pa.Schema = pa.schema(
         ("buyer_account_age_days", pa.int64()),
         ("seller_rating", pa.float64()),
         ("days_since_order", pa.int64()),
+        *SIDE_SCHEMA,  # side features (demo/side.py): `bsm submit --features auto` reads them
     ]
 )
 COLUMNS: tuple[str, ...] = tuple(SCHEMA.names)
@@ -142,6 +146,7 @@ def make_dialogues(
     s_label: list[int] = []
     s_noise: list[bool] = []
     s_long: list[bool] = []
+    stories: list[dict] = []  # what the side features are drawn from, afterwards, with their own random stream
 
     for i in range(rows):
         oid = f"ORD-{ids[i]:07d}"
@@ -172,6 +177,9 @@ def make_dialogues(
         age.append(int(min(6000, rng.expovariate(1 / 650.0))))
         rating.append(round(r, 1))
         since.append(ctx["days_value"] + ri(rng, 0, 10) + (long_words // 400))
+        stories.append(
+            {"clean": clean, "label": y, "problem": problem, "response": response, "amount": ctx["amount_value"]}
+        )
         if with_story:
             s_problem.append(problem)
             s_response.append(response)
@@ -191,6 +199,7 @@ def make_dialogues(
         pa.array(age, pa.int64()),
         pa.array(rating, pa.float64()),
         pa.array(since, pa.int64()),
+        *side_features(seed, stories),
     ]
     schema = SCHEMA
     if with_story:

@@ -11,7 +11,9 @@
       model.torchscript.pt    torch.jit.trace of forward(input_ids, attention_mask) -> logits; loads with
                               torch.jit.load alone (no raytune_bsm needed)
       tokenizer/              the tokenizer's files (tokenizer.json is all a serving process needs)
-      bsm_model.json          processor settings, class names, hyperparameters, metrics
+      bsm_model.json          processor settings, class names, hyperparameters, metrics; with side features
+                              their names in input order, statistics and fusion ("features"), and every graph but
+                              the chunk graph takes them raw as `side_features` float32 [batch, F] (NaN: missing)
       manifest.json           written last: "format": "bsm-export", sha256 and size of every other file, library
                               versions, parity and per-precision figures, the time of each step
 
@@ -154,7 +156,7 @@ def _build(
         quantized = quantize.quantize_chunks(out / FP32["chunks"], out / INT8["chunks"])
         onnx_graphs.compose(*(out / INT8[k] for k in ("chunks", "head", "bct")))
     with steps("onnx_checker"):  # shape inference (full) once per kind of graph; int8 shares their structure
-        bct = {n: onnx_graphs.BCT_DIMS for n in INPUT_NAMES}
+        bct = {**{n: onnx_graphs.BCT_DIMS for n in INPUT_NAMES}, **onnx_graphs.side_dims(model, "batch")}
         onnx_graphs.check_interface(out / ONNX_FILE, bct, num_classes, full=True)
         onnx_graphs.check_interface(
             out / CHUNKS_ONNX_FILE, onnx_graphs.CHUNK_DIMS, hidden, full=True, output=FEATURES_NAME
@@ -206,12 +208,34 @@ def _write_model_json(
         "class_names": [str(c) for c in (cfg.get("class_names") or range(num_classes))],
         "num_classes": num_classes,
         "processor": {**processor.settings(), "text_field": cfg["text_name"]},
-        "inputs": {n: {"dtype": "int64", "shape": list(onnx_graphs.BCT_DIMS)} for n in INPUT_NAMES},
+        "inputs": {
+            **{n: {"dtype": "int64", "shape": list(onnx_graphs.BCT_DIMS)} for n in INPUT_NAMES},
+            **{n: {"dtype": "float32", "shape": list(d)} for n, d in onnx_graphs.side_dims(model, "batch").items()},
+        },
+        "features": _features(cfg),
         "outputs": {OUTPUT_NAME: {"dtype": "float32", "shape": ["batch", num_classes]}},
         "hyperparameters": hyperparameters if hyperparameters is not None else cfg,
         "metrics": metrics or {},
     }
     path.write_text(json.dumps(info, indent=2, default=str) + "\n")
+
+
+def _features(cfg: dict) -> dict | None:
+    """What scoring needs of the side features: names in input order, training statistics, fusion (None: none)."""
+    if not cfg.get("feature_fields"):
+        return None
+    stats = cfg["feature_stats"] or {}
+    return {
+        "names": list(cfg["feature_fields"]),
+        "fusion": cfg["fusion"],
+        "input": "side_features" if cfg["fusion"] != "text" else None,  # "text": written into the dialogue
+        "statistics": {
+            n: {k: stats[k][i] for k in ("mean", "std", "min", "max", "missing")}
+            for i, n in enumerate(cfg["feature_fields"])
+        }
+        if stats
+        else {},
+    }
 
 
 class _Steps:

@@ -18,6 +18,11 @@ MiniLM against about 5 s for the dynamo exporter, and ONNX Runtime fuses that gr
 than the dynamo graph of SDPA, bench/); the dynamo exporter is the fallback. The other graphs are put together from
 the chunk graph and the head without tracing again, and so are their int8 twins (`quantize`). TorchScript
 (`model.torchscript.pt`) traces the model's dense [B, C, T] path.
+
+A model with side features (data/features.py) gives the head, and so every graph but the chunk graph, a second
+input `side_features` float32 [records, F]: the raw values, NaN where missing. The model's own preprocessing
+(clip to the training range, impute the mean, missing indicators, standardize) is traced into the head with it,
+so an ONNX Runtime user feeds the raw columns.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from typing import Any, Iterator
 import onnx
 import torch
 
+from raytune_bsm.data.features import SIDE_INPUT
 from raytune_bsm.errors import ExportError
 from raytune_bsm.layout import FEATURES_NAME, INPUT_NAMES, OUTPUT_NAME, PACKED_INPUT_NAMES
 
@@ -50,8 +56,10 @@ class LogitsModule(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.model.logits(input_ids, attention_mask, dense=True)
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, side_features: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return self.model.logits(input_ids, attention_mask, dense=True, side=side_features)
 
 
 class ChunksModule(torch.nn.Module):
@@ -72,8 +80,26 @@ class HeadModule(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.model.classifier(self.model.head(features))  # [R, H] -> [R, classes]
+    def forward(self, features: torch.Tensor, side_features: torch.Tensor | None = None) -> torch.Tensor:
+        text = self.model.head(features)  # [R, H] -> [R, hidden_common_dim]
+        return self.model.classifier(self.model.fuse(text, side_features))  # -> [R, classes]
+
+
+def side_example(model: Any, rows: int) -> torch.Tensor | None:
+    """Raw side features [rows, F] for tracing: values about the training mean, one missing, one infinite (so the
+    traced graph keeps the imputation and the clipping); None for a text-only model."""
+    if not model.feature_fields:
+        return None
+    stats = model.config["feature_stats"]
+    x = torch.tensor(stats["mean"], dtype=torch.float32).repeat(rows, 1) + torch.tensor(stats["std"]) * 0.5
+    x[0, 0] = float("nan")
+    x[-1, -1] = float("inf")
+    return x  # [rows, F]
+
+
+def side_dims(model: Any, rows: str = "records") -> dict[str, tuple[str, ...]]:
+    """The side input's dims, {} for a text-only model."""
+    return {SIDE_INPUT: (rows, "side")} if model.feature_fields else {}
 
 
 @contextmanager
@@ -204,12 +230,13 @@ def export_chunks(model: Any, example: tuple[torch.Tensor, torch.Tensor], path: 
 def export_head(model: Any, path: Path) -> None:
     """The head graph: a few ops, traced in milliseconds."""
     features = torch.randn(2, int(model.bert.config.hidden_size))  # [R, H]
+    side = side_example(model, 2)
     with torch.no_grad(), quiet():
         export_onnx(
             HeadModule(model).eval(),
-            (features,),
+            (features,) if side is None else (features, side),
             path,
-            {FEATURES_NAME: ("records",)},
+            {FEATURES_NAME: ("records",), **side_dims(model)},
             {OUTPUT_NAME: ("records",)},
             int(model.bert.config.max_position_embeddings),
         )
@@ -225,9 +252,15 @@ def with_head(chunks: onnx.ModelProto, head: onnx.ModelProto) -> onnx.ModelProto
         n.output[:] = [renames.get(o, o) for o in n.output]
     pool = onnx.helper.make_tensor_value_info("pool", onnx.TensorProto.FLOAT, list(PACKED_DIMS["pool"]))
     mean = onnx.helper.make_node("MatMul", ["pool", graph.output[0].name], [hg.input[0].name], name="pool_chunks")
+    side = [i for i in hg.input if i.name == f"head/{SIDE_INPUT}"]  # raw side features [R, F], if the model has any
+    for n in hg.node:
+        n.input[:] = [SIDE_INPUT if i == f"head/{SIDE_INPUT}" else i for i in n.input]
     graph.node.extend([mean, *hg.node])  # [R, N] @ [N, H] -> [R, H]: each record's mean over its chunks
     graph.initializer.extend(hg.initializer)
     graph.input.append(pool)
+    for i in side:
+        i.name = SIDE_INPUT
+        graph.input.append(i)
     out = onnx.ValueInfoProto()
     out.CopyFrom(hg.output[0])
     out.name = OUTPUT_NAME
@@ -314,8 +347,11 @@ def with_bct_inputs(packed: onnx.ModelProto) -> onnx.ModelProto:
     del graph.node[:]
     graph.node.extend(nodes)
     graph.initializer.extend(prefix.initializer)
+    side = [i for i in graph.input if i.name == SIDE_INPUT]  # one row per record: [batch, F]
+    for i in side:
+        i.type.tensor_type.shape.dim[0].dim_param = "batch"
     del graph.input[:]
-    graph.input.extend(prefix.input)
+    graph.input.extend([*prefix.input, *side])
     graph.output[0].type.tensor_type.shape.dim[0].dim_param = "batch"  # one record per batch row
     return packed
 
@@ -344,7 +380,7 @@ def check_interface(
     if list(got) != list(inputs):
         problems.append(f"inputs are {list(got)}, expected {list(inputs)}")
     for name, tt in got.items():
-        want = onnx.TensorProto.FLOAT if name in ("pool", FEATURES_NAME) else onnx.TensorProto.INT64
+        want = onnx.TensorProto.FLOAT if name in ("pool", FEATURES_NAME, SIDE_INPUT) else onnx.TensorProto.INT64
         dims = [d.dim_param for d in tt.shape.dim]
         if tt.elem_type != want or len(dims) != len(inputs.get(name, ())) or not all(dims):
             problems.append(f"input {name} is elem_type {tt.elem_type} dims {dims}, expected {inputs.get(name)}")
@@ -367,9 +403,11 @@ def export_torchscript(model: Any, example: tuple[torch.Tensor, torch.Tensor], p
     # Lightning's `trainer` property raises outside a Trainer, and tracing probes every attribute of every
     # submodule; this flag is Lightning's own switch for scripting/tracing a LightningModule.
     model._jit_is_scripting = True
+    side = side_example(model, int(example[0].shape[0]))
     try:
         with torch.no_grad(), quiet():
-            traced = torch.jit.trace(LogitsModule(model).eval(), example, check_trace=False)
+            inputs = tuple(example) if side is None else (*example, side)
+            traced = torch.jit.trace(LogitsModule(model).eval(), inputs, check_trace=False)
     except Exception as e:  # noqa: BLE001 - TracingCheckError and friends
         raise ExportError(f"TorchScript trace failed: {e.__class__.__name__}: {str(e)[:500]}") from None
     finally:

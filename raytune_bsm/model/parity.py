@@ -18,6 +18,10 @@ Two sets of batches, chosen so that the check covers every case and costs second
   recorded per graph, and the metric (accuracy, and AUROC for two classes) of `model.chunks.int8.onnx` beside
   fp32's under the manifest's "precision", which is what `bsm predict` chooses a precision by.
 
+A model with side features gets them in every batch: the validation batches' own (or values drawn about the
+training mean where a batch has none), and in every batch some missing (NaN) and infinite values, so the
+preprocessing baked into the graphs is checked against PyTorch's too.
+
 Every ONNX graph gets one session, with the options `bsm predict` uses (scoring.sessions.Scorer).
 """
 
@@ -33,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from raytune_bsm.data.batching import Collate, EncodedDataset
+from raytune_bsm.data.features import SIDE_INPUT
 from raytune_bsm.errors import ExportError
 from raytune_bsm.layout import (
     CHUNKS_INT8_ONNX_FILE,
@@ -82,6 +87,7 @@ class Batch:
     mask: torch.Tensor  # [B, C, T] int64
     source: str
     labels: np.ndarray | None = None  # [B] true labels: only for the labelled validation batches
+    side: torch.Tensor | None = None  # [B, F] float32 raw side features (NaN: missing), for a model with them
 
 
 def parity_batches(
@@ -93,26 +99,40 @@ def parity_batches(
     val, labelled, left = [], [], MAX_LABELLED
     for i, b in enumerate((val_batches or [])[:MAX_VAL_BATCHES]):
         ids, mask = torch.as_tensor(b[model.ids_key]).cpu().long(), torch.as_tensor(b[model.mask_key]).cpu().long()
-        val.append(Batch(ids, mask, f"val[{i}]"))
+        side = _side(model, b, len(ids), i)
+        val.append(Batch(ids, mask, f"val[{i}]", side=side))
         if label in b and left > 0:
             y = np.asarray(torch.as_tensor(b[label]).cpu())[:left]
-            labelled.append(Batch(ids[:left], mask[:left], f"val[{i}]", y))
+            labelled.append(Batch(ids[:left], mask[:left], f"val[{i}]", y, side[:left] if side is not None else None))
             left -= len(y)
-    synthetic = _synthetic(processor)
+    synthetic = _synthetic(processor, model)
     first = val[0] if val else synthetic[0]
-    first = Batch(first.ids[:PARITY_RECORDS], first.mask[:PARITY_RECORDS], f"{first.source}[:{PARITY_RECORDS}]")
+    cut = first.side[:PARITY_RECORDS] if first.side is not None else None
+    first = Batch(
+        first.ids[:PARITY_RECORDS], first.mask[:PARITY_RECORDS], f"{first.source}[:{PARITY_RECORDS}]", side=cut
+    )
     extra_tokens = 3 if first.ids.shape[2] + 3 <= max_pos else 0
     pad = (0, extra_tokens, 0, 2)  # 2 all-padding chunks, `extra_tokens` padding columns
     shapes = [
         first,
         Batch(
-            F.pad(first.ids, pad), F.pad(first.mask, pad), f"{first.source}+2 empty chunks+{extra_tokens} pad tokens"
+            F.pad(first.ids, pad),
+            F.pad(first.mask, pad),
+            f"{first.source}+2 empty chunks+{extra_tokens} pad tokens",
+            side=first.side,
         ),
     ]
     if first.ids.shape[0] > 1:  # a record with no chunk beside others: the model gives it the head's bias
         mask = first.mask.clone()
         mask[-1] = 0
-        shapes.append(Batch(first.ids, mask, f"{first.source} with its last record emptied"))
+        shapes.append(Batch(first.ids, mask, f"{first.source} with its last record emptied", side=first.side))
+    if first.side is not None:  # every side feature missing in one record, infinite in another
+        side = first.side.clone()
+        side[0] = float("nan")
+        side[-1, ::2] = float("inf")
+        shapes.append(
+            Batch(first.ids, first.mask, f"{first.source} with missing and infinite side features", side=side)
+        )
     seen = {tuple(b.ids.shape) for b in shapes} - {tuple(example_shape)}
     for b in synthetic:
         if len(seen) >= 3:
@@ -124,12 +144,39 @@ def parity_batches(
     return keep(shapes), keep(labelled)
 
 
-def _synthetic(processor: Any) -> list[Batch]:
+def _synthetic(processor: Any, model: Any) -> list[Batch]:
     p = processor(_SYNTHETIC)
     ds = EncodedDataset(p.ids, p.lens, np.zeros(len(_SYNTHETIC), dtype=np.int64), list(range(len(_SYNTHETIC))))
     collate = Collate(ds, "x", "y", None, processor.pad_id)
     batches = [collate(idx) for idx in ([1, 3, 0], [0], [2, 5], [4, 0])]
-    return [Batch(b[collate.ids_key], b[collate.mask_key], f"synthetic{i}") for i, b in enumerate(batches)]
+    return [
+        Batch(b[collate.ids_key], b[collate.mask_key], f"synthetic{i}", side=_side(model, {}, len(b["y"]), 100 + i))
+        for i, b in enumerate(batches)
+    ]
+
+
+def _side(model: Any, batch: dict, rows: int, seed: int) -> torch.Tensor | None:
+    """A batch's raw side features [rows, F]: its own, else drawn about the training mean (one in five missing,
+    one in eleven infinite); None for a text-only model."""
+    if not model.feature_fields:
+        return None
+    if all(n in batch for n in model.feature_fields):
+        return model.side_input(batch).cpu()
+    stats = model.config["feature_stats"]
+    g = torch.Generator().manual_seed(seed)
+    x = torch.tensor(stats["mean"]) + torch.tensor(stats["std"]) * 2 * torch.randn(
+        rows, len(stats["mean"]), generator=g
+    )
+    k = torch.arange(x.numel()).view_as(x)
+    x[k % 5 == 1] = float("nan")
+    x[k % 11 == 3] = float("inf")
+    return x.float()
+
+
+def _feeds(b: Batch) -> dict[str, np.ndarray]:
+    """A batch as the [B, C, T] graph takes it."""
+    feeds = {"input_ids": b.ids.numpy(), "attention_mask": b.mask.numpy()}
+    return {**feeds, SIDE_INPUT: b.side.numpy()} if b.side is not None else feeds
 
 
 def records(ids: np.ndarray, mask: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -156,15 +203,18 @@ def _runners(out: Path, pad_id: int) -> dict[str, Callable[[Batch], np.ndarray]]
 
         def chunks(b: Batch) -> np.ndarray:
             ids, lens = records(b.ids.numpy(), b.mask.numpy())
-            return run_plan(plan_block(ids, lens, pad_id, CALL_CHUNKS, "chunks"), scorer, head)
+            side = b.side.numpy() if b.side is not None else None
+            return run_plan(plan_block(ids, lens, pad_id, CALL_CHUNKS, "chunks", side), scorer, head)
 
         if layout == "bct":  # as given: the [B, C, T] graph must take empty chunks and padding columns
-            return lambda b: scorer({"input_ids": b.ids.numpy(), "attention_mask": b.mask.numpy()})
+            return lambda b: scorer(_feeds(b))
         return chunks
 
     layouts = {ONNX_FILE: "bct", INT8_ONNX_FILE: "bct", CHUNKS_ONNX_FILE: "chunks", CHUNKS_INT8_ONNX_FILE: "chunks"}
     runners = {f: run(f, k) for f, k in layouts.items()}
-    runners[TORCHSCRIPT_FILE] = lambda b: scripted(b.ids, b.mask).float().numpy()
+    runners[TORCHSCRIPT_FILE] = lambda b: (
+        scripted(*(b.ids, b.mask, *([b.side] if b.side is not None else []))).float().numpy()
+    )
     return runners
 
 
@@ -186,7 +236,7 @@ def check(
 
     with torch.no_grad():
         for b in shapes:
-            ref = model.logits(b.ids, b.mask).float().numpy()  # [B, classes]
+            ref = model.logits(b.ids, b.mask, side=b.side).float().numpy()  # [B, classes]
             for f, run in runners.items():
                 compare(f, run(b), ref)
     scores: dict[str, list[np.ndarray]] = {CHUNKS_ONNX_FILE: [], CHUNKS_INT8_ONNX_FILE: []}
@@ -210,6 +260,7 @@ def check(
         "shapes": [list(b.ids.shape) for b in shapes],
         "sources": [b.source for b in shapes],
         "with_padding_chunks": any(bool((~b.mask.bool().any(-1)).any()) for b in shapes),
+        "with_missing_side_features": any(b.side is not None and bool(torch.isnan(b.side).any()) for b in shapes),
     }
     if failed:
         detail = "; ".join(

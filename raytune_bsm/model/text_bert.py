@@ -7,6 +7,15 @@ averaged over the record's non-empty chunks; dropout and a linear layer give the
       -> non-empty chunks [N, T] -> BERT pooled output [N, H] -> back in place [B, C, H]
       -> mean over the record's non-empty chunks [B, H] -> Dropout -> Linear [B, hidden_common_dim]
 
+With side features (`feature_fields`, data/features.py) the record's numbers join the text features:
+
+    the batch's per-feature [B] keys -> raw [B, F] (NaN: missing) -> SideFeatures [B, side_hidden]
+      concat: [text features, side] [B, hidden_common_dim + side_hidden]
+      gated:  sigmoid(Linear(side)) * text features + Linear(side) [B, hidden_common_dim]
+
+`fusion: text` writes the numbers into the dialogue instead and changes nothing here. Without feature fields
+the modules, their checkpoint keys and the batch are those of a text-only model.
+
 `TextBertBase` is that feature extractor, config- and batch-compatible with the reference design.
 `TextBertClassifier` adds the classification head, loss, metrics, optimizer and schedule for training.
 """
@@ -28,6 +37,29 @@ from raytune_bsm.model.checkpoint import safe_load
 from raytune_bsm.model.encoder import load_encoder
 
 
+class SideFeatures(nn.Module):
+    """Raw side features [B, F] -> [B, side_hidden]. The training statistics are buffers, so the preprocessing
+    runs inside the model and every traced graph: clip to the training [min, max] (infinities too), impute the
+    training mean where missing (NaN) plus a 0/1 missing indicator per feature, standardize; then a small MLP
+    (LayerNorm first, as AutoGluon's numeric MLP)."""
+
+    def __init__(self, stats: dict[str, Any], hidden: int, dropout: float) -> None:
+        super().__init__()
+        F_ = len(stats["names"])
+        for name in ("mean", "std", "min", "max"):
+            self.register_buffer(name, torch.tensor(stats[name], dtype=torch.float32).view(1, F_))  # [1, F]
+        self.mlp = nn.Sequential(
+            nn.LayerNorm(2 * F_), nn.Linear(2 * F_, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, hidden)
+        )
+
+    def forward(self, raw: torch.Tensor) -> torch.Tensor:
+        missing = torch.isnan(raw)  # [B, F]
+        x = torch.where(missing, self.mean, raw)  # [B, F]: NaN -> the training mean
+        x = torch.minimum(torch.maximum(x, self.min), self.max)  # +-inf and outliers -> the training range
+        z = (x - self.mean) / self.std  # [B, F]; a constant column has std 1
+        return self.mlp(torch.cat([z, missing.to(z.dtype)], dim=1))  # [B, 2F] -> [B, side_hidden]
+
+
 class TextBertBase(pl.LightningModule):
     """Chunked-BERT features: batch dict -> [B, hidden_common_dim]."""
 
@@ -44,6 +76,17 @@ class TextBertBase(pl.LightningModule):
         H = self.bert.config.hidden_size
         self.dropout = nn.Dropout(cfg["dropout"])
         self.head = nn.Linear(H, cfg["hidden_common_dim"])
+        self.out_dim = cfg["hidden_common_dim"]  # what forward() gives per record
+        self.feature_fields = list(cfg["feature_fields"] or []) if cfg["fusion"] != "text" else []
+        if self.feature_fields:
+            if not cfg["feature_stats"]:
+                raise ConfigError("a model with feature_fields needs their feature_stats (prepared data gives them)")
+            self.side = SideFeatures(cfg["feature_stats"], cfg["side_hidden"], cfg["dropout"])
+            if cfg["fusion"] == "gated":
+                self.gate = nn.Linear(cfg["side_hidden"], cfg["hidden_common_dim"])
+                self.side_proj = nn.Linear(cfg["side_hidden"], cfg["hidden_common_dim"])
+            else:
+                self.out_dim += cfg["side_hidden"]
         self._reinit(cfg["reinit_pooler"], cfg["reinit_layers"])
         self._freeze(cfg["freeze_layers"])
         # `from_pretrained` returns the encoder in eval mode and Lightning keeps each module's mode, so without
@@ -132,8 +175,25 @@ class TextBertBase(pl.LightningModule):
         features = summed / count  # [B, H]
         return self.head(self.dropout(features))  # [B, hidden_common_dim]
 
+    def side_input(self, batch: dict[str, Any]) -> torch.Tensor | None:
+        """The batch's side features, one [B] tensor per feature, gathered to raw [B, F] (None: text only)."""
+        if not self.feature_fields:
+            return None
+        return torch.stack([batch[n].float() for n in self.feature_fields], dim=1)  # [B, F]
+
+    def fuse(self, text: torch.Tensor, raw: torch.Tensor | None) -> torch.Tensor:
+        """Text features [B, hidden_common_dim] and raw side features [B, F] -> [B, out_dim]."""
+        if not self.feature_fields:
+            return text
+        if raw is None:
+            raise ValueError(f"this model reads side features {self.feature_fields}; none were given")
+        side = self.side(raw.to(text.dtype))  # [B, side_hidden]
+        if self.config["fusion"] == "gated":
+            return torch.sigmoid(self.gate(side)) * text + self.side_proj(side)  # [B, hidden_common_dim]
+        return torch.cat([text, side], dim=1)  # [B, hidden_common_dim + side_hidden]
+
     def forward(self, batch: dict[str, Any]) -> torch.Tensor:
-        return self.encode(batch[self.ids_key], batch[self.mask_key])
+        return self.fuse(self.encode(batch[self.ids_key], batch[self.mask_key]), self.side_input(batch))
 
 
 class TextBertClassifier(TextBertBase):
@@ -143,7 +203,7 @@ class TextBertClassifier(TextBertBase):
         super().__init__(config)
         cfg = self.config
         self.num_classes = cfg["num_classes"]
-        self.classifier = nn.Sequential(nn.GELU(), nn.Linear(cfg["hidden_common_dim"], self.num_classes))
+        self.classifier = nn.Sequential(nn.GELU(), nn.Linear(self.out_dim, self.num_classes))
         self.val_metrics = self._metrics("val_")
         self.test_metrics = self._metrics("test_")
         self.test_rows: list[dict[str, Any]] = []
@@ -161,11 +221,18 @@ class TextBertClassifier(TextBertBase):
             make["accuracy"] = lambda **k: Accuracy(task="multiclass", num_classes=self.num_classes)
         return MetricCollection({m: make[m](**kw) for m in self.config["metric_choices"]}, prefix=prefix)
 
-    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, dense: bool = False) -> torch.Tensor:
-        return self.classifier(self.encode(input_ids, attention_mask, dense=dense))  # [B, num_classes]
+    def logits(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        dense: bool = False,
+        side: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """[B, C, T] ids and mask (and raw side features [B, F]) -> [B, num_classes]."""
+        return self.classifier(self.fuse(self.encode(input_ids, attention_mask, dense=dense), side))
 
     def _step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        logits = self.logits(batch[self.ids_key], batch[self.mask_key])
+        logits = self.logits(batch[self.ids_key], batch[self.mask_key], side=self.side_input(batch))
         labels = batch[self.config["label_name"]]
         return F.cross_entropy(logits.float(), labels), logits.float(), labels
 
@@ -182,7 +249,7 @@ class TextBertClassifier(TextBertBase):
         """(loss, logits, labels, kept row indices) over the batch's real records. A split evaluated on several
         ranks is padded to an equal share per rank with copies marked `pad` (data/streaming.py): they run, so
         every rank runs the same batches, but count in no metric and no prediction. None: only padding."""
-        logits = self.logits(batch[self.ids_key], batch[self.mask_key]).float()  # [B, num_classes]
+        logits = self.logits(batch[self.ids_key], batch[self.mask_key], side=self.side_input(batch)).float()
         labels = batch[self.config["label_name"]]  # [B]
         keep = list(range(len(labels)))
         pad = batch.get("pad")

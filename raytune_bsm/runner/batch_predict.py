@@ -34,6 +34,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from raytune_bsm import layout, storage
+from raytune_bsm.data import features as side
 from raytune_bsm.data.columns import is_text, plain, shown, shown_all
 from raytune_bsm.data.ray_data import read_files
 from raytune_bsm.data.readers import ID_CANDIDATES, DataFile, list_files, read_schema
@@ -104,8 +105,8 @@ class Score:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         p = self.predictor
-        texts = batch.column(self.text_field).to_pylist()
-        probs = p.score(len(texts), p.calls(texts, self.job.batch_size))  # float64 [N, K]
+        texts, x = p.block_inputs(batch, self.text_field)  # x: raw side features [N, F], if the model reads any
+        probs = p.score(len(texts), p.calls(texts, self.job.batch_size, x))  # float64 [N, K]
         ids = plain(batch.column(self.id_field))  # text ids as string
         if ids.type != self.id_type:  # as local predict: ints widen to the first file's type, nulls adopt it
             ids = ids.cast(self.id_type)
@@ -150,10 +151,13 @@ def run(job: PredictJob) -> dict[str, Any]:
     layout.download_export(job.export, None, only=[*choice.files, layout.TOKENIZER_JSON])
     text_field = job.text_field or info.get("text_field") or info["processor"].get("text_field") or "dialogue"
     id_field, id_type = check_inputs(files, text_field, job.id_field, job.data)
+    feature_names = list((info.get("features") or {}).get("names") or [])  # side features the model reads
+    for f in files if feature_names else []:
+        side.check_present(read_schema(f), feature_names, f.name)
     class_names = [str(c) for c in info["class_names"]]
 
     connect()
-    ds = read_files(files, [text_field, id_field])
+    ds = read_files(files, [text_field, id_field, *feature_names])
     scored = ds.map_batches(
         Score,
         fn_constructor_kwargs=dict(

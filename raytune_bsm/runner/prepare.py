@@ -6,11 +6,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from raytune_bsm.config import RunConfig
+from raytune_bsm.data import features as side
 from raytune_bsm.data.batching import Collate, EncodedDataset, LengthGroupedBatchSampler
 from raytune_bsm.data.labels import Labels
 from raytune_bsm.data.processor import ChunkProcessor, ProcessorConfig
@@ -67,6 +68,7 @@ def data_paths(run: RunConfig) -> dict[str, str | None]:
 def prepare(run: RunConfig) -> Prepared:
     """Read, check and process every split. Any bad input raises here, before a model or file exists."""
     paths = data_paths(run)
+    run = replace(run, data=side.resolve_data(run.data, paths["train"]))  # --features auto -> the columns
     num_classes = run.model.get("num_classes")  # None: inferred from the training labels
     train_split, labels = load_split(paths["train"], run.data, None, num_classes)
     if paths["val"]:
@@ -76,14 +78,21 @@ def prepare(run: RunConfig) -> Prepared:
     test_split = load_split(paths["test"], run.data, labels)[0] if paths["test"] else None
 
     n = len(labels.names)
+    names = run.data.feature_fields
+    stats = side.fit(train_split.features, names) if names else None  # the training split's rows only
     model_config = run.model_config(
-        is_binary=n == 2, num_classes=n, class_names=labels.names, id_name=run.data.id_field or "id"
+        is_binary=n == 2,
+        num_classes=n,
+        class_names=labels.names,
+        id_name=run.data.id_field or "id",
+        **side.model_keys(names, stats),
     )
     processor = ChunkProcessor(ProcessorConfig.of_model(model_config))
+    as_text = bool(names) and model_config["fusion"] == "text"
 
     def encode(split: Any, tag: str) -> EncodedDataset:
         t = time.perf_counter()
-        p = processor(split.texts)
+        p = processor(side.as_text(split.texts, split.features, names) if as_text else split.texts)
         log.info(
             "%s: %d records, %d tokens in %.1fs; %d record(s) longer than %d chunks kept their %s %d",
             tag,
@@ -106,6 +115,8 @@ def prepare(run: RunConfig) -> Prepared:
             split.labels[keep],
             [split.ids[i] for i in keep],
             truncated=[p.cut[i] for i in keep],
+            features=split.features[keep] if names and not as_text else None,
+            feature_names=names if not as_text else None,
         )
 
     return Prepared(
@@ -155,6 +166,7 @@ def prepare_ray(run: RunConfig) -> RayPrepared:
         if run.data.driver_prepare_mib > 0
         else {}
     )
+    run = replace(run, data=side.resolve_data(run.data, paths["train"], listed.get("train")))
     sizes = [f.size for files in listed.values() for f in files]
     if listed and None not in sizes and sum(sizes) <= run.data.driver_prepare_mib * 2**20:  # type: ignore[operator]
         log.info(
@@ -169,7 +181,8 @@ def prepare_ray(run: RunConfig) -> RayPrepared:
             name: {"skipped_empty": prep.skipped_empty.get(name, 0), "files": len(listed.get(name, []))}
             for name in datasets
         }
-        return _finish(run, paths, datasets, sources, prep.labels, prep.processor.pad_id, t)
+        stats = prep.model_config.get("feature_stats")
+        return _finish(run, paths, datasets, sources, prep.labels, prep.processor.pad_id, t, stats)
     from raytune_bsm.data.ray_data import prepare_splits
 
     splits = prepare_splits(
@@ -179,6 +192,7 @@ def prepare_ray(run: RunConfig) -> RayPrepared:
         None,
         run.model.get("num_classes"),
         listed=listed,
+        as_text=run.model_config()["fusion"] == "text",
     )
     # One split after another: each pass has the cluster's CPUs to itself (passes run at once would each see
     # the others' tasks holding every CPU, and Ray Data warns that it may hang)
@@ -196,7 +210,23 @@ def prepare_ray(run: RunConfig) -> RayPrepared:
             n_val, shuffle=True, seed=run.data.split_seed
         )
         sources["val"] = {"skipped_empty": 0, "files": 0}  # split off the training files (counted there)
-    return _finish(run, paths, datasets, sources, splits.labels, splits.pad_id, t)
+        if splits.feature_stats is not None:  # the checking pass saw the split-off rows too: train's alone
+            splits.feature_stats = _train_stats(datasets["train"], run.data.feature_fields)
+    return _finish(run, paths, datasets, sources, splits.labels, splits.pad_id, t, splits.feature_stats)
+
+
+def _train_stats(ds: Any, names: list[str]) -> dict[str, Any]:
+    """`feature_stats` of a materialized split (a pass over its feature columns in the object store, no file
+    read): where the validation rows were split off the training files after the checking pass."""
+    import numpy as np
+
+    columns = [side.PREFIX + n for n in names]
+    rows = ds.select_columns(columns).map_batches(
+        lambda b: {"m": [side.Moments.of(np.stack([b[c] for c in columns], 1).astype(np.float32)).to_row()]},
+        batch_format="numpy",
+    )
+    parts = [side.Moments.from_row(r["m"]) for r in rows.take_all()]
+    return sum(parts[1:], parts[0]).stats(names)
 
 
 def _finish(
@@ -207,6 +237,7 @@ def _finish(
     labels: Labels,
     pad_id: int,
     started: float,
+    stats: dict[str, Any] | None = None,
 ) -> RayPrepared:
     """Row counts, evaluated splits padded to equal shares, the model config: the end of either way."""
     from raytune_bsm.runner.shards import shares  # ray.train: imported where Ray runs
@@ -228,7 +259,11 @@ def _finish(
     )
     n = len(labels.names)
     model_config = run.model_config(
-        is_binary=n == 2, num_classes=n, class_names=labels.names, id_name=run.data.id_field or "id"
+        is_binary=n == 2,
+        num_classes=n,
+        class_names=labels.names,
+        id_name=run.data.id_field or "id",
+        **side.model_keys(run.data.feature_fields, stats),
     )
     return RayPrepared(
         model_config, labels, datasets, rows, pad_id, sources, pads, shares(datasets, run.scaling.num_workers)
@@ -246,9 +281,8 @@ def _blocks(ds: EncodedDataset) -> Any:
     from raytune_bsm.data.ray_data import records_table
 
     ids = pa.array(ds.record_ids) if any(i is not None for i in ds.record_ids) else pa.nulls(len(ds))
-    table = records_table(
-        ds.ids, ds.lens, ds.truncated if ds.truncated is not None else [False] * len(ds), ds.labels, ids
-    )
+    cut = ds.truncated if ds.truncated is not None else [False] * len(ds)
+    table = records_table(ds.ids, ds.lens, cut, ds.labels, ids, ds.features, ds.feature_names)
     return ray.data.from_arrow(
         [table.slice(i, BLOCK_ROWS) for i in range(0, max(1, table.num_rows), BLOCK_ROWS)]
     ).materialize()
@@ -292,6 +326,7 @@ def shard_loaders(
             label_name=cfg["label_name"],
             id_name=cfg["id_name"],
             pad_id=pad_id,
+            feature_names=cfg.get("feature_fields") if cfg.get("fusion") != "text" else None,
         )
 
     return make("train", True), make("val", False), (make("test", False) if "test" in rows else None)

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from raytune_bsm.config import RunConfig, check_monitor_computed, dumps
+from raytune_bsm.data import features as side
 from raytune_bsm.data.splits import load_split
 from raytune_bsm.errors import BsmError, ConfigError
 from raytune_bsm.layout import BEST_CONFIG_JSON, RESULT_JSON
@@ -109,8 +110,13 @@ def _for_trial(data: RayPrepared | None, run: RunConfig) -> RayPrepared | None:
     if data is None:
         return None
     n = len(data.labels.names)
+    prepared = data.model_config  # the side features and their statistics, from the shared preparation
     model_config = run.model_config(
-        is_binary=n == 2, num_classes=n, class_names=data.labels.names, id_name=run.data.id_field or "id"
+        is_binary=n == 2,
+        num_classes=n,
+        class_names=data.labels.names,
+        id_name=run.data.id_field or "id",
+        **side.model_keys(prepared.get("feature_fields"), prepared.get("feature_stats")),
     )
     return replace(data, model_config=model_config)
 
@@ -162,6 +168,8 @@ def run_sweep(run: RunConfig, sweep: SweepConfig, *, storage: str) -> dict[str, 
     # dialogues are tokenized: then each trial prepares its own.
     data = None
     tokenizing = PROCESSOR_KEYS & {k.rsplit(".", 1)[-1] for k in space}
+    if run.data.feature_fields and side.fusion_retokenizes(run.model_config()["fusion"], space):
+        tokenizing = {*tokenizing, "fusion"}  # `fusion: text` writes the features into the dialogues
     if tokenizing:
         log.info("the search space sets %s: each trial tokenizes its own data", sorted(tokenizing))
     else:

@@ -14,6 +14,9 @@ Three layouts (see layout.py):
 
 A record is the processor's pair of int32 arrays: `ids` (its chunks' tokens back to back) and `lens` (each chunk's
 length). The fraction of token slots holding real tokens (`real / slots`) is what the grouping saves.
+
+A model with side features takes them raw, float32 [records, F] (NaN where missing), as `side_features`: the
+head's second input for the chunk graph, a third input of model.onnx (one row per record of the call).
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from typing import Callable
 import numpy as np
 
 from raytune_bsm.data.batching import pack_records, pad_records  # noqa: F401  (one padding, shared with training)
+from raytune_bsm.data.features import SIDE_INPUT
+from raytune_bsm.layout import FEATURES_NAME
 
 # Token slots per chunk-graph call: on 2 cores, calls of ~1k tokens ran 10-25% faster per token than calls of 4k
 # (the activations stay in cache; bench/), and the per-call overhead is under 1% at this size.
@@ -50,6 +55,7 @@ class Plan:
     n: int  # records in the block
     calls: list[Call]
     counts: np.ndarray | None = None  # int64 [n]: the chunk graph only
+    side: np.ndarray | None = None  # float32 [n, F]: raw side features of the block's records (the head's input)
 
 
 def plan_calls(lens: list[np.ndarray], batch_size: int, packed: bool) -> list[np.ndarray]:
@@ -106,18 +112,29 @@ def chunk_call(tokens: np.ndarray, starts: np.ndarray, chunk_lens: np.ndarray, r
     return Call(rows=rows, feeds={"input_ids": input_ids, "attention_mask": mask}, real=int(L.sum()), slots=N * T)
 
 
-def plan_block(ids: list[np.ndarray], lens: list[np.ndarray], pad_id: int, batch_size: int, layout: str) -> Plan:
+def plan_block(
+    ids: list[np.ndarray],
+    lens: list[np.ndarray],
+    pad_id: int,
+    batch_size: int,
+    layout: str,
+    side: np.ndarray | None = None,
+) -> Plan:
     """The calls that score a block of records with a graph of `layout` (one of LAYOUTS). `batch_size`: records
-    per call, or for the chunk graph chunks per call (and at most CALL_TOKENS token slots)."""
+    per call, or for the chunk graph chunks per call (and at most CALL_TOKENS token slots). `side`: the records'
+    raw side features [n, F], for a model that has them."""
     if layout != "chunks":
         packed = layout == "packed"
-        return Plan(len(ids), [make_call(ids, lens, r, pad_id, packed) for r in plan_calls(lens, batch_size, packed)])
+        calls = [make_call(ids, lens, r, pad_id, packed) for r in plan_calls(lens, batch_size, packed)]
+        for call in calls if side is not None else []:
+            call.feeds[SIDE_INPUT] = np.ascontiguousarray(side[call.rows], np.float32)  # [R, F]
+        return Plan(len(ids), calls, side=side)
     counts = np.fromiter((len(l) for l in lens), np.int64, len(lens))
     chunk_lens = np.concatenate(lens).astype(np.int64) if lens else np.zeros(0, np.int64)  # [chunks]
     tokens = np.concatenate(ids).astype(np.int64) if ids else np.zeros(0, np.int64)  # every chunk back to back
     starts = np.cumsum(chunk_lens) - chunk_lens
     calls = [chunk_call(tokens, starts, chunk_lens, rows, pad_id) for rows in plan_chunks(chunk_lens, batch_size)]
-    return Plan(len(ids), calls, counts)
+    return Plan(len(ids), calls, counts, side)
 
 
 def run_plan(
@@ -156,7 +173,7 @@ def run_plan(
     if features is not None:
         starts = (np.cumsum(plan.counts) - plan.counts)[has]  # the first chunk of each record that has one
         means[has] = np.add.reduceat(features, starts, axis=0) / plan.counts[has, None]
-    logits = head(means)  # [R, K]
+    logits = head(means if plan.side is None else {FEATURES_NAME: means, SIDE_INPUT: plan.side})  # [R, K]
     if on_records and plan.n > reported:
         on_records(plan.n - reported)
     return logits

@@ -17,11 +17,12 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
 import pyarrow as pa
 
 from raytune_bsm import storage
 from raytune_bsm.data.columns import shown, shown_all
-from raytune_bsm.data.readers import DataFile, check_utf8, not_utf8
+from raytune_bsm.data.readers import ID_CANDIDATES, DataFile, check_utf8, not_utf8
 from raytune_bsm.errors import ConfigError, DataError
 
 OUT_FORMATS = {
@@ -265,3 +266,80 @@ def _delete_quietly(fs: Any, path: str) -> None:
         fs.delete_file(path)
     except (OSError, FileNotFoundError):
         pass
+
+
+# ----------------------------------------------------------------------------------------------- predictions
+
+
+def id_column(given: str | None, export_id: str | None, names: list[str]) -> tuple[str | None, str, str]:
+    """(the input's id column or None for row numbers, its name in the output, what the log says about it).
+    `--id-field` first; else the export's id field (training's `--id-field`), under its own name, when the data
+    has it; else the first of ID_CANDIDATES the data has."""
+    if given:
+        return given, "id", f"ids from column {shown(given)} (--id-field)"
+    if export_id and export_id in names:
+        clash = export_id == "predicted" or export_id.startswith("prob_")  # the output's other columns
+        return export_id, "id" if clash else export_id, f"ids from column {shown(export_id)} (the export's id field)"
+    found = next((c for c in ID_CANDIDATES if c in names), None)
+    if found:
+        return found, "id", f"ids from column {shown(found)}"
+    wanted = [c for c in (export_id, *ID_CANDIDATES) if c]
+    return None, "id", f"ids are row numbers (no id column: {', '.join(shown(c) for c in dict.fromkeys(wanted))})"
+
+
+def default_output(data: str) -> str:
+    """`<stem>.predictions.parquet`: next to a single local data file, else in the current directory."""
+    if "://" not in data and Path(data).expanduser().is_file():
+        p = Path(data).expanduser()
+        if os.access(p.parent, os.W_OK):
+            return str(p.with_name(f"{p.stem}.predictions.parquet"))
+        return str(Path.cwd() / f"{p.stem}.predictions.parquet")
+    name = posixpath.basename(data.rstrip("/"))
+    stem = Path(name).stem if name and not any(ch in name for ch in "*?[") else ""
+    return str(Path.cwd() / (f"{stem}.predictions.parquet" if stem else "predictions.parquet"))
+
+
+def predictions_table(
+    ids: Any,
+    probs: np.ndarray,
+    names: list[str],
+    schema: pa.Schema | None,
+    where: str,
+    id_col: str | None,
+    id_name: str = "id",
+) -> pa.Table:
+    """A block of predictions; its id type must match the blocks written before (ints widen, nulls adopt)."""
+    ids = pa.array(ids) if not isinstance(ids, (pa.Array, pa.ChunkedArray)) else ids
+    if schema is not None and ids.type != schema.field(id_name).type:
+        first = schema.field(id_name).type
+        if pa.types.is_null(ids.type) or (pa.types.is_integer(ids.type) and pa.types.is_integer(first)):
+            ids = ids.cast(first)
+        else:
+            raise DataError(
+                f"{where}: column {shown(id_col)} holds {ids.type} values, but the rows before hold {first} "
+                "values; give every input file one id type (or name another column with --id-field)"
+            )
+    pred = probs.argmax(axis=1)
+    return pa.table(
+        {
+            id_name: ids,
+            "predicted": pa.array([names[i] for i in pred], pa.string()),
+            **{f"prob_{c}": pa.array(probs[:, k], pa.float64()) for k, c in enumerate(names)},
+        }
+    )
+
+
+def total_rows(inputs: list[DataFile]) -> int | None:
+    """The rows of every input, when their metadata says it (Parquet), else None."""
+    import pyarrow.parquet as pq
+
+    if not all(i.format == "parquet" for i in inputs):
+        return None
+    try:
+        total = 0
+        for i in inputs:
+            with i.fs.open_input_file(i.path) as f:
+                total += pq.ParquetFile(f).metadata.num_rows
+        return total
+    except (pa.ArrowException, OSError):
+        return None  # read_batches names the bad file

@@ -1,0 +1,202 @@
+"""Side features on the demo data: text only against the three ways to add the eleven numeric fields.
+
+    text only            the dialogue alone (today's model)
+    concat               SideFeatures MLP on the numbers, concatenated with the text features (fusion: concat)
+    gated                the numbers gate the text features (fusion: gated)
+    features as text     `name: value` lines written into the dialogue, no model change (fusion: text)
+
+Each variant is trained in-process on the same demo split with the same seed (bsm's own prepare, loaders and
+model under Lightning), then scored on the test split: AUROC and accuracy (PyTorch), training seconds per epoch,
+and the export's scoring speed (records/s through `Predictor`, the ONNX Runtime graphs `bsm predict` runs).
+For the concat model, the permutation importance of each side feature on the test split (AUROC lost when that
+column is shuffled, mean of --repeats shuffles).
+
+    python bench/bench_features.py [--rows 2000] [--epochs 2] [--max-tokens 64] [--no-export]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+VARIANTS = {"text only": None, "concat": "concat", "gated": "gated", "features as text": "text"}
+
+
+def _auroc(y: Any, p: Any) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(y, p))
+
+
+def _probs(model: Any, loader: Any, side_override: Any = None) -> tuple[Any, Any]:
+    """P(class 1) and labels over a loader, in its order; `side_override(batch_index, side)` replaces the side
+    features (permutation importance)."""
+    import numpy as np
+    import torch
+
+    ps, ys = [], []
+    with torch.no_grad():
+        for i, b in enumerate(loader):
+            side = model.side_input(b)
+            if side_override is not None:
+                side = side_override(i, side)
+            logits = model.logits(b[model.ids_key], b[model.mask_key], side=side)
+            ps.append(logits.softmax(-1)[:, 1].numpy())
+            ys.append(b[model.config["label_name"]].numpy())
+    return np.concatenate(ps), np.concatenate(ys)
+
+
+def run_variant(name: str, fusion: str | None, data: dict[str, str], args: argparse.Namespace, out: Path) -> dict:
+    import lightning.pytorch as pl
+    import numpy as np
+
+    from raytune_bsm.config import RunConfig
+    from raytune_bsm.demo.side import SIDE_SCHEMA
+    from raytune_bsm.model.text_bert import TextBertClassifier
+    from raytune_bsm.runner.prepare import loaders, prepare
+
+    model_cfg: dict[str, Any] = {"max_tokens": args.max_tokens, "max_chunks": args.max_chunks, "lr": args.lr}
+    if args.tiny:
+        model_cfg["encoder_config"] = {
+            "vocab_size": 30522,
+            "hidden_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "intermediate_size": 128,
+            "max_position_embeddings": 512,
+        }
+        model_cfg["freeze_layers"] = 0
+    if fusion:
+        model_cfg["fusion"] = fusion
+    features = ",".join(f.name for f in SIDE_SCHEMA) if fusion else None
+    run = RunConfig.from_dict(
+        {
+            "data": {**data, "batch_size": args.batch_size, "feature_fields": features},
+            "model": model_cfg,
+            "train": {"max_epochs": args.epochs, "seed": 0},
+        }
+    )
+    prep = prepare(run)
+    train_dl, _, test_dl = loaders(run, prep)
+    pl.seed_everything(0)
+    model = TextBertClassifier(prep.model_config)
+    trainer = pl.Trainer(
+        max_epochs=args.epochs,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        gradient_clip_val=1.0,
+    )
+    t = time.perf_counter()
+    trainer.fit(model, train_dl)
+    epoch_s = (time.perf_counter() - t) / args.epochs
+    model.eval()
+    p, y = _probs(model, test_dl)
+    row = {
+        "variant": name,
+        "auroc": _auroc(y, p),
+        "accuracy": float(((p > 0.5) == y).mean()),
+        "epoch_s": epoch_s,
+        "records": len(y),
+    }
+    if fusion in ("concat", "gated") and args.repeats:
+        rng = np.random.default_rng(0)
+        names = prep.model_config["feature_fields"]
+        sides = [model.side_input(b) for b in test_dl]
+        import torch
+
+        full = torch.cat(sides)
+        drops = {}
+        for k, n in enumerate(names):
+            losses = []
+            for _ in range(args.repeats):
+                shuffled = full.clone()
+                shuffled[:, k] = full[rng.permutation(len(full)), k]
+                parts = torch.split(shuffled, [len(s) for s in sides])
+                p_k, y_k = _probs(model, test_dl, lambda i, s, parts=parts: parts[i])
+                losses.append(row["auroc"] - _auroc(y_k, p_k))
+            drops[n] = float(np.mean(losses))
+        row["importance"] = drops
+        p0, _ = _probs(model, test_dl, lambda i, s: torch.full_like(s, float("nan")))  # every feature missing
+        row["auroc_without_features"] = _auroc(y, p0)
+    if not args.no_export:
+        from raytune_bsm.model.export import export_checkpoint
+        from raytune_bsm.predict import Predictor
+
+        ckpt = out / name.replace(" ", "-") / "ckpt"
+        trainer.save_checkpoint(ckpt / "checkpoint.ckpt")
+        dest = out / name.replace(" ", "-") / "export"
+        export_checkpoint(str(ckpt), str(dest))
+        import pyarrow.parquet as pq
+
+        from raytune_bsm.data.features import to_matrix
+
+        table = pq.read_table(data["test"])
+        predictor = Predictor(str(dest), precision="fp32")
+        x = to_matrix(table, predictor.feature_names) if predictor.feature_names else None
+        texts = table.column("dialogue").to_pylist()
+        predictor.predict_texts(texts[:16], features=x[:16] if x is not None else None)  # warm-up
+        t = time.perf_counter()
+        predictor.predict_texts(texts, features=x)
+        row["records_per_s"] = len(texts) / (time.perf_counter() - t)
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rows", type=int, default=2000)
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--max-chunks", type=int, default=2)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--lr", type=float, default=2e-4)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--tiny", action="store_true", help="a 2-layer encoder from a config instead of MiniLM")
+    ap.add_argument("--no-export", action="store_true")
+    ap.add_argument("--only", default=None, help="comma-separated variant names")
+    args = ap.parse_args()
+
+    import torch
+
+    from raytune_bsm.demo.generator import write_demo_data
+
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    out = Path(tempfile.mkdtemp(prefix="bsm-bench-features-"))
+    paths = write_demo_data(out / "data", rows=args.rows, seed=0)
+    data = {k: str(v) for k, v in paths.items()}
+    print(f"load average {os.getloadavg()}; rows {args.rows}; epochs {args.epochs}; {vars(args)}", flush=True)
+    rows = []
+    chosen = args.only.split(",") if args.only else list(VARIANTS)
+    for name in chosen:
+        row = run_variant(name, VARIANTS[name], data, args, out)
+        print(row, flush=True)
+        rows.append(row)
+    base = next((r for r in rows if r["variant"] == "text only"), None)
+    print("\n| variant | test AUROC | Δ AUROC vs text only | accuracy | s / epoch | scoring records/s |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        delta = f"{r['auroc'] - base['auroc']:+.3f}" if base else ""
+        rps = f"{r['records_per_s']:.1f}" if "records_per_s" in r else "not measured"
+        print(f"| {r['variant']} | {r['auroc']:.3f} | {delta} | {r['accuracy']:.3f} | {r['epoch_s']:.0f} | {rps} |")
+    for r in rows:
+        if "importance" in r:
+            print(
+                f"\n{r['variant']}: test AUROC {r['auroc']:.3f}, every side feature missing "
+                f"{r['auroc_without_features']:.3f}; permutation importance (AUROC lost):"
+            )
+            for n, v in sorted(r["importance"].items(), key=lambda kv: -kv[1]):
+                print(f"    {n:28s} {v:+.4f}")
+
+
+if __name__ == "__main__":
+    main()
