@@ -189,7 +189,7 @@ def test_dictionary_large_and_view_text_is_text_everywhere(exported, tmp_path, m
     unit = pa.table({"unit": [0]})
     columns = ["dialogue", "label", "order_id"]
     (block,) = _read_unit(unit, files=list_files(str(path)), units=[(0, None)], columns=columns, include_paths=True)
-    summary = _summary(block, "dialogue", "label").to_pylist()[0]
+    summary = _summary(block, "dialogue", "label", []).to_pylist()[0]
     assert summary["rows"] == 30 and sorted(summary["labels"]) == ["no", "yes"]
     processor = {"tokenizer": "all-MiniLM-L6-v2", "max_chunks": 2, "max_tokens": 24}
     from raytune_bsm.data.processor import ChunkProcessor, ProcessorConfig
