@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 def big_file(tmp_path_factory) -> Path:
     """Enough rows that the partial output is written (8,192 rows a write) well before the last row is scored."""
     d = make_dialogues(200, seed=5)
-    n = 200_000
+    n = 60_000
     path = tmp_path_factory.mktemp("signals") / "big.parquet"
     texts = d.column("dialogue").to_pylist()
     pq.write_table(pa.table({"dialogue": (texts * (n // len(texts) + 1))[:n], "order_id": list(range(n))}), path)
