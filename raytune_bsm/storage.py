@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import tempfile
 import uuid
 from pathlib import Path
 from typing import Any
@@ -90,8 +91,6 @@ def check_writable(dest: str, flag: str) -> None:
     existing folder above it must take a new file (and `dest` too when it is an existing directory). Checked by
     creating and removing an empty hidden file there: mode bits, read-only filesystems and a file standing where a
     folder must be are all caught alike. A URI is left to the write itself (storage says no only then)."""
-    import tempfile
-
     if is_uri(dest):
         return
     path = Path(dest.removeprefix("file://")).expanduser().absolute()

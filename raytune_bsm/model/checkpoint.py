@@ -12,6 +12,7 @@ import pickle
 import posixpath
 import re
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -62,8 +63,6 @@ def safe_load(path: str | Path, map_location: str = "cpu") -> dict[str, Any]:
     """The checkpoint's dict, unpickled with weights_only=True; an ExportError (one line) for anything that is
     not a checkpoint of tensors and plain data: such a file is refused before any of it runs. PyTorch's own text
     is never passed on: it advises turning weights_only off, which would run whatever the file holds."""
-    import warnings
-
     try:
         with torch.serialization.safe_globals(SAFE_GLOBALS), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "Detected pickle protocol 4 ...": about the file we refuse below
