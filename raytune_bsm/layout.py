@@ -179,7 +179,11 @@ def open_in_export(root: Path, rel: str, where: str) -> BinaryIO:
         here = here / part
         mode = here.lstat().st_mode  # FileNotFoundError if missing
         if stat.S_ISLNK(mode):
-            raise ExportError(f"{where}: a symbolic link inside the export; bsm never follows one: re-export the model")
+            link = here.relative_to(root).as_posix()
+            which = "" if link == Path(rel).as_posix() else f" (its folder {link})"
+            raise ExportError(
+                f"{where}: a symbolic link inside the export{which}; bsm never follows one: re-export the model"
+            )
     if not stat.S_ISREG(mode):
         raise ExportError(f"{where}: not a regular file (listed in {MANIFEST}); re-export the model")
     fd = os.open(here, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))  # a link swapped in meanwhile: refused by the OS
