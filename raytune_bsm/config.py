@@ -64,7 +64,7 @@ class ModelConfig:
     max_chunks: int = 2  # C; processor settings travel with the model, so a checkpoint rebuilds its processor
     max_tokens: int = 128  # T, special tokens included
     keep_chunks: Literal["first", "last"] = "last"
-    pack_from: Literal["start", "kept_end"] = "start"  # a run's models: "kept_end" (RUN_MODEL_DEFAULTS)
+    pack_from: Literal["start", "kept_end"] = "start"  # kept_end: less tokenizing of long texts (processor.py)
     feature_fields: list[str] | None = None  # side features, filled from data.feature_fields (data/features.py)
     feature_stats: dict[str, Any] | None = None  # their training statistics, filled when the data is prepared
     fusion: Literal["concat", "gated", "text"] = "concat"  # how they join the text (data/features.py FUSIONS)
@@ -132,9 +132,9 @@ REFERENCE_DEFAULTS: dict[str, Any] = {
 
 
 # What a bsm run's model gets unless its config says otherwise, where the ModelConfig default keeps what a saved
-# config without the key meant: chunks packed from the kept end (data/processor.py: the same kept chunks' worth of
-# text, tokenized for a fraction of a long dialogue).
-RUN_MODEL_DEFAULTS: dict[str, Any] = {"pack_from": "kept_end"}
+# config without the key meant. Packed from the start, the first run's last chunk holds only the closing messages,
+# and the mean over chunks weighs them as much as the rest: val AUROC 0.95 (from the kept end: 0.89).
+RUN_MODEL_DEFAULTS: dict[str, Any] = {"pack_from": "start"}
 
 
 def resolve_model_config(config: dict[str, Any], *, reference: bool = True) -> dict[str, Any]:

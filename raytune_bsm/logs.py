@@ -8,7 +8,18 @@ What a job's log showed a new user besides bsm's lines, and where each is switch
   `transformers.logging.set_verbosity_error()`;
 - Lightning's tip advertising litmodels: an info line of `lightning.pytorch`, gone with the level above;
 - Ray Train's and Ray Tune's progress tables and status lines: their loggers at WARNING (errors stay); Train's
-  "Reporting training result ..." line comes from a logger Ray names by its file path (`getLogger(__file__)`).
+  "Reporting training result ..." line comes from a logger Ray names by its file path (`getLogger(__file__)`);
+- transformers' "Loading weights" bar (a tqdm bar: carriage returns in a log file), once per model load:
+  `transformers.logging.disable_progress_bar()`, and `HF_HUB_DISABLE_PROGRESS_BARS` for a process that has not
+  imported transformers yet;
+- Ray Data's "Progress bars disabled. To enable, set ...", a warning about the bars bsm itself turns off
+  (`RAY_DATA_DISABLE_PROGRESS_BARS`): its logger at ERROR;
+- matplotlib's "generated new fontManager" and "building the font cache" (on a machine's first import, which
+  torchmetrics does in every Train worker): its font manager's logger at ERROR, set before Lightning is imported.
+
+`QUIET_ENV` holds the switches libraries read from the environment when imported; a job's driver passes them to
+every task and actor of the job (runner/train.connect), so a process that imports a library before bsm's code runs
+is quiet too.
 """
 
 from __future__ import annotations
@@ -35,7 +46,27 @@ CHATTY = (
     # the client's Jobs SDK: "Uploading package ...", "WebSocket closed for job ..." when a followed job ends
     "ray.dashboard.modules.dashboard_sdk",
     "ray.dashboard.modules.job.sdk",
+    "matplotlib",
 )
+# Loggers whose warnings are about switches bsm sets itself: errors only.
+NOTICES = (
+    "ray.data._internal.progress",  # "Progress bars disabled. To enable, set ..." (bsm disables them)
+    # its font cache, built on a machine's first import (torchmetrics imports matplotlib): "generated new
+    # fontManager", and "Matplotlib is building the font cache; this may take a moment." when that takes 5 s
+    "matplotlib.font_manager",
+)
+# Switches transformers reads when first imported: set in a process that has not imported it yet.
+TRANSFORMERS_ENV = {
+    "TRANSFORMERS_VERBOSITY": "error",  # no LOAD REPORT tables or loss_type notices
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # no "Loading weights" bar
+}
+# Every library switch a job's processes get from the environment (runner/train.connect hands them to its tasks
+# and actors; Ray Data sets up its loggers itself in each process).
+QUIET_ENV = {
+    **TRANSFORMERS_ENV,
+    "RAY_DATA_LOG_LEVEL": "ERROR",  # no execution plans, "execution finished", progress tables
+    "RAY_DATA_DISABLE_PROGRESS_BARS": "1",  # no tqdm bars in a log file
+}
 
 
 def verbose() -> bool:
@@ -85,7 +116,10 @@ def quiet_libraries() -> None:
     for module in ("ray.train.v2._internal.execution.context",):
         if module in sys.modules:
             logging.getLogger(sys.modules[module].__file__).setLevel(logging.WARNING)
-    if "transformers" in sys.modules:
+    for name in NOTICES:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    for key, value in TRANSFORMERS_ENV.items():
+        os.environ.setdefault(key, value)  # read when transformers is first imported in this process
+    if "transformers" in sys.modules:  # imported already: its own switches
         sys.modules["transformers"].logging.set_verbosity_error()
-    else:
-        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # read when transformers is first imported
+        sys.modules["transformers"].logging.disable_progress_bar()

@@ -26,7 +26,7 @@ import pyarrow.fs as pafs
 from raytune_bsm.config import RunConfig, dumps
 from raytune_bsm.errors import BsmError, ConfigError
 from raytune_bsm.layout import CONFIG_JSON, RESULT_JSON
-from raytune_bsm.logs import quiet_libraries, setup_logging, verbose
+from raytune_bsm.logs import QUIET_ENV, quiet_libraries, setup_logging, verbose
 from raytune_bsm.runner.callbacks import (
     best_kept,
     checkpoint_uri,
@@ -192,21 +192,21 @@ def connect() -> None:
     """Connect this job driver to its cluster (RAY_ADDRESS) without the connection chatter. Every task and actor
     of the job gets RAY_ADDRESS too: Ray Train's placement-group cleaner finds the cluster's State API by
     auto-detection, which fails (a traceback in the job log) on a machine running more than one Ray instance.
-    Without --verbose they also get Ray Data's own switches for its INFO lines and progress bars."""
+    Without --verbose they also get the libraries' own switches for their INFO lines and progress bars
+    (logs.QUIET_ENV: Ray Data's, transformers')."""
     import ray
 
     if ray.is_initialized():
         return
     address = os.environ.get("RAY_ADDRESS")
     env = {"RAY_ADDRESS": address} if address else {}
-    if not verbose():  # for every process of the job (Ray Data sets up its loggers itself, in each process):
+    if not verbose():  # for every process of the job: the libraries' switches read when they are imported
         env.update(
-            RAY_DATA_LOG_LEVEL="ERROR",  # no execution plans, "execution finished", progress tables
-            RAY_DATA_DISABLE_PROGRESS_BARS="1",  # no tqdm bars in a log file
+            QUIET_ENV,
             # a deprecation inside Ray Train's own DatasetManager actor (Ray 2.60), nothing a user can change
             PYTHONWARNINGS="ignore:`ExecutionOptions.exclude_resources` is deprecated",
         )
-        os.environ.update({k: v for k, v in env.items() if k.startswith("RAY_DATA")})
+        os.environ.update(QUIET_ENV)
     ray.init(
         logging_level=logging.INFO if verbose() else logging.WARNING, runtime_env={"env_vars": env} if env else None
     )

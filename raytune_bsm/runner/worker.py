@@ -39,13 +39,13 @@ def precision_for(run: RunConfig) -> str:
 
 def train_loop(config: dict[str, Any]) -> dict[str, float]:
     """Train (and test, if a test split exists) one model; return the final metrics. Runs on every worker."""
+    setup_logging()
+    quiet_libraries()  # before the imports: Lightning's torchmetrics imports matplotlib, which logs as it loads
     import lightning.pytorch as pl
     import torch
 
     from raytune_bsm.model.text_bert import TextBertClassifier
 
-    setup_logging()
-    quiet_libraries()
     # torchmetrics already syncs its state across ranks in compute(); Lightning's advice does not apply.
     warnings.filterwarnings("ignore", message=".*sync_dist=True.*")
     warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")  # frozen layers, on purpose
