@@ -64,7 +64,9 @@ class ModelConfig:
     max_chunks: int = 2  # C; processor settings travel with the model, so a checkpoint rebuilds its processor
     max_tokens: int = 128  # T, special tokens included
     keep_chunks: Literal["first", "last"] = "last"
-    pack_from: Literal["start", "kept_end"] = "start"  # kept_end: less tokenizing of long texts (processor.py)
+    # start: the last kept chunk holds the closing messages, and the chunk mean weighs them as much as the rest
+    # (first run: val AUROC 0.95); kept_end tokenizes only the kept text (long texts), first run 0.89
+    pack_from: Literal["start", "kept_end"] = "start"
     feature_fields: list[str] | None = None  # side features, filled from data.feature_fields (data/features.py)
     feature_stats: dict[str, Any] | None = None  # their training statistics, filled when the data is prepared
     fusion: Literal["concat", "gated", "text"] = "concat"  # how they join the text (data/features.py FUSIONS)
@@ -129,12 +131,6 @@ REFERENCE_DEFAULTS: dict[str, Any] = {
     "freeze_layers": 0,
     "max_chunks": 8,
 }
-
-
-# What a bsm run's model gets unless its config says otherwise, where the ModelConfig default keeps what a saved
-# config without the key meant. Packed from the start, the first run's last chunk holds only the closing messages,
-# and the mean over chunks weighs them as much as the rest: val AUROC 0.95 (from the kept end: 0.89).
-RUN_MODEL_DEFAULTS: dict[str, Any] = {"pack_from": "start"}
 
 
 def resolve_model_config(config: dict[str, Any], *, reference: bool = True) -> dict[str, Any]:
@@ -351,7 +347,7 @@ class RunConfig:
     def model_config(self, **extra: Any) -> dict[str, Any]:
         """The model's config: bsm's defaults, the data's column names, then the user's keys."""
         names = {"text_name": self.data.text_field, "label_name": self.data.label_field, "id_name": self.data.id_field}
-        return resolve_model_config({**RUN_MODEL_DEFAULTS, **names, **self.model, **extra}, reference=False)
+        return resolve_model_config({**names, **self.model, **extra}, reference=False)
 
     def monitor(self, num_classes: int) -> str:
         return self.train.monitor or default_metric(num_classes)
