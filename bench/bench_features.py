@@ -63,7 +63,12 @@ def run_variant(name: str, fusion: str | None, data: dict[str, str], args: argpa
     from raytune_bsm.model.text_bert import TextBertClassifier
     from raytune_bsm.runner.prepare import loaders, prepare
 
-    model_cfg: dict[str, Any] = {"max_tokens": args.max_tokens, "max_chunks": args.max_chunks, "lr": args.lr}
+    model_cfg: dict[str, Any] = {
+        "max_tokens": args.max_tokens,
+        "max_chunks": args.max_chunks,
+        "lr": args.lr,
+        "freeze_layers": args.freeze_layers,
+    }
     if args.tiny:
         model_cfg["encoder_config"] = {
             "vocab_size": 30522,
@@ -160,6 +165,7 @@ def main() -> None:
     ap.add_argument("--max-chunks", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--lr", type=float, default=2e-4)
+    ap.add_argument("--freeze-layers", type=int, default=2, help="bsm's default; more: cheaper steps on busy CPUs")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--tiny", action="store_true", help="a 2-layer encoder from a config instead of MiniLM")
     ap.add_argument("--no-export", action="store_true")
