@@ -11,7 +11,7 @@ and the export's scoring speed (records/s through `Predictor`, the ONNX Runtime 
 For the concat model, the permutation importance of each side feature on the test split (AUROC lost when that
 column is shuffled, mean of --repeats shuffles).
 
-    python bench/bench_features.py [--rows 2000] [--epochs 2] [--max-tokens 64] [--no-export]
+    python bench/bench_features.py [--rows 2000] [--epochs 2] [--max-tokens 64] [--export "text only,concat"]
 """
 
 from __future__ import annotations
@@ -36,21 +36,30 @@ def _auroc(y: Any, p: Any) -> float:
     return float(roc_auc_score(y, p))
 
 
-def _probs(model: Any, loader: Any, side_override: Any = None) -> tuple[Any, Any]:
-    """P(class 1) and labels over a loader, in its order; `side_override(batch_index, side)` replaces the side
-    features (permutation importance)."""
+def _encode(model: Any, loader: Any) -> list[tuple[Any, Any, Any]]:
+    """Per batch: (text features [B, hidden_common_dim], raw side features or None, labels), BERT run once."""
+    import torch
+
+    with torch.no_grad():
+        return [
+            (model.encode(b[model.ids_key], b[model.mask_key]), model.side_input(b), b[model.config["label_name"]])
+            for b in loader
+        ]
+
+
+def _probs(model: Any, encoded: list, side_override: Any = None) -> tuple[Any, Any]:
+    """P(class 1) and labels over encoded batches; `side_override(batch_index, side)` replaces the side features
+    (permutation importance: only the head runs again)."""
     import numpy as np
     import torch
 
     ps, ys = [], []
     with torch.no_grad():
-        for i, b in enumerate(loader):
-            side = model.side_input(b)
+        for i, (text, side, y) in enumerate(encoded):
             if side_override is not None:
                 side = side_override(i, side)
-            logits = model.logits(b[model.ids_key], b[model.mask_key], side=side)
-            ps.append(logits.softmax(-1)[:, 1].numpy())
-            ys.append(b[model.config["label_name"]].numpy())
+            ps.append(model.classifier(model.fuse(text, side)).softmax(-1)[:, 1].numpy())
+            ys.append(y.numpy())
     return np.concatenate(ps), np.concatenate(ys)
 
 
@@ -63,7 +72,12 @@ def run_variant(name: str, fusion: str | None, data: dict[str, str], args: argpa
     from raytune_bsm.model.text_bert import TextBertClassifier
     from raytune_bsm.runner.prepare import loaders, prepare
 
-    model_cfg: dict[str, Any] = {"max_tokens": args.max_tokens, "max_chunks": args.max_chunks, "lr": args.lr}
+    model_cfg: dict[str, Any] = {
+        "max_tokens": args.max_tokens,
+        "max_chunks": args.max_chunks,
+        "lr": args.lr,
+        "freeze_layers": args.freeze_layers,
+    }
     if args.tiny:
         model_cfg["encoder_config"] = {
             "vocab_size": 30522,
@@ -101,18 +115,22 @@ def run_variant(name: str, fusion: str | None, data: dict[str, str], args: argpa
     trainer.fit(model, train_dl)
     epoch_s = (time.perf_counter() - t) / args.epochs
     model.eval()
-    p, y = _probs(model, test_dl)
+    t = time.perf_counter()
+    encoded = _encode(model, test_dl)
+    torch_rps = sum(len(e[2]) for e in encoded) / (time.perf_counter() - t)
+    p, y = _probs(model, encoded)
     row = {
         "variant": name,
         "auroc": _auroc(y, p),
         "accuracy": float(((p > 0.5) == y).mean()),
         "epoch_s": epoch_s,
         "records": len(y),
+        "torch_records_per_s": torch_rps,
     }
     if fusion in ("concat", "gated") and args.repeats:
         rng = np.random.default_rng(0)
         names = prep.model_config["feature_fields"]
-        sides = [model.side_input(b) for b in test_dl]
+        sides = [e[1] for e in encoded]
         import torch
 
         full = torch.cat(sides)
@@ -123,13 +141,13 @@ def run_variant(name: str, fusion: str | None, data: dict[str, str], args: argpa
                 shuffled = full.clone()
                 shuffled[:, k] = full[rng.permutation(len(full)), k]
                 parts = torch.split(shuffled, [len(s) for s in sides])
-                p_k, y_k = _probs(model, test_dl, lambda i, s, parts=parts: parts[i])
+                p_k, y_k = _probs(model, encoded, lambda i, s, parts=parts: parts[i])
                 losses.append(row["auroc"] - _auroc(y_k, p_k))
             drops[n] = float(np.mean(losses))
         row["importance"] = drops
-        p0, _ = _probs(model, test_dl, lambda i, s: torch.full_like(s, float("nan")))  # every feature missing
+        p0, _ = _probs(model, encoded, lambda i, s: torch.full_like(s, float("nan")))  # every feature missing
         row["auroc_without_features"] = _auroc(y, p0)
-    if not args.no_export:
+    if name in args.export.split(","):
         from raytune_bsm.model.export import export_checkpoint
         from raytune_bsm.predict import Predictor
 
@@ -160,9 +178,10 @@ def main() -> None:
     ap.add_argument("--max-chunks", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--lr", type=float, default=2e-4)
+    ap.add_argument("--freeze-layers", type=int, default=2, help="bsm's default; more: cheaper steps on busy CPUs")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--tiny", action="store_true", help="a 2-layer encoder from a config instead of MiniLM")
-    ap.add_argument("--no-export", action="store_true")
+    ap.add_argument("--export", default="text only,concat", help="variants exported and scored with ONNX Runtime")
     ap.add_argument("--only", default=None, help="comma-separated variant names")
     args = ap.parse_args()
 
@@ -182,12 +201,17 @@ def main() -> None:
         print(row, flush=True)
         rows.append(row)
     base = next((r for r in rows if r["variant"] == "text only"), None)
-    print("\n| variant | test AUROC | Δ AUROC vs text only | accuracy | s / epoch | scoring records/s |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "\n| variant | test AUROC | Δ AUROC vs text only | accuracy | s / epoch | records/s (ORT) | records/s (PyTorch) |"
+    )
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
         delta = f"{r['auroc'] - base['auroc']:+.3f}" if base else ""
         rps = f"{r['records_per_s']:.1f}" if "records_per_s" in r else "not measured"
-        print(f"| {r['variant']} | {r['auroc']:.3f} | {delta} | {r['accuracy']:.3f} | {r['epoch_s']:.0f} | {rps} |")
+        print(
+            f"| {r['variant']} | {r['auroc']:.3f} | {delta} | {r['accuracy']:.3f} | {r['epoch_s']:.0f} | {rps} "
+            f"| {r['torch_records_per_s']:.1f} |"
+        )
     for r in rows:
         if "importance" in r:
             print(

@@ -187,3 +187,21 @@ def test_a_text_only_models_graphs_keep_their_inputs(tmp_path):
         "attention_mask": ["batch", "chunks", "tokens"],
     }
     assert list(_inputs(tmp_path / "model.head.onnx")) == ["features"]
+
+
+def test_report_shows_each_side_features_permutation_importance_and_the_metric_without_them(exported, tmp_path):
+    from sklearn.metrics import roc_auc_score
+
+    from raytune_bsm.report import features as side_report
+
+    y = np.array([0, 1, 1, 0, 1, 0, 1])
+    p = np.array([0.1, 0.8, 0.4, 0.4, 0.9, 0.2, 0.4])  # ties across the classes
+    assert side_report.auroc(y, p) == pytest.approx(roc_auc_score(y, p))
+    config = {"data": {"test": str(exported.root / "val.parquet"), "feature_fields": NAMES}}
+    figure, summary = side_report.report_section(str(exported.dest), config, tmp_path)
+    assert figure is not None and (tmp_path / side_report.FILE).stat().st_size > 1000
+    assert set(summary) == {"test_auroc_with_side_features", "test_auroc_without_side_features"}
+    result = side_report.importance(str(exported.dest), str(exported.root / "val.parquet"), "reversal_flag")
+    assert list(result["importance"]) == NAMES and result["records"] == 16
+    assert result["with"] == pytest.approx(summary["test_auroc_with_side_features"])
+    assert 0.0 <= result["without"] <= 1.0

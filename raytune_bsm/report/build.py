@@ -17,12 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from raytune_bsm.errors import ConfigError
+from raytune_bsm.layout import EXPORT_DIR
+from raytune_bsm.report import features as side_features
 from raytune_bsm.report import html as page
 from raytune_bsm.report.metrics import Evaluation, evaluate
 from raytune_bsm.report.plots import Figure, run_figures
 from raytune_bsm.report.sources import RunData, load
 from raytune_bsm.report.sweep_plots import param_keys, sweep_figures
-from raytune_bsm.storage import check_writable
+from raytune_bsm.storage import check_writable, join
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +63,9 @@ def build_report(source: str, out: str | None = None, *, threshold: float | None
             figs += sweep_figures(
                 data.trials, data.monitor or "metric", data.result.get("mode") or "max", tune, max_epochs, tmp
             )
+        export_dir = join(data.root, EXPORT_DIR) if data.kind != "export" else data.root
+        side_fig, _ = side_features.report_section(export_dir if data.manifest else None, data.config, tmp)
+        figs += [side_fig] if side_fig else []
         (tmp / REPORT_HTML).write_text(render(data, ev, figs, tmp), encoding="utf-8")
         files = [REPORT_HTML, *(f.file for f in figs)]
         (tmp / MARKER).write_text(json.dumps({"source": source, "kind": data.kind, "files": files}) + "\n")
@@ -184,6 +189,8 @@ def render(data: RunData, ev: Evaluation | None, figs: list[Figure], folder: Pat
                 page.kv_table((data.sweep or {}).get("tune") or {}),
             )
         )
+    if fig(side_features.FILE):
+        sections.append(page.section("Side features", fig(side_features.FILE)))
     sections += [
         page.section("Configuration", page.kv_table(data.config) if data.config else ""),
         page.section("Data", page.table(data_sizes(data, ev), ["what", "value"])),
