@@ -78,8 +78,9 @@ def err(msg: str) -> None:
     typer.echo(msg, err=True)
 
 
-def command(name: str) -> Callable:
-    """Register a command whose BsmErrors become one line on stderr and exit code 1."""
+def command(name: str, group: typer.Typer | None = None) -> Callable:
+    """Register a command (on `group`, a sub-app, or the main app) whose BsmErrors become one line on stderr and
+    exit code 1."""
 
     def deco(fn: Callable) -> Callable:
         @wraps(fn)
@@ -95,6 +96,6 @@ def command(name: str) -> Callable:
                 err("bsm: interrupted")
                 raise typer.Exit(130) from None
 
-        return app.command(name)(run)
+        return (group or app).command(name)(run)
 
     return deco
