@@ -54,6 +54,7 @@ class ServePlan:
     url: str  # where the application answers
     token_file: str | None  # the bearer token's file (mode 0600), when one is required
     new_token: bool  # the token file does not exist yet: `up` writes it
+    graph: str = ""  # the graph the replicas will run, and why
 
     @property
     def app(self) -> dict[str, Any]:
@@ -136,13 +137,13 @@ def plan(
         "args": asdict(args),
         "deployments": [deployment],
     }
-    log.info("serving %s (%s, %s)", safe(export), choice.file, choice.why)
     url_host = "127.0.0.1" if host in ("0.0.0.0", "::") or is_loopback(host) else host
     return ServePlan(
         config={"http_options": {"host": host, "port": port}, "applications": [app]},
         url=f"http://{url_host}:{port}/{name}",
         token_file=str(token_path) if token_path else None,
         new_token=new,
+        graph=f"{choice.file}; {choice.why}",
     )
 
 
@@ -224,7 +225,7 @@ def up(plan_: ServePlan, *, address: str | None = None, timeout: float = 300.0) 
     started = time.time()
     request(conn, "PUT", API, {**plan_.config, "applications": [*others, app]})
     _wait_running(conn, app, started, timeout)
-    log.info("%s answers at %s", app["name"], plan_.url)
+    log.info("%s answers at %s (%s)", app["name"], plan_.url, plan_.graph)
     return {"name": app["name"], "url": plan_.url, "token_file": plan_.token_file}
 
 

@@ -22,6 +22,7 @@ import asyncio
 import hashlib
 import hmac
 import logging
+import os
 import time
 from dataclasses import asdict
 from typing import Any
@@ -36,6 +37,7 @@ from raytune_bsm.serving import DEPLOYMENT, Limits, ServeArgs
 
 log = logging.getLogger("ray.serve")
 WARM_UP = ["Buyer: hello, where is my order?", "Seller: it shipped yesterday."]  # one record scored before ready
+PIN_S, RENEW_S = 3600, 600  # the package's lease in Ray's GCS, and how often a live replica renews it
 PUBLIC = {""}  # paths (under the route prefix) served without the token: the page's HTML, which holds no data
 
 
@@ -43,12 +45,14 @@ api = FastAPI(
     title="bsm: a served export",
     description="Scores buyer-seller dialogues with a bsm export. POST /predict; see also /info and /healthz.",
 )
-_TOKEN: dict[str, str | None] = {"sha256": None}  # this replica's token digest (one replica per process)
+# This replica's token digest, in its process environment: Serve runs a pickled copy of `api` (serve.ingress),
+# whose middleware may hold a copy of this module's globals, but `os.environ` is the one the process has.
+TOKEN_ENV = "BSM_SERVE_TOKEN_SHA256"
 
 
 @api.middleware("http")
 async def _authorize(request: Request, call_next: Any) -> Any:
-    want = _TOKEN["sha256"]
+    want = os.environ.get(TOKEN_ENV)
     if want and _relative(request).strip("/") not in PUBLIC:
         given = request.headers.get("authorization", "")
         digest = hashlib.sha256(given.removeprefix("Bearer ").strip().encode()).hexdigest()
@@ -81,7 +85,10 @@ class BsmScorer:
 
         self.args = ServeArgs.of(args)
         self.limits = self.args.limits
-        _TOKEN["sha256"] = self.args.token_sha256
+        if self.args.token_sha256:
+            os.environ[TOKEN_ENV] = self.args.token_sha256
+        else:
+            os.environ.pop(TOKEN_ENV, None)
         self.predictor = Predictor(self.args.export, precision=self.args.precision, threads=self.args.threads)
         choice = self.predictor.choice
         entries = {e["path"]: e for e in self.predictor.manifest["files"]}
@@ -91,6 +98,8 @@ class BsmScorer:
         self._score_batch.set_batch_wait_timeout_s(self.args.batch_wait_ms / 1000)
         self.busy_since: float | None = None  # monotonic start of the scoring call running now
         self.scored = 0  # records scored by this replica, the warm-up included
+        self.pinned = 0.0
+        self._renew_package_lease()
         self._score_now([WARM_UP])  # ready (the constructor returns) only once a record has scored
         log.info("%s: %s", self.export["graph"], self.predictor.summary)
 
@@ -118,8 +127,24 @@ class BsmScorer:
             start += len(r)
         return out
 
+    def _renew_package_lease(self) -> None:
+        """Keep this application's uploaded package in Ray's GCS while any replica lives. Ray deletes an uploaded
+        package when nothing references it (a detached actor's reference dies with it) once its upload pin (10
+        minutes) has expired: a lone replica killed later would leave its replacement nothing to start from. So
+        every live replica pins it for an hour, renewed every 10 minutes; after `down` it expires by itself."""
+        import ray
+        from ray.experimental.internal_kv import _pin_runtime_env_uri
+
+        env = ray.get_runtime_context().runtime_env
+        for uri in [*(env.get("py_modules") or []), env.get("working_dir")]:
+            if isinstance(uri, str) and uri.startswith("gcs://"):
+                _pin_runtime_env_uri(uri, expiration_s=PIN_S)
+        self.pinned = time.monotonic()
+
     def check_health(self) -> None:
         """Serve's health check: a scoring call running longer than `stuck_after_s` means a stuck replica."""
+        if time.monotonic() - self.pinned > RENEW_S:
+            self._renew_package_lease()
         if self.busy_since is not None and (busy := time.monotonic() - self.busy_since) > self.args.stuck_after_s:
             raise RuntimeError(f"one scoring call has run for {busy:.0f} s (limit {self.args.stuck_after_s:.0f} s)")
 
@@ -189,7 +214,9 @@ class BsmScorer:
     async def index(self) -> HTMLResponse:
         c = self.predictor.choice
         title = f"{self.args.run}: {', '.join(self.predictor.class_names)}"
-        return HTMLResponse(page(title, self.args.run, c.file, c.precision, self.text_field, bool(_TOKEN["sha256"])))
+        return HTMLResponse(
+            page(title, self.args.run, c.file, c.precision, self.text_field, bool(self.args.token_sha256))
+        )
 
 
 def build(args: dict[str, Any]) -> Any:
