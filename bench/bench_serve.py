@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -40,7 +41,7 @@ def offline(export: str, texts: list[str], precision: str, rounds: int = 3) -> d
     one = []
     for text in texts[:30]:
         t = time.perf_counter()
-        p.predict_texts([text])
+        p.score(1, p.calls([text], 32))  # tokenize and score, nothing else
         one.append(time.perf_counter() - t)
     return {"records_per_s": best, "one_record_ms": 1000 * statistics.median(one), "graph": p.choice.file}
 
@@ -87,22 +88,43 @@ async def _load(url: str, texts: list[str], concurrency: int, requests: int, sec
 
 
 def run(export: str, sets: dict[str, Texts], *, requests: int, seconds: float, port: int, precision: str) -> dict:
-    """Serve `export` (one replica with this machine's usable CPUs), load it, take it down; offline figures too."""
+    """Serve `export` (one replica with this machine's usable CPUs) and load it; offline scoring measured right
+    before and right after each kind's served cells (their mean), so a change in the machine's load falls on
+    both alike. Takes the application down at the end."""
     from raytune_bsm import api
 
     rows: dict[str, Any] = {}
-    for kind, data in sets.items():
-        rows[kind] = {"offline": offline(export, data.texts, precision), "served": []}
     result = api.serve_up(export, name="bench", port=port, cpus_per_replica=THREADS, precision=precision)
     try:
         for kind, data in sets.items():
+            before = offline(export, data.texts, precision, rounds=1)
+            rows[kind] = {"served": [], "load": [os.getloadavg()[0]]}
             for c in CONCURRENCY:
+                done = _health(result["url"])
                 cell = asyncio.run(_load(result["url"] + "/predict", data.texts, c, requests, seconds))
+                now = _health(result["url"])
+                cell["records_per_batch"] = (now["scored"] - done["scored"]) / max(1, now["batches"] - done["batches"])
                 rows[kind]["served"].append(cell)
                 print(json.dumps({"kind": kind, **cell}), flush=True)
+            after = offline(export, data.texts, precision, rounds=1)
+            rows[kind]["load"].append(os.getloadavg()[0])
+            rows[kind]["offline"] = {
+                "records_per_s": (before["records_per_s"] + after["records_per_s"]) / 2,
+                "one_record_ms": (before["one_record_ms"] + after["one_record_ms"]) / 2,
+                "graph": before["graph"],
+            }
     finally:
         api.serve_down("bench")
     return rows
+
+
+def _health(url: str) -> dict[str, Any]:
+    """The replica's /healthz: records and batches scored so far (one replica: all of them)."""
+    import urllib.request
+
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(url + "/healthz", timeout=30) as r:
+        return json.loads(r.read())
 
 
 def table(rows: dict[str, Any]) -> str:
@@ -112,14 +134,18 @@ def table(rows: dict[str, Any]) -> str:
         off = r["offline"]
         out.append(
             f"**{kind}**: offline `bsm predict` scoring {off['records_per_s']:.1f} records/s ({off['graph']}, "
-            f"{THREADS} threads); one record alone {off['one_record_ms']:.1f} ms.\n"
+            f"{THREADS} threads, measured before and after the served cells); one record alone "
+            f"{off['one_record_ms']:.1f} ms; load average {r['load'][0]:.1f} before, {r['load'][1]:.1f} after.\n"
         )
-        out.append("| concurrency | requests | failed | requests/s | ÷ offline records/s | p50 ms | p95 ms | p99 ms |")
-        out.append("|---|---|---|---|---|---|---|---|")
+        out.append(
+            "| concurrency | requests | failed | requests/s | ÷ offline records/s | records per batch | p50 ms | "
+            "p95 ms | p99 ms |"
+        )
+        out.append("|---|---|---|---|---|---|---|---|---|")
         for s in r["served"]:
             out.append(
                 f"| {s['concurrency']} | {s['requests']} | {s['failed']} | {s['requests_per_s']:.1f} | "
-                f"{s['requests_per_s'] / off['records_per_s']:.2f}× | {s['p50_ms']:.1f} | {s['p95_ms']:.1f} | "
+                f"{s['requests_per_s'] / off['records_per_s']:.2f}× | {s['records_per_batch']:.1f} | {s['p50_ms']:.1f} | {s['p95_ms']:.1f} | "
                 f"{s['p99_ms']:.1f} |"
             )
         c1 = r["served"][0]

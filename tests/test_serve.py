@@ -12,28 +12,25 @@ import shutil
 import signal
 import socket
 import stat
-import subprocess
-import sys
 import threading
 import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 from test_predict import exported  # noqa: F401  (fixture: a tiny 3-class export and demo dialogues)
+from typer.testing import CliRunner, Result
 
 from raytune_bsm import api
+from raytune_bsm.cli import app
 from raytune_bsm.client import connection
 from raytune_bsm.client.serve import API, request
 from raytune_bsm.errors import ConfigError
 from raytune_bsm.predict import predict_file
 from raytune_bsm.runner import serve_app
 from raytune_bsm.serving import ServeArgs
-
-ENV = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
 
 
 def free_port() -> int:
@@ -119,24 +116,26 @@ def served(local_cluster, exported, tmp_path_factory):  # noqa: F811
         api.serve_down(name, address=local_cluster.dashboard_url)
 
 
-def test_bad_flags_are_one_line_errors_before_any_cluster_is_contacted(exported, tmp_path):  # noqa: F811
+def bsm(*args: str) -> Result:
+    """`bsm ARGS` in this process (typer's CliRunner): exit code, stdout, stderr."""
+    return CliRunner().invoke(app, list(args), prog_name="bsm")
+
+
+def test_bad_flags_are_one_line_errors_before_any_cluster_is_contacted(exported, bsm_home):  # noqa: F811
     for flags, says in (
         (["--replicas", "2", "--autoscale", "1,2"], "--replicas and --autoscale exclude each other"),
         (["--autoscale", "3,1"], "--autoscale MIN,MAX needs 0 <= MIN <= MAX"),
+        (["--autoscale", "two"], "--autoscale must be MIN,MAX"),
         (["--name", "Bad/Name"], "--name must be"),
         (["--precision", "int4"], "--precision must be one of"),
         (["--max-batch-size", "0"], "--max-batch-size must be at least 1"),
+        (["--port", "70000"], "--port must be at most 65535"),
     ):
-        r = subprocess.run(
-            [sys.executable, "-m", "raytune_bsm.cli", "serve", "up", str(exported.dest), "--dry-run", *flags],
-            capture_output=True,
-            text=True,
-            env={**ENV, "BSM_HOME": str(tmp_path)},
-        )
-        assert r.returncode == 1, r.stderr
+        r = bsm("serve", "up", str(exported.dest), "--dry-run", *flags)
+        assert r.exit_code == 1, r.stderr
         assert r.stderr.count("\n") == 1 and r.stderr.startswith("bsm: error: ") and says in r.stderr, r.stderr
         assert r.stdout == ""
-    assert not list(tmp_path.iterdir())  # nothing written, no cluster started
+    assert not list(bsm_home.iterdir())  # nothing written, no cluster started
 
 
 def test_a_tampered_export_is_refused_before_deploying(exported, tmp_path):  # noqa: F811
@@ -284,14 +283,8 @@ def test_the_page_scores_a_pasted_dialogue_in_chromium(served):
 
 @pytest.mark.slow
 def test_a_second_application_on_another_port_is_refused_in_one_line(served, exported, local_cluster):  # noqa: F811
-    r = subprocess.run(
-        [sys.executable, "-m", "raytune_bsm.cli", "serve", "up", str(exported.dest), "--name", "other"]
-        + ["--port", str(PORT + 1), "--address", local_cluster.dashboard_url],
-        capture_output=True,
-        text=True,
-        env=ENV,
-    )
-    assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
+    r = bsm("serve", "up", str(exported.dest), "--name", "other", "--port", str(PORT + 1))
+    assert r.exit_code == 1 and r.stderr.count("\n") == 1, r.stderr
     assert f"already listens on 127.0.0.1:{PORT}" in r.stderr and "one HTTP proxy" in r.stderr
     assert f"--port {PORT}" in r.stderr
 

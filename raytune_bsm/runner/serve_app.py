@@ -97,7 +97,7 @@ class BsmScorer:
         self._score_batch.set_max_batch_size(self.args.max_batch_size)
         self._score_batch.set_batch_wait_timeout_s(self.args.batch_wait_ms / 1000)
         self.busy_since: float | None = None  # monotonic start of the scoring call running now
-        self.scored = 0  # records scored by this replica, the warm-up included
+        self.scored = self.batches = 0  # records and scoring calls (batches) of this replica, the warm-up included
         self.pinned = 0.0
         self._renew_package_lease()
         self._score_now([WARM_UP])  # ready (the constructor returns) only once a record has scored
@@ -113,7 +113,7 @@ class BsmScorer:
             probs = self.predictor.score(len(dialogues), plan)
         finally:
             self.busy_since = None
-        self.scored += len(dialogues)
+        self.scored, self.batches = self.scored + len(dialogues), self.batches + 1
         return probs
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)  # set from ServeArgs in __init__
@@ -185,7 +185,7 @@ class BsmScorer:
             self.check_health()
         except RuntimeError as e:
             return JSONResponse({"status": "stuck", "error": str(e)}, status_code=503)
-        return JSONResponse({"status": "ready", "scored": self.scored, "export": self.export})
+        return JSONResponse({"status": "ready", "scored": self.scored, "batches": self.batches, "export": self.export})
 
     @api.get("/info", summary="Classes, fields, the export's metrics and parity figures")
     async def info(self) -> JSONResponse:
