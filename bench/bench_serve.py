@@ -87,14 +87,25 @@ async def _load(url: str, texts: list[str], concurrency: int, requests: int, sec
     }
 
 
-def run(export: str, sets: dict[str, Texts], *, requests: int, seconds: float, port: int, precision: str) -> dict:
+def run(
+    export: str,
+    sets: dict[str, Texts],
+    *,
+    requests: int,
+    seconds: float,
+    port: int,
+    precision: str,
+    batch_wait_ms: float = 5.0,
+) -> dict:
     """Serve `export` (one replica with this machine's usable CPUs) and load it; offline scoring measured right
     before and right after each kind's served cells (their mean), so a change in the machine's load falls on
     both alike. Takes the application down at the end."""
     from raytune_bsm import api
 
     rows: dict[str, Any] = {}
-    result = api.serve_up(export, name="bench", port=port, cpus_per_replica=THREADS, precision=precision)
+    result = api.serve_up(
+        export, name="bench", port=port, cpus_per_replica=THREADS, precision=precision, batch_wait_ms=batch_wait_ms
+    )
     try:
         for kind, data in sets.items():
             before = offline(export, data.texts, precision, rounds=1)
@@ -116,6 +127,23 @@ def run(export: str, sets: dict[str, Texts], *, requests: int, seconds: float, p
     finally:
         api.serve_down("bench")
     return rows
+
+
+def run_on_own_cluster(export: str, sets: dict[str, Texts], **kw: Any) -> dict:
+    """`run` on a local cluster of this machine's usable CPUs in a BSM_HOME of its own, stopped afterwards."""
+    import tempfile
+
+    from raytune_bsm.client import local_cluster
+
+    with tempfile.TemporaryDirectory(prefix="bsm-bench-serve-") as home:
+        saved = os.environ.get("BSM_HOME")
+        os.environ["BSM_HOME"] = home
+        try:
+            local_cluster.up(num_cpus=THREADS, home=Path(home))
+            return run(export, sets, **kw)
+        finally:
+            local_cluster.down(home=Path(home))
+            os.environ.pop("BSM_HOME") if saved is None else os.environ.__setitem__("BSM_HOME", saved)
 
 
 def _health(url: str) -> dict[str, Any]:
@@ -164,6 +192,7 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=200, help="distinct records per kind")
     ap.add_argument("--port", type=int, default=8000)
     ap.add_argument("--precision", default="auto")
+    ap.add_argument("--batch-wait-ms", type=float, default=5.0)
     a = ap.parse_args()
     export = a.export
     if export is None:
@@ -171,7 +200,15 @@ def main() -> None:
 
         export = str(fit_and_export(Path(a.work), demo_texts(1200, seed=11), demo_texts(64, seed=12))["export"])
     sets = {"demo": demo_texts(a.rows, seed=41), "long (4 x 128)": long_texts(a.rows, seed=42)}
-    rows = run(export, sets, requests=a.requests, seconds=a.seconds, port=a.port, precision=a.precision)
+    rows = run(
+        export,
+        sets,
+        requests=a.requests,
+        seconds=a.seconds,
+        port=a.port,
+        precision=a.precision,
+        batch_wait_ms=a.batch_wait_ms,
+    )
     print(table(rows))
 
 
