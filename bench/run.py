@@ -25,11 +25,12 @@ import bench_cli  # noqa: E402
 import bench_gpu  # noqa: E402
 import bench_predict  # noqa: E402
 import bench_scoring  # noqa: E402
+import bench_serve  # noqa: E402
 import bench_startup  # noqa: E402
 import bench_startup_vs_before  # noqa: E402
 import bench_tokenize_nodes  # noqa: E402
 import bench_training  # noqa: E402
-from common import THREADS, long_texts, machine  # noqa: E402
+from common import THREADS, demo_texts, fit_and_export, long_texts, machine  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 Say = Callable[..., None]
@@ -225,7 +226,22 @@ def gpu(a: argparse.Namespace, say: Say, ctx: dict) -> None:
     )
 
 
-SECTIONS = [cli, processor, scoring, predict, training, startup, before, nodes, memory, gpu]
+def serve(a: argparse.Namespace, say: Say, ctx: dict) -> None:
+    say("## `bsm serve` under load, beside offline scoring")
+    fitted = ctx.get("fitted") or fit_and_export(Path(a.work), demo_texts(1200, seed=11), demo_texts(64, seed=12))
+    rows = 30 if a.quick else 60
+    sets = {"demo": demo_texts(rows, seed=41), "long (4 x 128)": long_texts(rows, seed=42)}
+    r = bench_serve.run_on_own_cluster(
+        str(fitted["export"]), sets, requests=40 if a.quick else 150, seconds=20, port=8000, precision="auto"
+    )
+    say(
+        "`bench/bench_serve.py`: one replica with every usable CPU on a local cluster, one-record requests over "
+        "127.0.0.1 (kept-alive connections), each cell bounded by its request count and 20 s."
+    )
+    say(bench_serve.table(r))
+
+
+SECTIONS = [cli, processor, scoring, predict, training, startup, before, nodes, memory, gpu, serve]
 
 
 def main() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from raytune_bsm.client import serve as _serve
 from raytune_bsm.client.cluster_predict import predict_on_cluster
 from raytune_bsm.client.fetch import fetch
 from raytune_bsm.client.jobs import TERMINAL, latest_metrics, list_jobs, logs, status, stop, wait
@@ -38,6 +39,9 @@ __all__ = [
     "report",
     "resolve_run",
     "running_jobs",
+    "serve_down",
+    "serve_status",
+    "serve_up",
     "status",
     "stop",
     "submit",
@@ -45,6 +49,26 @@ __all__ = [
     "up",
     "wait",
 ]
+
+
+# ---------------------------------------------------------------------------------------------- serve
+
+
+def serve_up(source: str, *, address: str | None = None, dry_run: bool = False, **settings: Any) -> dict[str, Any]:
+    """Serve an export (EXPORT|JOB|RUN) on the cluster's Ray Serve: {name, url, token_file}; with `dry_run` the
+    Serve config it would apply (nothing contacted, nothing written). `settings`: client/serve.py's `plan`."""
+    plan_ = _serve.plan(source, address=address, **settings)
+    return plan_.shown() if dry_run else _serve.up(plan_, address=address)
+
+
+def serve_status(name: str | None = None, *, address: str | None = None) -> list[dict[str, Any]]:
+    """The cluster's Serve applications (or `name`): status, URL, replicas, export."""
+    return _serve.status(name, address=address)
+
+
+def serve_down(name: str = "bsm", *, address: str | None = None) -> list[str]:
+    """Remove an application; Serve itself stops with the last one. The applications left."""
+    return _serve.down(name, address=address)
 
 
 # ----------------------------------------------------------------------------------------------- data

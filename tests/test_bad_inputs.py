@@ -488,6 +488,16 @@ CASES = [
         "overlaps the input",
         id="predict-cluster-out-overlaps",
     ),
+    pytest.param(
+        ["serve", "up", "{ws}/exports/good", "--replicas", "2", "--autoscale", "1,2", "--dry-run"],
+        "--replicas and --autoscale exclude each other",
+        id="serve-replicas-and-autoscale",
+    ),
+    pytest.param(
+        ["serve", "up", "{ws}/exports/good", "--name", "Bad/Name", "--dry-run"],
+        "--name must be",
+        id="serve-bad-name",
+    ),
 ]
 RUN_COMMANDS = {"submit", "tune"}
 

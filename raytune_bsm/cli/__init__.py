@@ -4,6 +4,7 @@
 from raytune_bsm.cli import jobs  # noqa: F401  isort: skip
 from raytune_bsm.cli import cluster  # noqa: F401  isort: skip
 from raytune_bsm.cli import artifacts  # noqa: F401  isort: skip
+from raytune_bsm.cli import serve  # noqa: F401  isort: skip
 from raytune_bsm.cli.app import app, handle_signals
 
 __all__ = ["app", "main"]

@@ -111,8 +111,9 @@ def _os_error(e: OSError) -> str:
     return f"{where}{what} ({type(e).__name__})"
 
 
-def command(name: str) -> Callable:
-    """Register a command whose BsmErrors become one line on stderr and exit code 1."""
+def command(name: str, group: typer.Typer | None = None) -> Callable:
+    """Register a command (on `group`, a sub-app, or the main app) whose BsmErrors become one line on stderr and
+    exit code 1."""
 
     def deco(fn: Callable) -> Callable:
         @wraps(fn)
@@ -134,6 +135,6 @@ def command(name: str) -> Callable:
                 err(f"bsm: error: {safe(_os_error(e))}")
                 raise typer.Exit(1) from None
 
-        return app.command(name)(run)
+        return (group or app).command(name)(run)
 
     return deco
