@@ -4,8 +4,10 @@
 session of its own, so every Ray process of that cluster descends from a process bsm knows, and its jobs run
 with this interpreter. Its record is ``bsm_home()/cluster.json``. Everything listens on 127.0.0.1 only: the
 dashboard via ``--dashboard-host``, the rest because ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` makes Ray use the
-loopback address as the node IP, as it does for its single-node macOS/Windows clusters.
-`down()` stops only the recorded process (pid *and* start time checked) and what is below it (`processes`).
+loopback address as the node IP, as it does for its single-node macOS/Windows clusters; the jobs' torch process
+groups bind that node IP too (`runner/process_group.py`). Its processes and jobs get a TMPDIR of their own
+(``<temp dir>/tmp``). `down()` names the jobs still running (and refuses without `force`), stops only the
+recorded process (pid *and* start time checked) and what is below it (`processes`), and removes that TMPDIR.
 """
 
 from __future__ import annotations
