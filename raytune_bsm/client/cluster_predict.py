@@ -4,20 +4,20 @@ Everything is checked here before a cluster is contacted: the flags, the export 
 `--precision` picks), local input files (their columns; remote ones are checked by the job's driver), and the
 output (a directory URI every node reaches, or a local path for a local cluster; never the input, never an
 existing non-empty directory). Then a Submission of kind "predict" (entrypoint
-`python -m raytune_bsm.runner.batch_predict bsm_job.json`) is built, staged and submitted with `bsm submit`'s
-machinery: the package as `py_modules`, the job config as the staged `working_dir`, the connection's token
-handling and security check (`connection.connect`). `dry_run=True` returns the plan and contacts nothing.
+`python -m raytune_bsm.runner.batch_predict bsm_job.json`) is planned and goes through the one pipeline every job
+takes (client/submission.schedule): the package as `py_modules`, the job config as the staged `working_dir`, the
+connection's token handling and security check, and `bind` (the paths' warnings, whether an actor fits).
+`dry_run=True` returns the plan and contacts nothing.
 """
 
 from __future__ import annotations
 
 import logging
-import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from raytune_bsm import layout, storage
-from raytune_bsm.client import connection
 from raytune_bsm.client.submission import (
     CONFIG_FILE,
     ENV_VARS,
@@ -26,10 +26,10 @@ from raytune_bsm.client.submission import (
     Submission,
     check_storage,
     default_name,
-    stage,
+    schedule,
 )
 from raytune_bsm.config import check_field_roles
-from raytune_bsm.errors import ClusterError, ConfigError, DataError, JobError
+from raytune_bsm.errors import ConfigError, DataError
 
 log = logging.getLogger("raytune_bsm")
 
@@ -73,15 +73,15 @@ def predict_on_cluster(
         id_field=id_field,
         text_field=text_field,
     )
-    if dry_run:
-        return build(job, name).plan()
-    conn, client = connection.connect(address, allow_insecure=allow_insecure)
-    warnings = check_paths_for(conn, job)
-    check_resources(job, connection.cluster_resources(conn))
-    sub = build(job, name, warnings)
-    for w in warnings:
-        log.warning("%s", w)
-    return send(client, conn, sub)
+    sub = build(job, name)
+    return sub.plan() if dry_run else schedule(sub, address, allow_insecure=allow_insecure, bind=bind)
+
+
+def bind(sub: Submission, conn: Any, res: Any) -> Submission:
+    """The scoring job bound to the cluster `conn` reaches: its paths' warnings; refused if no actor fits."""
+    warnings = check_paths_for(conn, sub.config)
+    check_resources(sub.config, res)
+    return replace(sub, warnings=[*sub.warnings, *warnings])
 
 
 def job_config(
@@ -160,31 +160,6 @@ def build(job: dict[str, Any], name: str | None = None, warnings: list[str] | No
         },
         warnings=list(warnings or []),
     )
-
-
-def send(client: Any, conn: Any, sub: Submission) -> str:
-    """Stage the working_dir and submit through the Jobs API (as client/submit.py's `_submit`); the job id."""
-    with tempfile.TemporaryDirectory(prefix="bsm-submit-") as tmp:
-        runtime_env = stage(sub, Path(tmp))
-        try:
-            job_id = client.submit_job(
-                entrypoint=sub.entrypoint,
-                submission_id=sub.submission_id,
-                runtime_env=runtime_env,
-                metadata=sub.metadata,
-                entrypoint_num_cpus=0,
-            )  # the driver only coordinates
-        except RuntimeError as e:
-            if "already exists" in str(e):
-                raise JobError(f"a job named {sub.submission_id} already exists; choose another --name") from None
-            raise ClusterError(
-                f"the cluster at {conn.dashboard_url} refused the job: {str(e).splitlines()[0]}"
-            ) from None
-    log.info("submitted %s to %s (predictions: %s)", job_id, conn.dashboard_url, sub.config["out"])
-    return job_id
-
-
-# ------------------------------------------------------------------------------------------------ the checks
 
 
 def check_export(export: str, precision: str) -> None:
