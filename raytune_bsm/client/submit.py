@@ -175,9 +175,8 @@ def check_local_data(run: RunConfig) -> None:
     import pyarrow as pa  # pyarrow: not on `bsm --help`'s path
 
     from raytune_bsm.data.dataset import load_split
-    from raytune_bsm.data.splits import check_schema
-
     from raytune_bsm.data.features import resolve_data
+    from raytune_bsm.data.splits import check_schema
 
     d = run.data
     if d.train is None:
