@@ -159,7 +159,8 @@ class Predictor:
         return plan_block(p.ids, p.lens, self.pad_id, batch_size, self.choice.kind, features)
 
     def block_inputs(self, batch: pa.RecordBatch | pa.Table, text_field: str) -> tuple[list[Any], np.ndarray | None]:
-        """(dialogues, raw side features [n, F] or None) of a block read with `read_columns`."""
+        """(dialogues, raw side features [n, F] or None) of a block read with `scoring.files.read_batches` (or a
+        Ray Data batch)."""
         x = side.to_matrix(batch, self.feature_names) if self.feature_names else None
         return batch.column(text_field).to_pylist(), x
 

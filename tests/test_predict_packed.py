@@ -118,7 +118,7 @@ CLOSE = {"fp32": {"accuracy": 0.950, "auroc": 0.980}, "int8": {"accuracy": 0.946
 FAR = {"fp32": {"accuracy": 0.950, "auroc": 0.980}, "int8": {"accuracy": 0.944, "auroc": 0.981}}
 
 
-def test_the_newest_layout_the_export_has_is_chosen():
+def test_the_newest_kind_of_graph_the_export_has_is_chosen():
     everything = (CHUNKS, CHUNKS_INT8, HEAD, PACKED, PACKED_INT8, INT8)
     c = choose_graph(_manifest(*everything, precision=CLOSE))
     assert (c.file, c.kind, c.precision, c.files) == (CHUNKS_INT8, "chunks", "int8", [CHUNKS_INT8, HEAD])

@@ -163,7 +163,7 @@ def build(job: dict[str, Any], name: str | None = None, warnings: list[str] | No
 
 
 def send(client: Any, conn: Any, sub: Submission) -> str:
-    """Stage the working_dir and submit through the Jobs API (as client/submit.py's `_submit`); the job id."""
+    """Stage the working_dir and submit through the Jobs API (as client/submission.py's `send`); the job id."""
     with tempfile.TemporaryDirectory(prefix="bsm-submit-") as tmp:
         runtime_env = stage(sub, Path(tmp))
         try:

@@ -1,6 +1,6 @@
-"""The demo data's words: vocabulary pools and message templates for each story part (see `demo.py`).
+"""The demo data's words: vocabulary pools and message templates for each story part (see `generator.py`).
 
-Templates are formatted with the per-record context of `demo._Ctx`; `{name}` slots name context keys or
+Templates are formatted with the per-record context of `facts.Context`; `{name}` slots name context keys or
 synonym groups (`SYN`), re-drawn at every use.
 """
 
@@ -448,7 +448,7 @@ SYN: dict[str, tuple[str, ...]] = {
 
 
 # --------------------------------------------------------------------------------------------
-# Templates. Each is formatted with format_map(_Ctx); a message must never contain "\n".
+# Templates. Each is formatted with format_map(Context); a message must never contain "\n".
 # --------------------------------------------------------------------------------------------
 
 _T = tuple[str, ...]
