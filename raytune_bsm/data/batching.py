@@ -3,8 +3,8 @@
 `EncodedDataset` holds a split's processed records (token ids and chunk lengths, from the processor);
 `Collate` pads a batch to its own largest chunk count and chunk length (dynamic padding, never to
 max_chunks x max_tokens) with `pad_records`, the one [B, C, T] padding in bsm (predict's too; `pack_records`
-is the packed graph's [N, T] + pool inputs); `LengthGroupedBatchSampler` puts records of similar padded size together and gives
-every DDP rank the same number of batches. Torch is imported only inside `Collate.__call__`.
+is the packed graph's [N, T] + pool inputs); `LengthGroupedBatchSampler` puts records of similar padded size
+together and gives every DDP rank the same number of batches. Torch is imported only inside `Collate.__call__`.
 """
 
 from __future__ import annotations
