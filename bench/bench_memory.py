@@ -8,7 +8,7 @@ files of 10,000 rows, the way a large dataset on s3 comes; one file is read as o
 (`python -m raytune_bsm.runner.train bsm_job.json`) as a subprocess: a tiny BERT, 2 CPU workers, a few training
 batches, no export. A sampler reads the RSS (psutil) of the driver and of every process under this one every
 0.2 s and files each sample under the role the process's title shows at that moment (Ray names a worker process
-for the task or actor it runs: `ray::RayTrainWorker...`, `ray::MapBatches(_read_unit)->MapBatches(tokenize)`),
+for the task or actor it runs: `ray::RayTrainWorker...`, `ray::MapBatches(read_unit)->MapBatches(tokenize)`),
 so a pooled worker that ran a data task and later something else counts in both.
 
 Prints a table (peak MiB per role and size) and the growth from the smallest to the largest size; not a test.

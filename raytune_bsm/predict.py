@@ -36,6 +36,7 @@ from raytune_bsm.data.processor import ChunkProcessor, ProcessorConfig
 from raytune_bsm.data.readers import list_files
 from raytune_bsm.data.splits import check_text_type
 from raytune_bsm.errors import ConfigError, DataError, ExportError
+from raytune_bsm.graphs import GraphKind
 from raytune_bsm.scoring.batching import Plan, plan_block, run_plan
 from raytune_bsm.scoring.files import (
     OutputFile,
@@ -95,11 +96,11 @@ class Predictor:
         feats = self.info.get("features") or {}
         self.feature_names: list[str] = list(feats.get("names") or [])  # columns read next to the text, in order
         self.features_as_text = feats.get("fusion") == "text"  # written into the dialogue, no graph input
-        self.scorer = Scorer(str(root / self.choice.file), provider, threads, streams_for(self.choice.layout))
+        self.scorer = Scorer(str(root / self.choice.file), provider, threads, streams_for(self.choice.kind))
         self.head = Scorer(str(root / self.choice.head), provider, threads, streams=1) if self.choice.head else None
         self.provider = provider
-        want = INPUTS[self.choice.layout] + (
-            [side.SIDE_INPUT] if self.side_input and self.choice.layout == "bct" else []
+        want = INPUTS[self.choice.kind] + (
+            [side.SIDE_INPUT] if self.side_input and self.choice.kind == GraphKind.BCT else []
         )
         if self.scorer.input_names != want:
             raise ExportError(f"{export_dir}: {self.choice.file} inputs are {self.scorer.input_names}, expected {want}")
@@ -155,10 +156,11 @@ class Predictor:
             if self.features_as_text:
                 dialogues, features = side.as_text(dialogues, features, self.feature_names), None
         p = self.processor(dialogues)
-        return plan_block(p.ids, p.lens, self.pad_id, batch_size, self.choice.layout, features)
+        return plan_block(p.ids, p.lens, self.pad_id, batch_size, self.choice.kind, features)
 
     def block_inputs(self, batch: pa.RecordBatch | pa.Table, text_field: str) -> tuple[list[Any], np.ndarray | None]:
-        """(dialogues, raw side features [n, F] or None) of a block read with `read_columns`."""
+        """(dialogues, raw side features [n, F] or None) of a block read with `scoring.files.read_batches` (or a
+        Ray Data batch)."""
         x = side.to_matrix(batch, self.feature_names) if self.feature_names else None
         return batch.column(text_field).to_pylist(), x
 

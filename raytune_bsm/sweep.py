@@ -267,7 +267,7 @@ def apply_params(base: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]
     d = copy.deepcopy(base)
     for key, value in params.items():
         section, name = key.split(".", 1)
-        d.setdefault(section, {})[name] = _plain(value)
+        d.setdefault(section, {})[name] = plain_value(value)
     return d
 
 
@@ -292,7 +292,7 @@ def param_space(space: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _plain(v: Any) -> Any:
+def plain_value(v: Any) -> Any:
     """numpy scalars (what Tune samples) -> Python values, so configs serialise everywhere."""
     return v.item() if hasattr(v, "item") and not isinstance(v, (list, dict, str)) else v
 

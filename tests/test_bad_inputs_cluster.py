@@ -82,19 +82,19 @@ def test_fetch_of_a_bsm_job_id_with_no_cluster_running_finds_the_run_in_storage(
 
 
 def test_a_time_budget_shorter_than_the_first_epoch_says_what_it_needs() -> None:
-    from raytune_bsm.runner.tune import _check_budget
+    from raytune_bsm.runner.tune import check_budget
 
     none_reported = {"best_trial": None, "trials": {"total": 4, "TERMINATED": 4}}
     with pytest.raises(ConfigError) as e:
-        _check_budget(none_reported, 5.0, 7.4)
+        check_budget(none_reported, 5.0, 7.4)
     assert str(e.value) == (
         "--time-budget 5s ended the sweep after 7s, before any trial reported an epoch: the first epoch needs "
         "more than 7s; give --time-budget above 7s, e.g. --time-budget 1m"
     )
-    _check_budget(none_reported, None, 7.4)  # no budget: the sweep's own error says why
-    _check_budget({**none_reported, "best_trial": {"trial_id": "a"}}, 5.0, 7.4)  # a trial reported
-    _check_budget({**none_reported, "trials": {"total": 4, "ERROR": 4}}, 5.0, 7.4)  # they failed: their error
-    _check_budget(none_reported, 600.0, 30.0)  # ended before the budget: not the budget's doing
+    check_budget(none_reported, None, 7.4)  # no budget: the sweep's own error says why
+    check_budget({**none_reported, "best_trial": {"trial_id": "a"}}, 5.0, 7.4)  # a trial reported
+    check_budget({**none_reported, "trials": {"total": 4, "ERROR": 4}}, 5.0, 7.4)  # they failed: their error
+    check_budget(none_reported, 600.0, 30.0)  # ended before the budget: not the budget's doing
 
 
 def test_status_of_such_a_sweep_gives_the_budget_as_the_reason() -> None:

@@ -29,7 +29,7 @@ from raytune_bsm import layout
 from raytune_bsm.cli import app
 from raytune_bsm.config import DataConfig
 from raytune_bsm.data import listing
-from raytune_bsm.data.ray_data import _read_unit, _summary, tokenize
+from raytune_bsm.data.ray_data import file_summary, read_unit, tokenize
 from raytune_bsm.data.readers import list_files
 from raytune_bsm.data.splits import check_schema, load_split
 from raytune_bsm.demo.generator import make_dialogues
@@ -188,8 +188,8 @@ def test_dictionary_large_and_view_text_is_text_everywhere(exported, tmp_path, m
     # the Ray Data path's stages (as plain functions: no cluster), on the block its read stage hands over
     unit = pa.table({"unit": [0]})
     columns = ["dialogue", "label", "order_id"]
-    (block,) = _read_unit(unit, files=list_files(str(path)), units=[(0, None)], columns=columns, include_paths=True)
-    summary = _summary(block, "dialogue", "label", []).to_pylist()[0]
+    (block,) = read_unit(unit, files=list_files(str(path)), units=[(0, None)], columns=columns, include_paths=True)
+    summary = file_summary(block, "dialogue", "label", []).to_pylist()[0]
     assert summary["rows"] == 30 and sorted(summary["labels"]) == ["no", "yes"]
     processor = {"tokenizer": "all-MiniLM-L6-v2", "max_chunks": 2, "max_tokens": 24}
     from raytune_bsm.data.processor import ChunkProcessor, ProcessorConfig

@@ -218,3 +218,14 @@ def test_the_settings_import_nothing_above_them():
     above = ("raytune_bsm.data", "raytune_bsm.model", "raytune_bsm.runner", "raytune_bsm.client", "raytune_bsm.cli")
     bad = [f"{imp} (line {line})" for imp, _, line in _imports("raytune_bsm.config") if imp.startswith(above)]
     assert not bad, bad
+
+
+def test_no_private_name_is_imported_from_another_module():
+    """A name with a leading underscore is its module's own (issue 19.5): one that another module needs is public
+    in its owner, documented there."""
+    bad = []
+    for m, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and _ours(_resolve(node.module or "", node.level, m, False)):
+                bad += [f"{m}:{node.lineno} imports {a.name}" for a in node.names if a.name.startswith("_")]
+    assert not bad, "\n".join(bad)

@@ -118,14 +118,14 @@ CLOSE = {"fp32": {"accuracy": 0.950, "auroc": 0.980}, "int8": {"accuracy": 0.946
 FAR = {"fp32": {"accuracy": 0.950, "auroc": 0.980}, "int8": {"accuracy": 0.944, "auroc": 0.981}}
 
 
-def test_the_newest_layout_the_export_has_is_chosen():
+def test_the_newest_kind_of_graph_the_export_has_is_chosen():
     everything = (CHUNKS, CHUNKS_INT8, HEAD, PACKED, PACKED_INT8, INT8)
     c = choose_graph(_manifest(*everything, precision=CLOSE))
-    assert (c.file, c.layout, c.precision, c.files) == (CHUNKS_INT8, "chunks", "int8", [CHUNKS_INT8, HEAD])
+    assert (c.file, c.kind, c.precision, c.files) == (CHUNKS_INT8, "chunks", "int8", [CHUNKS_INT8, HEAD])
     c = choose_graph(_manifest(*everything, precision=FAR))
     assert (c.file, c.head, c.packed) == (CHUNKS, HEAD, False)
     c = choose_graph(_manifest(CHUNKS, CHUNKS_INT8, PACKED, PACKED_INT8, precision=CLOSE))  # no head: not usable
-    assert (c.file, c.layout, c.packed, c.files) == (PACKED_INT8, "packed", True, [PACKED_INT8])
+    assert (c.file, c.kind, c.packed, c.files) == (PACKED_INT8, "packed", True, [PACKED_INT8])
     assert choose_graph(_manifest(CHUNKS, HEAD), "fp32").file == CHUNKS
     with pytest.raises(ConfigError, match="no model.chunks.int8.onnx"):
         choose_graph(_manifest(CHUNKS, HEAD, PACKED_INT8), "int8")
@@ -196,7 +196,7 @@ def test_chunk_graph_gives_the_labels_and_logits_of_pytorch_with_90_percent_real
     texts = exported.texts
     ref = pytorch_probs(exported.model, texts)
     chunks = Predictor(str(packed_export), precision="fp32", threads=1)
-    assert (chunks.choice.file, chunks.choice.layout, chunks.choice.head) == (CHUNKS, "chunks", HEAD)
+    assert (chunks.choice.file, chunks.choice.kind, chunks.choice.head) == (CHUNKS, "chunks", HEAD)
     done: list[int] = []
     pred, probs = chunks.predict_texts(texts, batch_size=8, progress=lambda d, n: done.append(d))
     assert (pred == ref.argmax(1)).all() and np.abs(probs - ref).max() <= 1e-4

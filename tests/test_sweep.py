@@ -245,7 +245,7 @@ def test_the_record_from_trials(tmp_path):
     trial's best checkpoint is one that still exists (retention deletes the others), ties going to the earliest."""
     from types import SimpleNamespace
 
-    spec = tr._Spec(
+    spec = tr.SweepSpec(
         name="s",
         sweep_dir=str(tmp_path),
         monitor="val_auroc",

@@ -162,6 +162,9 @@ def build(job: dict[str, Any], name: str | None = None, warnings: list[str] | No
     )
 
 
+# ------------------------------------------------------------------------------------------------ the checks
+
+
 def check_export(export: str, precision: str) -> None:
     """The export has a valid manifest, `precision` picks one of its graphs, and every file the job's actors read
     (that graph, bsm_model.json, the tokenizer) matches its sha256: a changed export is refused here, before a

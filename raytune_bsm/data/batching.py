@@ -3,8 +3,8 @@
 `EncodedDataset` holds a split's processed records (token ids and chunk lengths, from the processor);
 `Collate` pads a batch to its own largest chunk count and chunk length (dynamic padding, never to
 max_chunks x max_tokens) with `pad_records`, the one [B, C, T] padding in bsm (predict's too; `pack_records`
-is the packed graph's [N, T] + pool layout); `LengthGroupedBatchSampler` puts records of similar padded size together and gives
-every DDP rank the same number of batches. Torch is imported only inside `Collate.__call__`.
+is the packed graph's [N, T] + pool inputs); `LengthGroupedBatchSampler` puts records of similar padded size
+together and gives every DDP rank the same number of batches. Torch is imported only inside `Collate.__call__`.
 """
 
 from __future__ import annotations
@@ -13,6 +13,29 @@ import math
 from typing import Any, Iterator, Sequence
 
 import numpy as np
+
+# A batch's keys, spelled once here: the prepared records' columns (data/ray_data.py writes them,
+# data/streaming.py reads them), the training batch (Collate, data/streaming.py, model/text_bert.py) and the
+# exported graphs' token inputs (layout.INPUT_NAMES, scoring/batching.py, model/onnx_graphs.py)
+INPUT_IDS = "input_ids"  # int64 token ids: [B, C, T] (a batch, model.onnx) or [N, T] (chunk and packed graphs)
+ATTENTION_MASK = "attention_mask"  # int64, 1 where INPUT_IDS holds a real token; INPUT_IDS's shape
+POOL = "pool"  # float32 [R, N]: the packed graph's mean of each record's chunks
+CHUNK_LENS = "chunk_lens"  # a prepared record's chunk lengths, int32 [chunks]
+LABEL = "label"  # a prepared record's class index
+ID = "id"  # a record's id: the prepared column, and a batch's key when the data names no id field
+TRUNCATED = "truncated"  # per record: it had more than max_chunks chunks (None: not known)
+PAD = "pad"  # bool [B]: a copy that makes an evaluated split's shares equal (runner/prepare.py): run, never counted
+COST = "cost"  # a prepared record's chunks x longest chunk: the [C, T] area it pads to (length grouping)
+
+
+def ids_key(text_name: str) -> str:
+    """A batch's key for the [B, C, T] token ids of text field `text_name`."""
+    return f"{text_name}_processed_{INPUT_IDS}"
+
+
+def mask_key(text_name: str) -> str:
+    """A batch's key for the [B, C, T] attention mask of text field `text_name`."""
+    return f"{text_name}_processed_{ATTENTION_MASK}"
 
 
 class EncodedDataset:
@@ -48,9 +71,8 @@ class Collate:
 
     def __init__(self, dataset: EncodedDataset, text_name: str, label_name: str, id_name: str | None, pad_id: int):
         self.ds, self.pad_id = dataset, pad_id
-        self.ids_key = f"{text_name}_processed_input_ids"
-        self.mask_key = f"{text_name}_processed_attention_mask"
-        self.label_name, self.id_name = label_name, id_name or "id"
+        self.ids_key, self.mask_key = ids_key(text_name), mask_key(text_name)
+        self.label_name, self.id_name = label_name, id_name or ID
 
     def __call__(self, indices: Sequence[int]) -> dict[str, Any]:
         import torch
@@ -61,7 +83,7 @@ class Collate:
             self.mask_key: torch.from_numpy(mask),  # [B, C, T]
             self.label_name: torch.from_numpy(self.ds.labels[list(indices)]),  # [B]
             self.id_name: [self.ds.record_ids[i] for i in indices],
-            **({"truncated": [self.ds.truncated[i] for i in indices]} if self.ds.truncated is not None else {}),
+            **({TRUNCATED: [self.ds.truncated[i] for i in indices]} if self.ds.truncated is not None else {}),
             **side_columns(self.ds.features, self.ds.feature_names, list(indices)),
         }
 

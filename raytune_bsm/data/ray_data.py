@@ -27,6 +27,7 @@ import pyarrow as pa
 
 from raytune_bsm.config import DataConfig
 from raytune_bsm.data import features as side
+from raytune_bsm.data.batching import CHUNK_LENS, COST, ID, INPUT_IDS, LABEL, PAD, TRUNCATED
 from raytune_bsm.data.columns import is_text, plain, shown
 from raytune_bsm.data.labels import MAX_CLASSES, Labels
 from raytune_bsm.data.processor import ChunkProcessor, ProcessorConfig
@@ -74,7 +75,7 @@ def read_files(files: list[DataFile], columns: list[str], *, include_paths: bool
     units = read_units(files)
     items = ray.data.from_items([{"unit": k} for k in range(len(units))], override_num_blocks=len(units))
     return items.map_batches(
-        _read_unit,
+        read_unit,
         fn_kwargs=dict(files=files, units=units, columns=columns, include_paths=include_paths),
         batch_size=1,
         batch_format="pyarrow",
@@ -106,7 +107,7 @@ def read_units(files: list[DataFile]) -> list[tuple[int, list[int] | None]]:
     return units
 
 
-def _read_unit(
+def read_unit(
     item: pa.Table,
     *,
     files: list[DataFile],
@@ -217,7 +218,7 @@ def _summaries(files: list[DataFile], cfg: DataConfig) -> list[dict[str, Any]]:
     ds = read_files(unique, [cfg.text_field, cfg.label_field, *names], include_paths=True)
     with raised_in_ray():  # a file that fails to parse midway: the reader's own error, naming the file and row
         rows = ds.map_batches(
-            _summary,
+            file_summary,
             fn_kwargs=dict(text_field=cfg.text_field, label_field=cfg.label_field, feature_names=names),
             batch_format="pyarrow",
         ).take_all()
@@ -279,7 +280,7 @@ def judge(
     return labels, total - empty, empty
 
 
-def _summary(batch: pa.Table, text_field: str, label_field: str, feature_names: list[str]) -> pa.Table:
+def file_summary(batch: pa.Table, text_field: str, label_field: str, feature_names: list[str]) -> pa.Table:
     """One row per file in the batch: its rows, null labels, empty dialogues, distinct labels (capped) and the
     side features' partial moments (JSON; the training split's statistics are their sum)."""
     import pyarrow.compute as pc
@@ -359,13 +360,13 @@ def records_table(
     cost = np.fromiter((len(l) * (int(l.max()) if len(l) else 0) for l in lens), np.int64, len(lens))
     return pa.table(
         {
-            "input_ids": pa.array(ids, pa.list_(pa.int32())),  # per record: every kept chunk, back to back
-            "chunk_lens": pa.array(lens, pa.list_(pa.int32())),  # per record: [n_chunks]
-            "truncated": pa.array(truncated, pa.bool_()),  # per record: it had more than max_chunks chunks
-            "label": pa.array(np.asarray(labels, np.int64)),  # class index
-            "id": record_ids,
-            "cost": pa.array(cost, pa.int64()),  # chunks x longest chunk: the [C, T] area it pads to (length grouping)
-            "pad": pa.array(np.zeros(len(lens), np.bool_)),  # a real record (runner/prepare.py adds padding copies)
+            INPUT_IDS: pa.array(ids, pa.list_(pa.int32())),  # per record: every kept chunk, back to back
+            CHUNK_LENS: pa.array(lens, pa.list_(pa.int32())),  # per record: [n_chunks]
+            TRUNCATED: pa.array(truncated, pa.bool_()),  # per record: it had more than max_chunks chunks
+            LABEL: pa.array(np.asarray(labels, np.int64)),  # class index
+            ID: record_ids,
+            COST: pa.array(cost, pa.int64()),  # chunks x longest chunk: the [C, T] area it pads to (length grouping)
+            PAD: pa.array(np.zeros(len(lens), np.bool_)),  # a real record (runner/prepare.py adds padding copies)
             # side features: raw float32 per feature, null where missing (data/features.py)
             **{
                 side.PREFIX + n: pa.array(features[:, k], pa.float32(), from_pandas=True)

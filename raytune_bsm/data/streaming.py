@@ -21,7 +21,19 @@ from typing import Any, Iterator
 import numpy as np
 import pyarrow as pa
 
-from raytune_bsm.data.batching import pad_records, side_columns
+from raytune_bsm.data.batching import (
+    CHUNK_LENS,
+    COST,
+    ID,
+    INPUT_IDS,
+    LABEL,
+    PAD,
+    TRUNCATED,
+    ids_key,
+    mask_key,
+    pad_records,
+    side_columns,
+)
 from raytune_bsm.data.features import PREFIX
 
 WINDOW = 4096  # records sorted by length together: big enough to group well, small enough to stay random
@@ -48,9 +60,8 @@ class ShardBatches:
     ) -> None:
         self.shard, self.rows, self.batch_size, self.window = shard, rows, batch_size, max(window, batch_size)
         self.train, self.group, self.seed, self.pad_id = train, group_by_length or not train, seed, pad_id
-        self.ids_key = f"{text_name}_processed_input_ids"
-        self.mask_key = f"{text_name}_processed_attention_mask"
-        self.label_name, self.id_name = label_name, id_name or "id"
+        self.ids_key, self.mask_key = ids_key(text_name), mask_key(text_name)
+        self.label_name, self.id_name = label_name, id_name or ID
         self.feature_names = feature_names or []  # side features: a `feature/<name>` column each
         self.epoch = 0
 
@@ -69,7 +80,7 @@ class ShardBatches:
         seen = 0
         for window in self.shard.iter_batches(batch_size=self.window, batch_format="pyarrow", **shuffle):
             seen += window.num_rows
-            cost = window.column("cost").to_numpy()
+            cost = window.column(COST).to_numpy()
             order = np.argsort(cost, kind="stable") if self.group else rng.permutation(window.num_rows)
             batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
             if self.train:
@@ -82,17 +93,17 @@ class ShardBatches:
     def collate(self, t: pa.Table) -> dict[str, Any]:
         import torch
 
-        ids = _lists(t.column("input_ids"))  # per record: int32 [tokens]
-        lens = _lists(t.column("chunk_lens"))  # per record: int32 [chunks]
+        ids = _lists(t.column(INPUT_IDS))  # per record: int32 [tokens]
+        lens = _lists(t.column(CHUNK_LENS))  # per record: int32 [chunks]
         padded, mask = pad_records(ids, lens, self.pad_id)
         return {
             self.ids_key: torch.from_numpy(padded),  # [B, C, T]
             self.mask_key: torch.from_numpy(mask),  # [B, C, T]
-            self.label_name: torch.from_numpy(t.column("label").to_numpy().astype(np.int64)),  # [B]
-            self.id_name: t.column("id").to_pylist(),
-            "truncated": t.column("truncated").to_pylist(),
+            self.label_name: torch.from_numpy(t.column(LABEL).to_numpy().astype(np.int64)),  # [B]
+            self.id_name: t.column(ID).to_pylist(),
+            TRUNCATED: t.column(TRUNCATED).to_pylist(),
             # copies that make an evaluated split's shares equal (runner/prepare.py): run, but never counted
-            "pad": torch.from_numpy(t.column("pad").to_numpy(zero_copy_only=False)),  # [B] bool
+            PAD: torch.from_numpy(t.column(PAD).to_numpy(zero_copy_only=False)),  # [B] bool
             **side_columns(_side(t, self.feature_names), self.feature_names),  # per feature: [B] float32
         }
 

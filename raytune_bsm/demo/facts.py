@@ -9,29 +9,29 @@ import random
 from typing import Callable, Sequence
 
 from raytune_bsm.demo.phrases import (
-    _BRANDS,
-    _CARRIERS,
-    _CITIES,
-    _DAMAGE,
-    _DOORS,
-    _FIRST,
-    _FOUND,
-    _HOUSING,
-    _LAST,
-    _MONTHS,
-    _NAD,
-    _OCCASIONS,
-    _PARTS,
-    _PLATFORMS,
-    _PLATFORMS2,
-    _PRODUCTS,
-    _RELATIVES,
-    _SHOPS,
-    _SPOTS,
-    _STREETS,
-    _SYN,
-    _VARIANTS,
-    _WEEKDAYS,
+    BRANDS,
+    CARRIERS,
+    CITIES,
+    DAMAGE,
+    DOORS,
+    FIRST,
+    FOUND,
+    HOUSING,
+    LAST,
+    MONTHS,
+    NAD,
+    OCCASIONS,
+    PARTS,
+    PLATFORMS,
+    PLATFORMS2,
+    PRODUCTS,
+    RELATIVES,
+    SHOPS,
+    SPOTS,
+    STREETS,
+    SYN,
+    VARIANTS,
+    WEEKDAYS,
 )
 
 
@@ -39,13 +39,13 @@ class Context(dict):
     """Per-record template context.
 
     Record facts (product, carrier, dates, ...) are drawn lazily on first use and then fixed for
-    the record (see ``_LAZY``); synonym slots (``_SYN``) are re-drawn at every use.
+    the record (see ``_LAZY``); synonym slots (``SYN``) are re-drawn at every use.
     """
 
     __slots__ = ("rng",)
 
     def __missing__(self, key: str) -> str:
-        syn = _SYN.get(key)
+        syn = SYN.get(key)
         if syn is not None:
             return syn[int(self.rng.random() * len(syn))]
         value = _LAZY[key](self, self.rng)
@@ -65,12 +65,12 @@ def ri(rng: random.Random, a: int, b: int) -> int:
 
 def _fmt_date(d: _dt.date, style: int) -> str:
     if style == 0:
-        return f"{_MONTHS[d.month - 1]} {d.day}"
+        return f"{MONTHS[d.month - 1]} {d.day}"
     if style == 1:
-        return f"{_MONTHS[d.month - 1][:3]} {d.day}"
+        return f"{MONTHS[d.month - 1][:3]} {d.day}"
     if style == 2:
         return f"{d.month}/{d.day}"
-    return f"{d.day} {_MONTHS[d.month - 1]}"
+    return f"{d.day} {MONTHS[d.month - 1]}"
 
 
 def _tracking(rng: random.Random, carrier: str) -> str:
@@ -100,9 +100,9 @@ def cap(s: str) -> str:
 
 
 def _product(c: Context, rng: random.Random) -> tuple[str, str, str, str, str]:
-    noun, kind, cat = ch(rng, _PRODUCTS)
-    brand = ch(rng, _BRANDS[cat])
-    variants = _VARIANTS[kind]
+    noun, kind, cat = ch(rng, PRODUCTS)
+    brand = ch(rng, BRANDS[cat])
+    variants = VARIANTS[kind]
     i = int(rng.random() * len(variants))
     j = (i + 1 + int(rng.random() * (len(variants) - 1))) % len(variants)
     item = f"{brand} {noun}" if rng.random() < 0.6 else noun
@@ -119,7 +119,7 @@ def _dates(c: Context, rng: random.Random) -> tuple[str, str, str, str]:
 
 
 def _part_forms(c: Context, rng: random.Random) -> tuple[str, ...]:
-    part = ch(rng, _PARTS[c["category"]])
+    part = ch(rng, PARTS[c["category"]])
     if part.endswith("s") and not part.endswith("ss"):
         return part, "are", "were", "them", "they", "They"
     return part, "is", "was", "it", "it", "It"
@@ -130,15 +130,15 @@ def _serial(rng: random.Random) -> str:
 
 
 def _city_pair(c: Context, rng: random.Random) -> tuple[str, str, str]:
-    city, state = ch(rng, _CITIES)
-    other = ch(rng, _CITIES)[0]
+    city, state = ch(rng, CITIES)
+    other = ch(rng, CITIES)[0]
     return city, state, ("Springfield" if other == city else other)
 
 
 def _doors(c: Context, rng: random.Random) -> tuple[str, str]:
-    i = int(rng.random() * len(_DOORS))
-    j = (i + 1 + int(rng.random() * (len(_DOORS) - 1))) % len(_DOORS)
-    return _DOORS[i], _DOORS[j]
+    i = int(rng.random() * len(DOORS))
+    j = (i + 1 + int(rng.random() * (len(DOORS) - 1))) % len(DOORS)
+    return DOORS[i], DOORS[j]
 
 
 def _group(maker: Callable[[Context, random.Random], tuple], keys: Sequence[str]) -> dict:  # type: ignore[type-arg]
@@ -162,7 +162,7 @@ _LAZY: dict[str, Callable[[Context, random.Random], str]] = {
     **_group(_part_forms, ("part", "is_are", "was_were", "it_them", "it_they", "it_they_cap")),
     **_group(_city_pair, ("city", "state", "other_city")),
     **_group(_doors, ("door", "door2")),
-    **_group(lambda c, rng: ch(rng, _NAD), ("nad_issue", "nad_disclosure")),
+    **_group(lambda c, rng: ch(rng, NAD), ("nad_issue", "nad_disclosure")),
     "nad_issue_cap": lambda c, rng: cap(c["nad_issue"]),
     "order_ref": lambda c, rng: (
         c["order_id"]
@@ -171,35 +171,35 @@ _LAZY: dict[str, Callable[[Context, random.Random], str]] = {
     ),
     "partial": lambda c, rng: f"${c['partial_value']:,.2f}",
     "pct": lambda c, rng: str(int(round(100 * c["partial_value"] / c["amount_value"]))),
-    "carrier": lambda c, rng: ch(rng, _CARRIERS),
+    "carrier": lambda c, rng: ch(rng, CARRIERS),
     "tracking": lambda c, rng: _tracking(rng, c["carrier"]),
     "tracking2": lambda c, rng: _tracking(rng, c["carrier"]),
     "deliv_time": lambda c, rng: f"{ri(rng, 1, 12)}:{ri(rng, 0, 59):02d} {'AM' if rng.random() < 0.4 else 'PM'}",
     "late_days": lambda c, rng: str(ri(rng, 2, 14)),
     "other_zip": lambda c, rng: str(ri(rng, 10000, 99999)),
     "house_no": lambda c, rng: str(ri(rng, 2, 9800)),
-    "street": lambda c, rng: ch(rng, _STREETS),
-    "signer": lambda c, rng: f"{ch(rng, _FIRST)[0]}. {ch(rng, _LAST).upper()}",
+    "street": lambda c, rng: ch(rng, STREETS),
+    "signer": lambda c, rng: f"{ch(rng, FIRST)[0]}. {ch(rng, LAST).upper()}",
     "blocks": lambda c, rng: str(ri(rng, 2, 12)),
-    "shop": lambda c, rng: ch(rng, _SHOPS),
-    "platform": lambda c, rng: ch(rng, _PLATFORMS),
-    "platform2": lambda c, rng: ch(rng, _PLATFORMS2),
-    "damage": lambda c, rng: ch(rng, _DAMAGE),
+    "shop": lambda c, rng: ch(rng, SHOPS),
+    "platform": lambda c, rng: ch(rng, PLATFORMS),
+    "platform2": lambda c, rng: ch(rng, PLATFORMS2),
+    "damage": lambda c, rng: ch(rng, DAMAGE),
     "photo_n": lambda c, rng: str(ri(rng, 2, 7)),
-    "found": lambda c, rng: ch(rng, _FOUND),
+    "found": lambda c, rng: ch(rng, FOUND),
     "found_cap": lambda c, rng: cap(c["found"]),
-    "relative": lambda c, rng: ch(rng, _RELATIVES),
-    "occasion": lambda c, rng: ch(rng, _OCCASIONS),
-    "hub": lambda c, rng: ch(rng, _CITIES)[0],
+    "relative": lambda c, rng: ch(rng, RELATIVES),
+    "occasion": lambda c, rng: ch(rng, OCCASIONS),
+    "hub": lambda c, rng: ch(rng, CITIES)[0],
     "serial": lambda c, rng: _serial(rng),
     "serial2": lambda c, rng: _serial(rng),
     "sku": lambda c, rng: f"{ch(rng, 'ABCDEFGHKMNPRSTXZ')}{ch(rng, 'ABCDEFGHKMNPRSTXZ')}-{ri(rng, 1000, 99999)}",
     "page": lambda c, rng: str(ri(rng, 2, 14)),
     "weight": lambda c, rng: f"{rng.uniform(0.3, 12.0):.1f}",
     "refund_ref": lambda c, rng: f"RF{ri(rng, 10000000, 99999999)}",
-    "weekday": lambda c, rng: ch(rng, _WEEKDAYS),
-    "housing": lambda c, rng: ch(rng, _HOUSING),
-    "spot": lambda c, rng: ch(rng, _SPOTS),
+    "weekday": lambda c, rng: ch(rng, WEEKDAYS),
+    "housing": lambda c, rng: ch(rng, HOUSING),
+    "spot": lambda c, rng: ch(rng, SPOTS),
 }
 
 

@@ -1,7 +1,7 @@
-"""The demo data's words: vocabulary pools and message templates for each story part (see `demo.py`).
+"""The demo data's words: vocabulary pools and message templates for each story part (see `generator.py`).
 
-Templates are formatted with the per-record context of `demo._Ctx`; `{name}` slots name context keys or
-synonym groups (`_SYN`), re-drawn at every use.
+Templates are formatted with the per-record context of `facts.Context`; `{name}` slots name context keys or
+synonym groups (`SYN`), re-drawn at every use.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 # Vocabulary pools
 # --------------------------------------------------------------------------------------------
 
-_BRANDS: dict[str, tuple[str, ...]] = {
+BRANDS: dict[str, tuple[str, ...]] = {
     "tech": (
         "Anker",
         "Logitech",
@@ -59,7 +59,7 @@ _BRANDS: dict[str, tuple[str, ...]] = {
     "toys": ("Ravensburger", "Hasbro", "Mattel", "LEGO", "Melissa & Doug", "no-name"),
 }
 # (product noun, variant kind, brand category)
-_PRODUCTS = (
+PRODUCTS = (
     ("wireless earbuds", "color", "tech"),
     ("USB-C charger", "model", "tech"),
     ("running shoes", "shoe", "apparel"),
@@ -123,7 +123,7 @@ _PRODUCTS = (
     ("dutch oven", "inch", "kitchen"),
     ("wool sweater", "size", "apparel"),
 )
-_VARIANTS = {
+VARIANTS = {
     "color": (
         "black",
         "white",
@@ -159,7 +159,7 @@ _VARIANTS = {
     "capacity": ("64GB", "128GB", "256GB", "512GB", "1TB", "2TB"),
     "ml": ("30 ml", "50 ml", "100 ml"),
 }
-_PARTS: dict[str, tuple[str, ...]] = {
+PARTS: dict[str, tuple[str, ...]] = {
     "tech": (
         "charging cable",
         "power adapter",
@@ -198,7 +198,7 @@ _PARTS: dict[str, tuple[str, ...]] = {
     ),
     "toys": ("dice", "instruction booklet", "bag of pieces", "wheel caps", "spinner", "batteries", "sticker sheet"),
 }
-_DAMAGE = (
+DAMAGE = (
     "screen was cracked",
     "corner was dented in",
     "glass was shattered",
@@ -214,7 +214,7 @@ _DAMAGE = (
     "buttons were pushed in and stuck",
 )
 # (what the buyer says is wrong, what the listing actually disclosed)
-_NAD = (
+NAD = (
     ("it's clearly used, there are scratches and scuffs on it", "open box, tested, minor cosmetic scratches"),
     ("the color is nothing like the photos", "colour may vary slightly from the photos"),
     ("it's about half the size I expected", "dimensions 20 x 15 x 8 cm, see photo 3"),
@@ -224,7 +224,7 @@ _NAD = (
     ("it doesn't have the bluetooth feature", "wired version only, no bluetooth"),
     ("it's a refurbished unit, not new", "certified refurbished"),
 )
-_CARRIERS = (
+CARRIERS = (
     "UPS",
     "USPS",
     "FedEx",
@@ -236,7 +236,7 @@ _CARRIERS = (
     "Evri",
     "Amazon Logistics",
 )
-_FIRST = (
+FIRST = (
     "James",
     "Maria",
     "Wei",
@@ -268,7 +268,7 @@ _FIRST = (
     "Ava",
     "Pat",
 )
-_LAST = (
+LAST = (
     "Smith",
     "Jones",
     "Garcia",
@@ -290,7 +290,7 @@ _LAST = (
     "Wright",
     "Dubois",
 )
-_CITIES = (
+CITIES = (
     ("Austin", "TX"),
     ("Denver", "CO"),
     ("Columbus", "OH"),
@@ -312,7 +312,7 @@ _CITIES = (
     ("Tulsa", "OK"),
     ("Burlington", "VT"),
 )
-_STREETS = (
+STREETS = (
     "Maple Ave",
     "Oak St",
     "Cedar Ln",
@@ -328,7 +328,7 @@ _STREETS = (
     "2nd Ave",
     "Washington St",
 )
-_SHOPS = (
+SHOPS = (
     "Brightside Goods",
     "TechNest",
     "Urban Thread Co",
@@ -345,7 +345,7 @@ _SHOPS = (
     "Vintage Vault",
     "ZenDen Store",
 )
-_PLATFORMS = (
+PLATFORMS = (
     "eBay",
     "Etsy",
     "PayPal",
@@ -356,7 +356,7 @@ _PLATFORMS = (
     "Mercari",
     "the payment provider",
 )
-_FOUND = (
+FOUND = (
     "it was behind the planter by the back door",
     "my neighbour had taken it in for me",
     "it was in the parcel locker downstairs the whole time",
@@ -370,8 +370,8 @@ _FOUND = (
     "my kid had put it in the hall closet",
     "it turned up at the leasing office",
 )
-_DOORS = ("red", "blue", "white", "black", "green", "grey", "yellow", "brown")
-_RELATIVES = (
+DOORS = ("red", "blue", "white", "black", "green", "grey", "yellow", "brown")
+RELATIVES = (
     "wife",
     "husband",
     "mom",
@@ -384,7 +384,7 @@ _RELATIVES = (
     "roommate",
     "neighbour",
 )
-_OCCASIONS = (
+OCCASIONS = (
     "a birthday this weekend",
     "my trip next week",
     "work on Monday",
@@ -393,7 +393,7 @@ _OCCASIONS = (
     "the holidays",
     "a job interview",
 )
-_MONTHS = (
+MONTHS = (
     "January",
     "February",
     "March",
@@ -409,7 +409,7 @@ _MONTHS = (
 )
 
 # Synonyms resolved freshly at every use.
-_SYN: dict[str, tuple[str, ...]] = {
+SYN: dict[str, tuple[str, ...]] = {
     "hi": (
         "",
         "",
@@ -448,12 +448,12 @@ _SYN: dict[str, tuple[str, ...]] = {
 
 
 # --------------------------------------------------------------------------------------------
-# Templates. Each is formatted with format_map(_Ctx); a message must never contain "\n".
+# Templates. Each is formatted with format_map(Context); a message must never contain "\n".
 # --------------------------------------------------------------------------------------------
 
 _T = tuple[str, ...]
 
-_OPEN: dict[str, _T] = {
+OPEN: dict[str, _T] = {
     "not_received": (
         "{hi}I ordered the {item} on {order_date} and it still hasn't arrived. Where is my {pkg}?",
         "{hi}Never received my {item}. It's been {days} days since I paid {amount}.",
@@ -516,7 +516,7 @@ _OPEN: dict[str, _T] = {
     ),
 }
 
-_SHORT_OPEN: dict[str, _T] = {
+SHORT_OPEN: dict[str, _T] = {
     "not_received": (
         "Where is my order? Nothing has arrived yet.",
         "My package never arrived, please check.",
@@ -540,7 +540,7 @@ _SHORT_OPEN: dict[str, _T] = {
 
 # Single-message records where the buyer already resolves it.
 # Optional extra sentences appended to the buyer's opening message (label-neutral).
-_OPEN_DETAIL: _T = (
+OPEN_DETAIL: _T = (
     "Order number is {order_ref}.",
     "I paid {amount} on {order_date}.",
     "It shipped with {carrier}, tracking {tracking}.",
@@ -556,7 +556,7 @@ _OPEN_DETAIL: _T = (
     "I've already waited longer than the estimate of {eta_date}.",
 )
 
-_SOLO: dict[str, _T] = {
+SOLO: dict[str, _T] = {
     "confirms_delivery": (
         "Hi, I messaged about my missing {pkg} earlier but {found}. All good, please disregard.",
         "The {item} finally arrived today, no need to do anything. {thx}!",
@@ -575,7 +575,7 @@ _SOLO: dict[str, _T] = {
     ),
 }
 
-_SELLER_ASK: _T = (
+SELLER_ASK: _T = (
     "{shi}{sorry} to hear that. Could you send your order number and a {photo} of the {pkg}?",
     "{shi}Can you confirm the shipping address on the order for me?",
     "{shi}Could you send a couple of {photos} of the {item} and the box it came in?",
@@ -586,7 +586,7 @@ _SELLER_ASK: _T = (
     "{shi}Could you send a {photo} of the shipping label on the box, please?",
 )
 
-_BUYER_INFO: _T = (
+BUYER_INFO: _T = (
     "Order number is {order_ref}. Address is {house_no} {street}, {city}, {state}.",
     "{Photos} attached: the box, the {item}, and the shipping label.",
     "Yes, the address is correct. I already asked the neighbours.",
@@ -597,7 +597,7 @@ _BUYER_INFO: _T = (
     "Sure, {photos} are attached. Let me know if you need anything else.",
 )
 
-_BUYER_CLARIFY: _T = (
+BUYER_CLARIFY: _T = (
     "Can you explain that again? I'm not sure what it means for my order.",
     "So what happens now?",
     "I don't really follow. Can you check again?",
@@ -607,7 +607,7 @@ _BUYER_CLARIFY: _T = (
     "Ok but what about my {item}?",
 )
 
-_SELLER_CLOSE: _T = (
+SELLER_CLOSE: _T = (
     "Glad it worked out! Have a great day.",
     "{thx} for letting us know. Enjoy your {item}!",
     "No problem at all, happy to help.",
@@ -616,16 +616,16 @@ _SELLER_CLOSE: _T = (
     "Perfect, we'll mark it as resolved.",
 )
 
-_SELLER_FOLLOWUP: _T = (
+SELLER_FOLLOWUP: _T = (
     "Just checking in: did you get a chance to look at what we sent?",
     "Following up on the above. Let us know if you have any other questions.",
     "Hi, just wanted to make sure you saw our last message.",
     "Let us know if there's anything else we can do.",
 )
 
-_DELIVERY = ("not_received", "late")
+DELIVERY = ("not_received", "late")
 
-_RESPONSE: dict[str, dict[str, _T]] = {
+RESPONSE: dict[str, dict[str, _T]] = {
     "proof_valid": {
         "delivery": (
             "{shi}I {check} with {carrier}. Tracking {tracking} shows delivered on {deliv_date} at {deliv_time}, left at the front door, and the driver's GPS scan matches your address. Delivery {photo} attached.",
@@ -741,7 +741,7 @@ _RESPONSE: dict[str, dict[str, _T]] = {
     },
 }
 
-_FINAL: dict[str, dict[str, _T]] = {
+FINAL: dict[str, dict[str, _T]] = {
     "confirms": {
         "delivery": (
             "{hi}update: found the {pkg}! {found_cap}. Sorry for the hassle, please disregard.",
@@ -911,7 +911,7 @@ _FINAL: dict[str, dict[str, _T]] = {
 
 # The seller's bottom line, appended to the substantive response most of the time: real sellers
 # state their position in plain words, and how sure they sound differs by what they can show.
-_STANCE: dict[str, dict[str, _T]] = {
+STANCE: dict[str, dict[str, _T]] = {
     "proof_valid": {
         "delivery": (
             "Everything checks out on our side: the {pkg} reached your address.",
@@ -972,7 +972,7 @@ _STANCE: dict[str, dict[str, _T]] = {
 # The buyer's bottom line, appended to the final message most of the time: a buyer who found the
 # parcel says the matter is over, one who disputes with evidence points at it, one who disputes
 # without any just insists.
-_FINAL_TAG: dict[str, _T] = {
+FINAL_TAG: dict[str, _T] = {
     "confirms": (
         "So there's no problem after all, you can close this.",
         "My mistake, everything is fine now.",
@@ -998,7 +998,7 @@ _FINAL_TAG: dict[str, _T] = {
     ),
 }
 
-_BUYER_CHASE: _T = (
+BUYER_CHASE: _T = (
     "Hello? Any update on this?",
     "Still no response. It's been {days} days.",
     "Hi, just following up on my message above.",
@@ -1008,7 +1008,7 @@ _BUYER_CHASE: _T = (
 )
 
 # Long-record filler (neutral w.r.t. the label).
-_RAMBLE: _T = (
+RAMBLE: _T = (
     "I've been a customer of yours for years and never had a problem like this before.",
     "This was supposed to be for {occasion} so the timing really matters to me.",
     "I've spent about an hour on the phone already and I keep getting transferred between departments.",
@@ -1034,7 +1034,7 @@ _RAMBLE: _T = (
     "I don't know if it helps, but the order confirmation email said it would be shipped within 1 business day.",
     "I'd appreciate it if you could read through all of this before replying.",
 )
-_RAMBLE_KIND: dict[str, _T] = {
+RAMBLE_KIND: dict[str, _T] = {
     "delivery": (
         "My {relative} was home most of that week and nobody rang the bell or knocked.",
         "I work nights, so I usually sleep during the day, which is why I asked for packages to be left at the back.",
@@ -1056,8 +1056,8 @@ _RAMBLE_KIND: dict[str, _T] = {
         "I've had the same product from another seller before, so I know what it should look like.",
     ),
 }
-_WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday")
-_HOUSING = (
+WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday")
+HOUSING = (
     "small apartment block",
     "townhouse",
     "duplex",
@@ -1066,17 +1066,17 @@ _HOUSING = (
     "gated community",
     "condo building",
 )
-_SPOTS = ("front door", "garage", "side gate", "mailboxes", "back porch", "lobby")
-_PLATFORMS2 = ("eBay", "Etsy", "Amazon", "Google", "Apple", "shop")
+SPOTS = ("front door", "garage", "side gate", "mailboxes", "back porch", "lobby")
+PLATFORMS2 = ("eBay", "Etsy", "Amazon", "Google", "Apple", "shop")
 
-_SELLER_HOLD: _T = (
+SELLER_HOLD: _T = (
     "{shi}Thanks for your patience, we're still looking into this and will get back to you.",
     "{shi}We've received your message and passed it to our fulfilment team.",
     "{shi}Sorry for the slow reply, we've had a lot of messages this week. Looking into it now.",
     "{shi}Noted, I'll need a day or two to check with the warehouse.",
 )
 
-_POLICY = (
+POLICY = (
     "For reference, here is our shop policy: Orders are processed within 1-2 business days. "
     "Shipping times are estimates provided by the carrier and are not guaranteed. "
     "Once an order has been handed to the carrier, tracking information will be sent by email. "

@@ -9,42 +9,42 @@ from typing import Callable, Sequence
 
 from raytune_bsm.demo.facts import Context, cap, ch, ri
 from raytune_bsm.demo.phrases import (
-    _BRANDS,
-    _BUYER_CHASE,
-    _BUYER_CLARIFY,
-    _BUYER_INFO,
-    _CARRIERS,
-    _DELIVERY,
-    _FINAL,
-    _FINAL_TAG,
-    _FIRST,
-    _MONTHS,
-    _OPEN,
-    _OPEN_DETAIL,
-    _POLICY,
-    _PRODUCTS,
-    _RAMBLE,
-    _RAMBLE_KIND,
-    _RESPONSE,
-    _SELLER_ASK,
-    _SELLER_CLOSE,
-    _SELLER_FOLLOWUP,
-    _SELLER_HOLD,
-    _SHOPS,
-    _SHORT_OPEN,
-    _SOLO,
-    _STANCE,
-    _SYN,
-    _VARIANTS,
+    BRANDS,
+    BUYER_CHASE,
+    BUYER_CLARIFY,
+    BUYER_INFO,
+    CARRIERS,
+    DELIVERY,
+    FINAL,
+    FINAL_TAG,
+    FIRST,
+    MONTHS,
+    OPEN,
+    OPEN_DETAIL,
+    POLICY,
+    PRODUCTS,
+    RAMBLE,
+    RAMBLE_KIND,
+    RESPONSE,
+    SELLER_ASK,
+    SELLER_CLOSE,
+    SELLER_FOLLOWUP,
+    SELLER_HOLD,
+    SHOPS,
+    SHORT_OPEN,
+    SOLO,
+    STANCE,
+    SYN,
+    VARIANTS,
 )
 
 _KEEP_CAPS = frozenset(
     {"I", "I'm", "I've", "I'll", "I'd"}
-    | {w.split(" ")[0] for ws in _BRANDS.values() for w in ws}
-    | {c.split(" ")[0] for c in _CARRIERS}
-    | {c.split(" ")[0] for c in _SHOPS}
-    | set(_MONTHS)
-    | set(_FIRST)
+    | {w.split(" ")[0] for ws in BRANDS.values() for w in ws}
+    | {c.split(" ")[0] for c in CARRIERS}
+    | {c.split(" ")[0] for c in SHOPS}
+    | set(MONTHS)
+    | set(FIRST)
 )
 
 
@@ -54,7 +54,7 @@ def _say(rng: random.Random, ctx: Context, templates: Sequence[str], role: str) 
     greet = ""
     if tpl.startswith("{hi}") or tpl.startswith("{shi}"):
         key, _, tpl = tpl[1:].partition("}")
-        greet = ch(rng, _SYN[key])
+        greet = ch(rng, SYN[key])
     text = tpl.format_map(ctx)
     if greet.endswith(", "):
         first = text.split(" ", 1)[0]
@@ -70,7 +70,7 @@ def _say(rng: random.Random, ctx: Context, templates: Sequence[str], role: str) 
         elif r < 0.12:
             text = text.rstrip(".") + "!!"
         elif r < 0.16:
-            text = text + " " + ch(rng, ("Thanks.", "Thx", "Regards, " + ch(rng, _FIRST), "- " + ch(rng, _FIRST)))
+            text = text + " " + ch(rng, ("Thanks.", "Thx", "Regards, " + ch(rng, FIRST), "- " + ch(rng, FIRST)))
     elif rng.random() < 0.15:
         text = (
             text
@@ -79,9 +79,9 @@ def _say(rng: random.Random, ctx: Context, templates: Sequence[str], role: str) 
                 rng,
                 (
                     "Best regards, " + ctx["shop"],
-                    "Kind regards, " + ch(rng, _FIRST),
+                    "Kind regards, " + ch(rng, FIRST),
                     "- " + ctx["shop"] + " support",
-                    "Thanks, " + ch(rng, _FIRST),
+                    "Thanks, " + ch(rng, FIRST),
                 ),
             )
         )
@@ -93,9 +93,9 @@ def _order_paste(rng: random.Random, ctx: Context) -> str:
         f"Here are my full order details so you have everything: Order {ctx['order_ref']} | placed {ctx['order_date']} | ship to {ctx['house_no']} {ctx['street']}, {ctx['city']}, {ctx['state']}"
     ]
     for i in range(ri(rng, 6, 14)):
-        noun, kind, cat = ch(rng, _PRODUCTS)
-        brand = ch(rng, _BRANDS[cat])
-        var = ch(rng, _VARIANTS[kind])
+        noun, kind, cat = ch(rng, PRODUCTS)
+        brand = ch(rng, BRANDS[cat])
+        var = ch(rng, VARIANTS[kind])
         price = math.exp(rng.gauss(3.0, 0.8))
         lines.append(
             f"item {i + 1}: {brand} {noun} ({var}) qty {ri(rng, 1, 3)} at ${price:,.2f}, SKU {ri(rng, 100000, 999999)}, status shipped"
@@ -107,7 +107,7 @@ def _order_paste(rng: random.Random, ctx: Context) -> str:
 
 
 def _ramble(rng: random.Random, ctx: Context, n: int) -> str:
-    pool = _RAMBLE + _RAMBLE_KIND[ctx["kind"]]
+    pool = RAMBLE + RAMBLE_KIND[ctx["kind"]]
     sents = [s.format_map(ctx) for s in rng.sample(pool, min(n, len(pool)))]
     return "Buyer: " + " ".join(sents)
 
@@ -123,11 +123,11 @@ def _long_filler(rng: random.Random, ctx: Context, need_words: int) -> list[str]
         elif r < 0.55:
             msg = _order_paste(rng, ctx)
         elif r < 0.65:
-            msg = "Seller: " + _POLICY
+            msg = "Seller: " + POLICY
         elif r < 0.85:
-            msg = _say(rng, ctx, _BUYER_CHASE, "Buyer") + " " + _ramble(rng, ctx, ri(rng, 2, 6))[7:]
+            msg = _say(rng, ctx, BUYER_CHASE, "Buyer") + " " + _ramble(rng, ctx, ri(rng, 2, 6))[7:]
         else:
-            msg = _say(rng, ctx, _SELLER_HOLD, "Seller")
+            msg = _say(rng, ctx, SELLER_HOLD, "Seller")
         out.append(msg)
         got += msg.count(" ") + 1
     return out
@@ -136,7 +136,7 @@ def _long_filler(rng: random.Random, ctx: Context, need_words: int) -> list[str]
 def story_messages(
     rng: random.Random, ctx: Context, problem: str, response: str, final: str, long_words: int
 ) -> list[str]:
-    kind = "delivery" if problem in _DELIVERY else "item"
+    kind = "delivery" if problem in DELIVERY else "item"
     ctx["kind"] = kind
     b: Callable[[Sequence[str]], str] = lambda ts: _say(rng, ctx, ts, "Buyer")  # noqa: E731
     s: Callable[[Sequence[str]], str] = lambda ts: _say(rng, ctx, ts, "Seller")  # noqa: E731
@@ -144,21 +144,21 @@ def story_messages(
     # Single-message records.
     if not long_words:
         if final in ("confirms", "withdraws") and rng.random() < 0.08:
-            tpl = _SOLO[final if final == "withdraws" else "confirms_" + kind]
+            tpl = SOLO[final if final == "withdraws" else "confirms_" + kind]
             return [_say(rng, ctx, tpl, "Buyer")]
         if response == "ignore" and final == "silent" and rng.random() < 0.5:
-            return [b(_SHORT_OPEN[problem] if rng.random() < 0.6 else _OPEN[problem])]
+            return [b(SHORT_OPEN[problem] if rng.random() < 0.6 else OPEN[problem])]
 
-    msgs: list[str] = [b(_SHORT_OPEN[problem] if rng.random() < 0.12 else _OPEN[problem])]
+    msgs: list[str] = [b(SHORT_OPEN[problem] if rng.random() < 0.12 else OPEN[problem])]
     if rng.random() < 0.4:
-        extra = rng.sample(_OPEN_DETAIL, ch(rng, (1, 1, 2)))
+        extra = rng.sample(OPEN_DETAIL, ch(rng, (1, 1, 2)))
         msgs[0] += " " + " ".join(cap(x.format_map(ctx)) for x in extra)
     if rng.random() < 0.15:
-        msgs.append(b(_BUYER_CHASE))
+        msgs.append(b(BUYER_CHASE))
 
     if response != "ignore" and rng.random() < 0.4:
-        msgs.append(s(_SELLER_ASK))
-        msgs.append(_order_paste(rng, ctx) if rng.random() < 0.04 else b(_BUYER_INFO))
+        msgs.append(s(SELLER_ASK))
+        msgs.append(_order_paste(rng, ctx) if rng.random() < 0.04 else b(BUYER_INFO))
 
     filler_at_end = False
     if long_words:
@@ -172,18 +172,18 @@ def story_messages(
     # Seller's substantive response.
     if response == "ignore":
         if rng.random() < 0.5:
-            msgs.append(s(_RESPONSE["ignore"]["any"]))
+            msgs.append(s(RESPONSE["ignore"]["any"]))
         for _ in range(ch(rng, (0, 1, 1, 2))):
-            msgs.append(b(_BUYER_CHASE))
+            msgs.append(b(BUYER_CHASE))
     else:
-        table = _RESPONSE[response]
+        table = RESPONSE[response]
         if response == "proof_valid":
             tpl = table["delivery"] if kind == "delivery" else table[problem]
         elif "any" in table:
             tpl = table["any"]
         else:
             tpl = table[kind]
-        stance = _STANCE[response]
+        stance = STANCE[response]
         stance_tpl = stance.get(kind, stance.get("any"))
 
         def say() -> str:  # the response, usually closed by the seller's bottom line (before any sign-off)
@@ -194,7 +194,7 @@ def story_messages(
 
         msgs.append(say())
         if rng.random() < 0.25:
-            msgs.append(b(_BUYER_CLARIFY))
+            msgs.append(b(BUYER_CLARIFY))
             msgs.append(say())
 
     if filler_at_end:
@@ -203,9 +203,9 @@ def story_messages(
     # Buyer's final move.
     if final == "silent":
         if response != "ignore" and rng.random() < 0.3:
-            msgs.append(s(_SELLER_FOLLOWUP))
+            msgs.append(s(SELLER_FOLLOWUP))
         return msgs
-    fin = _FINAL[final]
+    fin = FINAL[final]
     if final == "confirms":
         tpl = fin["delivery"] if kind == "delivery" else fin[problem]
     elif final == "withdraws":
@@ -224,11 +224,11 @@ def story_messages(
         else:
             tpl = fin["other_" + kind]
     last = ch(rng, tpl)
-    if final in _FINAL_TAG and rng.random() < 0.7:  # the buyer's bottom line, before any sign-off
-        last += " " + ch(rng, _FINAL_TAG[final])
+    if final in FINAL_TAG and rng.random() < 0.7:  # the buyer's bottom line, before any sign-off
+        last += " " + ch(rng, FINAL_TAG[final])
     msgs.append(b((last,)))
     if final in ("confirms", "withdraws") and response != "ignore" and rng.random() < 0.4:
-        msgs.append(s(_SELLER_CLOSE))
+        msgs.append(s(SELLER_CLOSE))
     elif final.startswith("disputes") and response != "ignore" and rng.random() < 0.25:
-        msgs.append(s(_SELLER_HOLD))
+        msgs.append(s(SELLER_HOLD))
     return msgs

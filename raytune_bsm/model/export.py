@@ -40,6 +40,7 @@ from typing import Callable, Iterator
 
 from raytune_bsm.data.processor import ChunkProcessor, ProcessorConfig
 from raytune_bsm.errors import ConfigError, ExportError
+from raytune_bsm.graphs import HEAD, GraphKind
 from raytune_bsm.layout import (
     CHUNKS_INT8_ONNX_FILE,
     CHUNKS_ONNX_FILE,
@@ -65,8 +66,8 @@ log = logging.getLogger(__name__)
 
 # The graphs (model.packed*.onnx of earlier exports: replaced by the chunk graph, faster in bench/; predict still
 # reads them in an export that has no chunk graph)
-FP32 = {"chunks": CHUNKS_ONNX_FILE, "head": HEAD_ONNX_FILE, "bct": ONNX_FILE}
-INT8 = {"chunks": CHUNKS_INT8_ONNX_FILE, "head": HEAD_ONNX_FILE, "bct": INT8_ONNX_FILE}
+FP32 = {GraphKind.CHUNKS: CHUNKS_ONNX_FILE, HEAD: HEAD_ONNX_FILE, GraphKind.BCT: ONNX_FILE}
+INT8 = {GraphKind.CHUNKS: CHUNKS_INT8_ONNX_FILE, HEAD: HEAD_ONNX_FILE, GraphKind.BCT: INT8_ONNX_FILE}
 STEPS = ("load", "onnx", "int8", "onnx_checker", "torchscript", "tokenizer", "parity", "manifest")
 Progress = Callable[[str, int, int], None]
 VERSIONED_PACKAGES = (
@@ -153,8 +154,8 @@ def _build(
     with steps("onnx"):
         exporter = onnx_graphs.export_graphs(model, example, out, FP32)
     with steps("int8"):
-        quantized = quantize.quantize_chunks(out / FP32["chunks"], out / INT8["chunks"])
-        onnx_graphs.compose(*(out / INT8[k] for k in ("chunks", "head", "bct")))
+        quantized = quantize.quantize_chunks(out / FP32[GraphKind.CHUNKS], out / INT8[GraphKind.CHUNKS])
+        onnx_graphs.compose(*(out / INT8[k] for k in (GraphKind.CHUNKS, HEAD, GraphKind.BCT)))
     with steps("onnx_checker"):  # shape inference (full) once per kind of graph; int8 shares their structure
         bct = {**{n: onnx_graphs.BCT_DIMS for n in INPUT_NAMES}, **onnx_graphs.side_dims(model, "batch")}
         onnx_graphs.check_interface(out / ONNX_FILE, bct, num_classes, full=True)

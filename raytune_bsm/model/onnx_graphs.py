@@ -36,16 +36,18 @@ from typing import Any, Iterator
 import onnx
 import torch
 
+from raytune_bsm.data.batching import ATTENTION_MASK, INPUT_IDS, POOL
 from raytune_bsm.data.features import SIDE_INPUT
 from raytune_bsm.errors import ExportError
+from raytune_bsm.graphs import HEAD, GraphKind
 from raytune_bsm.layout import FEATURES_NAME, INPUT_NAMES, OUTPUT_NAME, PACKED_INPUT_NAMES
 
 log = logging.getLogger(__name__)
 
 OPSET = 18  # the torch.onnx dynamo exporter's native opset; onnxruntime >= 1.14 runs it
 BCT_DIMS = ("batch", "chunks", "tokens")
-CHUNK_DIMS = {"input_ids": ("chunks", "tokens"), "attention_mask": ("chunks", "tokens")}
-PACKED_DIMS = {**CHUNK_DIMS, "pool": ("records", "chunks")}
+CHUNK_DIMS = {INPUT_IDS: ("chunks", "tokens"), ATTENTION_MASK: ("chunks", "tokens")}
+PACKED_DIMS = {**CHUNK_DIMS, POOL: ("records", "chunks")}
 _PREFIX_OUT = ("bct/input_ids", "bct/attention_mask", "bct/pool")  # the prefix's outputs: the packed inputs
 
 
@@ -250,8 +252,8 @@ def with_head(chunks: onnx.ModelProto, head: onnx.ModelProto) -> onnx.ModelProto
     renames = {hg.output[0].name: OUTPUT_NAME}
     for n in hg.node:
         n.output[:] = [renames.get(o, o) for o in n.output]
-    pool = onnx.helper.make_tensor_value_info("pool", onnx.TensorProto.FLOAT, list(PACKED_DIMS["pool"]))
-    mean = onnx.helper.make_node("MatMul", ["pool", graph.output[0].name], [hg.input[0].name], name="pool_chunks")
+    pool = onnx.helper.make_tensor_value_info(POOL, onnx.TensorProto.FLOAT, list(PACKED_DIMS[POOL]))
+    mean = onnx.helper.make_node("MatMul", [POOL, graph.output[0].name], [hg.input[0].name], name="pool_chunks")
     side = [i for i in hg.input if i.name == f"head/{SIDE_INPUT}"]  # raw side features [R, F], if the model has any
     for n in hg.node:
         n.input[:] = [SIDE_INPUT if i == f"head/{SIDE_INPUT}" else i for i in n.input]
@@ -289,14 +291,14 @@ def prefix_graph(ir_version: int, opsets: list[Any]) -> onnx.ModelProto:
         return H.make_node(op, [own(i) for i in inputs], [own(o) for o in outputs], name=f"bct/{outputs[0]}", **attrs)
 
     nodes = [
-        node("Shape", ["input_ids"], ["shape"]),
+        node("Shape", [INPUT_IDS], ["shape"]),
         node("Slice", ["shape", "k0", "k1"], ["B"]),
         node("Slice", ["shape", "k1", "k2"], ["C"]),
         node("Slice", ["shape", "k2", "k3"], ["T"]),
         node("Mul", ["B", "C"], ["BC"]),
         node("Concat", ["BC", "T"], ["flat_shape"], axis=0),
-        node("Reshape", ["input_ids", "flat_shape"], [_PREFIX_OUT[0]]),  # [B*C, T]
-        node("Reshape", ["attention_mask", "flat_shape"], ["mask"]),  # [B*C, T]
+        node("Reshape", [INPUT_IDS, "flat_shape"], [_PREFIX_OUT[0]]),  # [B*C, T]
+        node("Reshape", [ATTENTION_MASK, "flat_shape"], ["mask"]),  # [B*C, T]
         node("ReduceMax", ["mask", "k1"], ["row_max"], keepdims=1),  # [B*C, 1]
         node("Greater", ["row_max", "zero"], ["nonempty"]),  # [B*C, 1] bool
         node("Squeeze", ["T", "k0"], ["T_scalar"]),
@@ -357,11 +359,11 @@ def with_bct_inputs(packed: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def export_graphs(model: Any, example: tuple[torch.Tensor, torch.Tensor], out: Path, files: dict[str, str]) -> str:
-    """The fp32 graphs in `out` (BERT traced once; `files` maps chunks/head/bct to file names). Returns the
-    exporter that traced BERT."""
-    exporter = export_chunks(model, example, out / files["chunks"])
-    export_head(model, out / files["head"])
-    compose(out / files["chunks"], out / files["head"], out / files["bct"])
+    """The fp32 graphs in `out` (BERT traced once; `files` maps GraphKind.CHUNKS, HEAD and GraphKind.BCT to file
+    names). Returns the exporter that traced BERT."""
+    exporter = export_chunks(model, example, out / files[GraphKind.CHUNKS])
+    export_head(model, out / files[HEAD])
+    compose(out / files[GraphKind.CHUNKS], out / files[HEAD], out / files[GraphKind.BCT])
     return exporter
 
 
@@ -380,7 +382,7 @@ def check_interface(
     if list(got) != list(inputs):
         problems.append(f"inputs are {list(got)}, expected {list(inputs)}")
     for name, tt in got.items():
-        want = onnx.TensorProto.FLOAT if name in ("pool", FEATURES_NAME, SIDE_INPUT) else onnx.TensorProto.INT64
+        want = onnx.TensorProto.FLOAT if name in (POOL, FEATURES_NAME, SIDE_INPUT) else onnx.TensorProto.INT64
         dims = [d.dim_param for d in tt.shape.dim]
         if tt.elem_type != want or len(dims) != len(inputs.get(name, ())) or not all(dims):
             problems.append(f"input {name} is elem_type {tt.elem_type} dims {dims}, expected {inputs.get(name)}")

@@ -36,9 +36,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from raytune_bsm.data.batching import Collate, EncodedDataset
+from raytune_bsm.data.batching import ATTENTION_MASK, INPUT_IDS, Collate, EncodedDataset
 from raytune_bsm.data.features import SIDE_INPUT
 from raytune_bsm.errors import ExportError
+from raytune_bsm.graphs import GraphKind
 from raytune_bsm.layout import (
     CHUNKS_INT8_ONNX_FILE,
     CHUNKS_ONNX_FILE,
@@ -175,7 +176,7 @@ def _side(model: Any, batch: dict, rows: int, seed: int) -> torch.Tensor | None:
 
 def _feeds(b: Batch) -> dict[str, np.ndarray]:
     """A batch as the [B, C, T] graph takes it."""
-    feeds = {"input_ids": b.ids.numpy(), "attention_mask": b.mask.numpy()}
+    feeds = {INPUT_IDS: b.ids.numpy(), ATTENTION_MASK: b.mask.numpy()}
     return {**feeds, SIDE_INPUT: b.side.numpy()} if b.side is not None else feeds
 
 
@@ -198,20 +199,25 @@ def _runners(out: Path, pad_id: int) -> dict[str, Callable[[Batch], np.ndarray]]
     with quiet():  # torch.jit.load's deprecation note
         scripted = torch.jit.load(str(out / TORCHSCRIPT_FILE), map_location="cpu").eval()
 
-    def run(f: str, layout: str) -> Callable[[Batch], np.ndarray]:
+    def run(f: str, kind: GraphKind) -> Callable[[Batch], np.ndarray]:
         scorer = Scorer(str(out / f))
 
         def chunks(b: Batch) -> np.ndarray:
             ids, lens = records(b.ids.numpy(), b.mask.numpy())
             side = b.side.numpy() if b.side is not None else None
-            return run_plan(plan_block(ids, lens, pad_id, CALL_CHUNKS, "chunks", side), scorer, head)
+            return run_plan(plan_block(ids, lens, pad_id, CALL_CHUNKS, GraphKind.CHUNKS, side), scorer, head)
 
-        if layout == "bct":  # as given: the [B, C, T] graph must take empty chunks and padding columns
+        if kind == GraphKind.BCT:  # as given: the [B, C, T] graph must take empty chunks and padding columns
             return lambda b: scorer(_feeds(b))
         return chunks
 
-    layouts = {ONNX_FILE: "bct", INT8_ONNX_FILE: "bct", CHUNKS_ONNX_FILE: "chunks", CHUNKS_INT8_ONNX_FILE: "chunks"}
-    runners = {f: run(f, k) for f, k in layouts.items()}
+    kinds = {
+        ONNX_FILE: GraphKind.BCT,
+        INT8_ONNX_FILE: GraphKind.BCT,
+        CHUNKS_ONNX_FILE: GraphKind.CHUNKS,
+        CHUNKS_INT8_ONNX_FILE: GraphKind.CHUNKS,
+    }
+    runners = {f: run(f, k) for f, k in kinds.items()}
     runners[TORCHSCRIPT_FILE] = lambda b: (
         scripted(*(b.ids, b.mask, *([b.side] if b.side is not None else []))).float().numpy()
     )

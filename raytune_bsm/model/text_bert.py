@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from raytune_bsm.config import resolve_model_config  # defaults and checks live with the torch-free configs
+from raytune_bsm.data.batching import ID, PAD, TRUNCATED, ids_key, mask_key
 from raytune_bsm.errors import ConfigError, ExportError
 from raytune_bsm.model.checkpoint import safe_load
 from raytune_bsm.model.encoder import load_encoder
@@ -68,8 +69,7 @@ class TextBertBase(pl.LightningModule):
         self.config = resolve_model_config(config)
         self.save_hyperparameters({"config": self.config})  # a checkpoint alone rebuilds the model
         cfg = self.config
-        self.ids_key = f"{cfg['text_name']}_processed_input_ids"
-        self.mask_key = f"{cfg['text_name']}_processed_attention_mask"
+        self.ids_key, self.mask_key = ids_key(cfg["text_name"]), mask_key(cfg["text_name"])
 
         # Mean pooling builds no pooler: an unused layer would stall DDP's gradient sync.
         self.bert = load_encoder(cfg["tokenizer"], cfg["encoder_config"], pooler=cfg["chunk_pooling"] == "pooler")
@@ -252,7 +252,7 @@ class TextBertClassifier(TextBertBase):
         logits = self.logits(batch[self.ids_key], batch[self.mask_key], side=self.side_input(batch)).float()
         labels = batch[self.config["label_name"]]  # [B]
         keep = list(range(len(labels)))
-        pad = batch.get("pad")
+        pad = batch.get(PAD)
         if pad is not None and bool(pad.any()):
             keep = [i for i, p in enumerate(pad.tolist()) if not p]
             if not keep:
@@ -280,9 +280,9 @@ class TextBertClassifier(TextBertBase):
         self.test_metrics.update(self._scores(logits), labels)
         self.log("test_loss", loss, on_epoch=True, sync_dist=True, batch_size=len(labels))
         probs = logits.softmax(dim=-1).cpu()  # [K, num_classes]
-        ids = batch[self.config["id_name"] or "id"]
+        ids = batch[self.config["id_name"] or ID]
         chunks = batch[self.mask_key].bool().any(dim=-1).sum(dim=-1).tolist()  # [B]: chunks kept per record
-        cut = batch.get("truncated") or [None] * len(ids)  # more than max_chunks chunks (None: not known)
+        cut = batch.get(TRUNCATED) or [None] * len(ids)  # more than max_chunks chunks (None: not known)
         for k, i in enumerate(keep):
             self.test_rows.append(
                 {

@@ -15,7 +15,7 @@ from typing import Any
 from raytune_bsm.layout import EPOCHS_JSON as EPOCHS_FILE
 from raytune_bsm.layout import FIRST_STEP_JSON
 from raytune_bsm.storage import exists, join, read_bytes, write_bytes
-from raytune_bsm.sweep import PG_FILE, _plain
+from raytune_bsm.sweep import PG_FILE, plain_value
 
 log = logging.getLogger("raytune_bsm")
 
@@ -65,9 +65,9 @@ def epoch_record(run_dir: str) -> Any:
     class EpochRecord(ray.train.UserCallback):
         def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
             row = {
-                k: _plain(v)
+                k: plain_value(v)
                 for k, v in (metrics[0] if metrics else {}).items()
-                if isinstance(_plain(v), (int, float, str))
+                if isinstance(plain_value(v), (int, float, str))
             }
             if checkpoint is not None:
                 row["checkpoint_path"] = checkpoint.path

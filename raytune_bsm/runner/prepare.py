@@ -12,7 +12,7 @@ from typing import Any
 
 from raytune_bsm.config import RunConfig
 from raytune_bsm.data import features as side
-from raytune_bsm.data.batching import Collate, EncodedDataset, LengthGroupedBatchSampler
+from raytune_bsm.data.batching import ID, PAD, Collate, EncodedDataset, LengthGroupedBatchSampler
 from raytune_bsm.data.labels import Labels
 from raytune_bsm.data.processor import ChunkProcessor, ProcessorConfig
 from raytune_bsm.data.readers import list_files
@@ -84,7 +84,7 @@ def prepare(run: RunConfig) -> Prepared:
         is_binary=n == 2,
         num_classes=n,
         class_names=labels.names,
-        id_name=run.data.id_field or "id",
+        id_name=run.data.id_field or ID,
         **side.model_keys(names, stats),
     )
     processor = ChunkProcessor(ProcessorConfig.of_model(model_config))
@@ -262,7 +262,7 @@ def _finish(
         is_binary=n == 2,
         num_classes=n,
         class_names=labels.names,
-        id_name=run.data.id_field or "id",
+        id_name=run.data.id_field or ID,
         **side.model_keys(run.data.feature_fields, stats),
     )
     return RayPrepared(
@@ -299,7 +299,7 @@ def pad_to_multiple(ds: Any, rows: int, world: int) -> tuple[Any, int]:
     if k == 0:
         return ds, 0
     first = pa.Table.from_pylist(ds.take(1))
-    copies = first.take(pa.array([0] * k)).set_column(first.schema.get_field_index("pad"), "pad", pa.array([True] * k))
+    copies = first.take(pa.array([0] * k)).set_column(first.schema.get_field_index(PAD), PAD, pa.array([True] * k))
     return ds.union(ray.data.from_arrow(copies.cast(ds.schema().base_schema))).materialize(), k
 
 

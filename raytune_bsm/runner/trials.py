@@ -23,13 +23,13 @@ from raytune_bsm.runner.callbacks import (
     remove_staged_checkpoints,
 )
 from raytune_bsm.storage import exists, filesystem, join, read_bytes, write_bytes, write_table
-from raytune_bsm.sweep import LEADERBOARD_ROWS, RELEASE_AFTER_S, _plain, apply_params
+from raytune_bsm.sweep import LEADERBOARD_ROWS, RELEASE_AFTER_S, apply_params, plain_value
 
 log = logging.getLogger("raytune_bsm")
 
 
 @dataclass
-class _Spec:
+class SweepSpec:
     """What the recorder needs to turn Tune's trials into the sweep's record."""
 
     name: str
@@ -43,7 +43,7 @@ class _Spec:
 
 def trial_rows(
     trials: list[Any],
-    spec: _Spec,
+    spec: SweepSpec,
     cache: dict[str, tuple[list, dict]] | None = None,
     interrupted: set[str] | frozenset[str] = frozenset(),
 ) -> list[dict[str, Any]]:
@@ -77,7 +77,7 @@ def trial_rows(
             status = "interrupted" if epochs else "pending"
         elif status is None:  # TERMINATED: trained to the end, or stopped early (ASHA, --time-budget)
             status = "completed" if len(epochs) >= spec.max_epochs else "early_stopped"
-        hp = {k: _plain(t.config.get(k)) for k in spec.params if k in t.config}
+        hp = {k: plain_value(t.config.get(k)) for k in spec.params if k in t.config}
         rows.append(
             {
                 "trial_id": tid,
@@ -129,7 +129,7 @@ def rank_rows(rows: list[dict[str, Any]], mode: str) -> list[dict[str, Any]]:
 
 
 def write_record(
-    rows: list[dict[str, Any]], spec: _Spec, *, finished: bool, started: float | None = None
+    rows: list[dict[str, Any]], spec: SweepSpec, *, finished: bool, started: float | None = None
 ) -> dict[str, Any]:
     """trials.parquet, best_config.json and bsm_result.json, each written atomically. Returns the summary."""
     import pyarrow as pa
@@ -227,12 +227,12 @@ def saved_trial_statuses(tune_dir: str) -> dict[str, str]:
         return {}
 
 
-def recorder(spec: _Spec) -> Any:
+def recorder(spec: SweepSpec) -> Any:
     """A Tune callback (runs in the sweep's driver) that rewrites the record as trials start and end."""
     from ray import tune
 
     class Recorder(tune.Callback):
-        def __init__(self, spec: _Spec) -> None:
+        def __init__(self, spec: SweepSpec) -> None:
             self.spec = spec
             self.started = time.time()
             self._cache: dict[str, tuple[list, dict]] = {}

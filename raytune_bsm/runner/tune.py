@@ -35,6 +35,7 @@ from typing import Any
 
 from raytune_bsm.config import RunConfig, check_monitor_computed, dumps
 from raytune_bsm.data import features as side
+from raytune_bsm.data.batching import ID
 from raytune_bsm.data.splits import load_split
 from raytune_bsm.errors import BsmError, ConfigError
 from raytune_bsm.layout import BEST_CONFIG_JSON, RESULT_JSON
@@ -44,17 +45,17 @@ from raytune_bsm.runner.callbacks import placement_group_log, read_epochs
 from raytune_bsm.runner.export_task import export_best
 from raytune_bsm.runner.prepare import RayPrepared, data_paths, prepare_ray
 from raytune_bsm.runner.train import connect, trainer_for
-from raytune_bsm.runner.trials import _Spec, recorder
+from raytune_bsm.runner.trials import SweepSpec, recorder
 from raytune_bsm.storage import exists, join, read_bytes, storage_path, write_bytes
 from raytune_bsm.sweep import (
     TRIAL_RESOURCES,
     SweepConfig,
-    _plain,
     apply_params,
     check_search_space,
     format_leaderboard,
     max_concurrent_trials,
     param_space,
+    plain_value,
     resolve_space,
 )
 
@@ -93,7 +94,7 @@ def bsm_trial(config: dict[str, Any], spec: dict[str, Any] | None = None) -> Non
     d = apply_params(spec["base"], config)
     d["name"] = trial_id  # the Train run's name: stable across restarts, so Train resumes its own checkpoints
     run = RunConfig.from_dict(d)
-    log.info("trial %s: %s", trial_id, json.dumps({k: _plain(v) for k, v in config.items()}, default=str))
+    log.info("trial %s: %s", trial_id, json.dumps({k: plain_value(v) for k, v in config.items()}, default=str))
     # trainer_for puts the epoch record first; TuneReportCallback then forwards each report to Tune (ASHA)
     callbacks = [TuneReportCallback(), placement_group_log(run_dir)]
     trainer_for(
@@ -115,7 +116,7 @@ def _for_trial(data: RayPrepared | None, run: RunConfig) -> RayPrepared | None:
         is_binary=n == 2,
         num_classes=n,
         class_names=data.labels.names,
-        id_name=run.data.id_field or "id",
+        id_name=run.data.id_field or ID,
         **side.model_keys(prepared.get("feature_fields"), prepared.get("feature_stats")),
     )
     return replace(data, model_config=model_config)
@@ -183,7 +184,7 @@ def run_sweep(run: RunConfig, sweep: SweepConfig, *, storage: str) -> dict[str, 
 
     concurrent = max_concurrent_trials(resources_from_ray(), sweep, trial_run)
     base = trial_run.to_dict()
-    spec = _Spec(
+    spec = SweepSpec(
         name=run.name,
         sweep_dir=sweep_dir,
         monitor=monitor,
@@ -266,7 +267,7 @@ def run_sweep(run: RunConfig, sweep: SweepConfig, *, storage: str) -> dict[str, 
     started = time.monotonic()
     tuner.fit()
     summary = json.loads(read_bytes(join(sweep_dir, RESULT_JSON)))
-    _check_budget(summary, sweep.time_budget_s, time.monotonic() - started)
+    check_budget(summary, sweep.time_budget_s, time.monotonic() - started)
     if summary.get("best_checkpoint") and run.train.export:
         summary["export"] = export_best_trial(summary, sweep_dir)
         write_bytes(dumps(summary).encode(), join(sweep_dir, RESULT_JSON))
@@ -283,7 +284,7 @@ def run_sweep(run: RunConfig, sweep: SweepConfig, *, storage: str) -> dict[str, 
     return summary
 
 
-def _check_budget(summary: dict[str, Any], budget_s: float | None, ran_s: float) -> None:
+def check_budget(summary: dict[str, Any], budget_s: float | None, ran_s: float) -> None:
     """A ConfigError when --time-budget ended the sweep before any trial reported its first epoch."""
     if budget_s is None or ran_s < budget_s or summary.get("best_trial") or (summary.get("trials") or {}).get("ERROR"):
         return
@@ -300,7 +301,7 @@ def export_best_trial(summary: dict[str, Any], sweep_dir: str) -> str:
     best_run = RunConfig.from_dict(json.loads(read_bytes(join(sweep_dir, BEST_CONFIG_JSON))))
     # the processor's settings and column names; the class count does not change how text is processed
     model_config = best_run.model_config(
-        is_binary=None, num_classes=None, class_names=None, id_name=best_run.data.id_field or "id"
+        is_binary=None, num_classes=None, class_names=None, id_name=best_run.data.id_field or ID
     )
     return export_best(
         summary["best_checkpoint"], sweep_dir, best_run, model_config, metrics=summary.get("metrics") or {}

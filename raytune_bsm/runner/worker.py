@@ -1,7 +1,7 @@
 """The training loop for one worker, written once.
 
 `train_loop(config)` runs in-process for a local run (`runtime: local`) and, unchanged, on every Ray Train
-worker (`runtime: ray`, set by the launcher): there the Lightning trainer gets Ray's DDP strategy, cluster
+worker (`runtime: ray`, set by runner/train.py): there the Lightning trainer gets Ray's DDP strategy, cluster
 environment and report callback, and resumes from the checkpoint Ray hands back after a worker failure.
 """
 

@@ -1,7 +1,7 @@
 """Processed records -> the arrays an exported graph takes, which rows go into one call, and the calls' outputs
 back to one row of logits per record.
 
-Three layouts (see layout.py):
+Three kinds of graph (`GraphKind`; file names in layout.py):
 
     model.chunks.onnx  input_ids, attention_mask int64 [N, T] -> features [N, H]: any chunks, of any records. The
                        chunks of a block are sorted by length and cut into calls of at most `max_chunks` chunks and
@@ -26,14 +26,20 @@ from typing import Callable
 
 import numpy as np
 
-from raytune_bsm.data.batching import pack_records, pad_records  # noqa: F401  (one padding, shared with training)
+from raytune_bsm.data.batching import (  # noqa: F401  (one padding, shared with training)
+    ATTENTION_MASK,
+    INPUT_IDS,
+    POOL,
+    pack_records,
+    pad_records,
+)
 from raytune_bsm.data.features import SIDE_INPUT
+from raytune_bsm.graphs import GraphKind
 from raytune_bsm.layout import FEATURES_NAME
 
 # Token slots per chunk-graph call: on 2 cores, calls of ~1k tokens ran 10-25% faster per token than calls of 4k
 # (the activations stay in cache; bench/), and the per-call overhead is under 1% at this size.
 CALL_TOKENS = 1024
-LAYOUTS = ("chunks", "packed", "bct")
 
 
 @dataclass
@@ -89,11 +95,11 @@ def make_call(ids: list[np.ndarray], lens: list[np.ndarray], records: np.ndarray
     sel_ids, sel_lens = [ids[i] for i in records], [lens[i] for i in records]
     if packed:
         input_ids, mask, pool = pack_records(sel_ids, sel_lens, pad_id)
-        feeds = {"input_ids": input_ids, "attention_mask": mask, "pool": pool}
+        feeds = {INPUT_IDS: input_ids, ATTENTION_MASK: mask, POOL: pool}
         real = int(sum(int(l.sum()) for l in sel_lens))
     else:
         input_ids, mask = pad_records(sel_ids, sel_lens, pad_id)
-        feeds = {"input_ids": input_ids, "attention_mask": mask}
+        feeds = {INPUT_IDS: input_ids, ATTENTION_MASK: mask}
         real = int(mask.sum())
     return Call(rows=records, feeds=feeds, real=real, slots=int(input_ids.size))
 
@@ -109,7 +115,7 @@ def chunk_call(tokens: np.ndarray, starts: np.ndarray, chunk_lens: np.ndarray, r
     mask = np.zeros((N, T), dtype=np.int64)
     input_ids[row, col] = tokens[np.repeat(starts[rows], L) + col]
     mask[row, col] = 1
-    return Call(rows=rows, feeds={"input_ids": input_ids, "attention_mask": mask}, real=int(L.sum()), slots=N * T)
+    return Call(rows=rows, feeds={INPUT_IDS: input_ids, ATTENTION_MASK: mask}, real=int(L.sum()), slots=N * T)
 
 
 def plan_block(
@@ -117,14 +123,14 @@ def plan_block(
     lens: list[np.ndarray],
     pad_id: int,
     batch_size: int,
-    layout: str,
+    kind: GraphKind,
     side: np.ndarray | None = None,
 ) -> Plan:
-    """The calls that score a block of records with a graph of `layout` (one of LAYOUTS). `batch_size`: records
+    """The calls that score a block of records with a graph of `kind`. `batch_size`: records
     per call, or for the chunk graph chunks per call (and at most CALL_TOKENS token slots). `side`: the records'
     raw side features [n, F], for a model that has them."""
-    if layout != "chunks":
-        packed = layout == "packed"
+    if kind != GraphKind.CHUNKS:
+        packed = kind == GraphKind.PACKED
         calls = [make_call(ids, lens, r, pad_id, packed) for r in plan_calls(lens, batch_size, packed)]
         for call in calls if side is not None else []:
             call.feeds[SIDE_INPUT] = np.ascontiguousarray(side[call.rows], np.float32)  # [R, F]

@@ -1,9 +1,9 @@
 """Which of an export's graphs to run, and ONNX Runtime sessions that run it (CPU, or CUDA with IO binding).
 
-An export holds graphs of up to three layouts, each in fp32 and int8 (names in layout.py, shapes in
+An export holds graphs of up to three kinds (`GraphKind`), each in fp32 and int8 (names in layout.py, shapes in
 scoring/batching.py): the chunk graph `model.chunks.onnx` with its head `model.head.onnx` (the newest: chunks of
 many records per call, grouped by length), the packed graph `model.packed.onnx` (exports since issue 10.2), and
-the [B, C, T] `model.onnx` (every export has it). `bsm predict` takes the newest layout the export has. The
+the [B, C, T] `model.onnx` (every export has it). `bsm predict` takes the newest kind the export has. The
 manifest's "precision" records each precision's validation metrics, measured at export time:
 
     "precision": {"fp32": {"accuracy": 0.968, "auroc": 0.99}, "int8": {"accuracy": 0.970, "auroc": 0.99}}
@@ -22,48 +22,50 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 
 from raytune_bsm import layout
+from raytune_bsm.data.batching import ATTENTION_MASK, INPUT_IDS
 from raytune_bsm.errors import ConfigError, ExportError
+from raytune_bsm.graphs import GraphKind
 
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "fp32", "int8")
 MAX_LOSS = 0.005  # int8 may lose at most 0.5 point of any recorded metric
 NOT_METRICS = ("agreement", "max_abs", "diff", "n_", "records")  # recorded next to metrics, not quality
-GRAPHS = {  # (layout, precision) -> file; layouts newest first
-    ("chunks", "fp32"): layout.CHUNKS_ONNX_FILE,
-    ("chunks", "int8"): layout.CHUNKS_INT8_ONNX_FILE,
-    ("packed", "fp32"): layout.PACKED_ONNX_FILE,
-    ("packed", "int8"): layout.PACKED_INT8_ONNX_FILE,
-    ("bct", "fp32"): layout.ONNX_FILE,
-    ("bct", "int8"): layout.INT8_ONNX_FILE,
+GRAPHS = {  # (kind, precision) -> file; kinds newest first
+    (GraphKind.CHUNKS, "fp32"): layout.CHUNKS_ONNX_FILE,
+    (GraphKind.CHUNKS, "int8"): layout.CHUNKS_INT8_ONNX_FILE,
+    (GraphKind.PACKED, "fp32"): layout.PACKED_ONNX_FILE,
+    (GraphKind.PACKED, "int8"): layout.PACKED_INT8_ONNX_FILE,
+    (GraphKind.BCT, "fp32"): layout.ONNX_FILE,
+    (GraphKind.BCT, "int8"): layout.INT8_ONNX_FILE,
 }
 # ORT's CPU SkipLayerNormalization kernel is a scalar loop with a division per element: 5x slower than Add +
 # LayerNormalization (the vectorised kernel) on [8, 128, 384]; without the fusion the int8 chunk graph runs 1.15x
 # faster on 1 core, fp32 the same (bench/, issue 10)
 CPU_DISABLED_FUSIONS = ("SkipLayerNormFusion",)
-INPUTS = {
-    "chunks": ["input_ids", "attention_mask"],
-    "packed": list(layout.PACKED_INPUT_NAMES),
-    "bct": list(layout.INPUT_NAMES),
+INPUTS = {  # kind -> the graph's token inputs
+    GraphKind.CHUNKS: [INPUT_IDS, ATTENTION_MASK],
+    GraphKind.PACKED: list(layout.PACKED_INPUT_NAMES),
+    GraphKind.BCT: list(layout.INPUT_NAMES),
 }
 
 
 @dataclass(frozen=True)
 class Choice:
     file: str  # the graph's path inside the export
-    layout: str  # "chunks", "packed" or "bct" (scoring/batching.py)
+    kind: GraphKind  # its inputs' shapes: scoring/batching.py
     precision: str  # "fp32" or "int8"
     why: str
 
     @property
     def packed(self) -> bool:
         """[N, T] inputs of whole records and a pool (model.packed*.onnx)."""
-        return self.layout == "packed"
+        return self.kind == GraphKind.PACKED
 
     @property
     def head(self) -> str | None:
         """The head graph the chunk graph's features go through."""
-        return layout.HEAD_ONNX_FILE if self.layout == "chunks" else None
+        return layout.HEAD_ONNX_FILE if self.kind == GraphKind.CHUNKS else None
 
     @property
     def files(self) -> list[str]:
@@ -71,11 +73,11 @@ class Choice:
         return [self.file] + ([self.head] if self.head else [])
 
 
-def streams_for(layout: str) -> int | None:
-    """Calls a Scorer of this layout's graph runs side by side: one per core for the chunk graph (its calls of 1,024
+def streams_for(kind: GraphKind) -> int | None:
+    """Calls a Scorer of this kind of graph runs side by side: one per core for the chunk graph (its calls of 1,024
     token slots are too small to spread over the cores); one for whole-record graphs (calls of 4,096 slots,
     measured slower side by side)."""
-    return None if layout == "chunks" else 1
+    return None if kind == GraphKind.CHUNKS else 1
 
 
 def default_threads() -> int:
@@ -108,17 +110,17 @@ def int8_within_tolerance(precision: dict[str, Any] | None) -> tuple[bool, str]:
 
 
 def choose_graph(manifest: dict[str, Any], precision: str = "auto") -> Choice:
-    """The graph `bsm predict` runs: the newest layout the export has, int8 per `precision` (see module doc)."""
+    """The graph `bsm predict` runs: the newest kind of graph the export has, int8 per `precision` (see module doc)."""
     if precision not in PRECISIONS:
         raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     files = {f["path"] for f in manifest.get("files", [])}
     kind = next(
         (
             k
-            for k in ("chunks", "packed")
-            if GRAPHS[(k, "fp32")] in files and (k != "chunks" or layout.HEAD_ONNX_FILE in files)
+            for k in (GraphKind.CHUNKS, GraphKind.PACKED)
+            if GRAPHS[(k, "fp32")] in files and (k != GraphKind.CHUNKS or layout.HEAD_ONNX_FILE in files)
         ),
-        "bct",
+        GraphKind.BCT,
     )
     has_int8 = GRAPHS[(kind, "int8")] in files
     if precision == "int8":
