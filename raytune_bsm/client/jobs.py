@@ -17,8 +17,8 @@ from typing import Any, TextIO
 from raytune_bsm.client import connection
 from raytune_bsm.client.text import safe
 from raytune_bsm.errors import BsmError, ClusterError, JobError
-from raytune_bsm.layout import RESULT_JSON
-from raytune_bsm.storage import exists, join, read_bytes
+from raytune_bsm.layout import RunDir
+from raytune_bsm.storage import exists, read_bytes
 
 log = logging.getLogger("raytune_bsm")
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
@@ -147,7 +147,7 @@ def _read_result(run_dir: str | None) -> dict[str, Any] | None:
     if not run_dir:
         return None
     try:
-        path = join(run_dir, RESULT_JSON)
+        path = RunDir.at(run_dir).result
         return json.loads(read_bytes(path)) if exists(path) else None
     except Exception:  # noqa: BLE001 - storage the client cannot reach (e.g. cloud credentials only on the cluster)
         return None

@@ -21,17 +21,12 @@ from typing import Any
 
 from raytune_bsm.config import RunConfig
 from raytune_bsm.errors import ConfigError
-from raytune_bsm.layout import FIRST_STEP_JSON
-from raytune_bsm.storage import filesystem, is_uri, join, write_bytes
+from raytune_bsm.layout import RunDir
+from raytune_bsm.storage import filesystem, is_uri, write_bytes
 
 log = logging.getLogger("raytune_bsm")
 
-TENSORBOARD_DIR = "tensorboard"
 TRACKING_KEY = "bsm_tracking"  # in the Train loop's config: {"mlflow_uri", "mlflow_run_id"}
-
-
-def tensorboard_logdir(run_dir: str) -> str:
-    return join(run_dir, TENSORBOARD_DIR)
 
 
 def mlflow_uri(run: RunConfig) -> str | None:
@@ -98,7 +93,7 @@ class Tracking:
         self.run_dir, self.rank, self.tracking = run_dir, rank, tracking or {}
         self.remote = is_uri(run_dir)
         # A remote run storage gets a local copy uploaded at the end (event files are appended as they go).
-        self.local_dir = tempfile.mkdtemp(prefix="bsm-tb-") if self.remote else tensorboard_logdir(run_dir)
+        self.local_dir = tempfile.mkdtemp(prefix="bsm-tb-") if self.remote else RunDir.at(run_dir).tensorboard
         self.run = run
 
     def loggers(self) -> list[Any]:
@@ -117,7 +112,7 @@ class Tracking:
 
         if self.rank != 0:
             return [progress_log()]
-        return [progress_log(join(self.run_dir, FIRST_STEP_JSON)), LearningRateMonitor(logging_interval="epoch")]
+        return [progress_log(RunDir.at(self.run_dir).first_step), LearningRateMonitor(logging_interval="epoch")]
 
     def finish(self) -> None:
         """Upload the local copy of the event files (remote run storage) and remove it."""
@@ -126,7 +121,7 @@ class Tracking:
         import pyarrow.fs as pafs
 
         try:
-            fs, path = filesystem(tensorboard_logdir(self.run_dir))
+            fs, path = filesystem(RunDir.at(self.run_dir).tensorboard)
             pafs.copy_files(self.local_dir, path, destination_filesystem=fs)
         finally:
             shutil.rmtree(self.local_dir, ignore_errors=True)

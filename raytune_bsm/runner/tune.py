@@ -37,7 +37,7 @@ from raytune_bsm.config import RunConfig, check_monitor_computed, dumps
 from raytune_bsm.data import features as side
 from raytune_bsm.data.splits import load_split
 from raytune_bsm.errors import BsmError, ConfigError
-from raytune_bsm.layout import BEST_CONFIG_JSON, RESULT_JSON
+from raytune_bsm.layout import RunDir
 from raytune_bsm.logs import quiet_libraries, setup_logging, verbose
 from raytune_bsm.resources import ClusterResources, NodeResources
 from raytune_bsm.runner.callbacks import placement_group_log, read_epochs
@@ -79,7 +79,7 @@ def bsm_trial(config: dict[str, Any], spec: dict[str, Any] | None = None) -> Non
     assert spec is not None
     trial_id = tune.get_context().get_trial_id()
     runs_dir = spec["runs_dir"]
-    run_dir = join(runs_dir, trial_id)
+    run_dir = RunDir(runs_dir, trial_id).path
     done = read_epochs(run_dir)
     if len(done) >= spec["max_epochs"]:
         # Trained to the end before the sweep was interrupted (Tune's state predates it): report, don't retrain.
@@ -145,9 +145,8 @@ def run_sweep(run: RunConfig, sweep: SweepConfig, *, storage: str) -> dict[str, 
     setup_logging()
     quiet_libraries()
     storage = storage_path(storage)
-    sweep_dir = join(storage, run.name)
-    tune_dir = join(sweep_dir, "tune")
-    record = join(sweep_dir, "bsm_sweep.json")
+    where = RunDir(storage, run.name)
+    sweep_dir, tune_dir, record = where.path, where.tune, where.sweep
     if sweep.resume:
         if not exists(record) or not tune.Tuner.can_restore(tune_dir):
             raise ConfigError(f"--resume {run.name}: no sweep to resume in {sweep_dir}")
@@ -213,7 +212,7 @@ def run_sweep(run: RunConfig, sweep: SweepConfig, *, storage: str) -> dict[str, 
             bsm_trial,
             spec={
                 "base": base,
-                "runs_dir": join(sweep_dir, "runs"),
+                "runs_dir": where.trials,
                 "data": data,
                 "monitor": monitor,
                 "max_epochs": trial_run.train.max_epochs,
@@ -265,11 +264,11 @@ def run_sweep(run: RunConfig, sweep: SweepConfig, *, storage: str) -> dict[str, 
         )
     started = time.monotonic()
     tuner.fit()
-    summary = json.loads(read_bytes(join(sweep_dir, RESULT_JSON)))
+    summary = json.loads(read_bytes(where.result))
     _check_budget(summary, sweep.time_budget_s, time.monotonic() - started)
     if summary.get("best_checkpoint") and run.train.export:
         summary["export"] = export_best_trial(summary, sweep_dir)
-        write_bytes(dumps(summary).encode(), join(sweep_dir, RESULT_JSON))
+        write_bytes(dumps(summary).encode(), where.result)
     log.info(
         "sweep %s: %s\n%s", run.name, json.dumps(summary["trials"]), format_leaderboard(summary["leaderboard"], monitor)
     )
@@ -297,7 +296,7 @@ def _check_budget(summary: dict[str, Any], budget_s: float | None, ran_s: float)
 def export_best_trial(summary: dict[str, Any], sweep_dir: str) -> str:
     """Export the best trial's best kept checkpoint to `<sweep>/export` (a Ray task), parity-checked on a few
     validation records processed with that trial's own settings."""
-    best_run = RunConfig.from_dict(json.loads(read_bytes(join(sweep_dir, BEST_CONFIG_JSON))))
+    best_run = RunConfig.from_dict(json.loads(read_bytes(RunDir.at(sweep_dir).best_config)))
     # the processor's settings and column names; the class count does not change how text is processed
     model_config = best_run.model_config(
         is_binary=None, num_classes=None, class_names=None, id_name=best_run.data.id_field or "id"
