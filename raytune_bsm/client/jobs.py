@@ -18,6 +18,7 @@ from raytune_bsm.client import connection
 from raytune_bsm.client.text import safe
 from raytune_bsm.errors import BsmError, ClusterError, JobError
 from raytune_bsm.layout import RunDir
+from raytune_bsm.logline import EpochValidation, parse_epoch
 from raytune_bsm.storage import exists, read_bytes
 
 log = logging.getLogger("raytune_bsm")
@@ -153,14 +154,12 @@ def _read_result(run_dir: str | None) -> dict[str, Any] | None:
         return None
 
 
-def latest_metrics(logs: str) -> dict[str, float] | None:
-    """The newest `epoch N validation: {...}` line the workers logged."""
+def latest_metrics(logs: str) -> dict[str, float | None] | None:
+    """The metrics of the newest validation line the workers logged (logline's format)."""
     for line in reversed(logs.splitlines()):
-        if " validation: {" in line:
-            try:
-                return json.loads(line.split(" validation: ", 1)[1])
-            except ValueError:
-                continue
+        event = parse_epoch(line)
+        if isinstance(event, EpochValidation):
+            return event.metrics
     return None
 
 

@@ -22,6 +22,7 @@ from typing import Any
 from raytune_bsm.config import RunConfig
 from raytune_bsm.errors import ConfigError
 from raytune_bsm.layout import RunDir
+from raytune_bsm.logline import format_step, format_validation
 from raytune_bsm.storage import filesystem, is_uri, write_bytes
 
 log = logging.getLogger("raytune_bsm")
@@ -152,16 +153,8 @@ def progress_log(first_step: str | None = None) -> Any:
             if trainer.global_rank == 0 and ((i + 1) % self.every == 0 or i + 1 == total):
                 dt = time.perf_counter() - self.t0
                 eta = dt / (i + 1) * (total - i - 1)
-                log.info(
-                    "epoch %d/%d  step %d/%d  loss %.4f  %.1f records/s/worker  eta %ds",
-                    trainer.current_epoch + 1,
-                    trainer.max_epochs,
-                    i + 1,
-                    total,
-                    loss,
-                    self.seen / dt,
-                    eta,
-                )
+                epoch, epochs = trainer.current_epoch + 1, trainer.max_epochs
+                log.info("%s", format_step(epoch, epochs, i + 1, total, loss, self.seen / dt, eta))
 
         def on_train_epoch_end(self, trainer: Any, module: Any) -> None:
             if trainer.global_rank != 0 or not self.steps:
@@ -176,7 +169,7 @@ def progress_log(first_step: str | None = None) -> Any:
 
         def on_validation_end(self, trainer: Any, module: Any) -> None:
             if trainer.global_rank == 0 and not trainer.sanity_checking:
-                shown = {k: round(float(v), 4) for k, v in trainer.callback_metrics.items() if k.startswith("val")}
-                log.info("epoch %d validation: %s", trainer.current_epoch + 1, json.dumps(shown, sort_keys=True))
+                shown = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val")}
+                log.info("%s", format_validation(trainer.current_epoch + 1, shown))
 
     return ProgressLog()
