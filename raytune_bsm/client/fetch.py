@@ -45,8 +45,8 @@ def locate_export(source: str, *, address: str | None = None) -> tuple[str, str]
             if address is not None:
                 raise
             info = None  # no cluster running: the run is still in the default storage
-        if info and info.get("run_dir"):
-            return RunDir.at(info["run_dir"]).export, info.get("run") or source
+        if info and info.run_dir:
+            return RunDir.at(info.run_dir).export, info.run or source
         run = run_of_job(source)
         if run is not None and not exists(RunDir(default_storage(), source).manifest):
             return RunDir(default_storage(), run).export, run

@@ -27,6 +27,7 @@ from raytune_bsm.config import RunConfig, dumps
 from raytune_bsm.errors import BsmError, ConfigError
 from raytune_bsm.layout import RunDir
 from raytune_bsm.logs import QUIET_ENV, quiet_libraries, setup_logging, verbose
+from raytune_bsm.records import RunResult
 from raytune_bsm.runner.callbacks import (
     best_kept,
     checkpoint_uri,
@@ -160,30 +161,31 @@ def fit(run: RunConfig, *, storage: str, resume: bool = False) -> dict[str, Any]
         export = export_best(best[0], run_dir, run, model_config, metrics=best[1], hyperparameters=model_config)
         timings["export_s"] = round(time.time() - t, 2)
     end_mlflow(tracking, export, failed=result.error is not None)
-    summary = {
-        "name": run.name,
-        "run_dir": run_dir,
-        "monitor": monitor,
-        "metrics": {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))},
-        "best_checkpoint": best[0] if best else None,
-        "checkpoints": [{"path": p, **{k: m.get(k) for k in (monitor, "epoch")}} for p, m in kept.items()],
-        "latest_checkpoint": checkpoint_uri(result.checkpoint) if result.checkpoint else None,
-        "epochs_trained": [r["epoch"] for r in read_reports(run_dir)],
-        "error": repr(result.error) if result.error else None,
-        "restarts": _restarts(where),
-        "export": export,
-        "tensorboard_logdir": where.tensorboard,
-        "mlflow_run_id": tracking.get("mlflow_run_id"),
-        "data": {name: {"rows": n, **data.sources.get(name, {})} for name, n in data.rows.items()},
-        "timings": timings,
-    }
+    record = RunResult(
+        name=run.name,
+        run_dir=run_dir,
+        monitor=monitor,
+        metrics={k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))},
+        best_checkpoint=best[0] if best else None,
+        checkpoints=[{"path": p, **{k: m.get(k) for k in (monitor, "epoch")}} for p, m in kept.items()],
+        latest_checkpoint=checkpoint_uri(result.checkpoint) if result.checkpoint else None,
+        epochs_trained=[r["epoch"] for r in read_reports(run_dir)],
+        error=repr(result.error) if result.error else None,
+        restarts=_restarts(where),
+        export=export,
+        tensorboard_logdir=where.tensorboard,
+        mlflow_run_id=tracking.get("mlflow_run_id"),
+        data={name: {"rows": n, **data.sources.get(name, {})} for name, n in data.rows.items()},
+        timings=timings,
+    )
+    summary = record.to_dict()
     write_bytes(dumps(summary).encode(), where.result)
     log.info(
         "validation metrics: %s",
-        json.dumps({k: round(v, 4) for k, v in summary["metrics"].items() if k.startswith("val")}),
+        json.dumps({k: round(v, 4) for k, v in (record.metrics or {}).items() if k.startswith("val")}),
     )
-    log.info("checkpoints: %s (best: %s)", run_dir, summary["best_checkpoint"])
-    log.info("curves: tensorboard --logdir %s", summary["tensorboard_logdir"])
+    log.info("checkpoints: %s (best: %s)", run_dir, record.best_checkpoint)
+    log.info("curves: tensorboard --logdir %s", record.tensorboard_logdir)
     return summary
 
 

@@ -15,6 +15,7 @@ import pyarrow.fs as pafs
 
 from raytune_bsm.config import dumps
 from raytune_bsm.layout import RunDir
+from raytune_bsm.records import SweepResult
 from raytune_bsm.runner.callbacks import (
     best_kept,
     kept_in,
@@ -185,27 +186,27 @@ def write_record(
         for r in ranked[:LEADERBOARD_ROWS]
     ]
     usable = [r for r in rows if r["metric"] is not None]
-    summary = {
-        "kind": "tune",
-        "name": spec.name,
-        "run_dir": spec.sweep_dir,
-        "monitor": spec.monitor,
-        "mode": spec.mode,
-        "metrics": best["metrics"] if best else {},
-        "best_checkpoint": best["best_checkpoint"] if best else None,
-        "best_trial": {k: best[k] for k in ("trial_id", "metric", "best_epoch", "hyperparameters", "run_dir")}
+    result = SweepResult(
+        name=spec.name,
+        run_dir=spec.sweep_dir,
+        monitor=spec.monitor,
+        mode=spec.mode,
+        metrics=best["metrics"] if best else {},
+        best_checkpoint=best["best_checkpoint"] if best else None,
+        best_trial={k: best[k] for k in ("trial_id", "metric", "best_epoch", "hyperparameters", "run_dir")}
         if best
         else None,
-        "best_config": RunDir.at(spec.sweep_dir).best_config if best else None,
-        "trials_table": RunDir.at(spec.sweep_dir).trials_table,
-        "tensorboard_logdir": RunDir.at(spec.sweep_dir).trials,  # one event-file directory per trial beneath
-        "trials": {"total": len(rows), **counts},
-        "leaderboard": board,
-        "finished": finished,
-        "elapsed_s": round(time.time() - started, 1) if started else None,
-        "error": None if (usable or not finished) else f"no trial produced {spec.monitor} ({counts})",
-        "restarts": [],
-    }
+        best_config=RunDir.at(spec.sweep_dir).best_config if best else None,
+        trials_table=RunDir.at(spec.sweep_dir).trials_table,
+        tensorboard_logdir=RunDir.at(spec.sweep_dir).trials,  # one event-file directory per trial beneath
+        trials={"total": len(rows), **counts},
+        leaderboard=board,
+        finished=finished,
+        elapsed_s=round(time.time() - started, 1) if started else None,
+        error=None if (usable or not finished) else f"no trial produced {spec.monitor} ({counts})",
+        restarts=[],
+    )
+    summary = result.to_dict()
     write_bytes(dumps(summary).encode(), RunDir.at(spec.sweep_dir).result)
     return summary
 

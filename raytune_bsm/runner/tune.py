@@ -39,6 +39,7 @@ from raytune_bsm.data.splits import load_split
 from raytune_bsm.errors import BsmError, ConfigError
 from raytune_bsm.layout import RunDir
 from raytune_bsm.logs import quiet_libraries, setup_logging, verbose
+from raytune_bsm.records import SweepResult
 from raytune_bsm.resources import ClusterResources, NodeResources
 from raytune_bsm.runner.callbacks import placement_group_log, read_epochs
 from raytune_bsm.runner.export_task import export_best
@@ -264,11 +265,12 @@ def run_sweep(run: RunConfig, sweep: SweepConfig, *, storage: str) -> dict[str, 
         )
     started = time.monotonic()
     tuner.fit()
-    summary = json.loads(read_bytes(where.result))
-    _check_budget(summary, sweep.time_budget_s, time.monotonic() - started)
-    if summary.get("best_checkpoint") and run.train.export:
-        summary["export"] = export_best_trial(summary, sweep_dir)
-        write_bytes(dumps(summary).encode(), where.result)
+    result = SweepResult.from_dict(json.loads(read_bytes(where.result)))  # written by the sweep's recorder
+    _check_budget(result.to_dict(), sweep.time_budget_s, time.monotonic() - started)
+    if result.best_checkpoint and run.train.export:
+        result.export = export_best_trial(result, sweep_dir)
+        write_bytes(dumps(result.to_dict()).encode(), where.result)
+    summary = result.to_dict()
     log.info(
         "sweep %s: %s\n%s", run.name, json.dumps(summary["trials"]), format_leaderboard(summary["leaderboard"], monitor)
     )
@@ -293,7 +295,7 @@ def _check_budget(summary: dict[str, Any], budget_s: float | None, ran_s: float)
     )
 
 
-def export_best_trial(summary: dict[str, Any], sweep_dir: str) -> str:
+def export_best_trial(result: SweepResult, sweep_dir: str) -> str:
     """Export the best trial's best kept checkpoint to `<sweep>/export` (a Ray task), parity-checked on a few
     validation records processed with that trial's own settings."""
     best_run = RunConfig.from_dict(json.loads(read_bytes(RunDir.at(sweep_dir).best_config)))
@@ -301,9 +303,8 @@ def export_best_trial(summary: dict[str, Any], sweep_dir: str) -> str:
     model_config = best_run.model_config(
         is_binary=None, num_classes=None, class_names=None, id_name=best_run.data.id_field or "id"
     )
-    return export_best(
-        summary["best_checkpoint"], sweep_dir, best_run, model_config, metrics=summary.get("metrics") or {}
-    )
+    assert result.best_checkpoint is not None
+    return export_best(result.best_checkpoint, sweep_dir, best_run, model_config, metrics=result.metrics or {})
 
 
 def resources_from_ray() -> Any:
