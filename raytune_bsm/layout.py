@@ -26,6 +26,7 @@ from typing import Any, BinaryIO
 
 from raytune_bsm.errors import ConfigError, ExportError
 from raytune_bsm.storage import filesystem, join, read_bytes
+from raytune_bsm.text import visible as shown  # text from the manifest, unprintables escaped
 
 # ------------------------------------------------------------------------------------------------ bsm's home
 
@@ -298,9 +299,6 @@ def download_export(
     Returns the parsed manifest; an ExportError for a missing or invalid manifest or a missing or changed file."""
     import pyarrow as pa
     import pyarrow.fs as pafs
-
-    def shown(s: str) -> str:  # text from the manifest, with control characters escaped for the terminal
-        return "".join(c if c.isprintable() else repr(c)[1:-1] for c in s)
 
     errors = (FileNotFoundError, NotADirectoryError, pa.ArrowException, OSError)
     fs, base = filesystem(src)

@@ -22,17 +22,16 @@ from contextlib import ExitStack, contextmanager
 from typing import Any, Iterator, TextIO
 
 from raytune_bsm.logline import EpochStep, parse_epoch
+from raytune_bsm.text import safe
 
 PLAIN_STEPS = 10  # plain mode: a line each time another tenth is done ...
 PLAIN_EVERY_S = 10.0  # ... or this long after the last line
-_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")  # colour and cursor sequences (Ray colours its log prefixes)
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
 def safe_text(text: str) -> str:
-    """Text from outside (a path, a run name, a log line) made safe for a terminal: escape sequences dropped,
-    other control characters (ESC, CR, BS) shown as '?'."""
-    return _CONTROL.sub("?", _ANSI.sub("", str(text)))
+    """Text from outside (a path, a run name, a log line) made safe for a bar (text.safe): escape sequences
+    dropped, other control characters (ESC, CR, BS) shown as '?' so a bar keeps its width."""
+    return safe(text, multiline=True, placeholder="?")
 
 
 def is_terminal(stream: TextIO) -> bool:

@@ -15,10 +15,10 @@ from pathlib import Path
 from raytune_bsm import layout
 from raytune_bsm.client import jobs
 from raytune_bsm.client.submission import run_of_job
-from raytune_bsm.client.text import safe
 from raytune_bsm.errors import ClusterError, ExportError, JobError
 from raytune_bsm.layout import EXPORT_DIR, MANIFEST, RunDir, default_storage
 from raytune_bsm.storage import check_writable, exists, is_uri, join
+from raytune_bsm.text import safe
 
 log = logging.getLogger("raytune_bsm")
 

@@ -15,12 +15,12 @@ import time
 from typing import Any, TextIO
 
 from raytune_bsm.client import connection
-from raytune_bsm.client.text import safe
 from raytune_bsm.errors import BsmError, ClusterError, JobError
 from raytune_bsm.layout import RunDir
 from raytune_bsm.logline import EpochValidation, parse_epoch
 from raytune_bsm.records import JobInfo, RunResult, SweepResult, result_from_dict
 from raytune_bsm.storage import exists, read_bytes
+from raytune_bsm.text import safe
 
 log = logging.getLogger("raytune_bsm")
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
