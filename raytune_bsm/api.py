@@ -9,10 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from raytune_bsm.client import jobs as _jobs
 from raytune_bsm.client import serve as _serve
 from raytune_bsm.client.cluster_predict import predict_on_cluster
 from raytune_bsm.client.fetch import fetch
-from raytune_bsm.client.jobs import TERMINAL, latest_metrics, list_jobs, logs, status, stop, wait
+from raytune_bsm.client.jobs import TERMINAL, latest_metrics, list_jobs, logs, stop, wait
 from raytune_bsm.client.local_cluster import down, running_jobs, up
 from raytune_bsm.client.options import SubmitOptions, resolve_run
 from raytune_bsm.client.submission import check_storage
@@ -61,6 +62,12 @@ def serve_up(source: str, *, address: str | None = None, dry_run: bool = False, 
     return plan_.shown() if dry_run else _serve.up(plan_, address=address)
 
 
+def status(job_id: str | None = None, *, address: str | None = None, allow_insecure: bool = False) -> dict[str, Any]:
+    """`bsm status`: a job's state, times, latest metrics and artifacts (the newest bsm job without `job_id`), as
+    the `--json` dict; `client.jobs.status` gives the typed record (records.JobInfo)."""
+    return _jobs.status(job_id, address=address, allow_insecure=allow_insecure).to_dict()
+
+
 def serve_status(name: str | None = None, *, address: str | None = None) -> list[dict[str, Any]]:
     """The cluster's Serve applications (or `name`): status, URL, replicas, export."""
     return _serve.status(name, address=address)
@@ -105,8 +112,8 @@ def report(
         raise ConfigError(f"--threshold must be between 0 and 1, got {threshold}")
     where = source
     if not (is_uri(source) or Path(source).expanduser().exists()):
-        info = status(source, address=address) if source.startswith(("bsm-", "raysubmit_")) else {}
-        where = info.get("run_dir") or join(default_storage(), source)  # a job's run, or a run name
+        info = _jobs.status(source, address=address) if source.startswith(("bsm-", "raysubmit_")) else None
+        where = (info and info.run_dir) or join(default_storage(), source)  # a job's run, or a run name
     return build_report(where, out, threshold=threshold)
 
 

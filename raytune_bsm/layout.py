@@ -4,8 +4,11 @@ the export's manifest (writing, reading, verifying). The only sha256 code in bsm
     <storage>/<run>/
         bsm_config.json         the fully resolved run config
         bsm_result.json         metrics, checkpoints, restarts (written by the job)
+        bsm_epochs.json         every report's metrics, in order
+        tensorboard/            rank 0's event files
         export/                 EXPORT_FILES + manifest.json (written last)
     <storage>/<sweep>/bsm_sweep.json, trials.parquet, best_config.json, runs/<trial>/...
+RunDir names each of them; RunResult / SweepResult (records.py) are what bsm_result.json holds.
 """
 
 from __future__ import annotations
@@ -17,11 +20,13 @@ import shutil
 import stat
 import uuid
 from collections.abc import Callable, Collection
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from raytune_bsm.errors import ConfigError, ExportError
-from raytune_bsm.storage import filesystem, read_bytes
+from raytune_bsm.storage import filesystem, join, read_bytes
+from raytune_bsm.text import visible as shown  # text from the manifest, unprintables escaped
 
 # ------------------------------------------------------------------------------------------------ bsm's home
 
@@ -46,6 +51,87 @@ SWEEP_JSON = "bsm_sweep.json"
 TRIALS_PARQUET = "trials.parquet"
 BEST_CONFIG_JSON = "best_config.json"
 EPOCHS_JSON = "bsm_epochs.json"  # per run (a trial's too): every report's metrics, in order, by its Train controller
+TENSORBOARD_DIR = "tensorboard"  # rank 0's TensorBoard event files
+TRIALS_DIR = "runs"  # a sweep's trials, one run directory each (their event files beneath)
+TUNE_DIR = "tune"  # a sweep's Tune experiment state (what --resume restores)
+RESTARTS_DIR = "bsm_restarts"  # one record per worker-group restart
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """A run's (or a sweep's) directory, `<storage>/<name>`, and the path of every file bsm keeps in it:
+    `RunDir(storage, name).result`. `RunDir.at(path)` for a directory known by its path only."""
+
+    storage: str
+    name: str = ""  # "" when `storage` is the run directory itself (RunDir.at)
+
+    @classmethod
+    def at(cls, path: str) -> RunDir:
+        return cls(path)
+
+    @property
+    def path(self) -> str:
+        return join(self.storage, self.name) if self.name else self.storage
+
+    def file(self, *parts: str) -> str:
+        return join(self.path, *parts)
+
+    @property
+    def config(self) -> str:
+        return self.file(CONFIG_JSON)
+
+    @property
+    def result(self) -> str:
+        return self.file(RESULT_JSON)
+
+    @property
+    def first_step(self) -> str:
+        return self.file(FIRST_STEP_JSON)
+
+    @property
+    def epochs(self) -> str:
+        return self.file(EPOCHS_JSON)
+
+    @property
+    def tensorboard(self) -> str:
+        return self.file(TENSORBOARD_DIR)
+
+    @property
+    def export(self) -> str:
+        return self.file(EXPORT_DIR)
+
+    @property
+    def manifest(self) -> str:
+        """The export's manifest (its last file: an export is whole when this exists)."""
+        return self.file(EXPORT_DIR, MANIFEST)
+
+    @property
+    def sweep(self) -> str:
+        return self.file(SWEEP_JSON)
+
+    @property
+    def trials_table(self) -> str:
+        return self.file(TRIALS_PARQUET)
+
+    @property
+    def best_config(self) -> str:
+        return self.file(BEST_CONFIG_JSON)
+
+    @property
+    def trials(self) -> str:
+        return self.file(TRIALS_DIR)
+
+    def trial(self, trial_id: str) -> RunDir:
+        """A sweep's trial: a run directory of its own."""
+        return RunDir(self.trials, trial_id)
+
+    @property
+    def tune(self) -> str:
+        return self.file(TUNE_DIR)
+
+    @property
+    def restarts(self) -> str:
+        return self.file(RESTARTS_DIR)
 
 
 def read_record(path: str) -> dict[str, Any]:
@@ -213,9 +299,6 @@ def download_export(
     Returns the parsed manifest; an ExportError for a missing or invalid manifest or a missing or changed file."""
     import pyarrow as pa
     import pyarrow.fs as pafs
-
-    def shown(s: str) -> str:  # text from the manifest, with control characters escaped for the terminal
-        return "".join(c if c.isprintable() else repr(c)[1:-1] for c in s)
 
     errors = (FileNotFoundError, NotADirectoryError, pa.ArrowException, OSError)
     fs, base = filesystem(src)

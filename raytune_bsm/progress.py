@@ -7,32 +7,31 @@ modest rate: every 10% or every 10 s, whichever comes first, and one at the end;
         bar.advance(len(batch))              # or bar.update(done, total), e.g. as predict's callback
 
 `follow_progress()` is a text stream for `bsm logs --follow` / `submit --follow`: the job's log text goes in,
-the runner's epoch progress lines (see runner/worker.py ProgressLog) become bar updates on a terminal, and
+the runner's epoch progress lines (their format: logline.py) become bar updates on a terminal, and
 every other line passes through unchanged.
 """
 
 from __future__ import annotations
 
 import io
-import json
 import re
 import sys
 import time
 from collections.abc import Callable
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
 from typing import Any, Iterator, TextIO
+
+from raytune_bsm.logline import EpochStep, parse_epoch
+from raytune_bsm.text import safe
 
 PLAIN_STEPS = 10  # plain mode: a line each time another tenth is done ...
 PLAIN_EVERY_S = 10.0  # ... or this long after the last line
-_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")  # colour and cursor sequences (Ray colours its log prefixes)
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
 def safe_text(text: str) -> str:
-    """Text from outside (a path, a run name, a log line) made safe for a terminal: escape sequences dropped,
-    other control characters (ESC, CR, BS) shown as '?'."""
-    return _CONTROL.sub("?", _ANSI.sub("", str(text)))
+    """Text from outside (a path, a run name, a log line) made safe for a bar (text.safe): escape sequences
+    dropped, other control characters (ESC, CR, BS) shown as '?' so a bar keeps its width."""
+    return safe(text, multiline=True, placeholder="?")
 
 
 def is_terminal(stream: TextIO) -> bool:
@@ -196,76 +195,6 @@ def bar_callback(
         yield update
 
 
-# ------------------------------------------------------------------------------ the runner's epoch lines
-
-# runner/worker.py ProgressLog writes, after the log prefix (and Ray's "(RayTrainWorker pid=..)" prefix):
-#   epoch 2/3  step 40/100  loss 0.4321  95.1 records/s/worker  eta 12s
-#   epoch 2 validation: {"val_auroc": 0.91, "val_loss": 0.3}
-_STEP = re.compile(
-    r"epoch (?P<epoch>\d+)/(?P<epochs>\d+)\s+step (?P<step>\d+)/(?P<steps>\d+)\s+loss (?P<loss>[-+\w.]+)"
-    r"(?:\s+(?P<rate>[\d.]+) records/s(?:/worker)?)?(?:\s+eta (?P<eta>\d+)s)?"
-)
-_VALIDATION = re.compile(r"epoch (?P<epoch>\d+) validation: (?P<metrics>\{.*\})\s*$")
-
-
-@dataclass
-class EpochStep:
-    """One progress line of a training epoch."""
-
-    epoch: int  # 1-based
-    epochs: int
-    step: int
-    steps: int
-    loss: float
-    records_per_s: float | None = None
-    eta_s: int | None = None
-
-    @property
-    def done(self) -> int:
-        """Steps done over the whole run (epochs before this one count as complete)."""
-        return (self.epoch - 1) * self.steps + self.step
-
-    @property
-    def total(self) -> int:
-        return self.epochs * self.steps
-
-
-@dataclass
-class EpochValidation:
-    epoch: int
-    metrics: dict[str, float] = field(default_factory=dict)
-
-
-def parse_progress_line(line: str) -> EpochStep | EpochValidation | None:
-    """A runner progress line -> its figures; None for any other line."""
-    m = _STEP.search(line)
-    if m:
-        try:
-            loss = float(m["loss"])
-        except ValueError:
-            loss = float("nan")
-        return EpochStep(
-            int(m["epoch"]),
-            int(m["epochs"]),
-            int(m["step"]),
-            int(m["steps"]),
-            loss,
-            float(m["rate"]) if m["rate"] else None,
-            int(m["eta"]) if m["eta"] else None,
-        )
-    m = _VALIDATION.search(line)
-    if m:
-        try:
-            metrics = json.loads(m["metrics"])
-        except ValueError:
-            return None
-        if isinstance(metrics, dict):
-            return EpochValidation(
-                int(m["epoch"]), {str(k): v for k, v in metrics.items() if isinstance(v, (int, float))}
-            )
-    return None
-
-
 class FollowProgress(io.TextIOBase):
     """A text stream for a job's logs. On a terminal: epoch progress lines drive one bar per source (the text
     before "epoch", e.g. a worker's Ray prefix), validation and other lines print above it. Elsewhere: every line
@@ -299,7 +228,7 @@ class FollowProgress(io.TextIOBase):
     def feed(self, line: str) -> None:
         """One complete log line (terminal mode)."""
         line = safe_text(line.rstrip("\r"))
-        event = parse_progress_line(line)
+        event = parse_epoch(line)
         if not isinstance(event, EpochStep):
             if self._bar is not None:
                 self._bar.print(line)

@@ -96,7 +96,7 @@ def test_bad_input_on_storage_fails_the_job_with_one_line_and_writes_nothing(exp
     s3.put("bad/part-1.parquet", parquet_bytes(pa.table({"order_id": ["b1"], "dialogue": [7]})))
     job_id = predict_on_cluster(s3.upload(exported.dest, "export"), s3.uri("bad"), s3.uri("out"), address=ray_dashboard)
     assert jobs.wait(job_id, address=ray_dashboard, timeout=600) == "FAILED"
-    error = jobs.status(job_id, address=ray_dashboard)["error"]
+    error = jobs.status(job_id, address=ray_dashboard).error
     assert "bsm: error: s3://" in error and "part-1.parquet: column 'dialogue' has type int64" in error, error
     assert s3.keys("out") == [] and not [k for k in s3.keys() if ".tmp-" in k]
 

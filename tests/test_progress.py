@@ -13,7 +13,8 @@ import textwrap
 
 import pytest
 
-from raytune_bsm.progress import EpochStep, EpochValidation, follow_progress, parse_progress_line, progress, safe_text
+from raytune_bsm.logline import EpochStep, EpochValidation, parse_epoch
+from raytune_bsm.progress import follow_progress, progress, safe_text
 
 SCORE = textwrap.dedent(
     """
@@ -114,15 +115,15 @@ def test_outside_text_cannot_drive_the_terminal():
 
 
 def test_runner_progress_lines_parse():
-    step = parse_progress_line(
+    step = parse_epoch(
         "(RayTrainWorker pid=9) 10:00:00 bsm INFO epoch 2/3  step 40/100  loss 0.4321  95.1 records/s/worker  eta 12s"
     )
     assert step == EpochStep(2, 3, 40, 100, 0.4321, 95.1, 12)
     assert (step.done, step.total) == (140, 300)
-    val = parse_progress_line('10:00:00 bsm INFO epoch 2 validation: {"val_auroc": 0.91, "val_loss": 0.3}')
+    val = parse_epoch('10:00:00 bsm INFO epoch 2 validation: {"val_auroc": 0.91, "val_loss": 0.3}')
     assert val == EpochValidation(2, {"val_auroc": 0.91, "val_loss": 0.3})
-    assert parse_progress_line("10:00:00 bsm INFO epoch 2 validation: {not json}") is None
-    assert parse_progress_line("Loading the model for epoch 3") is None
+    assert parse_epoch("10:00:00 bsm INFO epoch 2 validation: {not json}") is None
+    assert parse_epoch("Loading the model for epoch 3") is None
 
 
 def test_follow_on_a_terminal_turns_epoch_lines_into_a_bar():

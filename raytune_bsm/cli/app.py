@@ -22,9 +22,9 @@ try:  # typer >= 0.25 carries its own copy of click
 except ImportError:  # pragma: no cover
     from click import exceptions as click_errors  # type: ignore[no-redef]
 
-from raytune_bsm.client.text import safe
 from raytune_bsm.errors import BsmError
 from raytune_bsm.logs import VERBOSE_ENV, quiet_libraries, setup_logging
+from raytune_bsm.text import safe
 
 
 class BsmGroup(TyperGroup):

@@ -8,9 +8,9 @@ import typer
 from raytune_bsm import api
 from raytune_bsm.cli.app import command, out
 from raytune_bsm.cli.options import Address, AllowInsecure, BatchSize, DryRun, IdField, Json, TextField
-from raytune_bsm.client.text import safe
 from raytune_bsm.errors import ConfigError
 from raytune_bsm.progress import bar_callback
+from raytune_bsm.text import safe
 
 
 def _listing(directory: Path) -> dict:

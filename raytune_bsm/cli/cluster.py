@@ -8,7 +8,7 @@ import typer
 from raytune_bsm import api
 from raytune_bsm.cli.app import command, err, out
 from raytune_bsm.cli.options import Json, NumGpus
-from raytune_bsm.client.text import safe
+from raytune_bsm.text import safe
 
 
 @command("up")

@@ -11,8 +11,8 @@ import typer
 from raytune_bsm import api
 from raytune_bsm.cli.app import command, err, out
 from raytune_bsm.cli.options import Address, DryRun, Follow, JobId, Json, run_options
-from raytune_bsm.client.text import safe
 from raytune_bsm.progress import follow_progress
+from raytune_bsm.text import safe
 
 
 @command("submit")

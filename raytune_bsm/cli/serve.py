@@ -7,9 +7,9 @@ import typer
 from raytune_bsm import api
 from raytune_bsm.cli.app import BsmGroup, app, command, err, out
 from raytune_bsm.cli.options import Address, DryRun, Json
-from raytune_bsm.client.text import safe
 from raytune_bsm.logs import verbose
 from raytune_bsm.serving import DEFAULT_HOST, DEFAULT_NAME, DEFAULT_PORT, Limits
+from raytune_bsm.text import safe
 
 serve = typer.Typer(cls=BsmGroup, no_args_is_help=True, help="Serve an export over HTTP on the cluster's Ray Serve.")
 app.add_typer(serve, name="serve")

@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from raytune_bsm.client.auth import bearer, may_send_token, url_is_loopback
-from raytune_bsm.client.text import safe
 from raytune_bsm.errors import ClusterError
 from raytune_bsm.logs import quiet_libraries
+from raytune_bsm.text import safe
 
 if TYPE_CHECKING:  # pragma: no cover
     from ray.job_submission import JobSubmissionClient

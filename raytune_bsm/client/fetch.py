@@ -15,10 +15,10 @@ from pathlib import Path
 from raytune_bsm import layout
 from raytune_bsm.client import jobs
 from raytune_bsm.client.submission import run_of_job
-from raytune_bsm.client.text import safe
 from raytune_bsm.errors import ClusterError, ExportError, JobError
-from raytune_bsm.layout import EXPORT_DIR, MANIFEST, default_storage
+from raytune_bsm.layout import EXPORT_DIR, MANIFEST, RunDir, default_storage
 from raytune_bsm.storage import check_writable, exists, is_uri, join
+from raytune_bsm.text import safe
 
 log = logging.getLogger("raytune_bsm")
 
@@ -27,8 +27,8 @@ def locate_export(source: str, *, address: str | None = None) -> tuple[str, str]
     """A job id, a run name or a path/URI -> (export directory, a name for it)."""
     if is_uri(source) or Path(source).expanduser().exists():
         path = source if is_uri(source) else str(Path(source).expanduser().resolve())
-        if not exists(join(path, MANIFEST)) and exists(join(path, EXPORT_DIR, MANIFEST)):
-            path = join(path, EXPORT_DIR)  # a run directory was given
+        if not exists(join(path, MANIFEST)) and exists(RunDir.at(path).manifest):
+            path = RunDir.at(path).export  # a run directory was given
         name = Path(path.rstrip("/")).name
         return path, Path(path.rstrip("/")).parent.name if name == EXPORT_DIR else name
     if not jobs.JOB_ID.fullmatch(source):  # a run's --name has this form too
@@ -45,12 +45,12 @@ def locate_export(source: str, *, address: str | None = None) -> tuple[str, str]
             if address is not None:
                 raise
             info = None  # no cluster running: the run is still in the default storage
-        if info and info.get("run_dir"):
-            return join(info["run_dir"], EXPORT_DIR), info.get("run") or source
+        if info and info.run_dir:
+            return RunDir.at(info.run_dir).export, info.run or source
         run = run_of_job(source)
-        if run is not None and not exists(join(default_storage(), source, EXPORT_DIR, MANIFEST)):
-            return join(default_storage(), run, EXPORT_DIR), run
-    return join(default_storage(), source, EXPORT_DIR), source  # a run name in the default storage
+        if run is not None and not exists(RunDir(default_storage(), source).manifest):
+            return RunDir(default_storage(), run).export, run
+    return RunDir(default_storage(), source).export, source  # a run name in the default storage
 
 
 def fetch(

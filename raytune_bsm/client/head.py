@@ -18,7 +18,7 @@ import tempfile
 from collections.abc import Collection
 from pathlib import Path
 
-from raytune_bsm.client.text import safe
+from raytune_bsm.text import safe
 
 BIN_DIR = "bin"  # python / python3 shims that run sys.executable: first on the head's PATH
 PREFERRED_PORTS = {"gcs": 6379, "dashboard": 8265, "client": 10001}

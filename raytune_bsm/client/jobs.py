@@ -15,10 +15,12 @@ import time
 from typing import Any, TextIO
 
 from raytune_bsm.client import connection
-from raytune_bsm.client.text import safe
 from raytune_bsm.errors import BsmError, ClusterError, JobError
-from raytune_bsm.layout import RESULT_JSON
-from raytune_bsm.storage import exists, join, read_bytes
+from raytune_bsm.layout import RunDir
+from raytune_bsm.logline import EpochValidation, parse_epoch
+from raytune_bsm.records import JobInfo, RunResult, SweepResult, result_from_dict
+from raytune_bsm.storage import exists, read_bytes
+from raytune_bsm.text import safe
 
 log = logging.getLogger("raytune_bsm")
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
@@ -77,9 +79,9 @@ def _meta(info: Any, key: str) -> str | None:
 # ----------------------------------------------------------------------------------------------- status
 
 
-def status(job_id: str | None = None, *, address: str | None = None, allow_insecure: bool = False) -> dict[str, Any]:
+def status(job_id: str | None = None, *, address: str | None = None, allow_insecure: bool = False) -> JobInfo:
     """State, times, the latest metrics and where the artifacts are; for a FAILED job, why ("error").
-    No job id: the newest bsm job."""
+    No job id: the newest bsm job. `.to_dict()` is `bsm status --json`."""
     if job_id is not None:
         check_job_id(job_id)
     _, client = _connect(address, allow_insecure)
@@ -89,32 +91,23 @@ def status(job_id: str | None = None, *, address: str | None = None, allow_insec
             raise JobError("no bsm jobs on this cluster yet; submit one with `bsm submit`")
         job_id = jobs[0]["job_id"]
     info = _job_info(client, job_id)
-    out: dict[str, Any] = {
-        "job_id": safe(job_id),
-        "status": _state(info),
-        "message": safe(info.message) if info.message is not None else None,
-        "start_time": _iso(info.start_time),
-        "end_time": _iso(info.end_time),
-        "run": _meta(info, "bsm_run"),
-        "kind": _meta(info, "bsm_kind"),
-        "run_dir": _meta(info, "bsm_run_dir"),
-    }
+    out = JobInfo(
+        job_id=safe(job_id),
+        status=_state(info),
+        message=safe(info.message) if info.message is not None else None,
+        start_time=_iso(info.start_time),
+        end_time=_iso(info.end_time),
+        run=_meta(info, "bsm_run"),
+        kind=_meta(info, "bsm_kind"),
+        run_dir=_meta(info, "bsm_run_dir"),
+    )
     logs_text: str | None = None
-    if out["status"] == "FAILED":
+    if out.status == "FAILED":
         logs_text = client.get_job_logs(job_id)
-        out["error"] = failure_reason(info, logs_text)
-    result = _read_result(out["run_dir"])
-    if result:
-        out.update(
-            metrics=result.get("metrics"),
-            best_checkpoint=result.get("best_checkpoint"),
-            restarts=len(result.get("restarts") or []),
-            export=result.get("export"),
-        )
-        if "leaderboard" in result:
-            out.update(leaderboard=result["leaderboard"], monitor=result.get("monitor"), trials=result.get("trials"))
-    else:
-        out["metrics"] = latest_metrics(logs_text if logs_text is not None else client.get_job_logs(job_id))
+        out.error = failure_reason(info, logs_text)
+    out.result = _read_result(out.run_dir)
+    if out.result is None:
+        out.metrics = latest_metrics(logs_text if logs_text is not None else client.get_job_logs(job_id))
     return out
 
 
@@ -143,24 +136,22 @@ def last_error_line(logs_text: str) -> str | None:
     return None
 
 
-def _read_result(run_dir: str | None) -> dict[str, Any] | None:
+def _read_result(run_dir: str | None) -> RunResult | SweepResult | None:
     if not run_dir:
         return None
     try:
-        path = join(run_dir, RESULT_JSON)
-        return json.loads(read_bytes(path)) if exists(path) else None
+        path = RunDir.at(run_dir).result
+        return result_from_dict(json.loads(read_bytes(path))) if exists(path) else None
     except Exception:  # noqa: BLE001 - storage the client cannot reach (e.g. cloud credentials only on the cluster)
         return None
 
 
-def latest_metrics(logs: str) -> dict[str, float] | None:
-    """The newest `epoch N validation: {...}` line the workers logged."""
+def latest_metrics(logs: str) -> dict[str, float | None] | None:
+    """The metrics of the newest validation line the workers logged (logline's format)."""
     for line in reversed(logs.splitlines()):
-        if " validation: {" in line:
-            try:
-                return json.loads(line.split(" validation: ", 1)[1])
-            except ValueError:
-                continue
+        event = parse_epoch(line)
+        if isinstance(event, EpochValidation):
+            return event.metrics
     return None
 
 

@@ -29,9 +29,9 @@ from raytune_bsm.client import head, processes
 from raytune_bsm.client.auth import TOKEN_NAME, read_token_file, write_token
 from raytune_bsm.client.dashboard import Connection, job_client, probe
 from raytune_bsm.client.nodes import cluster_resources
-from raytune_bsm.client.text import safe
 from raytune_bsm.errors import ClusterError, ConfigError
 from raytune_bsm.layout import bsm_home
+from raytune_bsm.text import safe
 
 log = logging.getLogger("raytune_bsm.client")
 

@@ -11,9 +11,9 @@ import logging
 from typing import Any
 
 from raytune_bsm.client.dashboard import Connection, get_json
-from raytune_bsm.client.text import safe
 from raytune_bsm.errors import ClusterError
 from raytune_bsm.resources import ClusterResources, NodeResources
+from raytune_bsm.text import safe
 
 log = logging.getLogger("raytune_bsm.client")
 

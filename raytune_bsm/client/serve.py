@@ -35,9 +35,9 @@ from raytune_bsm.client.auth import is_loopback, read_token_file, write_token
 from raytune_bsm.client.dashboard import NET_ERRORS, Connection, auth_failure, auth_headers, unreachable
 from raytune_bsm.client.fetch import locate_export
 from raytune_bsm.client.submission import ENV_VARS, EXCLUDES, PACKAGE_DIR, check_storage
-from raytune_bsm.client.text import safe
 from raytune_bsm.errors import ClusterError, ConfigError
 from raytune_bsm.serving import DEFAULT_HOST, DEFAULT_NAME, DEFAULT_PORT, DEPLOYMENT, IMPORT_PATH, Limits, ServeArgs
+from raytune_bsm.text import safe
 
 log = logging.getLogger("raytune_bsm")
 

@@ -15,6 +15,8 @@ from typing import Any, Iterable
 
 import pyarrow as pa
 
+from raytune_bsm.text import quoted
+
 
 def is_text(t: pa.DataType) -> bool:
     """A string type, or a dictionary of strings."""
@@ -42,8 +44,9 @@ def plain(column: Any) -> Any:
 
 
 def shown(name: object) -> str:
-    """A column name as a quoted literal, control and other invisible characters escaped: 'dia\\x1b[31mlogue'."""
-    return repr(str(name))
+    """A column name as a quoted literal, control and other invisible characters escaped: 'dia\\x1b[31mlogue'
+    (text.quoted: names are shown, never cleaned)."""
+    return quoted(name)
 
 
 def shown_all(names: Iterable[object]) -> str:

@@ -13,16 +13,16 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from raytune_bsm.storage import exists, filesystem, is_uri, join
+from raytune_bsm.layout import RunDir
+from raytune_bsm.storage import exists, filesystem, is_uri
 
-TENSORBOARD_DIR = "tensorboard"
 BY_EPOCH_INDEX = ("train_loss_epoch_mean", "records_per_s")  # logged with step = epoch (0-based)
 
 
 def tensorboard_epochs(run_dir: str) -> list[dict[str, Any]]:
     """One dict per epoch ({"epoch": 0-based, "val_loss": ..., "train_loss_epoch_mean": ..., ...}); [] if the
     run has no event files."""
-    logdir = join(run_dir, TENSORBOARD_DIR)
+    logdir = RunDir.at(run_dir).tensorboard
     if not exists(logdir):
         return []
     local, scratch = logdir, None

@@ -18,6 +18,7 @@ from typing import Any
 from raytune_bsm import layout
 from raytune_bsm.config import default_metric
 from raytune_bsm.errors import ConfigError, DataError
+from raytune_bsm.layout import RunDir
 from raytune_bsm.report.events import merge, tensorboard_epochs
 from raytune_bsm.storage import exists, filesystem, is_uri, join, read_bytes, storage_path
 
@@ -95,7 +96,7 @@ def load(source: str) -> RunData:
     root = storage_path(source)
     if not exists(root):
         raise ConfigError(f"bsm report: {source} does not exist; give a run, sweep or export directory")
-    if exists(join(root, layout.SWEEP_JSON)) or exists(join(root, layout.TRIALS_PARQUET)):
+    if exists(RunDir.at(root).sweep) or exists(RunDir.at(root).trials_table):
         return _sweep(root)
     if exists(join(root, layout.MANIFEST)) and exists(join(root, layout.MODEL_JSON)):
         parent = _parent(root)
@@ -111,13 +112,14 @@ def load(source: str) -> RunData:
 
 
 def _is_run(root: str) -> bool:
-    names = (layout.RESULT_JSON, layout.CONFIG_JSON, LOCAL_CONFIG, LOCAL_METRICS, f"{PREDICTIONS}.parquet", PREDICTIONS)
-    return any(exists(join(root, n)) for n in names)
+    names = (LOCAL_CONFIG, LOCAL_METRICS, f"{PREDICTIONS}.parquet", PREDICTIONS)
+    return any(exists(p) for p in (RunDir.at(root).result, RunDir.at(root).config, *(join(root, n) for n in names)))
 
 
 def _run(root: str) -> RunData:
-    config = _maybe_json(join(root, layout.CONFIG_JSON)) or _maybe_json(join(root, LOCAL_CONFIG)) or {}
-    result = _maybe_json(join(root, layout.RESULT_JSON))
+    run = RunDir.at(root)
+    config = _maybe_json(run.config) or _maybe_json(join(root, LOCAL_CONFIG)) or {}
+    result = _maybe_json(run.result)
     if result is None:  # a local run writes its final metrics only
         metrics = _maybe_json(join(root, LOCAL_METRICS)) or {}
         result = {"metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
@@ -129,7 +131,7 @@ def _run(root: str) -> RunData:
             "tensorboard/ event files): no learning curves"
         )
     data.predictions = read_predictions(root, _class_names(config), data.notes)
-    _add_export(data, join(root, layout.EXPORT_DIR))
+    _add_export(data, run.export)
     return data
 
 
@@ -138,7 +140,7 @@ def _epochs(root: str, result: dict[str, Any]) -> list[dict[str, Any]]:
     completed by the run's TensorBoard event files (or, with neither, those alone)."""
     rows = result.get("epochs")
     if not isinstance(rows, list):
-        rows = _maybe_json(join(root, layout.EPOCHS_JSON))
+        rows = _maybe_json(RunDir.at(root).epochs)
     rows = [r for r in rows if isinstance(r, dict)] if isinstance(rows, list) else []
     if rows and all(isinstance(r.get("epoch"), (int, float)) for r in rows):
         by_epoch = {int(r["epoch"]): r for r in rows}  # an epoch trained again after a failure: its last report
@@ -225,11 +227,12 @@ def read_predictions(root: str, class_names: list[str] | None, notes: list[str])
 def _sweep(root: str) -> RunData:
     import pyarrow.parquet as pq
 
-    record = _maybe_json(join(root, layout.SWEEP_JSON)) or {}
-    result = _maybe_json(join(root, layout.RESULT_JSON)) or {}
-    config = _maybe_json(join(root, layout.BEST_CONFIG_JSON)) or record.get("run") or {}
+    sweep = RunDir.at(root)
+    record = _maybe_json(sweep.sweep) or {}
+    result = _maybe_json(sweep.result) or {}
+    config = _maybe_json(sweep.best_config) or record.get("run") or {}
     data = RunData("sweep", str(result.get("name") or _basename(root)), root, config, result, sweep=record)
-    table_uri = join(root, layout.TRIALS_PARQUET)
+    table_uri = sweep.trials_table
     if exists(table_uri):
         fs, path = filesystem(table_uri)
         table = pq.read_table(path, filesystem=fs)
@@ -242,14 +245,13 @@ def _sweep(root: str) -> RunData:
     for row in data.trials:
         hp = row.get("hyperparameters")
         row["hyperparameters"] = json.loads(hp) if isinstance(hp, str) else (hp or {})
-        run_dir = join(root, "runs", str(row["trial_id"]))
-        data.trial_epochs[str(row["trial_id"])] = _epochs(run_dir, {})
+        data.trial_epochs[str(row["trial_id"])] = _epochs(sweep.trial(str(row["trial_id"])).path, {})
     best = (result.get("best_trial") or {}).get("trial_id")
     if best:  # the best trial's own curves and predictions
         data.epochs = data.trial_epochs.get(str(best), [])
-        best_dir = join(root, "runs", str(best))
+        best_dir = sweep.trial(str(best)).path
         notes: list[str] = []
         data.predictions = read_predictions(best_dir, _class_names(config), notes)
         data.notes += [f"best trial {best}: {n}" for n in notes]
-    _add_export(data, join(root, layout.EXPORT_DIR))
+    _add_export(data, sweep.export)
     return data

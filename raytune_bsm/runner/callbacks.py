@@ -12,8 +12,7 @@ import shutil
 import tempfile
 from typing import Any
 
-from raytune_bsm.layout import EPOCHS_JSON as EPOCHS_FILE
-from raytune_bsm.layout import FIRST_STEP_JSON
+from raytune_bsm.layout import CHECKPOINT_NAME, RunDir
 from raytune_bsm.storage import exists, join, read_bytes, write_bytes
 from raytune_bsm.sweep import PG_FILE, plain_value
 
@@ -36,7 +35,7 @@ def remove_staged_checkpoints(name: str, rank: int | None = None) -> int:
 
 def read_reports(run_dir: str) -> list[dict[str, Any]]:
     """Every report of a run, in the order they were made (an epoch trained again after a failure shows twice)."""
-    path = join(run_dir, EPOCHS_FILE)
+    path = RunDir.at(run_dir).epochs
     try:
         return json.loads(read_bytes(path)) if exists(path) else []
     except (OSError, ValueError):
@@ -46,7 +45,7 @@ def read_reports(run_dir: str) -> list[dict[str, Any]]:
 def read_first_step(run_dir: str) -> float | None:
     """The wall-clock time of the run's first training step (rank 0 writes it), if it got that far."""
     try:
-        return float(json.loads(read_bytes(join(run_dir, FIRST_STEP_JSON)))["time"])
+        return float(json.loads(read_bytes(RunDir.at(run_dir).first_step))["time"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -72,7 +71,7 @@ def epoch_record(run_dir: str) -> Any:
             if checkpoint is not None:
                 row["checkpoint_path"] = checkpoint.path
             if "epoch" in row:
-                write_bytes(json.dumps(read_reports(run_dir) + [row], default=str).encode(), join(run_dir, EPOCHS_FILE))
+                write_bytes(json.dumps(read_reports(run_dir) + [row], default=str).encode(), RunDir.at(run_dir).epochs)
 
     return EpochRecord()
 
@@ -173,4 +172,4 @@ def kept_in(run_dir: str, epochs: list[dict[str, Any]]) -> dict[str, dict[str, A
     result = run_result(run_dir)
     if result is not None:
         return kept_checkpoints(result)
-    return {p: e for e in epochs if (p := e.get("checkpoint_path")) and exists(join(p, "checkpoint.ckpt"))}
+    return {p: e for e in epochs if (p := e.get("checkpoint_path")) and exists(join(p, CHECKPOINT_NAME))}

@@ -19,9 +19,9 @@ from raytune_bsm.data.batching import Collate, EncodedDataset
 from raytune_bsm.data.processor import ChunkProcessor, ProcessorConfig
 from raytune_bsm.data.splits import read_table
 from raytune_bsm.errors import ExportError, raised_in_ray
+from raytune_bsm.layout import CHECKPOINT_NAME, RunDir
 from raytune_bsm.logs import quiet_libraries, setup_logging
 from raytune_bsm.runner.prepare import data_paths
-from raytune_bsm.storage import join
 
 log = logging.getLogger("raytune_bsm")
 
@@ -104,7 +104,7 @@ def _class_names(checkpoint_dir: str) -> list[str]:
     """The class names a checkpoint was trained with (its config travels inside it; read without running code)."""
     from raytune_bsm.model.checkpoint import safe_load
 
-    ckpt = safe_load(os.path.join(checkpoint_dir, "checkpoint.ckpt"), "cpu")
+    ckpt = safe_load(os.path.join(checkpoint_dir, CHECKPOINT_NAME), "cpu")
     try:
         return list(ckpt["hyper_parameters"]["config"]["class_names"])
     except (KeyError, TypeError):
@@ -136,7 +136,7 @@ def export_best(
     `hyperparameters`, by default the checkpoint's own model config."""
     import ray
 
-    dest = join(run_dir, "export")
+    dest = RunDir.at(run_dir).export
     cpus, memory = export_resources()
     log.info(
         "exporting the best checkpoint %s to %s (a task with %d CPU(s), %.1f GiB)",

@@ -21,17 +21,13 @@ from typing import Any
 
 from raytune_bsm.config import RunConfig
 from raytune_bsm.errors import ConfigError
-from raytune_bsm.layout import FIRST_STEP_JSON
-from raytune_bsm.storage import filesystem, is_uri, join, write_bytes
+from raytune_bsm.layout import RunDir
+from raytune_bsm.logline import format_step, format_validation
+from raytune_bsm.storage import filesystem, is_uri, write_bytes
 
 log = logging.getLogger("raytune_bsm")
 
-TENSORBOARD_DIR = "tensorboard"
 TRACKING_KEY = "bsm_tracking"  # in the Train loop's config: {"mlflow_uri", "mlflow_run_id"}
-
-
-def tensorboard_logdir(run_dir: str) -> str:
-    return join(run_dir, TENSORBOARD_DIR)
 
 
 def mlflow_uri(run: RunConfig) -> str | None:
@@ -98,7 +94,7 @@ class Tracking:
         self.run_dir, self.rank, self.tracking = run_dir, rank, tracking or {}
         self.remote = is_uri(run_dir)
         # A remote run storage gets a local copy uploaded at the end (event files are appended as they go).
-        self.local_dir = tempfile.mkdtemp(prefix="bsm-tb-") if self.remote else tensorboard_logdir(run_dir)
+        self.local_dir = tempfile.mkdtemp(prefix="bsm-tb-") if self.remote else RunDir.at(run_dir).tensorboard
         self.run = run
 
     def loggers(self) -> list[Any]:
@@ -117,7 +113,7 @@ class Tracking:
 
         if self.rank != 0:
             return [progress_log()]
-        return [progress_log(join(self.run_dir, FIRST_STEP_JSON)), LearningRateMonitor(logging_interval="epoch")]
+        return [progress_log(RunDir.at(self.run_dir).first_step), LearningRateMonitor(logging_interval="epoch")]
 
     def finish(self) -> None:
         """Upload the local copy of the event files (remote run storage) and remove it."""
@@ -126,7 +122,7 @@ class Tracking:
         import pyarrow.fs as pafs
 
         try:
-            fs, path = filesystem(tensorboard_logdir(self.run_dir))
+            fs, path = filesystem(RunDir.at(self.run_dir).tensorboard)
             pafs.copy_files(self.local_dir, path, destination_filesystem=fs)
         finally:
             shutil.rmtree(self.local_dir, ignore_errors=True)
@@ -157,16 +153,8 @@ def progress_log(first_step: str | None = None) -> Any:
             if trainer.global_rank == 0 and ((i + 1) % self.every == 0 or i + 1 == total):
                 dt = time.perf_counter() - self.t0
                 eta = dt / (i + 1) * (total - i - 1)
-                log.info(
-                    "epoch %d/%d  step %d/%d  loss %.4f  %.1f records/s/worker  eta %ds",
-                    trainer.current_epoch + 1,
-                    trainer.max_epochs,
-                    i + 1,
-                    total,
-                    loss,
-                    self.seen / dt,
-                    eta,
-                )
+                epoch, epochs = trainer.current_epoch + 1, trainer.max_epochs
+                log.info("%s", format_step(epoch, epochs, i + 1, total, loss, self.seen / dt, eta))
 
         def on_train_epoch_end(self, trainer: Any, module: Any) -> None:
             if trainer.global_rank != 0 or not self.steps:
@@ -181,7 +169,7 @@ def progress_log(first_step: str | None = None) -> Any:
 
         def on_validation_end(self, trainer: Any, module: Any) -> None:
             if trainer.global_rank == 0 and not trainer.sanity_checking:
-                shown = {k: round(float(v), 4) for k, v in trainer.callback_metrics.items() if k.startswith("val")}
-                log.info("epoch %d validation: %s", trainer.current_epoch + 1, json.dumps(shown, sort_keys=True))
+                shown = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val")}
+                log.info("%s", format_validation(trainer.current_epoch + 1, shown))
 
     return ProgressLog()

@@ -25,8 +25,9 @@ import pyarrow.fs as pafs
 
 from raytune_bsm.config import RunConfig, dumps
 from raytune_bsm.errors import BsmError, ConfigError
-from raytune_bsm.layout import CONFIG_JSON, RESULT_JSON
+from raytune_bsm.layout import RunDir
 from raytune_bsm.logs import QUIET_ENV, quiet_libraries, setup_logging, verbose
+from raytune_bsm.records import RunResult
 from raytune_bsm.runner.callbacks import (
     best_kept,
     checkpoint_uri,
@@ -37,7 +38,7 @@ from raytune_bsm.runner.callbacks import (
 )
 from raytune_bsm.runner.export_task import export_best
 from raytune_bsm.runner.prepare import DATA_KEY, RayPrepared, prepare_ray
-from raytune_bsm.runner.tracking import TRACKING_KEY, end_mlflow, start_mlflow, tensorboard_logdir
+from raytune_bsm.runner.tracking import TRACKING_KEY, end_mlflow, start_mlflow
 from raytune_bsm.storage import exists, filesystem, join, read_bytes, write_bytes
 
 log = logging.getLogger("raytune_bsm")
@@ -102,7 +103,7 @@ def trainer_for(
             # Train's own INFO lines (worker-group start, every report) only with BSM_VERBOSE=1; warnings stay
             logging_config=ray.train.LoggingConfig(log_level="INFO" if verbose() else "WARNING"),
             # the epoch record first: it is on disk before Tune (TuneReportCallback, in a trial) sees the report
-            callbacks=[epoch_record(join(storage, run.name))] + list(callbacks or []),
+            callbacks=[epoch_record(RunDir(storage, run.name).path)] + list(callbacks or []),
         ),
     )
 
@@ -122,16 +123,17 @@ def fit(run: RunConfig, *, storage: str, resume: bool = False) -> dict[str, Any]
     setup_logging()
     quiet_libraries()
     connect()
-    run_dir = join(storage, run.name)
-    if resume and not exists(join(run_dir, CONFIG_JSON)):
+    where = RunDir(storage, run.name)
+    run_dir = where.path
+    if resume and not exists(where.config):
         raise ConfigError(f"--resume {run.name}: no run to resume in {run_dir}")
-    if not resume and exists(join(run_dir, CONFIG_JSON)):
+    if not resume and exists(where.config):
         raise ConfigError(
             f"a run named {run.name} already exists in {run_dir}; continue it with --resume "
             f"{run.name} or choose another --name"
         )
     if resume:
-        run = as_started(run, json.loads(read_bytes(join(run_dir, CONFIG_JSON))))
+        run = as_started(run, json.loads(read_bytes(where.config)))
     # Read, check and tokenize every split once, on the cluster, before any worker starts: a bad file fails here.
     # The driver holds references to the tokenized datasets (in the object store) and their row counts.
     started = time.time()
@@ -142,9 +144,7 @@ def fit(run: RunConfig, *, storage: str, resume: bool = False) -> dict[str, Any]
     if resume:
         log.info("resuming run %s from its latest checkpoint in %s", run.name, run_dir)
     else:
-        write_bytes(
-            dumps({**run.to_dict(), "storage": storage, "model": model_config}).encode(), join(run_dir, CONFIG_JSON)
-        )
+        write_bytes(dumps({**run.to_dict(), "storage": storage, "model": model_config}).encode(), where.config)
     tracking = start_mlflow(run, {**run.to_dict(), "model": model_config})
 
     t = time.time()
@@ -161,30 +161,31 @@ def fit(run: RunConfig, *, storage: str, resume: bool = False) -> dict[str, Any]
         export = export_best(best[0], run_dir, run, model_config, metrics=best[1], hyperparameters=model_config)
         timings["export_s"] = round(time.time() - t, 2)
     end_mlflow(tracking, export, failed=result.error is not None)
-    summary = {
-        "name": run.name,
-        "run_dir": run_dir,
-        "monitor": monitor,
-        "metrics": {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))},
-        "best_checkpoint": best[0] if best else None,
-        "checkpoints": [{"path": p, **{k: m.get(k) for k in (monitor, "epoch")}} for p, m in kept.items()],
-        "latest_checkpoint": checkpoint_uri(result.checkpoint) if result.checkpoint else None,
-        "epochs_trained": [r["epoch"] for r in read_reports(run_dir)],
-        "error": repr(result.error) if result.error else None,
-        "restarts": _restarts(run_dir),
-        "export": export,
-        "tensorboard_logdir": tensorboard_logdir(run_dir),
-        "mlflow_run_id": tracking.get("mlflow_run_id"),
-        "data": {name: {"rows": n, **data.sources.get(name, {})} for name, n in data.rows.items()},
-        "timings": timings,
-    }
-    write_bytes(dumps(summary).encode(), join(run_dir, RESULT_JSON))
+    record = RunResult(
+        name=run.name,
+        run_dir=run_dir,
+        monitor=monitor,
+        metrics={k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))},
+        best_checkpoint=best[0] if best else None,
+        checkpoints=[{"path": p, **{k: m.get(k) for k in (monitor, "epoch")}} for p, m in kept.items()],
+        latest_checkpoint=checkpoint_uri(result.checkpoint) if result.checkpoint else None,
+        epochs_trained=[r["epoch"] for r in read_reports(run_dir)],
+        error=repr(result.error) if result.error else None,
+        restarts=_restarts(where),
+        export=export,
+        tensorboard_logdir=where.tensorboard,
+        mlflow_run_id=tracking.get("mlflow_run_id"),
+        data={name: {"rows": n, **data.sources.get(name, {})} for name, n in data.rows.items()},
+        timings=timings,
+    )
+    summary = record.to_dict()
+    write_bytes(dumps(summary).encode(), where.result)
     log.info(
         "validation metrics: %s",
-        json.dumps({k: round(v, 4) for k, v in summary["metrics"].items() if k.startswith("val")}),
+        json.dumps({k: round(v, 4) for k, v in (record.metrics or {}).items() if k.startswith("val")}),
     )
-    log.info("checkpoints: %s (best: %s)", run_dir, summary["best_checkpoint"])
-    log.info("curves: tensorboard --logdir %s", summary["tensorboard_logdir"])
+    log.info("checkpoints: %s (best: %s)", run_dir, record.best_checkpoint)
+    log.info("curves: tensorboard --logdir %s", record.tensorboard_logdir)
     return summary
 
 
@@ -212,14 +213,11 @@ def connect() -> None:
     )
 
 
-def _restarts(run_dir: str) -> list[dict[str, Any]]:
+def _restarts(where: RunDir) -> list[dict[str, Any]]:
     """The failures this run survived: one record per resume from a checkpoint (written by the workers)."""
-    fs, path = filesystem(join(run_dir, "bsm_restarts"))
+    fs, path = filesystem(where.restarts)
     infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
-    return [
-        json.loads(read_bytes(join(run_dir, "bsm_restarts", i.base_name)))
-        for i in sorted(infos, key=lambda i: i.base_name)
-    ]
+    return [json.loads(read_bytes(join(where.restarts, i.base_name))) for i in sorted(infos, key=lambda i: i.base_name)]
 
 
 def main(config_file: str) -> int:

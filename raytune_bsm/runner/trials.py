@@ -14,7 +14,8 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from raytune_bsm.config import dumps
-from raytune_bsm.layout import BEST_CONFIG_JSON, RESULT_JSON, TRIALS_PARQUET
+from raytune_bsm.layout import RunDir
+from raytune_bsm.records import SweepResult
 from raytune_bsm.runner.callbacks import (
     best_kept,
     kept_in,
@@ -55,7 +56,7 @@ def trial_rows(
     rows = []
     for index, t in enumerate(trials):
         tid = t.trial_id
-        run_dir = join(spec.sweep_dir, "runs", tid)
+        run_dir = RunDir.at(spec.sweep_dir).trial(tid).path
         cached = cache.get(tid)
         if cached is None:
             epochs = read_epochs(run_dir)
@@ -157,12 +158,12 @@ def write_record(
     for k in ("best_checkpoint", "run_dir", "error"):
         columns[k] = pa.array([r[k] for r in rows], pa.string())
     meta = {"metric": spec.monitor, "mode": spec.mode, "max_epochs": str(spec.max_epochs)}
-    write_table(pa.table(columns).replace_schema_metadata(meta), join(spec.sweep_dir, TRIALS_PARQUET))
+    write_table(pa.table(columns).replace_schema_metadata(meta), RunDir.at(spec.sweep_dir).trials_table)
 
     if best is not None:
         recipe = apply_params(spec.base, best["hyperparameters"])
         recipe["name"] = f"{spec.name}-best"
-        write_bytes(dumps(recipe).encode(), join(spec.sweep_dir, BEST_CONFIG_JSON))
+        write_bytes(dumps(recipe).encode(), RunDir.at(spec.sweep_dir).best_config)
     counts: dict[str, int] = {}
     for r in rows:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
@@ -185,28 +186,28 @@ def write_record(
         for r in ranked[:LEADERBOARD_ROWS]
     ]
     usable = [r for r in rows if r["metric"] is not None]
-    summary = {
-        "kind": "tune",
-        "name": spec.name,
-        "run_dir": spec.sweep_dir,
-        "monitor": spec.monitor,
-        "mode": spec.mode,
-        "metrics": best["metrics"] if best else {},
-        "best_checkpoint": best["best_checkpoint"] if best else None,
-        "best_trial": {k: best[k] for k in ("trial_id", "metric", "best_epoch", "hyperparameters", "run_dir")}
+    result = SweepResult(
+        name=spec.name,
+        run_dir=spec.sweep_dir,
+        monitor=spec.monitor,
+        mode=spec.mode,
+        metrics=best["metrics"] if best else {},
+        best_checkpoint=best["best_checkpoint"] if best else None,
+        best_trial={k: best[k] for k in ("trial_id", "metric", "best_epoch", "hyperparameters", "run_dir")}
         if best
         else None,
-        "best_config": join(spec.sweep_dir, BEST_CONFIG_JSON) if best else None,
-        "trials_table": join(spec.sweep_dir, TRIALS_PARQUET),
-        "tensorboard_logdir": join(spec.sweep_dir, "runs"),  # one event-file directory per trial beneath
-        "trials": {"total": len(rows), **counts},
-        "leaderboard": board,
-        "finished": finished,
-        "elapsed_s": round(time.time() - started, 1) if started else None,
-        "error": None if (usable or not finished) else f"no trial produced {spec.monitor} ({counts})",
-        "restarts": [],
-    }
-    write_bytes(dumps(summary).encode(), join(spec.sweep_dir, RESULT_JSON))
+        best_config=RunDir.at(spec.sweep_dir).best_config if best else None,
+        trials_table=RunDir.at(spec.sweep_dir).trials_table,
+        tensorboard_logdir=RunDir.at(spec.sweep_dir).trials,  # one event-file directory per trial beneath
+        trials={"total": len(rows), **counts},
+        leaderboard=board,
+        finished=finished,
+        elapsed_s=round(time.time() - started, 1) if started else None,
+        error=None if (usable or not finished) else f"no trial produced {spec.monitor} ({counts})",
+        restarts=[],
+    )
+    summary = result.to_dict()
+    write_bytes(dumps(summary).encode(), RunDir.at(spec.sweep_dir).result)
     return summary
 
 
@@ -278,7 +279,7 @@ def recorder(spec: SweepSpec) -> Any:
                 # its workers' staging folders, on this machine (a trial ASHA stopped never removes its own)
                 remove_staged_checkpoints(t.trial_id)
                 try:
-                    n = release_placement_groups(join(self.spec.sweep_dir, "runs", t.trial_id))
+                    n = release_placement_groups(RunDir.at(self.spec.sweep_dir).trial(t.trial_id).path)
                 except Exception:  # noqa: BLE001
                     log.debug("could not release trial %s's placement groups", t.trial_id, exc_info=True)
                     continue
@@ -302,7 +303,7 @@ def recorder(spec: SweepSpec) -> Any:
         def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
             # Tune saved its state just before this; trials it still had running there were stopped by an
             # interruption (SIGINT / `bsm stop`), not by the scheduler, and `--resume` continues them.
-            saved = saved_trial_statuses(join(self.spec.sweep_dir, "tune"))
+            saved = saved_trial_statuses(RunDir.at(self.spec.sweep_dir).tune)
             interrupted = {tid for tid, st in saved.items() if st not in ("TERMINATED", "ERROR")}
             finished = not interrupted and all(t.status in ("TERMINATED", "ERROR") for t in trials)
             self._write(trials, finished=finished, interrupted=interrupted)

@@ -38,8 +38,9 @@ from raytune_bsm.data import features as side
 from raytune_bsm.data.batching import ID
 from raytune_bsm.data.splits import load_split
 from raytune_bsm.errors import BsmError, ConfigError
-from raytune_bsm.layout import BEST_CONFIG_JSON, RESULT_JSON
+from raytune_bsm.layout import RunDir
 from raytune_bsm.logs import quiet_libraries, setup_logging, verbose
+from raytune_bsm.records import SweepResult
 from raytune_bsm.resources import ClusterResources, NodeResources
 from raytune_bsm.runner.callbacks import placement_group_log, read_epochs
 from raytune_bsm.runner.export_task import export_best
@@ -80,7 +81,7 @@ def bsm_trial(config: dict[str, Any], spec: dict[str, Any] | None = None) -> Non
     assert spec is not None
     trial_id = tune.get_context().get_trial_id()
     runs_dir = spec["runs_dir"]
-    run_dir = join(runs_dir, trial_id)
+    run_dir = RunDir(runs_dir, trial_id).path
     done = read_epochs(run_dir)
     if len(done) >= spec["max_epochs"]:
         # Trained to the end before the sweep was interrupted (Tune's state predates it): report, don't retrain.
@@ -146,9 +147,8 @@ def run_sweep(run: RunConfig, sweep: SweepConfig, *, storage: str) -> dict[str, 
     setup_logging()
     quiet_libraries()
     storage = storage_path(storage)
-    sweep_dir = join(storage, run.name)
-    tune_dir = join(sweep_dir, "tune")
-    record = join(sweep_dir, "bsm_sweep.json")
+    where = RunDir(storage, run.name)
+    sweep_dir, tune_dir, record = where.path, where.tune, where.sweep
     if sweep.resume:
         if not exists(record) or not tune.Tuner.can_restore(tune_dir):
             raise ConfigError(f"--resume {run.name}: no sweep to resume in {sweep_dir}")
@@ -214,7 +214,7 @@ def run_sweep(run: RunConfig, sweep: SweepConfig, *, storage: str) -> dict[str, 
             bsm_trial,
             spec={
                 "base": base,
-                "runs_dir": join(sweep_dir, "runs"),
+                "runs_dir": where.trials,
                 "data": data,
                 "monitor": monitor,
                 "max_epochs": trial_run.train.max_epochs,
@@ -266,11 +266,12 @@ def run_sweep(run: RunConfig, sweep: SweepConfig, *, storage: str) -> dict[str, 
         )
     started = time.monotonic()
     tuner.fit()
-    summary = json.loads(read_bytes(join(sweep_dir, RESULT_JSON)))
-    check_budget(summary, sweep.time_budget_s, time.monotonic() - started)
-    if summary.get("best_checkpoint") and run.train.export:
-        summary["export"] = export_best_trial(summary, sweep_dir)
-        write_bytes(dumps(summary).encode(), join(sweep_dir, RESULT_JSON))
+    result = SweepResult.from_dict(json.loads(read_bytes(where.result)))  # written by the sweep's recorder
+    check_budget(result.to_dict(), sweep.time_budget_s, time.monotonic() - started)
+    if result.best_checkpoint and run.train.export:
+        result.export = export_best_trial(result, sweep_dir)
+        write_bytes(dumps(result.to_dict()).encode(), where.result)
+    summary = result.to_dict()
     log.info(
         "sweep %s: %s\n%s", run.name, json.dumps(summary["trials"]), format_leaderboard(summary["leaderboard"], monitor)
     )
@@ -295,17 +296,16 @@ def check_budget(summary: dict[str, Any], budget_s: float | None, ran_s: float) 
     )
 
 
-def export_best_trial(summary: dict[str, Any], sweep_dir: str) -> str:
+def export_best_trial(result: SweepResult, sweep_dir: str) -> str:
     """Export the best trial's best kept checkpoint to `<sweep>/export` (a Ray task), parity-checked on a few
     validation records processed with that trial's own settings."""
-    best_run = RunConfig.from_dict(json.loads(read_bytes(join(sweep_dir, BEST_CONFIG_JSON))))
+    best_run = RunConfig.from_dict(json.loads(read_bytes(RunDir.at(sweep_dir).best_config)))
     # the processor's settings and column names; the class count does not change how text is processed
     model_config = best_run.model_config(
         is_binary=None, num_classes=None, class_names=None, id_name=best_run.data.id_field or ID
     )
-    return export_best(
-        summary["best_checkpoint"], sweep_dir, best_run, model_config, metrics=summary.get("metrics") or {}
-    )
+    assert result.best_checkpoint is not None
+    return export_best(result.best_checkpoint, sweep_dir, best_run, model_config, metrics=result.metrics or {})
 
 
 def resources_from_ray() -> Any:

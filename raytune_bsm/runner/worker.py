@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from raytune_bsm.config import RunConfig, check_monitor_computed, dumps
+from raytune_bsm.layout import RunDir
 from raytune_bsm.logs import quiet_libraries, setup_logging
 from raytune_bsm.runner.callbacks import remove_staged_checkpoints
 from raytune_bsm.runner.prepare import DATA_KEY, Prepared, data_paths, demo_data_dir, loaders, prepare, shard_loaders  # noqa: F401 (re-exported)
@@ -133,7 +134,7 @@ def train_loop(config: dict[str, Any]) -> dict[str, float]:
                     note = {"resumed_from": checkpoint.path, "time": time.time()}
                     write_bytes(
                         dumps(note).encode(),
-                        join(run.storage or ".", run.name, "bsm_restarts", f"{time.time_ns()}.json"),
+                        join(RunDir(run.storage or ".", run.name).restarts, f"{time.time_ns()}.json"),
                     )
             # where it ran, and how its data came: its shard of the datasets prepared once, or read by itself
             _worker_record(run, rank, {"pid": os.getpid(), "node_id": _node_id(), "data": "shard" if data else "own"})

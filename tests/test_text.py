@@ -1,10 +1,10 @@
-"""`client.text.safe`: what a cluster or a manifest says cannot drive the user's terminal."""
+"""raytune_bsm/text.py, the one sanitizer: what a cluster, a manifest or a file says cannot drive a terminal."""
 
 from __future__ import annotations
 
 import pytest
 
-from raytune_bsm.client.text import safe
+from raytune_bsm.text import quoted, safe, visible
 
 
 @pytest.mark.parametrize(
@@ -32,3 +32,11 @@ def test_safe_multiline_keeps_newlines_and_tabs_only() -> None:
 
 def test_safe_of_non_strings() -> None:
     assert safe(None) == "None" and safe(3) == "3"
+
+
+def test_the_bar_variant_and_the_name_variants_share_the_rules() -> None:
+    # a progress bar: one '?' per control character, escape sequences dropped, newlines and tabs kept
+    assert safe("run\x1b[2J\rname\x07\u202e\tx", multiline=True, placeholder="?") == "run?name??\tx"
+    # a name from a file or a manifest: shown as it is, every unprintable escaped, nothing dropped
+    assert visible("a\x1b[31mb\u202ec") == "a\\x1b[31mb\\u202ec"
+    assert quoted("dia\x1b[31mlogue") == "'dia\\x1b[31mlogue'"
