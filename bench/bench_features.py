@@ -149,7 +149,7 @@ def run_variant(name: str, fusion: str | None, data: dict[str, str], args: argpa
         row["auroc_without_features"] = _auroc(y, p0)
     if name in args.export.split(","):
         from raytune_bsm.model.export import export_checkpoint
-        from raytune_bsm.predict import Predictor
+        from raytune_bsm.scoring.predict import Predictor
 
         ckpt = out / name.replace(" ", "-") / "ckpt"
         trainer.save_checkpoint(ckpt / "checkpoint.ckpt")

@@ -34,7 +34,7 @@ def _run(export: Path, data: Texts, batch_size: int, rounds: int) -> dict[str, A
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from raytune_bsm.predict import Predictor, predict_file
+    from raytune_bsm.scoring.predict import Predictor, predict_file
 
     e2e, pures = [], []
     with tempfile.TemporaryDirectory(prefix="bsm-bench-predict-") as tmp:

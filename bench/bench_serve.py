@@ -29,7 +29,7 @@ CONCURRENCY = (1, 8, 64)
 
 def offline(export: str, texts: list[str], precision: str, rounds: int = 3) -> dict[str, float]:
     """Offline records/s over `texts` (the best of `rounds`) and the median time to score one record alone."""
-    from raytune_bsm.predict import Predictor
+    from raytune_bsm.scoring.predict import Predictor
 
     p = Predictor(export, precision=precision, threads=THREADS)
     p.predict_texts(texts[:8])  # warm-up

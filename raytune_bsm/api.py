@@ -146,7 +146,7 @@ def predict(
 ) -> str:
     """Score Parquet/CSV/JSONL data with ONNX Runtime using the export's own tokenizer and settings; the output
     path. (`predict_on_cluster` does it as a Ray job.)"""
-    from raytune_bsm.predict import predict_file  # onnxruntime: not on `bsm --help`'s path
+    from raytune_bsm.scoring.predict import predict_file  # onnxruntime: not on `bsm --help`'s path
 
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")

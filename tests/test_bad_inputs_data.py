@@ -34,7 +34,7 @@ from raytune_bsm.data.readers import list_files
 from raytune_bsm.data.splits import check_schema, load_split
 from raytune_bsm.demo.generator import make_dialogues
 from raytune_bsm.errors import DataError
-from raytune_bsm.predict import predict_file
+from raytune_bsm.scoring.predict import predict_file
 
 CFG = DataConfig(text_field="dialogue", label_field="label")
 ROWS = 80  # rows per file

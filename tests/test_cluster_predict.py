@@ -16,7 +16,7 @@ from test_predict import exported  # noqa: F401  (fixture: a tiny 3-class export
 from raytune_bsm.client import jobs
 from raytune_bsm.client.cluster_predict import ENTRYPOINT, predict_on_cluster
 from raytune_bsm.errors import ClusterError, ConfigError, DataError, ExportError
-from raytune_bsm.predict import predict_file
+from raytune_bsm.scoring.predict import predict_file
 
 FILES = 3  # the 45 demo rows, 15 per file
 

@@ -107,9 +107,9 @@ def test_a_two_node_ray_data_run_trains_and_exports_with_side_features(trained):
 
 def test_predict_on_the_cluster_reads_the_feature_columns_and_matches_local_predict(trained, data, tmp_path):
     from raytune_bsm.errors import DataError
-    from raytune_bsm.predict import predict_file
     from raytune_bsm.runner.batch_predict import PredictJob
     from raytune_bsm.runner.batch_predict import run as run_job
+    from raytune_bsm.scoring.predict import predict_file
 
     export = str(trained.export)
     run_job(PredictJob(export=export, data=data.test, out=str(tmp_path / "out"), num_actors=2, rows_per_batch=8))

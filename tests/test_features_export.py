@@ -136,7 +136,7 @@ def test_onnx_runtime_on_raw_columns_with_nulls_gives_pytorchs_probabilities(exp
 
     from raytune_bsm.data.batching import pad_records
     from raytune_bsm.data.processor import ChunkProcessor, ProcessorConfig
-    from raytune_bsm.predict import predict_file
+    from raytune_bsm.scoring.predict import predict_file
 
     table = pq.read_table(exported.root / "score.parquet")
     raw = np.stack([table.column(n).cast(pa.float64()).to_numpy(zero_copy_only=False) for n in NAMES], 1)
@@ -161,7 +161,7 @@ def test_onnx_runtime_on_raw_columns_with_nulls_gives_pytorchs_probabilities(exp
 
 
 def test_predict_without_a_feature_column_is_one_clear_error(exported, tmp_path):
-    from raytune_bsm.predict import Predictor, predict_file
+    from raytune_bsm.scoring.predict import Predictor, predict_file
 
     pq.write_table(_table(8, 9).drop_columns(["count"]), tmp_path / "nocount.parquet")
     with pytest.raises(DataError, match=r"nocount.parquet: missing feature column 'count', which the model reads"):

@@ -23,7 +23,7 @@ from raytune_bsm.demo.generator import make_dialogues
 from raytune_bsm.errors import ConfigError, DataError, ExportError
 from raytune_bsm.model.export import export_checkpoint
 from raytune_bsm.model.text_bert import TextBertClassifier
-from raytune_bsm.predict import Predictor, predict_file
+from raytune_bsm.scoring.predict import Predictor, predict_file
 
 CLASSES = ["refund", "partial", "reversed"]
 
@@ -170,7 +170,7 @@ def test_tampered_model_is_refused_with_a_checksum_error(exported, tmp_path):
 def test_predict_imports_no_torch(exported, tmp_path):
     code = (
         "import sys\n"
-        "import raytune_bsm.predict as p\n"
+        "import raytune_bsm.scoring.predict as p\n"
         "assert 'torch' not in sys.modules, 'import'\n"
         f"pred, probs = p.Predictor({str(exported.dest)!r}).predict_texts(['Buyer: hi\\nSeller: hello', ''])\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'lightning'))\n"
@@ -186,7 +186,7 @@ def test_predict_imports_no_torch(exported, tmp_path):
 
 
 def test_records_are_tokenized_in_blocks_and_keep_their_order(exported, monkeypatch):
-    import raytune_bsm.predict as predict_mod
+    import raytune_bsm.scoring.predict as predict_mod
 
     p = Predictor(str(exported.dest))
     whole_pred, whole_probs = p.predict_texts(exported.texts, batch_size=5)

@@ -12,9 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 from test_predict import CLASSES, exported  # noqa: F401  (the module fixture: a tiny export and demo data)
 
-import raytune_bsm.predict as predict_mod
+import raytune_bsm.scoring.predict as predict_mod
 from raytune_bsm.errors import ConfigError, DataError
-from raytune_bsm.predict import Predictor, predict_file
+from raytune_bsm.scoring.predict import Predictor, predict_file
 
 
 def _probs(t: pa.Table) -> np.ndarray:
@@ -114,7 +114,7 @@ def test_export_data_and_output_on_s3(exported, s3, tmp_path):  # noqa: F811
 def test_pipelined_keeps_order_raises_the_threads_error_and_stops_when_the_consumer_does():
     import threading
 
-    from raytune_bsm.predict import pipelined
+    from raytune_bsm.scoring.predict import pipelined
 
     assert list(pipelined(range(10), lambda x: x * x)) == [x * x for x in range(10)]
 

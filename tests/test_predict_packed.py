@@ -14,7 +14,6 @@ from test_predict import CLASSES, exported, pytorch_probs  # noqa: F401  (the mo
 
 from raytune_bsm import layout
 from raytune_bsm.errors import ConfigError
-from raytune_bsm.predict import Predictor
 from raytune_bsm.scoring.batching import (
     CALL_TOKENS,
     make_call,
@@ -24,6 +23,7 @@ from raytune_bsm.scoring.batching import (
     plan_calls,
     real_share,
 )
+from raytune_bsm.scoring.predict import Predictor
 from raytune_bsm.scoring.sessions import GRAPHS, Scorer, choose_graph, int8_within_tolerance
 
 PACKED, PACKED_INT8, INT8 = GRAPHS[("packed", "fp32")], GRAPHS[("packed", "int8")], GRAPHS[("bct", "int8")]

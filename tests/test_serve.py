@@ -28,8 +28,8 @@ from raytune_bsm.cli import app
 from raytune_bsm.client import connection
 from raytune_bsm.client.serve import API, request
 from raytune_bsm.errors import ConfigError
-from raytune_bsm.predict import predict_file
 from raytune_bsm.runner import serve_app
+from raytune_bsm.scoring.predict import predict_file
 from raytune_bsm.serving import ServeArgs
 
 

@@ -39,7 +39,7 @@ def importance(export_dir: str, test: str, label_field: str, seed: int = 0) -> d
     reads no side features."""
     from raytune_bsm.data.features import to_matrix
     from raytune_bsm.data.splits import read_table
-    from raytune_bsm.predict import Predictor
+    from raytune_bsm.scoring.predict import Predictor
 
     predictor = Predictor(export_dir, precision="fp32")
     names = predictor.feature_names

@@ -41,7 +41,7 @@ from raytune_bsm.data.readers import ID_CANDIDATES, DataFile, list_files, read_s
 from raytune_bsm.data.splits import check_text_type
 from raytune_bsm.errors import ConfigError, DataError, ExportError, raised_in_ray, raised_inside
 from raytune_bsm.logs import setup_logging, verbose
-from raytune_bsm.predict import Predictor
+from raytune_bsm.scoring.predict import Predictor
 from raytune_bsm.scoring.sessions import choose_graph
 
 log = logging.getLogger("raytune_bsm.runner.batch_predict")

@@ -5,7 +5,7 @@
     GET  /info      classes, the fields a record takes, the export's metrics, parity figures and graph
     GET  /          a page to paste a dialogue into (runner/serve_page.py); /docs and /openapi.json: the API
 
-Each replica loads the export with bsm's own `Predictor` (predict.py: the same tokenizer, chunking, graph choice
+Each replica loads the export with bsm's own `Predictor` (scoring/predict.py: the same tokenizer, chunking, graph choice
 and int8 rule as `bsm predict`, every file checked against the manifest) with as many ONNX Runtime threads as
 the replica has CPUs (Ray would leave it 1 per actor otherwise). Requests are batched across callers
 (`@serve.batch`: up to `max_batch_size` requests, waiting at most `batch_wait_ms` for more) and scored on a
@@ -81,7 +81,7 @@ async def _internal(request: Request, e: Exception) -> JSONResponse:
 @serve.ingress(api)
 class BsmScorer:
     def __init__(self, args: dict[str, Any]) -> None:
-        from raytune_bsm.predict import Predictor  # numpy, onnxruntime: in the replica only
+        from raytune_bsm.scoring.predict import Predictor  # numpy, onnxruntime: in the replica only
 
         self.args = ServeArgs.of(args)
         self.limits = self.args.limits

@@ -1,1 +1,3 @@
-"""Scoring pieces behind `raytune_bsm.predict`: batches, ONNX Runtime sessions, streamed files. No torch."""
+"""Prediction, one package: the scorer (`predict.py`: `Predictor`, `predict_file`), its batches, ONNX Runtime sessions
+and streamed files. `bsm predict`, cluster predict (runner/batch_predict.py) and serving (runner/serve_app.py) all
+score through it. No torch."""
