@@ -70,7 +70,7 @@ def run_variant(name: str, fusion: str | None, data: dict[str, str], args: argpa
     from raytune_bsm.config import RunConfig
     from raytune_bsm.demo.side import SIDE_SCHEMA
     from raytune_bsm.model.text_bert import TextBertClassifier
-    from raytune_bsm.runner.prepare import loaders, prepare
+    from raytune_bsm.runner.prepare import prepare
 
     model_cfg: dict[str, Any] = {
         "max_tokens": args.max_tokens,
@@ -99,7 +99,7 @@ def run_variant(name: str, fusion: str | None, data: dict[str, str], args: argpa
         }
     )
     prep = prepare(run)
-    train_dl, _, test_dl = loaders(run, prep)
+    train_dl, _, test_dl = prep.loaders(run)
     pl.seed_everything(0)
     model = TextBertClassifier(prep.model_config)
     trainer = pl.Trainer(

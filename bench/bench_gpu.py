@@ -51,6 +51,7 @@ def run(export: Path, records: int = 2048, batch: int = 256) -> dict[str, Any]:
     from common import _gpu_name, long_texts
 
     from raytune_bsm.data.processor import ChunkProcessor, ProcessorConfig
+    from raytune_bsm.graphs import GraphKind
     from raytune_bsm.scoring.batching import plan_block, run_plan
     from raytune_bsm.scoring.sessions import Scorer
 
@@ -69,7 +70,7 @@ def run(export: Path, records: int = 2048, batch: int = 256) -> dict[str, Any]:
         ProcessorConfig.of_model(settings), str(export / "tokenizer/tokenizer.json"), int(settings["pad_id"])
     )
     p = processor(long_texts(records, seed=41).texts)
-    plan = plan_block(p.ids, p.lens, processor.pad_id, batch, "chunks")  # length-sorted chunks, as predict does
+    plan = plan_block(p.ids, p.lens, processor.pad_id, batch, GraphKind.CHUNKS)  # length-sorted chunks, as predict does
     scorer = Scorer(str(export / "model.chunks.onnx"), "CUDAExecutionProvider")
     head = Scorer(str(export / "model.head.onnx"), "CUDAExecutionProvider")
     run_plan(plan, scorer, head)  # warm-up: CUDA kernels, the arena

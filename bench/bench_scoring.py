@@ -24,13 +24,15 @@ from typing import Any, Callable, Iterable
 import numpy as np
 from common import THREADS, Texts, collate_for, demo_texts, fit_and_export, long_texts, machine
 
+from raytune_bsm.graphs import GraphKind
+
 GRAPHS = [
-    ("ORT fp32 [B, C, T] (model.onnx)", "bct", "model.onnx"),
-    ("ORT int8 [B, C, T] (model.int8.onnx)", "bct", "model.int8.onnx"),
-    ("ORT packed fp32 (model.packed.onnx)", "packed", "model.packed.onnx"),
-    ("ORT packed int8 (model.packed.int8.onnx)", "packed", "model.packed.int8.onnx"),
-    ("ORT chunks fp32 (model.chunks.onnx + head)", "chunks", "model.chunks.onnx"),
-    ("ORT chunks int8 (model.chunks.int8.onnx + head)", "chunks", "model.chunks.int8.onnx"),
+    ("ORT fp32 [B, C, T] (model.onnx)", GraphKind.BCT, "model.onnx"),
+    ("ORT int8 [B, C, T] (model.int8.onnx)", GraphKind.BCT, "model.int8.onnx"),
+    ("ORT packed fp32 (model.packed.onnx)", GraphKind.PACKED, "model.packed.onnx"),
+    ("ORT packed int8 (model.packed.int8.onnx)", GraphKind.PACKED, "model.packed.int8.onnx"),
+    ("ORT chunks fp32 (model.chunks.onnx + head)", GraphKind.CHUNKS, "model.chunks.onnx"),
+    ("ORT chunks int8 (model.chunks.int8.onnx + head)", GraphKind.CHUNKS, "model.chunks.int8.onnx"),
 ]
 CHUNK_CALL = 32  # chunks per chunk-graph call: `bsm predict`'s default --batch-size
 ROUNDS = 6  # turns each backend takes
@@ -158,12 +160,12 @@ def score_all(model: Any, export: Path, data: Texts, batch: int) -> list[dict[st
         else None
     )
     for name, kind, file in GRAPHS:
-        if not (export / file).is_file() or (kind == "chunks" and head is None):
+        if not (export / file).is_file() or (kind is GraphKind.CHUNKS and head is None):
             missing.append(name)
             continue
         scorer = Scorer(str(export / file), threads=THREADS, streams=streams_for(kind))  # as `bsm predict` runs it
-        plan = plan_block(ds.ids, ds.lens, processor.pad_id, CHUNK_CALL if kind == "chunks" else batch, kind)
-        if kind == "chunks":
+        plan = plan_block(ds.ids, ds.lens, processor.pad_id, CHUNK_CALL if kind is GraphKind.CHUNKS else batch, kind)
+        if kind is GraphKind.CHUNKS:
             backends.append((name, *_chunk_calls(plan, scorer, head)))
         else:
             feeds = [c.feeds for c in plan.calls]

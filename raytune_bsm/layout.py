@@ -55,6 +55,12 @@ TENSORBOARD_DIR = "tensorboard"  # rank 0's TensorBoard event files
 TRIALS_DIR = "runs"  # a sweep's trials, one run directory each (their event files beneath)
 TUNE_DIR = "tune"  # a sweep's Tune experiment state (what --resume restores)
 RESTARTS_DIR = "bsm_restarts"  # one record per worker-group restart
+WORKERS_DIR = "bsm_workers"  # rank-N.json per Train worker: where it ran and, at the end, its weights' digest
+PREDICTIONS = "test_predictions"  # the test step's rows: .parquet (a local run) or a directory of part-N.parquet
+# A local (in-process, `runtime: local`) run's own files, in its output directory
+LOCAL_CONFIG_JSON = "config.json"
+LOCAL_METRICS_JSON = "metrics.json"
+LOCAL_CHECKPOINTS_DIR = "checkpoints"
 
 
 @dataclass(frozen=True)
@@ -132,6 +138,29 @@ class RunDir:
     @property
     def restarts(self) -> str:
         return self.file(RESTARTS_DIR)
+
+    def worker(self, rank: int) -> str:
+        return self.file(WORKERS_DIR, f"rank-{rank}.json")
+
+    def predictions_part(self, rank: int) -> str:
+        """A Ray run's test predictions, one part per worker: the directory reads as one Parquet dataset."""
+        return self.file(PREDICTIONS, f"part-{rank}.parquet")
+
+    @property
+    def local_predictions(self) -> str:
+        return self.file(f"{PREDICTIONS}.parquet")
+
+    @property
+    def local_config(self) -> str:
+        return self.file(LOCAL_CONFIG_JSON)
+
+    @property
+    def local_metrics(self) -> str:
+        return self.file(LOCAL_METRICS_JSON)
+
+    @property
+    def local_checkpoints(self) -> str:
+        return self.file(LOCAL_CHECKPOINTS_DIR)
 
 
 def read_record(path: str) -> dict[str, Any]:

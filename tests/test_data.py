@@ -18,7 +18,8 @@ from raytune_bsm.config import DataConfig, RunConfig
 from raytune_bsm.data.batching import Collate, EncodedDataset, LengthGroupedBatchSampler
 from raytune_bsm.data.splits import load_split, split_off
 from raytune_bsm.errors import DataError
-from raytune_bsm.runner.worker import prepare, train_loop
+from raytune_bsm.runner.prepare import prepare
+from raytune_bsm.runner.worker import train_loop
 
 CFG = DataConfig(label_field="label")
 

@@ -117,7 +117,7 @@ TEXT_ONLY_KEYS = ["classifier.1.bias", "classifier.1.weight", "head.bias", "head
 
 def test_a_text_only_model_and_batch_are_those_of_before(files):
     from raytune_bsm.model.text_bert import TextBertClassifier
-    from raytune_bsm.runner.prepare import loaders, prepare
+    from raytune_bsm.runner.prepare import prepare
 
     model = TextBertClassifier(_model_config())
     assert sorted(k for k in model.state_dict() if not k.startswith("bert.")) == TEXT_ONLY_KEYS
@@ -125,7 +125,7 @@ def test_a_text_only_model_and_batch_are_those_of_before(files):
     run = _run(files, val=str(files / "val.parquet"))
     prep = prepare(run)
     assert "feature_stats" not in run.model_config() or prep.model_config["feature_fields"] is None
-    batch = next(iter(loaders(run, prep)[0]))
+    batch = next(iter(prep.loaders(run)[0]))
     assert set(batch) == {
         "dialogue_processed_input_ids",
         "dialogue_processed_attention_mask",

@@ -51,7 +51,7 @@ def exported(tmp_path_factory) -> SimpleNamespace:
 
     from raytune_bsm.model.export import export_checkpoint
     from raytune_bsm.model.text_bert import TextBertClassifier
-    from raytune_bsm.runner.prepare import loaders, prepare
+    from raytune_bsm.runner.prepare import prepare
 
     root = tmp_path_factory.mktemp("features-export")
     for name, n, seed in (("train", 64, 1), ("val", 16, 2), ("score", 24, 9)):
@@ -63,7 +63,7 @@ def exported(tmp_path_factory) -> SimpleNamespace:
         }
     )
     prep = prepare(run)
-    train_dl, val_dl, _ = loaders(run, prep)
+    train_dl, val_dl, _ = prep.loaders(run)
     pl.seed_everything(0)
     model = TextBertClassifier(prep.model_config)
     trainer = pl.Trainer(

@@ -103,7 +103,8 @@ def test_every_row_is_seen_once_per_epoch_across_two_workers(two_nodes, tmp_path
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from raytune_bsm.runner.prepare import prepare_ray, shard_loaders
+    from raytune_bsm.data.loaders import shard_loaders
+    from raytune_bsm.runner.prepare import prepare_ray
     from raytune_bsm.runner.shards import EqualShards
 
     run = RunConfig.from_dict(
@@ -124,9 +125,7 @@ def test_every_row_is_seen_once_per_epoch_across_two_workers(two_nodes, tmp_path
 
     def loop(config: dict) -> None:
         ctx = ray.train.get_context()
-        train_dl, val_dl, test_dl = shard_loaders(
-            run, data.model_config, data.rows, data.pad_id, ctx.get_world_size(), data.pads
-        )
+        train_dl, val_dl, test_dl = shard_loaders(run, data.shards(), ctx.get_world_size())
         epochs = []
         for _ in range(2):
             batches = list(train_dl)

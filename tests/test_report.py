@@ -123,7 +123,7 @@ def test_accuracy_by_length_from_the_chunks_the_runner_recorded(local_run, tmp_p
     """The runner stores each test record's chunks kept and whether it was truncated; they are what the run's own
     processor gives for that record's text, and the report's bucket table is computed from them."""
     from raytune_bsm.data.processor import ChunkProcessor, ProcessorConfig
-    from raytune_bsm.runner.worker import demo_data_dir
+    from raytune_bsm.runner.prepare import demo_data_dir
 
     run = local_run
     config = json.loads((run / "config.json").read_text())
@@ -154,7 +154,7 @@ def test_accuracy_by_length_from_the_chunks_the_runner_recorded(local_run, tmp_p
 @pytest.fixture(scope="module")
 def multiclass_run(tmp_path_factory) -> Path:
     """A real three-class run: the demo dialogues, labelled by their message count modulo 3."""
-    from raytune_bsm.runner.worker import demo_data_dir
+    from raytune_bsm.runner.prepare import demo_data_dir
 
     base, out = demo_data_dir(300), tmp_path_factory.mktemp("multi")
     for split in ("train", "val", "test"):

@@ -140,20 +140,7 @@ def predict(
         )
         out(result if dry_run else {"job_id": result} if as_json else safe(result))
         return
-    cluster_only = [
-        f
-        for f, v in (
-            ("--num-actors", num_actors),
-            ("--address", address),
-            ("--dry-run", dry_run),
-            ("--allow-insecure", allow_insecure),
-        )
-        if v
-    ]
-    if cluster_only:
-        raise ConfigError(f"{', '.join(cluster_only)} only apply with --on-cluster")
-    if threads is not None and threads < 1:
-        raise ConfigError(f"--threads must be at least 1, got {threads}")
+    _refuse_cluster_flags(num_actors=num_actors, address=address, dry_run=dry_run, allow_insecure=allow_insecure)
     with bar_callback("scoring", unit="records") as update:  # the bar starts with the scoring, not before
         written = api.predict(
             export_dir,
@@ -169,3 +156,10 @@ def predict(
             progress=update,
         )
     out({"out": str(written)} if as_json else safe(written))
+
+
+def _refuse_cluster_flags(**given: object) -> None:
+    """A local `bsm predict` given flags that only mean something with --on-cluster: one line naming them."""
+    flags = [f"--{name.replace('_', '-')}" for name, value in given.items() if value]
+    if flags:
+        raise ConfigError(f"{', '.join(flags)} only apply with --on-cluster")

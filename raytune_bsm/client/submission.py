@@ -27,7 +27,7 @@ from typing import Any, Callable
 from raytune_bsm.client import connection
 from raytune_bsm.config import RunConfig
 from raytune_bsm.errors import ClusterError, ConfigError, JobError
-from raytune_bsm.layout import CONFIG_JSON, default_storage, read_record
+from raytune_bsm.layout import CONFIG_JSON, RunDir, default_storage, read_record
 from raytune_bsm.logs import VERBOSE_ENV, verbose
 from raytune_bsm.pretrained import resolve_model
 from raytune_bsm.storage import exists, join, storage_path
@@ -198,7 +198,7 @@ def stored_run(opts: Any, storage: str | None, conn: Any = None) -> RunConfig:
     check_resume_options(opts)
     name = opts.resume
     storage = check_storage(storage) if storage else (conn.storage_default if conn else None) or default_storage()
-    path = join(storage, name, CONFIG_JSON)
+    path = RunDir(storage, name).config
     try:
         found = exists(path)
     except OSError as e:  # storage this machine cannot reach (e.g. cloud credentials only on the cluster)

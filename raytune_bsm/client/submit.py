@@ -26,7 +26,7 @@ from raytune_bsm.config import (
     RunConfig,
 )
 from raytune_bsm.errors import ClusterError, ConfigError, DataError, JobError
-from raytune_bsm.layout import CONFIG_JSON, SWEEP_JSON, default_storage, read_record
+from raytune_bsm.layout import RunDir, default_storage, read_record
 from raytune_bsm.storage import exists, is_uri, join, storage_path
 
 log = logging.getLogger("raytune_bsm")
@@ -107,7 +107,7 @@ def _cpus_given(opts: SubmitOptions) -> bool:
 
 
 def _check_new_run(run: RunConfig, kind: str, storage: str) -> None:
-    if not run.resume and kind == "train" and not is_uri(storage) and exists(join(storage, run.name, CONFIG_JSON)):
+    if not run.resume and kind == "train" and not is_uri(storage) and exists(RunDir(storage, run.name).config):
         raise JobError(
             f"a run named {run.name} already exists under {storage}; continue it with "
             f"`bsm submit --resume {run.name}` or choose another --name"
@@ -254,7 +254,7 @@ def _resume_sweep(opts: SubmitOptions, *, dry_run: bool) -> Submission | str:
     """`bsm tune --resume NAME`: the stored run and sweep settings, a new job that continues the sweep."""
     check_resume_options(opts)
     storage = check_storage(opts.storage) if opts.storage else default_storage()
-    path = join(storage_path(storage), opts.resume, SWEEP_JSON)
+    path = RunDir(storage_path(storage), opts.resume).sweep
     if not exists(path):
         raise ConfigError(f"--resume {opts.resume}: no sweep named {opts.resume} in {storage}")
     record = read_record(path)

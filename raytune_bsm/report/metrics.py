@@ -37,100 +37,133 @@ class Evaluation:
 
 
 def evaluate(pred: Predictions, threshold: float | None = None) -> Evaluation:
-    import numpy as np
+    """Every figure of the report from the stored test predictions; `threshold`: binary only (default 0.5)."""
     import torch
-    import torchmetrics.functional.classification as tm
 
     probs = torch.as_tensor(pred.probs, dtype=torch.float32)  # [N, C]
     target = torch.as_tensor(pred.labels, dtype=torch.long)  # [N]
     n, c = probs.shape
-    names = pred.class_names
     binary = c == 2
+    t = (DEFAULT_THRESHOLD if threshold is None else float(threshold)) if binary else None
+    s = _binary(probs, target, pred.class_names, t) if t is not None else _multiclass(probs, target, pred.class_names)
+    return Evaluation(
+        class_names=pred.class_names,
+        records=n,
+        binary=binary,
+        threshold=t,
+        summary=s.summary,
+        per_class=_per_class(s, target, pred),
+        roc=s.roc,
+        pr=s.pr,
+        confusion=s.confusion,
+        calibration=reliability(s.confidence, s.correct),
+        by_length=by_length(pred, (s.hard == target).numpy()),
+        threshold_point=s.point,
+    )
 
-    def f(t: Any) -> float:
-        return float(t)
 
-    if binary:
-        t = DEFAULT_THRESHOLD if threshold is None else float(threshold)
-        score = probs[:, 1].contiguous()  # [N] P(positive)
-        hard = (score > t).long()
-        summary = {
-            "accuracy": f(tm.binary_accuracy(score, target, threshold=t)),
-            "auroc": f(tm.binary_auroc(score, target)),
-            "average_precision": f(tm.binary_average_precision(score, target)),
-            "precision": f(tm.binary_precision(score, target, threshold=t)),
-            "recall": f(tm.binary_recall(score, target, threshold=t)),
-            "f1_score": f(tm.binary_f1_score(score, target, threshold=t)),
-            "ece": f(tm.binary_calibration_error(score, target, n_bins=CALIBRATION_BINS, norm="l1")),
-        }
-        fpr, tpr, _ = tm.binary_roc(score, target)
-        prec, rec, _ = tm.binary_precision_recall_curve(score, target)
-        roc = [Curve(names[1], fpr.numpy(), tpr.numpy(), summary["auroc"])]
-        pr = [Curve(names[1], rec.numpy(), prec.numpy(), summary["average_precision"])]
-        confusion = tm.binary_confusion_matrix(score, target, threshold=t).numpy()
-        tn, fp, fn, tp = (int(v) for v in confusion.ravel())
-        point = {
+@dataclass
+class _Scored:
+    """What the binary and the multiclass ways compute alike."""
+
+    hard: Any  # [N] predicted class (torch)
+    summary: dict[str, float]
+    roc: list[Curve]
+    pr: list[Curve]
+    confusion: Any  # [C, C]
+    confidence: Any  # [N] what calibration bins: P(positive) (binary) or the top probability
+    correct: Any  # [N] float: positive (binary) or right (multiclass), as torchmetrics bins it
+    per_auc: list[float]  # per class
+    point: dict[str, float] | None = None
+
+
+def _binary(probs: Any, target: Any, names: list[str], t: float) -> _Scored:
+    import torchmetrics.functional.classification as tm
+
+    score = probs[:, 1].contiguous()  # [N] P(positive)
+    summary = {
+        "accuracy": float(tm.binary_accuracy(score, target, threshold=t)),
+        "auroc": float(tm.binary_auroc(score, target)),
+        "average_precision": float(tm.binary_average_precision(score, target)),
+        "precision": float(tm.binary_precision(score, target, threshold=t)),
+        "recall": float(tm.binary_recall(score, target, threshold=t)),
+        "f1_score": float(tm.binary_f1_score(score, target, threshold=t)),
+        "ece": float(tm.binary_calibration_error(score, target, n_bins=CALIBRATION_BINS, norm="l1")),
+    }
+    fpr, tpr, _ = tm.binary_roc(score, target)
+    prec, rec, _ = tm.binary_precision_recall_curve(score, target)
+    confusion = tm.binary_confusion_matrix(score, target, threshold=t).numpy()
+    tn, fp, fn, tp = (int(v) for v in confusion.ravel())
+    return _Scored(
+        hard=(score > t).long(),
+        summary=summary,
+        roc=[Curve(names[1], fpr.numpy(), tpr.numpy(), summary["auroc"])],
+        pr=[Curve(names[1], rec.numpy(), prec.numpy(), summary["average_precision"])],
+        confusion=confusion,
+        confidence=score.numpy(),
+        correct=target.numpy().astype(float),
+        per_auc=[1.0 - summary["auroc"], summary["auroc"]],
+        point={
             "fpr": fp / max(fp + tn, 1),
             "tpr": tp / max(tp + fn, 1),
             "recall": tp / max(tp + fn, 1),
             "precision": tp / max(tp + fp, 1),
-        }
-        conf, correct = score.numpy(), target.numpy().astype(float)  # as torchmetrics bins it
-        per_auc = [1.0 - summary["auroc"], summary["auroc"]]
-    else:
-        t, point = None, None
-        hard = probs.argmax(-1)
-        kw: dict[str, Any] = {"num_classes": c}
-        summary = {
-            "accuracy": f(tm.multiclass_accuracy(probs, target, average="micro", **kw)),
-            "auroc": f(tm.multiclass_auroc(probs, target, average="macro", **kw)),
-            "average_precision": f(tm.multiclass_average_precision(probs, target, average="macro", **kw)),
-            "precision": f(tm.multiclass_precision(probs, target, average="macro", **kw)),
-            "recall": f(tm.multiclass_recall(probs, target, average="macro", **kw)),
-            "f1_score": f(tm.multiclass_f1_score(probs, target, average="macro", **kw)),
-            "ece": f(tm.multiclass_calibration_error(probs, target, n_bins=CALIBRATION_BINS, norm="l1", **kw)),
-        }
-        aucs = tm.multiclass_auroc(probs, target, average=None, **kw)
-        aps = tm.multiclass_average_precision(probs, target, average=None, **kw)
-        fprs, tprs, _ = tm.multiclass_roc(probs, target, **kw)
-        precs, recs, _ = tm.multiclass_precision_recall_curve(probs, target, **kw)
-        roc = [Curve(names[i], fprs[i].numpy(), tprs[i].numpy(), f(aucs[i])) for i in range(c)]
-        pr = [Curve(names[i], recs[i].numpy(), precs[i].numpy(), f(aps[i])) for i in range(c)]
-        confusion = tm.multiclass_confusion_matrix(probs, target, **kw).numpy()
-        conf, correct = probs.max(-1).values.numpy(), (hard == target).numpy().astype(float)
-        per_auc = [f(a) for a in aucs]
+        },
+    )
 
-    # per class, from the hard predictions (so a binary threshold applies)
-    per_p = tm.multiclass_precision(hard, target, num_classes=c, average=None)
-    per_r = tm.multiclass_recall(hard, target, num_classes=c, average=None)
-    per_f = tm.multiclass_f1_score(hard, target, num_classes=c, average=None)
+
+def _multiclass(probs: Any, target: Any, names: list[str]) -> _Scored:
+    import torchmetrics.functional.classification as tm
+
+    c = probs.shape[1]
+    kw: dict[str, Any] = {"num_classes": c}
+    hard = probs.argmax(-1)
+    summary = {
+        "accuracy": float(tm.multiclass_accuracy(probs, target, average="micro", **kw)),
+        "auroc": float(tm.multiclass_auroc(probs, target, average="macro", **kw)),
+        "average_precision": float(tm.multiclass_average_precision(probs, target, average="macro", **kw)),
+        "precision": float(tm.multiclass_precision(probs, target, average="macro", **kw)),
+        "recall": float(tm.multiclass_recall(probs, target, average="macro", **kw)),
+        "f1_score": float(tm.multiclass_f1_score(probs, target, average="macro", **kw)),
+        "ece": float(tm.multiclass_calibration_error(probs, target, n_bins=CALIBRATION_BINS, norm="l1", **kw)),
+    }
+    aucs = tm.multiclass_auroc(probs, target, average=None, **kw)
+    aps = tm.multiclass_average_precision(probs, target, average=None, **kw)
+    fprs, tprs, _ = tm.multiclass_roc(probs, target, **kw)
+    precs, recs, _ = tm.multiclass_precision_recall_curve(probs, target, **kw)
+    return _Scored(
+        hard=hard,
+        summary=summary,
+        roc=[Curve(names[i], fprs[i].numpy(), tprs[i].numpy(), float(aucs[i])) for i in range(c)],
+        pr=[Curve(names[i], recs[i].numpy(), precs[i].numpy(), float(aps[i])) for i in range(c)],
+        confusion=tm.multiclass_confusion_matrix(probs, target, **kw).numpy(),
+        confidence=probs.max(-1).values.numpy(),
+        correct=(hard == target).numpy().astype(float),
+        per_auc=[float(a) for a in aucs],
+    )
+
+
+def _per_class(s: _Scored, target: Any, pred: Predictions) -> list[dict[str, Any]]:
+    """Per class, from the hard predictions (so a binary threshold applies): support, precision, recall, F1, AUROC."""
+    import numpy as np
+    import torchmetrics.functional.classification as tm
+
+    c = len(pred.class_names)
+    per_p = tm.multiclass_precision(s.hard, target, num_classes=c, average=None)
+    per_r = tm.multiclass_recall(s.hard, target, num_classes=c, average=None)
+    per_f = tm.multiclass_f1_score(s.hard, target, num_classes=c, average=None)
     support = np.bincount(pred.labels, minlength=c)
-    per_class = [
+    return [
         {
-            "class": names[i],
+            "class": pred.class_names[i],
             "support": int(support[i]),
-            "precision": f(per_p[i]),
-            "recall": f(per_r[i]),
-            "f1_score": f(per_f[i]),
-            "auroc": per_auc[i],
+            "precision": float(per_p[i]),
+            "recall": float(per_r[i]),
+            "f1_score": float(per_f[i]),
+            "auroc": s.per_auc[i],
         }
         for i in range(c)
     ]
-    right = (hard == target).numpy()
-    return Evaluation(
-        class_names=names,
-        records=n,
-        binary=binary,
-        threshold=t,
-        summary=summary,
-        per_class=per_class,
-        roc=roc,
-        pr=pr,
-        confusion=confusion,
-        calibration=reliability(conf, correct),
-        by_length=by_length(pred, right),
-        threshold_point=point,
-    )
 
 
 def reliability(confidence: Any, correct: Any, bins: int = CALIBRATION_BINS) -> dict[str, Any]:

@@ -22,8 +22,6 @@ from raytune_bsm.layout import RunDir
 from raytune_bsm.report.events import merge, tensorboard_epochs
 from raytune_bsm.storage import exists, filesystem, is_uri, join, read_bytes, storage_path
 
-LOCAL_CONFIG, LOCAL_METRICS = "config.json", "metrics.json"  # a local (in-process) run's files
-PREDICTIONS = "test_predictions"  # .parquet (local run) or a directory of parts (Ray run)
 # Optional per-record columns of the predictions: chunks kept, and whether the dialogue was cut to fit.
 NUM_CHUNKS, TRUNCATED = "num_chunks", "truncated"
 
@@ -112,16 +110,24 @@ def load(source: str) -> RunData:
 
 
 def _is_run(root: str) -> bool:
-    names = (LOCAL_CONFIG, LOCAL_METRICS, f"{PREDICTIONS}.parquet", PREDICTIONS)
-    return any(exists(p) for p in (RunDir.at(root).result, RunDir.at(root).config, *(join(root, n) for n in names)))
+    run = RunDir.at(root)
+    paths = (
+        run.result,
+        run.config,
+        run.local_config,
+        run.local_metrics,
+        run.local_predictions,
+        run.file(layout.PREDICTIONS),
+    )
+    return any(exists(p) for p in paths)
 
 
 def _run(root: str) -> RunData:
     run = RunDir.at(root)
-    config = _maybe_json(run.config) or _maybe_json(join(root, LOCAL_CONFIG)) or {}
+    config = _maybe_json(run.config) or _maybe_json(run.local_config) or {}
     result = _maybe_json(run.result)
     if result is None:  # a local run writes its final metrics only
-        metrics = _maybe_json(join(root, LOCAL_METRICS)) or {}
+        metrics = _maybe_json(run.local_metrics) or {}
         result = {"metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
     data = RunData("run", str(result.get("name") or config.get("name") or _basename(root)), root, config, result)
     data.epochs = _epochs(root, result)
@@ -177,8 +183,7 @@ def read_predictions(root: str, class_names: list[str] | None, notes: list[str])
     import numpy as np
     import pyarrow.parquet as pq
 
-    for name in (f"{PREDICTIONS}.parquet", PREDICTIONS):
-        uri = join(root, name)
+    for uri in (RunDir.at(root).local_predictions, RunDir.at(root).file(layout.PREDICTIONS)):
         if exists(uri):
             break
     else:

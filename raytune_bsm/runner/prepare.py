@@ -1,5 +1,7 @@
-"""The data a run trains on, read, checked and processed before any model exists (`prepare`), and the loaders
-that batch it for one worker (`loaders`). Runs in the job driver (the checks) and on every Train worker."""
+"""The data a run trains on, read, checked and processed before any model exists, and the model config that
+follows from it (`model_config_for`): in this process (`prepare`, a local run) or once for every Train worker,
+into Ray's object store (`prepare_ray`). Runs in the job driver (the checks) and in a local run's process. The
+loaders that batch the result for one worker are data/loaders.py's."""
 
 from __future__ import annotations
 
@@ -12,8 +14,9 @@ from typing import Any
 
 from raytune_bsm.config import RunConfig
 from raytune_bsm.data import features as side
-from raytune_bsm.data.batching import ID, PAD, Collate, EncodedDataset, LengthGroupedBatchSampler
+from raytune_bsm.data.batching import ID, PAD, EncodedDataset
 from raytune_bsm.data.labels import Labels
+from raytune_bsm.data.loaders import Shards, loaders
 from raytune_bsm.data.processor import ChunkProcessor, ProcessorConfig
 from raytune_bsm.data.readers import list_files
 from raytune_bsm.data.splits import load_split, split_off
@@ -25,7 +28,25 @@ from raytune_bsm.logs import quiet_libraries
 
 log = logging.getLogger("raytune_bsm")
 
-DATA_KEY = "_bsm_data"  # in a Train worker's loop config: the prepared datasets' metadata (model config, rows)
+DATA_KEY = "_bsm_data"  # in a Train worker's loop config: its `Shards` (model config, rows), as a dict
+
+
+def model_config_for(
+    run: RunConfig,
+    class_names: list[str] | None,
+    feature_fields: list[str] | None = None,
+    feature_stats: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The model config of `run` trained on data with these classes (None: not known here; a sweep's export reads
+    them from the checkpoint) and side features (their names and the training split's statistics)."""
+    n = None if class_names is None else len(class_names)
+    return run.model_config(
+        is_binary=None if n is None else n == 2,
+        num_classes=n,
+        class_names=class_names,
+        id_name=run.data.id_field or ID,
+        **side.model_keys(feature_fields, feature_stats),
+    )
 
 
 @dataclass
@@ -39,6 +60,10 @@ class Prepared:
     val: EncodedDataset
     test: EncodedDataset | None
     skipped_empty: dict[str, int] = field(default_factory=dict)  # per split: empty dialogues skipped
+
+    def loaders(self, run: RunConfig, rank: int = 0, world: int = 1) -> tuple[Any, Any, Any]:
+        """(train, val, test or None) loaders over these splits, for rank `rank` of `world`."""
+        return loaders(run, self.model_config, self.processor.pad_id, (self.train, self.val, self.test), rank, world)
 
 
 def demo_data_dir(rows: int = 1000, seed: int = 0) -> Path:
@@ -77,16 +102,9 @@ def prepare(run: RunConfig) -> Prepared:
         train_split, val_split = split_off(train_split, run.data.val_fraction, run.data.split_seed)
     test_split = load_split(paths["test"], run.data, labels)[0] if paths["test"] else None
 
-    n = len(labels.names)
     names = run.data.feature_fields
     stats = side.fit(train_split.features, names) if names else None  # the training split's rows only
-    model_config = run.model_config(
-        is_binary=n == 2,
-        num_classes=n,
-        class_names=labels.names,
-        id_name=run.data.id_field or ID,
-        **side.model_keys(names, stats),
-    )
+    model_config = model_config_for(run, labels.names, names, stats)
     processor = ChunkProcessor(ProcessorConfig.of_model(model_config))
     as_text = bool(names) and model_config["fusion"] == "text"
 
@@ -147,6 +165,10 @@ class RayPrepared:
     sources: dict[str, dict[str, int]]  # per split: {"skipped_empty": k, "files": m}, for bsm_result.json
     pads: dict[str, int]  # per evaluated split: padding copies appended to make equal shares (`pad_to_multiple`)
     shares: dict[str, list[Any]]  # per split: its equal shares for run.scaling.num_workers ranks (runner/shards.py)
+
+    def shards(self) -> Shards:
+        """What each Train worker needs to batch its shares (sent in its loop config)."""
+        return Shards(self.model_config, self.rows, self.pad_id, self.pads)
 
 
 def prepare_ray(run: RunConfig) -> RayPrepared:
@@ -257,14 +279,7 @@ def _finish(
         time.perf_counter() - started,
         ", ".join(f"{k} {v}" for k, v in rows.items()),
     )
-    n = len(labels.names)
-    model_config = run.model_config(
-        is_binary=n == 2,
-        num_classes=n,
-        class_names=labels.names,
-        id_name=run.data.id_field or ID,
-        **side.model_keys(run.data.feature_fields, stats),
-    )
+    model_config = model_config_for(run, labels.names, run.data.feature_fields, stats)
     return RayPrepared(
         model_config, labels, datasets, rows, pad_id, sources, pads, shares(datasets, run.scaling.num_workers)
     )
@@ -301,53 +316,3 @@ def pad_to_multiple(ds: Any, rows: int, world: int) -> tuple[Any, int]:
     first = pa.Table.from_pylist(ds.take(1))
     copies = first.take(pa.array([0] * k)).set_column(first.schema.get_field_index(PAD), PAD, pa.array([True] * k))
     return ds.union(ray.data.from_arrow(copies.cast(ds.schema().base_schema))).materialize(), k
-
-
-def shard_loaders(
-    run: RunConfig, model_config: dict[str, Any], rows: dict[str, int], pad_id: int, world: int, pads: dict[str, int]
-) -> tuple[Any, Any, Any]:
-    """This Train worker's loaders over its shards of the run's datasets (`TorchTrainer(datasets=...)`): each
-    rank gets (rows + padding copies) // world records of every split."""
-    import ray.train
-
-    from raytune_bsm.data.streaming import ShardBatches
-
-    cfg = model_config
-
-    def make(name: str, train: bool) -> ShardBatches:
-        return ShardBatches(
-            ray.train.get_dataset_shard(name),
-            (rows[name] + pads.get(name, 0)) // world,
-            run.data.batch_size if train else run.data.eval_batch_size,
-            train=train,
-            group_by_length=run.data.group_by_length,
-            seed=run.train.seed,
-            text_name=cfg["text_name"],
-            label_name=cfg["label_name"],
-            id_name=cfg["id_name"],
-            pad_id=pad_id,
-            feature_names=cfg.get("feature_fields") if cfg.get("fusion") != "text" else None,
-        )
-
-    return make("train", True), make("val", False), (make("test", False) if "test" in rows else None)
-
-
-def loaders(run: RunConfig, prep: Prepared, rank: int = 0, world: int = 1) -> tuple[Any, Any, Any]:
-    from torch.utils.data import DataLoader
-
-    cfg = prep.model_config
-
-    def make(ds: EncodedDataset, train: bool) -> DataLoader:
-        sampler = LengthGroupedBatchSampler(
-            ds.padded_cost(),
-            run.data.batch_size if train else run.data.eval_batch_size,
-            shuffle=train,
-            group_by_length=run.data.group_by_length or not train,  # eval: always sort, it changes nothing
-            seed=run.train.seed,
-            num_replicas=world,
-            rank=rank,
-        )
-        collate = Collate(ds, cfg["text_name"], cfg["label_name"], cfg["id_name"], prep.processor.pad_id)
-        return DataLoader(ds, batch_sampler=sampler, collate_fn=collate, num_workers=run.data.num_workers)
-
-    return make(prep.train, True), make(prep.val, False), (make(prep.test, False) if prep.test else None)

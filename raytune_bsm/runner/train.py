@@ -71,12 +71,7 @@ def trainer_for(
     if tracking:
         loop_config[TRACKING_KEY] = tracking
     if data is not None:
-        loop_config[DATA_KEY] = {
-            "model_config": data.model_config,
-            "rows": data.rows,
-            "pad_id": data.pad_id,
-            "pads": data.pads,
-        }
+        loop_config[DATA_KEY] = data.shards().to_dict()
     return TorchTrainer(
         datasets=data.datasets if data is not None else None,
         # every split cut into equal shares, in place (runner/shards.py): the same batch count on every rank

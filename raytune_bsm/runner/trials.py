@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pyarrow.fs as pafs
+from ray import tune
 
 from raytune_bsm.config import dumps
 from raytune_bsm.layout import RunDir
@@ -129,14 +130,24 @@ def rank_rows(rows: list[dict[str, Any]], mode: str) -> list[dict[str, Any]]:
     return sorted(rows, key=key)
 
 
-def write_record(
-    rows: list[dict[str, Any]], spec: SweepSpec, *, finished: bool, started: float | None = None
-) -> dict[str, Any]:
-    """trials.parquet, best_config.json and bsm_result.json, each written atomically. Returns the summary."""
+LEADERBOARD_KEYS = (
+    "trial_id",
+    "trial_index",
+    "status",
+    "iterations",
+    "metric",
+    "best_epoch",
+    "final_metric",
+    "metric_per_epoch",
+    "hyperparameters",
+    "best_checkpoint",
+)  # a leaderboard row in bsm_result.json (`bsm status`, `bsm report`)
+
+
+def trials_table(rows: list[dict[str, Any]], ranked: list[dict[str, Any]], spec: SweepSpec) -> Any:
+    """trials.parquet: one row per trial, a column per searched hyperparameter, the metric and mode as metadata."""
     import pyarrow as pa
 
-    ranked = rank_rows(rows, spec.mode)
-    best = ranked[0] if ranked and ranked[0].get("metric") is not None else None
     columns: dict[str, Any] = {
         "trial_id": pa.array([r["trial_id"] for r in rows], pa.string()),
         "trial_index": pa.array([r["trial_index"] for r in rows], pa.int64()),
@@ -158,7 +169,17 @@ def write_record(
     for k in ("best_checkpoint", "run_dir", "error"):
         columns[k] = pa.array([r[k] for r in rows], pa.string())
     meta = {"metric": spec.monitor, "mode": spec.mode, "max_epochs": str(spec.max_epochs)}
-    write_table(pa.table(columns).replace_schema_metadata(meta), RunDir.at(spec.sweep_dir).trials_table)
+    return pa.table(columns).replace_schema_metadata(meta)
+
+
+def write_record(
+    rows: list[dict[str, Any]], spec: SweepSpec, *, finished: bool, started: float | None = None
+) -> dict[str, Any]:
+    """trials.parquet, best_config.json and bsm_result.json, each written atomically. Returns the summary."""
+
+    ranked = rank_rows(rows, spec.mode)
+    best = ranked[0] if ranked and ranked[0].get("metric") is not None else None
+    write_table(trials_table(rows, ranked, spec), RunDir.at(spec.sweep_dir).trials_table)
 
     if best is not None:
         recipe = apply_params(spec.base, best["hyperparameters"])
@@ -167,24 +188,7 @@ def write_record(
     counts: dict[str, int] = {}
     for r in rows:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
-    board = [
-        {
-            k: r[k]
-            for k in (
-                "trial_id",
-                "trial_index",
-                "status",
-                "iterations",
-                "metric",
-                "best_epoch",
-                "final_metric",
-                "metric_per_epoch",
-                "hyperparameters",
-                "best_checkpoint",
-            )
-        }
-        for r in ranked[:LEADERBOARD_ROWS]
-    ]
+    board = [{k: r[k] for k in LEADERBOARD_KEYS} for r in ranked[:LEADERBOARD_ROWS]]
     usable = [r for r in rows if r["metric"] is not None]
     result = SweepResult(
         name=spec.name,
@@ -228,97 +232,94 @@ def saved_trial_statuses(tune_dir: str) -> dict[str, str]:
         return {}
 
 
-def recorder(spec: SweepSpec) -> Any:
-    """A Tune callback (runs in the sweep's driver) that rewrites the record as trials start and end."""
-    from ray import tune
+class Recorder(tune.Callback):
+    """A Tune callback (runs in the sweep's driver) that rewrites the record as trials start and end, and releases
+    what a stopped trial left behind (its placement groups, its workers' staging folders)."""
 
-    class Recorder(tune.Callback):
-        def __init__(self, spec: SweepSpec) -> None:
-            self.spec = spec
-            self.started = time.time()
-            self._cache: dict[str, tuple[list, dict]] = {}
-            self._ended: dict[str, float] = {}  # trial id -> when the recorder first saw it stopped
-            self._released: set[str] = set()
-            self._last_release = 0.0
+    def __init__(self, spec: SweepSpec) -> None:
+        self.spec = spec
+        self.started = time.time()
+        self._cache: dict[str, tuple[list, dict]] = {}
+        self._ended: dict[str, float] = {}  # trial id -> when the recorder first saw it stopped
+        self._released: set[str] = set()
+        self._last_release = 0.0
 
-        def _write(
-            self,
-            trials: list[Any],
-            finished: bool = False,
-            interrupted: set[str] | None = None,
-            ended: Any = None,
-            how: str = "ended",
-        ) -> None:
+    def _write(
+        self,
+        trials: list[Any],
+        finished: bool = False,
+        interrupted: set[str] | None = None,
+        ended: Any = None,
+        how: str = "ended",
+    ) -> None:
+        try:
+            rows = trial_rows(trials, self.spec, self._cache, interrupted or set())
+            write_record(rows, self.spec, finished=finished, started=self.started)
+        except Exception:  # noqa: BLE001 - a failed write must not end the sweep; the next event retries
+            log.exception("could not update the sweep's record in %s", self.spec.sweep_dir)
+            return
+        for r in rows if ended is not None else []:  # bsm's own line per trial (Tune's tables: BSM_VERBOSE=1)
+            if r["trial_id"] == ended.trial_id:  # Tune marks the trial terminated only after this callback
+                log.info(
+                    "trial %s %s after %d epoch(s): %s %s (best epoch %s)",
+                    r["trial_id"],
+                    how,
+                    r["iterations"],
+                    self.spec.monitor,
+                    r["metric"],
+                    r["best_epoch"],
+                )
+
+    def _release(self, trials: list[Any], grace: float) -> None:
+        now = time.monotonic()
+        for t in trials:
+            if t.status not in ("TERMINATED", "ERROR") or t.trial_id in self._released:
+                continue
+            ended = self._ended.setdefault(t.trial_id, now)
+            if now - ended < grace:
+                continue
+            self._released.add(t.trial_id)
+            # its workers' staging folders, on this machine (a trial ASHA stopped never removes its own)
+            remove_staged_checkpoints(t.trial_id)
             try:
-                rows = trial_rows(trials, self.spec, self._cache, interrupted or set())
-                write_record(rows, self.spec, finished=finished, started=self.started)
-            except Exception:  # noqa: BLE001 - a failed write must not end the sweep; the next event retries
-                log.exception("could not update the sweep's record in %s", self.spec.sweep_dir)
-                return
-            for r in rows if ended is not None else []:  # bsm's own line per trial (Tune's tables: BSM_VERBOSE=1)
-                if r["trial_id"] == ended.trial_id:  # Tune marks the trial terminated only after this callback
-                    log.info(
-                        "trial %s %s after %d epoch(s): %s %s (best epoch %s)",
-                        r["trial_id"],
-                        how,
-                        r["iterations"],
-                        self.spec.monitor,
-                        r["metric"],
-                        r["best_epoch"],
-                    )
+                n = release_placement_groups(RunDir.at(self.spec.sweep_dir).trial(t.trial_id).path)
+            except Exception:  # noqa: BLE001
+                log.debug("could not release trial %s's placement groups", t.trial_id, exc_info=True)
+                continue
+            if n:
+                log.info("released %d placement group(s) left by stopped trial %s", n, t.trial_id)
 
-        def _release(self, trials: list[Any], grace: float) -> None:
-            now = time.monotonic()
-            for t in trials:
-                if t.status not in ("TERMINATED", "ERROR") or t.trial_id in self._released:
-                    continue
-                ended = self._ended.setdefault(t.trial_id, now)
-                if now - ended < grace:
-                    continue
-                self._released.add(t.trial_id)
-                # its workers' staging folders, on this machine (a trial ASHA stopped never removes its own)
-                remove_staged_checkpoints(t.trial_id)
-                try:
-                    n = release_placement_groups(RunDir.at(self.spec.sweep_dir).trial(t.trial_id).path)
-                except Exception:  # noqa: BLE001
-                    log.debug("could not release trial %s's placement groups", t.trial_id, exc_info=True)
-                    continue
-                if n:
-                    log.info("released %d placement group(s) left by stopped trial %s", n, t.trial_id)
+    def on_step_begin(self, iteration: int, trials: list[Any], **info: Any) -> None:
+        if time.monotonic() - self._last_release > 2.0:
+            self._last_release = time.monotonic()
+            self._release(trials, RELEASE_AFTER_S)
 
-        def on_step_begin(self, iteration: int, trials: list[Any], **info: Any) -> None:
-            if time.monotonic() - self._last_release > 2.0:
-                self._last_release = time.monotonic()
-                self._release(trials, RELEASE_AFTER_S)
+    def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self._write(trials)
 
-        def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-            self._write(trials)
+    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self._write(trials, ended=trial)
 
-        def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-            self._write(trials, ended=trial)
+    def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self._write(trials, ended=trial, how="failed")
 
-        def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-            self._write(trials, ended=trial, how="failed")
+    def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
+        # Tune saved its state just before this; trials it still had running there were stopped by an
+        # interruption (SIGINT / `bsm stop`), not by the scheduler, and `--resume` continues them.
+        saved = saved_trial_statuses(RunDir.at(self.spec.sweep_dir).tune)
+        interrupted = {tid for tid, st in saved.items() if st not in ("TERMINATED", "ERROR")}
+        finished = not interrupted and all(t.status in ("TERMINATED", "ERROR") for t in trials)
+        self._write(trials, finished=finished, interrupted=interrupted)
+        # Every trial actor is gone by now; give their controllers a moment to follow.
+        pending = [t for t in trials if t.status in ("TERMINATED", "ERROR") and t.trial_id not in self._released]
+        if pending:
+            wait = max(0.0, 3.0 - (time.monotonic() - max(self._ended.get(t.trial_id, 0.0) for t in pending)))
+            time.sleep(min(wait, 3.0))
+            self._release(trials, 0.0)
 
-        def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
-            # Tune saved its state just before this; trials it still had running there were stopped by an
-            # interruption (SIGINT / `bsm stop`), not by the scheduler, and `--resume` continues them.
-            saved = saved_trial_statuses(RunDir.at(self.spec.sweep_dir).tune)
-            interrupted = {tid for tid, st in saved.items() if st not in ("TERMINATED", "ERROR")}
-            finished = not interrupted and all(t.status in ("TERMINATED", "ERROR") for t in trials)
-            self._write(trials, finished=finished, interrupted=interrupted)
-            # Every trial actor is gone by now; give their controllers a moment to follow.
-            pending = [t for t in trials if t.status in ("TERMINATED", "ERROR") and t.trial_id not in self._released]
-            if pending:
-                wait = max(0.0, 3.0 - (time.monotonic() - max(self._ended.get(t.trial_id, 0.0) for t in pending)))
-                time.sleep(min(wait, 3.0))
-                self._release(trials, 0.0)
+    def __getstate__(self) -> dict[str, Any]:  # pickled into Tune's experiment state: settings only
+        return {"spec": self.spec, "started": self.started}
 
-        def __getstate__(self) -> dict[str, Any]:  # pickled into Tune's experiment state: settings only
-            return {"spec": self.spec, "started": self.started}
-
-        def __setstate__(self, state: dict[str, Any]) -> None:
-            self.__init__(state["spec"])
-            self.started = state["started"]
-
-    return Recorder(spec)
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["spec"])
+        self.started = state["started"]

@@ -35,18 +35,17 @@ from typing import Any
 
 from raytune_bsm.config import RunConfig, check_monitor_computed, dumps
 from raytune_bsm.data import features as side
-from raytune_bsm.data.batching import ID
 from raytune_bsm.data.splits import load_split
 from raytune_bsm.errors import BsmError, ConfigError
-from raytune_bsm.layout import RunDir
+from raytune_bsm.layout import TUNE_DIR, RunDir
 from raytune_bsm.logs import quiet_libraries, setup_logging, verbose
 from raytune_bsm.records import SweepResult
 from raytune_bsm.resources import ClusterResources, NodeResources
 from raytune_bsm.runner.callbacks import placement_group_log, read_epochs
 from raytune_bsm.runner.export_task import export_best
-from raytune_bsm.runner.prepare import RayPrepared, data_paths, prepare_ray
+from raytune_bsm.runner.prepare import RayPrepared, data_paths, model_config_for, prepare_ray
 from raytune_bsm.runner.train import connect, trainer_for
-from raytune_bsm.runner.trials import SweepSpec, recorder
+from raytune_bsm.runner.trials import Recorder, SweepSpec
 from raytune_bsm.storage import exists, join, read_bytes, storage_path, write_bytes
 from raytune_bsm.sweep import (
     TRIAL_RESOURCES,
@@ -111,14 +110,9 @@ def _for_trial(data: RayPrepared | None, run: RunConfig) -> RayPrepared | None:
     """The sweep's prepared datasets with this trial's model config (its lr, warmup, reinit_layers...)."""
     if data is None:
         return None
-    n = len(data.labels.names)
     prepared = data.model_config  # the side features and their statistics, from the shared preparation
-    model_config = run.model_config(
-        is_binary=n == 2,
-        num_classes=n,
-        class_names=data.labels.names,
-        id_name=run.data.id_field or ID,
-        **side.model_keys(prepared.get("feature_fields"), prepared.get("feature_stats")),
+    model_config = model_config_for(
+        run, data.labels.names, prepared.get("feature_fields"), prepared.get("feature_stats")
     )
     return replace(data, model_config=model_config)
 
@@ -146,55 +140,35 @@ def run_sweep(run: RunConfig, sweep: SweepConfig, *, storage: str) -> dict[str, 
 
     setup_logging()
     quiet_libraries()
-    storage = storage_path(storage)
-    where = RunDir(storage, run.name)
-    sweep_dir, tune_dir, record = where.path, where.tune, where.sweep
-    if sweep.resume:
-        if not exists(record) or not tune.Tuner.can_restore(tune_dir):
-            raise ConfigError(f"--resume {run.name}: no sweep to resume in {sweep_dir}")
-        saved = json.loads(read_bytes(record))
-        run = RunConfig.from_dict(saved["run"])  # the sweep continues as it was started
-        sweep = replace(SweepConfig.from_dict(saved["tune"]), resume=True)
-    elif exists(join(tune_dir, "tuner.pkl")) or exists(record):
-        raise ConfigError(
-            f"a sweep named {run.name} already exists in {sweep_dir}; continue it with --resume "
-            f"{run.name} or choose another --name"
-        )
-
+    where = RunDir(storage_path(storage), run.name)
+    run, sweep = _started_as(run, sweep, where)
     space = resolve_space(run, sweep)
     sweep = replace(sweep, search_space=space)
     check_search_space(sweep.apply(run), space)
     connect()
-    # Tokenized once for every trial (materialized in the object store), unless the search space changes how
-    # dialogues are tokenized: then each trial prepares its own.
-    data = None
-    tokenizing = PROCESSOR_KEYS & {k.rsplit(".", 1)[-1] for k in space}
-    if run.data.feature_fields and side.fusion_retokenizes(run.model_config()["fusion"], space):
-        tokenizing = {*tokenizing, "fusion"}  # `fusion: text` writes the features into the dialogues
-    if tokenizing:
-        log.info("the search space sets %s: each trial tokenizes its own data", sorted(tokenizing))
-    else:
-        data = prepare_ray(run)
+    data = _shared_data(run, space)
     trial_run = sweep.apply(run)
     if trial_run.train.monitor is None:  # the default metric depends on the class count
         trial_run = sweep.apply(run, num_classes=len(data.labels.names) if data else _num_classes(run))
     check_search_space(trial_run, space)
-    monitor, mode = trial_run.train.monitor, trial_run.train.mode
+    monitor = trial_run.train.monitor
     check_monitor_computed(monitor, trial_run.model_config()["metric_choices"])
 
     concurrent = max_concurrent_trials(resources_from_ray(), sweep, trial_run)
     base = trial_run.to_dict()
     spec = SweepSpec(
         name=run.name,
-        sweep_dir=sweep_dir,
+        sweep_dir=where.path,
         monitor=monitor,
-        mode=mode,
+        mode=trial_run.train.mode,
         max_epochs=trial_run.train.max_epochs,
         base=base,
         params=sorted(space),
     )
     if not sweep.resume:
-        write_bytes(dumps({"run": run.to_dict(), "tune": sweep.to_dict(), "storage": storage}).encode(), record)
+        write_bytes(
+            dumps({"run": run.to_dict(), "tune": sweep.to_dict(), "storage": where.storage}).encode(), where.sweep
+        )
     log.info(
         "sweep %s: %d trial(s), %d at once, %s on %s (%s), %d worker(s) per trial; storage %s",
         run.name,
@@ -202,74 +176,32 @@ def run_sweep(run: RunConfig, sweep: SweepConfig, *, storage: str) -> dict[str, 
         concurrent,
         sweep.scheduler,
         monitor,
-        mode,
+        spec.mode,
         sweep.trial_workers(run),
-        sweep_dir,
+        where.path,
     )
 
     # Experiment state is saved at most this often; the trials' own epoch records cover the gap on --resume.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")
-    trainable = tune.with_resources(
-        tune.with_parameters(
-            bsm_trial,
-            spec={
-                "base": base,
-                "runs_dir": where.trials,
-                "data": data,
-                "monitor": monitor,
-                "max_epochs": trial_run.train.max_epochs,
-            },
-        ),
-        TRIAL_RESOURCES,
-    )
+    trial_spec = {
+        "base": base,
+        "runs_dir": where.trials,
+        "data": data,
+        "monitor": monitor,
+        "max_epochs": spec.max_epochs,
+    }
+    trainable = tune.with_resources(tune.with_parameters(bsm_trial, spec=trial_spec), TRIAL_RESOURCES)
     if sweep.resume:
-        log.info("resuming sweep %s from %s", run.name, tune_dir)
-        tuner = tune.Tuner.restore(tune_dir, trainable=trainable, resume_unfinished=True, resume_errored=True)
+        log.info("resuming sweep %s from %s", run.name, where.tune)
+        tuner = tune.Tuner.restore(where.tune, trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:
-        from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-        from ray.tune.search import BasicVariantGenerator
-
-        scheduler = (
-            ASHAScheduler(
-                time_attr="training_iteration",
-                max_t=trial_run.train.max_epochs,
-                grace_period=min(sweep.grace_period, trial_run.train.max_epochs),
-                reduction_factor=sweep.reduction_factor,
-                # A trial reaching max_t ends by itself: its Train run finishes (test set,
-                # predictions) and shuts down cleanly instead of being stopped mid-way.
-                stop_last_trials=False,
-            )
-            if sweep.scheduler == "asha"
-            else FIFOScheduler()
-        )
-        tuner = tune.Tuner(
-            trainable,
-            param_space=param_space(space),
-            tune_config=tune.TuneConfig(
-                metric=monitor,
-                mode=mode,
-                scheduler=scheduler,
-                # What TuneConfig(max_concurrent_trials=N) builds, plus a seed: the same sweep samples the
-                # same trials. (Tune ignores max_concurrent_trials next to a generator, so it is set here.)
-                search_alg=BasicVariantGenerator(max_concurrent=concurrent, random_state=trial_run.train.seed),
-                num_samples=sweep.num_samples,
-                time_budget_s=sweep.time_budget_s,
-                trial_dirname_creator=_trial_dirname,
-            ),
-            run_config=tune.RunConfig(
-                name="tune",
-                storage_path=sweep_dir,
-                callbacks=[recorder(spec)],
-                failure_config=tune.FailureConfig(max_failures=0),  # Train already retries worker failures
-                verbose=1 if verbose() else 0,  # Tune's status tables; bsm logs each trial's end
-            ),
-        )
+        tuner = _new_tuner(trainable, space, sweep, trial_run, spec, concurrent)
     started = time.monotonic()
     tuner.fit()
     result = SweepResult.from_dict(json.loads(read_bytes(where.result)))  # written by the sweep's recorder
     check_budget(result.to_dict(), sweep.time_budget_s, time.monotonic() - started)
     if result.best_checkpoint and run.train.export:
-        result.export = export_best_trial(result, sweep_dir)
+        result.export = export_best_trial(result, where.path)
         write_bytes(dumps(result.to_dict()).encode(), where.result)
     summary = result.to_dict()
     log.info(
@@ -283,6 +215,82 @@ def run_sweep(run: RunConfig, sweep: SweepConfig, *, storage: str) -> dict[str, 
         summary.get("best_config"),
     )
     return summary
+
+
+def _started_as(run: RunConfig, sweep: SweepConfig, where: RunDir) -> tuple[RunConfig, SweepConfig]:
+    """A resumed sweep's run and settings as it was started (its bsm_sweep.json); a new one must not exist yet."""
+    from ray import tune
+
+    if sweep.resume:
+        if not exists(where.sweep) or not tune.Tuner.can_restore(where.tune):
+            raise ConfigError(f"--resume {run.name}: no sweep to resume in {where.path}")
+        saved = json.loads(read_bytes(where.sweep))
+        return RunConfig.from_dict(saved["run"]), replace(SweepConfig.from_dict(saved["tune"]), resume=True)
+    if exists(join(where.tune, "tuner.pkl")) or exists(where.sweep):
+        raise ConfigError(
+            f"a sweep named {run.name} already exists in {where.path}; continue it with --resume "
+            f"{run.name} or choose another --name"
+        )
+    return run, sweep
+
+
+def _shared_data(run: RunConfig, space: dict[str, Any]) -> RayPrepared | None:
+    """Every trial's data, tokenized once (materialized in the object store); None when the search space changes
+    how dialogues are tokenized: then each trial prepares its own."""
+    tokenizing = PROCESSOR_KEYS & {k.rsplit(".", 1)[-1] for k in space}
+    if run.data.feature_fields and side.fusion_retokenizes(run.model_config()["fusion"], space):
+        tokenizing = {*tokenizing, "fusion"}  # `fusion: text` writes the features into the dialogues
+    if tokenizing:
+        log.info("the search space sets %s: each trial tokenizes its own data", sorted(tokenizing))
+        return None
+    return prepare_ray(run)
+
+
+def _new_tuner(
+    trainable: Any, space: dict[str, Any], sweep: SweepConfig, trial_run: RunConfig, spec: SweepSpec, concurrent: int
+) -> Any:
+    """The Tuner of a new sweep: ASHA (or FIFO) on the monitored metric, seeded sampling, at most `concurrent`
+    trials at once, its state in `<sweep>/tune`, the sweep's record kept by `Recorder`."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search import BasicVariantGenerator
+
+    max_epochs = trial_run.train.max_epochs
+    scheduler = (
+        ASHAScheduler(
+            time_attr="training_iteration",
+            max_t=max_epochs,
+            grace_period=min(sweep.grace_period, max_epochs),
+            reduction_factor=sweep.reduction_factor,
+            # A trial reaching max_t ends by itself: its Train run finishes (test set,
+            # predictions) and shuts down cleanly instead of being stopped mid-way.
+            stop_last_trials=False,
+        )
+        if sweep.scheduler == "asha"
+        else FIFOScheduler()
+    )
+    return tune.Tuner(
+        trainable,
+        param_space=param_space(space),
+        tune_config=tune.TuneConfig(
+            metric=spec.monitor,
+            mode=spec.mode,
+            scheduler=scheduler,
+            # What TuneConfig(max_concurrent_trials=N) builds, plus a seed: the same sweep samples the
+            # same trials. (Tune ignores max_concurrent_trials next to a generator, so it is set here.)
+            search_alg=BasicVariantGenerator(max_concurrent=concurrent, random_state=trial_run.train.seed),
+            num_samples=sweep.num_samples,
+            time_budget_s=sweep.time_budget_s,
+            trial_dirname_creator=_trial_dirname,
+        ),
+        run_config=tune.RunConfig(
+            name=TUNE_DIR,  # Tune's experiment directory: `<sweep>/tune`
+            storage_path=spec.sweep_dir,
+            callbacks=[Recorder(spec)],
+            failure_config=tune.FailureConfig(max_failures=0),  # Train already retries worker failures
+            verbose=1 if verbose() else 0,  # Tune's status tables; bsm logs each trial's end
+        ),
+    )
 
 
 def check_budget(summary: dict[str, Any], budget_s: float | None, ran_s: float) -> None:
@@ -301,9 +309,7 @@ def export_best_trial(result: SweepResult, sweep_dir: str) -> str:
     validation records processed with that trial's own settings."""
     best_run = RunConfig.from_dict(json.loads(read_bytes(RunDir.at(sweep_dir).best_config)))
     # the processor's settings and column names; the class count does not change how text is processed
-    model_config = best_run.model_config(
-        is_binary=None, num_classes=None, class_names=None, id_name=best_run.data.id_field or ID
-    )
+    model_config = model_config_for(best_run, None)
     assert result.best_checkpoint is not None
     return export_best(result.best_checkpoint, sweep_dir, best_run, model_config, metrics=result.metrics or {})
 
