@@ -261,17 +261,6 @@ def predict_file(
         if progress:
             progress(done[0], total)
 
-    def blocks() -> Iterator[tuple[Any, pa.RecordBatch]]:
-        # Pieces of FIRST_PIECE records, doubling up to PIECE: the first call is scored after tokenizing a few
-        # records, and from then on the tokenizer works ahead of the session
-        size = FIRST_PIECE
-        for inp in inputs:
-            for batch in read_batches(inp, columns, BLOCK):
-                start = 0
-                while start < batch.num_rows:
-                    yield inp, batch.slice(start, size)
-                    start, size = start + size, min(2 * size, PIECE)
-
     def prepare(item: tuple[Any, pa.RecordBatch]) -> tuple[Any, pa.RecordBatch, Plan]:
         inp, batch = item
         check_text_type(batch.column(0).type, inp.name, text_field)
@@ -282,7 +271,7 @@ def predict_file(
     writer = OutputFile(out, fmt)
     try:
         row = 0
-        for inp, batch, calls in pipelined(blocks(), prepare):
+        for inp, batch, calls in pipelined(pieces(inputs, columns), prepare):
             probs = predictor.score(batch.num_rows, calls, on_call)
             ids = plain(batch.column(1)) if id_col else pa.array(np.arange(row, row + batch.num_rows, dtype=np.int64))
             writer.write(predictions_table(ids, probs, predictor.class_names, writer.schema, inp.name, id_col, id_name))
@@ -305,6 +294,18 @@ def predict_file(
         raise
     log.info("wrote %d predictions to %s (%.0f%% of token slots real)", row, out, 100 * predictor.real_fraction)
     return out
+
+
+def pieces(inputs: list[Any], columns: list[str]) -> Iterator[tuple[Any, pa.RecordBatch]]:
+    """(input file, its next records) in pieces of FIRST_PIECE records, doubling up to PIECE: the first call is
+    scored after tokenizing a few records, and from then on the tokenizer works ahead of the session."""
+    size = FIRST_PIECE
+    for inp in inputs:
+        for batch in read_batches(inp, columns, BLOCK):
+            start = 0
+            while start < batch.num_rows:
+                yield inp, batch.slice(start, size)
+                start, size = start + size, min(2 * size, PIECE)
 
 
 def pipelined(items: Iterable[T], prepare: Callable[[T], U], depth: int = 2) -> Iterator[U]:
