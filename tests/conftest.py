@@ -35,6 +35,32 @@ def tiny_encoder() -> dict:
     return dict(TINY_ENCODER)
 
 
+def tiny_checkpoint(path: Path, **model: object) -> Path:
+    """A bsm checkpoint at `path` of an untrained tiny model (seed 0): a binary dialogue classifier, 2 chunks of 24
+    tokens, unless `model` says otherwise (a key given None is left out). What `bsm export` reads, untrained."""
+    import json
+
+    import torch
+
+    from raytune_bsm.model.text_bert import TextBertClassifier
+
+    torch.manual_seed(0)
+    config = {
+        "text_name": "dialogue",
+        "label_name": "reversal_flag",
+        "tokenizer": "all-MiniLM-L6-v2",
+        "encoder_config": TINY_ENCODER,
+        "max_chunks": 2,
+        "max_tokens": 24,
+        "class_names": ["False", "True"],
+        **model,
+    }
+    net = TextBertClassifier({k: v for k, v in config.items() if v is not None}).eval()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": net.state_dict(), "hyper_parameters": json.loads(json.dumps(dict(net.hparams)))}, path)
+    return path
+
+
 # One BSM_HOME for the session (the shared local cluster's record, the demo-data cache); tests that need
 # isolation take the `bsm_home` fixture.
 SESSION_HOME = Path(tempfile.mkdtemp(prefix="bsm-test-home-"))

@@ -18,7 +18,7 @@ from types import SimpleNamespace
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import TINY_ENCODER, isolate, snapshot
+from conftest import isolate, snapshot, tiny_checkpoint
 from typer.testing import CliRunner
 
 from raytune_bsm.cli import app
@@ -68,9 +68,6 @@ def exports(ws) -> Path:
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     """The workspace: good and bad files of every kind the commands read."""
-    import torch
-
-    from raytune_bsm.model.text_bert import TextBertClassifier
 
     root = tmp_path_factory.mktemp("bad-inputs")
     d = make_dialogues(40, seed=3)
@@ -117,24 +114,7 @@ def ws(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     _write(sp / "bad_value.yaml", "batch_size: {randint: [0, 4]}\n")
 
     # A real tiny checkpoint (its export, for predict, is the `exports` fixture), and damaged ones.
-    torch.manual_seed(0)
-    model = TextBertClassifier(
-        {
-            "text_name": "dialogue",
-            "label_name": "reversal_flag",
-            "tokenizer": "all-MiniLM-L6-v2",
-            "encoder_config": TINY_ENCODER,
-            "max_chunks": 2,
-            "max_tokens": 24,
-            "chunk_pooling": "mean",
-            "class_names": ["False", "True"],
-        }
-    ).eval()
-    ckpt = root / "ckpt" / "model.ckpt"
-    ckpt.parent.mkdir()
-    torch.save(
-        {"state_dict": model.state_dict(), "hyper_parameters": json.loads(json.dumps(dict(model.hparams)))}, ckpt
-    )
+    tiny_checkpoint(root / "ckpt" / "model.ckpt", chunk_pooling="mean")
     _write(root / "ckpt" / "garbage.ckpt", b"not a checkpoint at all")
     (root / "ckpt" / "no_ckpt_dir").mkdir()
     # What fetch reads is files and a manifest: a small stand-in export with damaged copies.

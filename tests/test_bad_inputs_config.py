@@ -26,7 +26,7 @@ from typing import Any, ClassVar, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import TINY_ENCODER, isolate, snapshot
+from conftest import isolate, snapshot, tiny_checkpoint
 from typer.testing import CliRunner
 
 from raytune_bsm.cli import app
@@ -382,29 +382,10 @@ def test_a_yaml_bomb_is_refused_in_well_under_a_second_and_a_few_mib(ws, isolate
 @pytest.fixture(scope="module")
 def export(ws) -> Path:
     """A real export of a tiny model (two layers, hidden 32), for predict."""
-    import torch
 
     from raytune_bsm.model.export import export_checkpoint
-    from raytune_bsm.model.text_bert import TextBertClassifier
 
-    torch.manual_seed(0)
-    model = TextBertClassifier(
-        {
-            "text_name": "dialogue",
-            "label_name": "reversal_flag",
-            "tokenizer": "all-MiniLM-L6-v2",
-            "encoder_config": TINY_ENCODER,
-            "max_chunks": 2,
-            "max_tokens": 24,
-            "chunk_pooling": "mean",
-            "class_names": ["False", "True"],
-        }
-    ).eval()
-    ckpt = ws.root / "ckpt" / "model.ckpt"
-    ckpt.parent.mkdir()
-    torch.save(
-        {"state_dict": model.state_dict(), "hyper_parameters": json.loads(json.dumps(dict(model.hparams)))}, ckpt
-    )
+    ckpt = tiny_checkpoint(ws.root / "ckpt" / "model.ckpt", chunk_pooling="mean")
     export_checkpoint(str(ckpt), str(ws.root / "export"))
     return ws.root / "export"
 
