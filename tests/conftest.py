@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -30,6 +33,32 @@ TINY_ENCODER = dict(
 @pytest.fixture
 def tiny_encoder() -> dict:
     return dict(TINY_ENCODER)
+
+
+def tiny_checkpoint(path: Path, **model: object) -> Path:
+    """A bsm checkpoint at `path` of an untrained tiny model (seed 0): a binary dialogue classifier, 2 chunks of 24
+    tokens, unless `model` says otherwise (a key given None is left out). What `bsm export` reads, untrained."""
+    import json
+
+    import torch
+
+    from raytune_bsm.model.text_bert import TextBertClassifier
+
+    torch.manual_seed(0)
+    config = {
+        "text_name": "dialogue",
+        "label_name": "reversal_flag",
+        "tokenizer": "all-MiniLM-L6-v2",
+        "encoder_config": TINY_ENCODER,
+        "max_chunks": 2,
+        "max_tokens": 24,
+        "class_names": ["False", "True"],
+        **model,
+    }
+    net = TextBertClassifier({k: v for k, v in config.items() if v is not None}).eval()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": net.state_dict(), "hyper_parameters": json.loads(json.dumps(dict(net.hparams)))}, path)
+    return path
 
 
 # One BSM_HOME for the session (the shared local cluster's record, the demo-data cache); tests that need
@@ -81,3 +110,52 @@ def _bsm_logs_reach_caplog(monkeypatch):
     import logging
 
     monkeypatch.setattr(logging.getLogger("raytune_bsm"), "propagate", True)
+
+
+# ------------------------------------------------------------------------- the bad-input matrix's scaffolding
+
+
+def isolate(user_dir: Path, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """BSM_HOME and the temp directory of this case alone, no cluster address or token from the environment, and
+    `user_dir` the working directory (relative output paths land there). Returns [BSM_HOME, TMPDIR]."""
+    home = tmp_path_factory.mktemp("home")
+    tmp = tmp_path_factory.mktemp("tmp")
+    monkeypatch.setenv("BSM_HOME", str(home))
+    monkeypatch.setenv("HOME", str(tmp_path_factory.mktemp("user-home")))  # not this machine's ~/.ray/auth_token
+    monkeypatch.setenv("TMPDIR", str(tmp))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    for var in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.chdir(user_dir)
+    monkeypatch.setattr(logging.getLogger("raytune_bsm"), "handlers", [])  # setup_logging binds this case's stderr
+    return [home, tmp]
+
+
+LIBRARY_STATE = {".ses"}  # onnxruntime's native library keeps a session id in $TMPDIR/.ses when first loaded
+
+
+def snapshot(roots: list[Path]) -> dict[str, tuple[int, int]]:
+    """Every file and directory under `roots`: (size, mtime), to show a failed command changed nothing."""
+    return {
+        str(p): (p.stat().st_size if p.is_file() else -1, p.stat().st_mtime_ns if p.is_file() else 0)
+        for root in roots
+        for p in [root, *root.rglob("*")]
+        if p.name not in LIBRARY_STATE
+    }
+
+
+@contextmanager
+def two_node_cluster(cpus_per_node: int) -> Iterator[object]:
+    """A real two-node Ray cluster in this machine (`ray.cluster_utils.Cluster`), this process its driver."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": cpus_per_node, "include_dashboard": False})
+    cluster.add_node(num_cpus=cpus_per_node)
+    ray.init(address=cluster.address)
+    cluster.wait_for_nodes()
+    try:
+        yield cluster
+    finally:
+        ray.shutdown()
+        cluster.shutdown()

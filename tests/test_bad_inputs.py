@@ -11,16 +11,14 @@ commands use --dry-run, cluster commands get addresses that fail before anything
 from __future__ import annotations
 
 import json
-import logging
 import shutil
-import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import TINY_ENCODER
+from conftest import isolate, snapshot, tiny_checkpoint
 from typer.testing import CliRunner
 
 from raytune_bsm.cli import app
@@ -70,9 +68,6 @@ def exports(ws) -> Path:
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     """The workspace: good and bad files of every kind the commands read."""
-    import torch
-
-    from raytune_bsm.model.text_bert import TextBertClassifier
 
     root = tmp_path_factory.mktemp("bad-inputs")
     d = make_dialogues(40, seed=3)
@@ -119,24 +114,7 @@ def ws(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     _write(sp / "bad_value.yaml", "batch_size: {randint: [0, 4]}\n")
 
     # A real tiny checkpoint (its export, for predict, is the `exports` fixture), and damaged ones.
-    torch.manual_seed(0)
-    model = TextBertClassifier(
-        {
-            "text_name": "dialogue",
-            "label_name": "reversal_flag",
-            "tokenizer": "all-MiniLM-L6-v2",
-            "encoder_config": TINY_ENCODER,
-            "max_chunks": 2,
-            "max_tokens": 24,
-            "chunk_pooling": "mean",
-            "class_names": ["False", "True"],
-        }
-    ).eval()
-    ckpt = root / "ckpt" / "model.ckpt"
-    ckpt.parent.mkdir()
-    torch.save(
-        {"state_dict": model.state_dict(), "hyper_parameters": json.loads(json.dumps(dict(model.hparams)))}, ckpt
-    )
+    tiny_checkpoint(root / "ckpt" / "model.ckpt", chunk_pooling="mean")
     _write(root / "ckpt" / "garbage.ckpt", b"not a checkpoint at all")
     (root / "ckpt" / "no_ckpt_dir").mkdir()
     # What fetch reads is files and a manifest: a small stand-in export with damaged copies.
@@ -154,31 +132,8 @@ def ws(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
 
 @pytest.fixture
 def isolated(ws, tmp_path_factory, monkeypatch):
-    """BSM_HOME and the temp directory of this case alone, and no cluster address from the environment."""
-    home = tmp_path_factory.mktemp("home")
-    tmp = tmp_path_factory.mktemp("tmp")
-    monkeypatch.setenv("BSM_HOME", str(home))
-    monkeypatch.setenv("HOME", str(tmp_path_factory.mktemp("user-home")))  # not this machine's ~/.ray/auth_token
-    monkeypatch.setenv("TMPDIR", str(tmp))
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
-    for var in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.chdir(ws.root / "user")  # relative output paths land here
-    logger = logging.getLogger("raytune_bsm")
-    monkeypatch.setattr(logger, "handlers", [])  # setup_logging binds a handler to this case's stderr
-    return [ws.root, home, tmp]
-
-
-LIBRARY_STATE = {".ses"}  # onnxruntime's native library keeps a session id in $TMPDIR/.ses when first loaded
-
-
-def snapshot(roots: list[Path]) -> dict[str, tuple[int, int]]:
-    return {
-        str(p): (p.stat().st_size if p.is_file() else -1, p.stat().st_mtime_ns if p.is_file() else 0)
-        for root in roots
-        for p in [root, *root.rglob("*")]
-        if p.name not in LIBRARY_STATE
-    }
+    """This case's own BSM_HOME and TMPDIR, the workspace's user/ its working directory (conftest.isolate)."""
+    return [ws.root, *isolate(ws.root / "user", tmp_path_factory, monkeypatch)]
 
 
 X = "(see `bsm"  # a usage error's hint

@@ -16,7 +16,6 @@ import http.server
 import json
 import logging
 import signal
-import tempfile
 import threading
 import time
 import tracemalloc
@@ -27,7 +26,7 @@ from typing import Any, ClassVar, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import TINY_ENCODER
+from conftest import isolate, snapshot, tiny_checkpoint
 from typer.testing import CliRunner
 
 from raytune_bsm.cli import app
@@ -79,31 +78,8 @@ def ws(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
 
 @pytest.fixture
 def isolated(ws, tmp_path_factory, monkeypatch):
-    """BSM_HOME and the temp directory of this case alone, and no cluster address from the environment."""
-    home = tmp_path_factory.mktemp("home")
-    tmp = tmp_path_factory.mktemp("tmp")
-    monkeypatch.setenv("BSM_HOME", str(home))
-    monkeypatch.setenv("HOME", str(tmp_path_factory.mktemp("user-home")))  # not this machine's ~/.ray/auth_token
-    monkeypatch.setenv("TMPDIR", str(tmp))
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
-    for var in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.chdir(ws.root / "user")  # relative output paths land here
-    logger = logging.getLogger("raytune_bsm")
-    monkeypatch.setattr(logger, "handlers", [])  # setup_logging binds a handler to this case's stderr
-    return [ws.root, home, tmp]
-
-
-LIBRARY_STATE = {".ses"}  # onnxruntime's native library keeps a session id in $TMPDIR/.ses when first loaded
-
-
-def snapshot(roots: list[Path]) -> dict[str, tuple[int, int]]:
-    return {
-        str(p): (p.stat().st_size if p.is_file() else -1, p.stat().st_mtime_ns if p.is_file() else 0)
-        for root in roots
-        for p in [root, *root.rglob("*")]
-        if p.name not in LIBRARY_STATE
-    }
+    """This case's own BSM_HOME and TMPDIR, the workspace's user/ its working directory (conftest.isolate)."""
+    return [ws.root, *isolate(ws.root / "user", tmp_path_factory, monkeypatch)]
 
 
 # ----------------------------------------------------------------------------------------------- a stand-in dashboard
@@ -406,29 +382,10 @@ def test_a_yaml_bomb_is_refused_in_well_under_a_second_and_a_few_mib(ws, isolate
 @pytest.fixture(scope="module")
 def export(ws) -> Path:
     """A real export of a tiny model (two layers, hidden 32), for predict."""
-    import torch
 
     from raytune_bsm.model.export import export_checkpoint
-    from raytune_bsm.model.text_bert import TextBertClassifier
 
-    torch.manual_seed(0)
-    model = TextBertClassifier(
-        {
-            "text_name": "dialogue",
-            "label_name": "reversal_flag",
-            "tokenizer": "all-MiniLM-L6-v2",
-            "encoder_config": TINY_ENCODER,
-            "max_chunks": 2,
-            "max_tokens": 24,
-            "chunk_pooling": "mean",
-            "class_names": ["False", "True"],
-        }
-    ).eval()
-    ckpt = ws.root / "ckpt" / "model.ckpt"
-    ckpt.parent.mkdir()
-    torch.save(
-        {"state_dict": model.state_dict(), "hyper_parameters": json.loads(json.dumps(dict(model.hparams)))}, ckpt
-    )
+    ckpt = tiny_checkpoint(ws.root / "ckpt" / "model.ckpt", chunk_pooling="mean")
     export_checkpoint(str(ckpt), str(ws.root / "export"))
     return ws.root / "export"
 

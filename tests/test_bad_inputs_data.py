@@ -253,6 +253,40 @@ def test_predict_uses_the_exports_id_field_under_its_own_name_and_says_so(articl
     assert t.column("id").to_pylist() == list(range(100, 112))  # no article_id: the usual id columns
 
 
+def test_predict_on_cluster_chooses_the_id_as_local_predict_does(article_export, tmp_path):
+    """--on-cluster: the client's check and the job's check pick the export's id field too, and the job's scoring
+    stage (a real ONNX Runtime session, as on an actor) writes it under its own name, as local predict does. On the
+    cluster an id must exist (rows come back in any order): none of them is refused naming the export's first."""
+    from dataclasses import asdict
+
+    from raytune_bsm.api import predict_on_cluster
+    from raytune_bsm.runner.batch_predict import PredictJob, Score, check_inputs
+
+    texts = make_dialogues(6, seed=5).column("dialogue").to_pylist()
+    data = tmp_path / "in"
+    data.mkdir()
+    pq.write_table(pa.table({"dialogue": texts, "article_id": [f"A{i}" for i in range(6)]}), data / "a.parquet")
+
+    def plan():
+        return predict_on_cluster(str(article_export), str(data), str(tmp_path / "out"), dry_run=True)
+
+    assert plan()["config"]["id_field"] is None  # no --id-field: the job chooses, the same way
+    files = list_files(str(data))
+    id_col, id_name, id_type = check_inputs(files, "dialogue", None, "article_id", str(data))
+    assert (id_col, id_name, id_type) == ("article_id", "article_id", pa.string())
+    job = PredictJob(export=str(article_export), data=str(data), out=str(tmp_path / "out"))
+    info = json.loads((article_export / layout.MODEL_JSON).read_text())
+    score = Score(asdict(job), "dialogue", id_col, id_name, id_type, [str(c) for c in info["class_names"]])
+    scored = score(pq.read_table(data / "a.parquet"))
+    local = pq.read_table(predict_file(str(article_export), str(data), str(tmp_path / "local.parquet")))
+    assert scored.column_names == local.column_names and scored.column_names[:2] == ["article_id", "predicted"]
+    assert scored.column("article_id").to_pylist() == [f"A{i}" for i in range(6)]
+
+    pq.write_table(pa.table({"dialogue": texts, "note": ["x"] * 6}), data / "a.parquet")
+    with pytest.raises(DataError, match=r"no id column \('article_id', 'order_id', 'id', 'record_id'\)"):
+        plan()
+
+
 # ------------------------------------------------------------------- case 20: a latin-1 CSV, one message
 
 

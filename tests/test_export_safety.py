@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_ENCODER
+from conftest import tiny_checkpoint
 from typer.testing import CliRunner
 
 from raytune_bsm import api
 from raytune_bsm.cli.app import app
 from raytune_bsm.errors import ConfigError, ExportError
 from raytune_bsm.model.export import export_checkpoint
-from raytune_bsm.model.text_bert import TextBertClassifier, load_checkpoint
+from raytune_bsm.model.text_bert import load_checkpoint
 
 
 class _Payload:
@@ -43,19 +43,7 @@ def crafted(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def _tiny_checkpoint(path: Path) -> Path:
-    torch.manual_seed(0)
-    model = TextBertClassifier(
-        {
-            "text_name": "dialogue",
-            "label_name": "y",
-            "tokenizer": "all-MiniLM-L6-v2",
-            "encoder_config": TINY_ENCODER,
-            "max_chunks": 2,
-            "max_tokens": 16,
-        }
-    )
-    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}, path)
-    return path
+    return tiny_checkpoint(path, label_name="y", max_tokens=16, class_names=None)
 
 
 def test_a_crafted_checkpoint_is_refused_without_running_its_payload(crafted):

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import TINY_ENCODER
+from conftest import TINY_ENCODER, two_node_cluster
 
 from raytune_bsm.config import RunConfig
 from raytune_bsm.demo.side import SIDE_SCHEMA
@@ -22,18 +22,8 @@ FEATURES = [f.name for f in SIDE_SCHEMA]
 
 @pytest.fixture(scope="module")
 def two_nodes():
-    import ray
-    from ray.cluster_utils import Cluster
-
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
-    cluster.add_node(num_cpus=2)
-    ray.init(address=cluster.address)
-    cluster.wait_for_nodes()
-    try:
+    with two_node_cluster(cpus_per_node=2) as cluster:
         yield cluster
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
 
 
 def _parts(root: Path, table, files: int) -> Path:

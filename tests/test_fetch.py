@@ -7,8 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
-from conftest import TINY_ENCODER
+from conftest import tiny_checkpoint
 
 from raytune_bsm import api
 from raytune_bsm.errors import ExportError
@@ -18,23 +17,9 @@ from raytune_bsm.errors import ExportError
 def published(tmp_path_factory) -> Path:
     """A run directory in a storage root, holding a real export of a tiny model."""
     from raytune_bsm.model.export import export_checkpoint
-    from raytune_bsm.model.text_bert import TextBertClassifier
 
-    torch.manual_seed(0)
-    model = TextBertClassifier(
-        {
-            "text_name": "dialogue",
-            "label_name": "reversal_flag",
-            "tokenizer": "all-MiniLM-L6-v2",
-            "encoder_config": TINY_ENCODER,
-            "class_names": ["0", "1"],
-            "max_tokens": 64,
-            "max_chunks": 4,
-        }
-    )
     root = tmp_path_factory.mktemp("storage")
-    ckpt = root / "model.ckpt"
-    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}, ckpt)
+    ckpt = tiny_checkpoint(root / "model.ckpt", class_names=["0", "1"], max_tokens=64, max_chunks=4)
     export_checkpoint(str(ckpt), str(root / "run1" / "export"))
     return root
 

@@ -12,6 +12,7 @@ connection's token handling and security check, and `bind` (the paths' warnings,
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import replace
 from pathlib import Path
@@ -114,9 +115,9 @@ def job_config(
     export = check_storage(export, "EXPORT")  # local paths absolute: the job runs in its own working_dir
     data = data if storage.is_uri(data) else storage.storage_path(data)
     out = check_out(check_storage(out, "--out"), data)
-    check_export(export, precision)
+    export_id = check_export(export, precision)
     if not storage.is_uri(data):
-        check_local_data(data, text_field, id_field)
+        check_local_data(data, text_field, id_field, export_id)
     return {
         "kind": KIND,
         "export": export,
@@ -165,32 +166,33 @@ def build(job: dict[str, Any], name: str | None = None, warnings: list[str] | No
 # ------------------------------------------------------------------------------------------------ the checks
 
 
-def check_export(export: str, precision: str) -> None:
+def check_export(export: str, precision: str) -> str | None:
     """The export has a valid manifest, `precision` picks one of its graphs, and every file the job's actors read
     (that graph, bsm_model.json, the tokenizer) matches its sha256: a changed export is refused here, before a
-    job is submitted (read where it lies, nothing copied)."""
+    job is submitted (read where it lies, nothing copied). Returns the export's id field (training's --id-field)."""
     from raytune_bsm.scoring.sessions import choose_graph  # numpy: not on `bsm --help`'s path
 
     manifest = layout.download_export(export, None, only=[])
     read = [*choose_graph(manifest, precision).files, layout.MODEL_JSON, layout.TOKENIZER_JSON]
     layout.download_export(export, None, only=read)
+    info = json.loads(storage.read_bytes(storage.join(export, layout.MODEL_JSON)))
+    return info.get("id_field") if isinstance(info, dict) else None
 
 
-def check_local_data(data: str, text_field: str | None, id_field: str | None) -> None:
-    """Local input: its files exist and the first has an id column (the job checks every file's schema)."""
+def check_local_data(data: str, text_field: str | None, id_field: str | None, export_id: str | None = None) -> None:
+    """Local input: its files exist and the first has an id column (the job checks every file's schema), the one
+    the job will use: --id-field, else the export's id field, else the usual names."""
     from raytune_bsm.data.columns import shown, shown_all  # pyarrow: not on `bsm --help`'s path
     from raytune_bsm.data.readers import list_files, read_schema
+    from raytune_bsm.scoring.files import id_column, no_id_error
 
     files = list_files(data)
     names = read_schema(files[0]).names
     for col, flag in ((text_field, "--text-field"), (id_field, "--id-field")):
         if col is not None and col not in names:
             raise DataError(f"{files[0].name}: missing column {shown(col)} (columns are {shown_all(names)}); {flag}")
-    if id_field is None and not any(c in names for c in ID_CANDIDATES):
-        raise DataError(
-            f"{data}: no id column ({', '.join(ID_CANDIDATES)}); on the cluster rows are scored in "
-            "parallel and written in any order, so each prediction needs an id: name one with --id-field"
-        )
+    if id_column(id_field, export_id, names)[0] is None:
+        raise no_id_error(data, export_id)
 
 
 def check_out(out: str, data: str) -> str:

@@ -37,10 +37,11 @@ from raytune_bsm import layout, storage
 from raytune_bsm.data import features as side
 from raytune_bsm.data.columns import is_text, plain, shown, shown_all
 from raytune_bsm.data.ray_data import read_files
-from raytune_bsm.data.readers import ID_CANDIDATES, DataFile, list_files, read_schema
+from raytune_bsm.data.readers import DataFile, list_files, read_schema
 from raytune_bsm.data.splits import check_text_type
 from raytune_bsm.errors import ConfigError, DataError, ExportError, raised_in_ray, raised_inside
 from raytune_bsm.logs import setup_logging, verbose
+from raytune_bsm.scoring.files import id_column, no_id_error
 from raytune_bsm.scoring.predict import Predictor
 from raytune_bsm.scoring.sessions import choose_graph
 
@@ -91,7 +92,13 @@ class Score:
     downloaded (a URI) and verified, and its ONNX Runtime session created, once, when the actor starts."""
 
     def __init__(
-        self, job: dict[str, Any], text_field: str, id_field: str, id_type: pa.DataType, class_names: list[str]
+        self,
+        job: dict[str, Any],
+        text_field: str,
+        id_field: str,
+        id_name: str,
+        id_type: pa.DataType,
+        class_names: list[str],
     ) -> None:
         setup_logging()
         self.job = PredictJob(**job)
@@ -101,6 +108,7 @@ class Score:
         if self.predictor.class_names != class_names:
             raise ExportError(f"{self.job.export}: its classes changed while the job ran; score a stable export")
         self.text_field, self.id_field, self.id_type, self.class_names = text_field, id_field, id_type, class_names
+        self.id_name = id_name  # the output's id column: "id", or the export's id field under its own name
         self.rows, self.shown, self.t0 = 0, 0, time.monotonic()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -119,15 +127,16 @@ class Score:
                 self.rows,
                 self.rows / max(time.monotonic() - self.t0, 1e-9),
             )
-        return predictions(ids, probs, self.class_names)
+        return predictions(ids, probs, self.class_names, self.id_name)
 
 
-def predictions(ids: Any, probs: Any, names: list[str]) -> pa.Table:
-    """The columns of local `bsm predict`: id, predicted (the class name), prob_<class> float64 per class."""
+def predictions(ids: Any, probs: Any, names: list[str], id_name: str = "id") -> pa.Table:
+    """The columns of local `bsm predict`: the id (`id_name`), predicted (the class name), prob_<class> float64 per
+    class."""
     pred = probs.argmax(axis=1)
     return pa.table(
         {
-            "id": ids,
+            id_name: ids,
             "predicted": pa.array([names[i] for i in pred], pa.string()),
             **{f"prob_{c}": pa.array(probs[:, k], pa.float64()) for k, c in enumerate(names)},
         }
@@ -150,7 +159,7 @@ def run(job: PredictJob) -> dict[str, Any]:
     # that Ray Data restarts without end
     layout.download_export(job.export, None, only=[*choice.files, layout.TOKENIZER_JSON])
     text_field = job.text_field or info.get("text_field") or info["processor"].get("text_field") or "dialogue"
-    id_field, id_type = check_inputs(files, text_field, job.id_field, job.data)
+    id_field, id_name, id_type = check_inputs(files, text_field, job.id_field, info.get("id_field"), job.data)
     feature_names = list((info.get("features") or {}).get("names") or [])  # side features the model reads
     for f in files if feature_names else []:
         side.check_present(read_schema(f), feature_names, f.name)
@@ -161,7 +170,12 @@ def run(job: PredictJob) -> dict[str, Any]:
     scored = ds.map_batches(
         Score,
         fn_constructor_kwargs=dict(
-            job=asdict(job), text_field=text_field, id_field=id_field, id_type=id_type, class_names=class_names
+            job=asdict(job),
+            text_field=text_field,
+            id_field=id_field,
+            id_name=id_name,
+            id_type=id_type,
+            class_names=class_names,
         ),
         batch_size=job.rows_per_batch,
         batch_format="pyarrow",
@@ -178,7 +192,7 @@ def run(job: PredictJob) -> dict[str, Any]:
             scored.write_parquet(tmp, filesystem=fs)
         parts = written(fs, tmp)
         if not parts:  # no rows at all: one file with the columns and no rows, as local predict writes
-            empty = predictions(pa.array([], id_type), np.zeros((0, len(class_names))), class_names)
+            empty = predictions(pa.array([], id_type), np.zeros((0, len(class_names))), class_names, id_name)
             pq.write_table(empty, posixpath.join(tmp, "part-empty.parquet"), filesystem=fs)
             parts = written(fs, tmp)
         summary = {
@@ -248,15 +262,17 @@ def export_info(export: str) -> tuple[dict[str, Any], dict[str, Any]]:
         return json.loads((Path(tmp) / "export" / layout.MODEL_JSON).read_text()), manifest
 
 
-def check_inputs(files: list[DataFile], text_field: str, id_field: str | None, data: str) -> tuple[str, pa.DataType]:
-    """Every file has the text and id columns, the text a string (list) and one id type: (id column, its type)."""
+def check_inputs(
+    files: list[DataFile], text_field: str, id_field: str | None, export_id: str | None, data: str
+) -> tuple[str, str, pa.DataType]:
+    """Every file has the text and id columns, the text a string (list) and one id type: (id column, its name in
+    the output, its type). The id column is chosen as local predict chooses it (`id_column`: --id-field, else the
+    export's id field, else the usual names); on the cluster it must exist (rows come back in any order)."""
     first = read_schema(files[0])
-    id_field = id_field or next((c for c in ID_CANDIDATES if c in first.names), None)
+    id_field, id_name, note = id_column(id_field, export_id, first.names)
     if id_field is None:
-        raise DataError(
-            f"{data}: no id column ({', '.join(ID_CANDIDATES)}); on the cluster rows are scored in "
-            "parallel and written in any order, so each prediction needs an id: name one with --id-field"
-        )
+        raise no_id_error(data, export_id)
+    log.info("%s", note)
     id_type: pa.DataType | None = None
     for f in files:
         schema = first if f is files[0] else read_schema(f)
@@ -275,7 +291,7 @@ def check_inputs(files: list[DataFile], text_field: str, id_field: str | None, d
                 "values; give every input file one id type (or name another column with --id-field)"
             )
     assert id_type is not None
-    return id_field, id_type
+    return id_field, id_name, id_type
 
 
 def refuse_existing(fs: Any, path: str, out: str) -> None:

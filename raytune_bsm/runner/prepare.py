@@ -90,9 +90,10 @@ def data_paths(run: RunConfig) -> dict[str, str | None]:
     return {"train": d.train, "val": d.val, "test": d.test}
 
 
-def prepare(run: RunConfig) -> Prepared:
-    """Read, check and process every split. Any bad input raises here, before a model or file exists."""
-    paths = data_paths(run)
+def prepare(run: RunConfig, paths: dict[str, str | None] | None = None) -> Prepared:
+    """Read, check and process every split (`paths`: the run's `data_paths`, when the caller has them). Any bad
+    input raises here, before a model or file exists."""
+    paths = paths or data_paths(run)
     run = replace(run, data=side.resolve_data(run.data, paths["train"]))  # --features auto -> the columns
     num_classes = run.model.get("num_classes")  # None: inferred from the training labels
     train_split, labels = load_split(paths["train"], run.data, None, num_classes)
@@ -196,7 +197,7 @@ def prepare_ray(run: RunConfig) -> RayPrepared:
             sum(sizes) / 2**20,
             run.data.driver_prepare_mib,
         )  # type: ignore[arg-type]
-        prep = prepare(run)
+        prep = prepare(run, paths)
         parts = {"train": prep.train, "val": prep.val, "test": prep.test}
         datasets = {name: _blocks(ds) for name, ds in parts.items() if ds is not None}
         sources = {

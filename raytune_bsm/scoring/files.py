@@ -283,8 +283,20 @@ def id_column(given: str | None, export_id: str | None, names: list[str]) -> tup
     found = next((c for c in ID_CANDIDATES if c in names), None)
     if found:
         return found, "id", f"ids from column {shown(found)}"
-    wanted = [c for c in (export_id, *ID_CANDIDATES) if c]
-    return None, "id", f"ids are row numbers (no id column: {', '.join(shown(c) for c in dict.fromkeys(wanted))})"
+    return None, "id", f"ids are row numbers (no id column: {', '.join(shown(c) for c in id_candidates(export_id))})"
+
+
+def id_candidates(export_id: str | None) -> list[str]:
+    """The columns `id_column` looks for without --id-field, in its order."""
+    return list(dict.fromkeys(c for c in (export_id, *ID_CANDIDATES) if c))
+
+
+def no_id_error(data: str, export_id: str | None) -> DataError:
+    """Scoring on the cluster with no id column: rows come back in any order, so row numbers cannot stand in."""
+    return DataError(
+        f"{data}: no id column ({', '.join(shown(c) for c in id_candidates(export_id))}); on the cluster rows are "
+        "scored in parallel and written in any order, so each prediction needs an id: name one with --id-field"
+    )
 
 
 def default_output(data: str) -> str:
