@@ -1,4 +1,4 @@
-"""Scoring a dataset on the cluster: `python -m raytune_bsm.runner.batch_predict bsm_job.json` (issue 9.4).
+"""Scoring a dataset on the cluster: `python -m raytune_bsm.runner.batch_predict bsm_job.json`.
 
     input files (listed and schema-checked on the driver: metadata only; a file, a directory or a glob)
       -> ray.data.read_parquet / read_csv / read_json on their pyarrow filesystem (the text and id columns only)
