@@ -31,7 +31,7 @@ class ServeArgs:
     precision: str = "auto"  # auto | fp32 | int8, as `bsm predict --precision`
     threads: int = 1  # ONNX Runtime threads: the replica's CPUs
     batch_size: int = 32  # chunks per session call, as `bsm predict --batch-size`
-    max_batch_size: int = 16  # requests scored together (@serve.batch)
+    max_batch_size: int = 16  # requests scored together (runner/serve_batching.py)
     batch_wait_ms: float = 5.0  # how long a batch waits for more requests: a few ms against ~10+ ms of scoring
     max_records: int = Limits.max_records
     max_body_bytes: int = Limits.max_body_bytes

@@ -8,8 +8,9 @@
 Each replica loads the export with bsm's own `Predictor` (scoring/predict.py: the same tokenizer, chunking, graph choice
 and int8 rule as `bsm predict`, every file checked against the manifest) with as many ONNX Runtime threads as
 the replica has CPUs (Ray would leave it 1 per actor otherwise). Requests are batched across callers
-(`@serve.batch`: up to `max_batch_size` requests, waiting at most `batch_wait_ms` for more) and scored on a
-worker thread, so the event loop keeps accepting requests and answering /healthz. `check_health` (Serve calls it
+(runner/serve_batching.py: what queued while the last batch scored, up to `max_batch_size` requests; a request
+that finds the scorer idle waits at most `batch_wait_ms` for more) and scored on a worker thread, so the event
+loop keeps accepting requests and answering /healthz. `check_health` (Serve calls it
 every few seconds) fails while one scoring call has run longer than `stuck_after_s`, so Serve replaces a
 replica stuck in ONNX Runtime instead of routing to it. A bearer token, when set, is compared in constant time
 with the sha256 the config carries (the token itself is never in the config); the page's HTML is the one
@@ -18,7 +19,6 @@ thing served without it. Request text is logged only with `--verbose`.
 The config (client/serve.py builds it) names `build` as the import path and gives it `ServeArgs` as `args`.
 """
 
-import asyncio
 import hashlib
 import hmac
 import logging
@@ -31,6 +31,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from ray import serve
 
+from raytune_bsm.runner.serve_batching import Batcher
 from raytune_bsm.runner.serve_page import page
 from raytune_bsm.runner.serve_requests import Refusal, check_size, parse, predictions, request_schema
 from raytune_bsm.serving import DEPLOYMENT, Limits, ServeArgs
@@ -94,8 +95,7 @@ class BsmScorer:
         entries = {e["path"]: e for e in self.predictor.manifest["files"]}
         self.export = {"run": self.args.run, "graph": choice.file, "sha256": entries[choice.file]["sha256"]}
         self.text_field = self.predictor.text_field
-        self._score_batch.set_max_batch_size(self.args.max_batch_size)
-        self._score_batch.set_batch_wait_timeout_s(self.args.batch_wait_ms / 1000)
+        self.batcher = Batcher(self._score_now, self.args.max_batch_size, self.args.batch_wait_ms / 1000)
         self.busy_since: float | None = None  # monotonic start of the scoring call running now
         self.scored = self.batches = 0  # records and scoring calls (batches) of this replica, the warm-up included
         self.pinned = 0.0
@@ -115,17 +115,6 @@ class BsmScorer:
             self.busy_since = None
         self.scored, self.batches = self.scored + len(dialogues), self.batches + 1
         return probs
-
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)  # set from ServeArgs in __init__
-    async def _score_batch(self, requests: list[list[Any]]) -> list[Any]:
-        """Requests from many callers, scored as one block -> each request's rows of probabilities."""
-        flat = [d for r in requests for d in r]
-        probs = await asyncio.to_thread(self._score_now, flat)
-        out, start = [], 0
-        for r in requests:
-            out.append(probs[start : start + len(r)])
-            start += len(r)
-        return out
 
     def _renew_package_lease(self) -> None:
         """Keep this application's uploaded package in Ray's GCS while any replica lives. Ray deletes an uploaded
@@ -175,7 +164,7 @@ class BsmScorer:
             return JSONResponse(r.body(), status_code=r.status)
         if self.args.verbose:
             log.info("scoring %d records: %r", len(records), [r.dialogue for r in records])
-        probs = await self._score_batch([r.dialogue for r in records])
+        probs = await self.batcher.score([r.dialogue for r in records])
         answer = predictions(records, probs, self.predictor.class_names, self.export, self.predictor.choice.precision)
         return JSONResponse(answer)
 

@@ -125,10 +125,13 @@ def plan_block(
     batch_size: int,
     kind: GraphKind,
     side: np.ndarray | None = None,
+    spread: int = 1,
 ) -> Plan:
     """The calls that score a block of records with a graph of `kind`. `batch_size`: records
     per call, or for the chunk graph chunks per call (and at most CALL_TOKENS token slots). `side`: the records'
-    raw side features [n, F], for a model that has them."""
+    raw side features [n, F], for a model that has them. `spread`: for the chunk graph, the calls a scorer runs
+    side by side: a block too small to fill them is cut into that many calls (a served request's few chunks in
+    one call would keep every core but one idle)."""
     if kind != GraphKind.CHUNKS:
         packed = kind == GraphKind.PACKED
         calls = [make_call(ids, lens, r, pad_id, packed) for r in plan_calls(lens, batch_size, packed)]
@@ -139,6 +142,7 @@ def plan_block(
     chunk_lens = np.concatenate(lens).astype(np.int64) if lens else np.zeros(0, np.int64)  # [chunks]
     tokens = np.concatenate(ids).astype(np.int64) if ids else np.zeros(0, np.int64)  # every chunk back to back
     starts = np.cumsum(chunk_lens) - chunk_lens
+    batch_size = max(1, min(batch_size, -(-len(chunk_lens) // max(1, spread))))
     calls = [chunk_call(tokens, starts, chunk_lens, rows, pad_id) for rows in plan_chunks(chunk_lens, batch_size)]
     return Plan(len(ids), calls, counts, side)
 

@@ -156,7 +156,7 @@ class Predictor:
             if self.features_as_text:
                 dialogues, features = side.as_text(dialogues, features, self.feature_names), None
         p = self.processor(dialogues)
-        return plan_block(p.ids, p.lens, self.pad_id, batch_size, self.choice.kind, features)
+        return plan_block(p.ids, p.lens, self.pad_id, batch_size, self.choice.kind, features, self.scorer.streams)
 
     def block_inputs(self, batch: pa.RecordBatch | pa.Table, text_field: str) -> tuple[list[Any], np.ndarray | None]:
         """(dialogues, raw side features [n, F] or None) of a block read with `scoring.files.read_batches` (or a
