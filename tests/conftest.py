@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import http.server
+import json
 import logging
 import os
 import tempfile
@@ -159,3 +161,18 @@ def two_node_cluster(cpus_per_node: int) -> Iterator[object]:
     finally:
         ray.shutdown()
         cluster.shutdown()
+
+
+class JsonHandler(http.server.BaseHTTPRequestHandler):
+    """A stand-in HTTP server's handler (a fake Ray dashboard): quiet, with a JSON answer helper."""
+
+    def log_message(self, *args: object) -> None:  # keep test output clean
+        pass
+
+    def _json(self, code: int, body: object) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import http.server
-import json
 import logging
 import signal
 import threading
@@ -26,7 +25,7 @@ from typing import Any, ClassVar, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import isolate, snapshot, tiny_checkpoint
+from conftest import JsonHandler, isolate, snapshot, tiny_checkpoint
 from typer.testing import CliRunner
 
 from raytune_bsm.cli import app
@@ -85,7 +84,7 @@ def isolated(ws, tmp_path_factory, monkeypatch):
 # ----------------------------------------------------------------------------------------------- a stand-in dashboard
 
 
-class _Dashboard(http.server.BaseHTTPRequestHandler):
+class _Dashboard(JsonHandler):
     """Answers what bsm asks before it submits: /api/version (the Jobs SDK) and the nodes (two of 1 CPU, no GPU).
     Records every request: a POST (a submitted job) fails the tests."""
 
@@ -93,17 +92,6 @@ class _Dashboard(http.server.BaseHTTPRequestHandler):
         {"node_ip": f"10.0.0.{i}", "state": "ALIVE", "resources_total": {"CPU": 1.0}} for i in (1, 2)
     ]
     seen: ClassVar[list[str]] = []
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-    def _json(self, code: int, body: Any) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
 
     def do_GET(self) -> None:
         path = self.path.split("?")[0]

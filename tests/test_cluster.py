@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
+from conftest import JsonHandler
 
 from raytune_bsm.client import connection as cn
 from raytune_bsm.client import head, processes
@@ -283,23 +284,12 @@ def test_down_stops_only_its_own_cluster(shared: Shared, tmp_path: Path, monkeyp
 # ----------------------------------------------------------------------------------------------------
 
 
-class _FakeDashboard(http.server.BaseHTTPRequestHandler):
+class _FakeDashboard(JsonHandler):
     mode: str | None = "token"  # None: answer 404 like Ray < 2.52
     token: str | None = None
     nodes: ClassVar[list[dict[str, Any]]] = []
     cluster_status: ClassVar[dict[str, Any] | None] = None
     seen: ClassVar[list[tuple[str, str | None]]] = []  # (path, Authorization header) of every request
-
-    def log_message(self, *args: Any) -> None:  # keep test output clean
-        pass
-
-    def _json(self, code: int, body: Any) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
 
     def do_GET(self) -> None:
         path = self.path.split("?")[0]
