@@ -123,7 +123,7 @@ def plan(
         "name": DEPLOYMENT,
         **scaling,
         # Requests wait in the replica's batcher, not in the proxy: a replica at its limit makes Serve's router
-        # back off and retry, which left it idle most of the time (2 * max_batch_size, 64 callers on 2 cores: 21.5
+        # back off and retry, which left it idle most of the time (2 * max_batch_size, 64 callers on 2 cores: 22.9
         # requests/s, the replica busy 26% of the time; 8 *: 80 requests/s, busy 83%)
         "max_ongoing_requests": 8 * max_batch_size,
         "ray_actor_options": {"num_cpus": cpus_per_replica},
